@@ -1,0 +1,16 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* The whole datapath as one object: the programs share their maps without
+ * any pinning dance at load time, and Go gets one set of generated types.
+ * Each part stays in its own file. */
+
+#include "sock.c"
+#include "pod.c"
+
+/* Anchors so that the enums reach BTF and bpf2go can generate Go types. */
+const enum kp_dir *kp_unused_dir __attribute__((unused));
+const enum kp_reason *kp_unused_reason __attribute__((unused));
+const enum lb_flags *kp_unused_lb_flags __attribute__((unused));
+const enum ct_state *kp_unused_ct_state __attribute__((unused));
+const enum ct_key_flags *kp_unused_ct_key_flags __attribute__((unused));
+
+char __license[] SEC("license") = "Dual BSD/GPL";

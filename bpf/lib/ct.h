@@ -1,0 +1,50 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Connection tracking: state transitions and lifetimes. */
+#pragma once
+
+#include "pkt.h"
+
+static __always_inline __u32 ct_lifetime(__u8 proto, __u8 state)
+{
+	if (proto != IPPROTO_TCP)
+		return cfg_ct_lifetime_other;
+	if (state == CT_ESTABLISHED)
+		return cfg_ct_lifetime_tcp;
+	if (state == CT_CLOSING)
+		return cfg_ct_lifetime_close;
+	return cfg_ct_lifetime_syn;
+}
+
+/* Advances e for packet p (reply: it travels against the entry's tuple) and
+ * pushes its expiry. Fields are only written when they change, so a busy
+ * flow does not dirty the entry's cache line on every packet. */
+static __always_inline void ct_refresh(struct ct_entry *e, const struct pkt *p,
+				       bool reply, __u32 now)
+{
+	__u8 state = e->state;
+	__u32 expires;
+
+	if (p->proto == IPPROTO_TCP) {
+		if (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
+			state = CT_CLOSING;
+		else if (reply && state == CT_NEW)
+			state = CT_ESTABLISHED;
+		if ((e->tcp_flags | p->tcp_flags) != e->tcp_flags)
+			e->tcp_flags |= p->tcp_flags;
+	} else if (reply && state == CT_NEW) {
+		state = CT_ESTABLISHED;
+	}
+	if (state != e->state)
+		e->state = state;
+	expires = now + ct_lifetime(p->proto, state);
+	if (expires != e->expires)
+		e->expires = expires;
+}
+
+/* A SYN for a tuple whose connection is closing starts a new connection
+ * (port reuse): it gets a fresh backend instead of the old one. */
+static __always_inline bool ct_is_reopen(const struct ct_entry *e, const struct pkt *p)
+{
+	return p->proto == IPPROTO_TCP && e->state == CT_CLOSING &&
+	       (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+}

@@ -1,0 +1,177 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* IPv4 packet parsing and header rewriting for tc programs. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/pkt_cls.h>
+#include "common.h"
+
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
+#define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
+#define IP_SRC_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
+#define IP_DST_OFF (ETH_HLEN + offsetof(struct iphdr, daddr))
+
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
+
+/* The parts of a packet the datapath decides on. */
+struct pkt {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__be16 ip_id;
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 has_l4;  /* the L4 header is in this packet (not a later fragment) */
+	__u8 is_frag; /* MF set or a non-zero fragment offset */
+	__u32 l4off;
+};
+
+enum {
+	PARSE_OK = 0,   /* IPv4 TCP/UDP: a candidate for translation */
+	PARSE_PASS = 1, /* anything else: not ours to touch */
+};
+
+/* Fills p from skb. Returns PARSE_OK, PARSE_PASS, or a negative drop reason. */
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip;
+	__u16 frag;
+
+	if (data + ETH_HLEN > end)
+		return PARSE_PASS;
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return PARSE_PASS;
+	if (data + ETH_HLEN + sizeof(*ip) > end) {
+		/* Headers not in the linear area: pull them in, then re-read
+		 * the pointers, which the pull invalidated. */
+		if (bpf_skb_pull_data(skb, ETH_HLEN + sizeof(*ip)))
+			return -KP_DROP_MALFORMED;
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+		if (data + ETH_HLEN + sizeof(*ip) > end)
+			return -KP_DROP_MALFORMED;
+	}
+	ip = data + ETH_HLEN;
+	if (ip->version != 4 || ip->ihl < 5)
+		return -KP_DROP_MALFORMED;
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return PARSE_PASS;
+
+	p->saddr = ip->saddr;
+	p->daddr = ip->daddr;
+	p->proto = ip->protocol;
+	p->ip_id = ip->id;
+	p->l4off = ETH_HLEN + ip->ihl * 4;
+	frag = bpf_ntohs(ip->frag_off);
+	p->is_frag = (frag & (IP_MF | IP_OFFSET)) != 0;
+	if (frag & IP_OFFSET)
+		return PARSE_OK; /* later fragment: ports come from kp_frag */
+	p->has_l4 = 1;
+
+	if (p->proto == IPPROTO_TCP) {
+		__u8 tcp[14]; /* ports ... flags byte at offset 13 */
+
+		if (bpf_skb_load_bytes(skb, p->l4off, tcp, sizeof(tcp)))
+			return -KP_DROP_MALFORMED;
+		__builtin_memcpy(&p->sport, &tcp[0], 2);
+		__builtin_memcpy(&p->dport, &tcp[2], 2);
+		p->tcp_flags = tcp[13];
+	} else {
+		__be16 ports[2];
+
+		if (bpf_skb_load_bytes(skb, p->l4off, ports, sizeof(ports)))
+			return -KP_DROP_MALFORMED;
+		p->sport = ports[0];
+		p->dport = ports[1];
+	}
+	return PARSE_OK;
+}
+
+/* Later fragments carry no L4 header: take the ports the first fragment
+ * recorded. Returns false when there is no record. */
+static __always_inline bool frag_lookup(struct pkt *p)
+{
+	struct frag_key k = {
+		.saddr = p->saddr,
+		.daddr = p->daddr,
+		.id = p->ip_id,
+		.proto = p->proto,
+	};
+	struct frag_ports *fp = bpf_map_lookup_elem(&kp_frag, &k);
+
+	if (!fp)
+		return false;
+	p->sport = fp->sport;
+	p->dport = fp->dport;
+	return true;
+}
+
+/* Records the ports of a translated first fragment, keyed by the headers as
+ * they were before translation (later fragments arrive untranslated). */
+static __always_inline void frag_store(const struct pkt *p)
+{
+	struct frag_key k = {
+		.saddr = p->saddr,
+		.daddr = p->daddr,
+		.id = p->ip_id,
+		.proto = p->proto,
+	};
+	struct frag_ports fp = { .sport = p->sport, .dport = p->dport };
+
+	if (p->is_frag && p->has_l4)
+		bpf_map_update_elem(&kp_frag, &k, &fp, BPF_ANY);
+}
+
+/* Rewrites the source (src) or destination address and port, updating the
+ * IPv4 header checksum and the TCP/UDP checksum incrementally. The L4
+ * checksum covers a pseudo header with both addresses, hence
+ * BPF_F_PSEUDO_HDR for the address change. UDP may carry no checksum (0):
+ * BPF_F_MARK_MANGLED_0 leaves it 0 and never produces 0 from a real one.
+ * Later fragments only get the IPv4 change; the first one carried the L4
+ * checksum for the whole datagram. */
+static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, bool src,
+				   __be32 old_addr, __be32 new_addr,
+				   __be16 old_port, __be16 new_port)
+{
+	__u32 addr_off = src ? IP_SRC_OFF : IP_DST_OFF;
+
+	if (p->has_l4) {
+		__u32 csum_off = p->l4off + (p->proto == IPPROTO_TCP ?
+					     offsetof(struct tcphdr, check) :
+					     offsetof(struct udphdr, check));
+		__u32 port_off = p->l4off + (src ? offsetof(struct tcphdr, source) :
+					     offsetof(struct tcphdr, dest));
+		__u64 mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+
+		if (bpf_l4_csum_replace(skb, csum_off, old_addr, new_addr,
+					BPF_F_PSEUDO_HDR | mangled | sizeof(new_addr)))
+			return -1;
+		if (old_port != new_port) {
+			if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port,
+						mangled | sizeof(new_port)))
+				return -1;
+			if (bpf_skb_store_bytes(skb, port_off, &new_port, sizeof(new_port), 0))
+				return -1;
+		}
+	}
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_addr, new_addr, sizeof(new_addr)))
+		return -1;
+	if (bpf_skb_store_bytes(skb, addr_off, &new_addr, sizeof(new_addr), 0))
+		return -1;
+	return 0;
+}

@@ -1,0 +1,167 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Types shared by the BPF programs and Go. Go declarations are generated from
+ * these by bpf2go -type; never copy them by hand. Addresses and ports are in
+ * network byte order everywhere (they are compared with and written into
+ * packets unchanged); IDs, counts and times are host order. */
+#pragma once
+
+#include <linux/types.h>
+
+/* Who is asking for a translation: the socket hook, or one of the per-packet
+ * directions on a pod's host-side veth. */
+enum kp_dir {
+	KP_DIR_FROM_POD = 0, /* tc ingress of the host-side veth: packets the pod sends */
+	KP_DIR_TO_POD = 1,   /* tc egress of the host-side veth: packets delivered to the pod */
+	KP_DIR_SOCK = 2,     /* cgroup socket hooks */
+	KP_DIR_MAX = 3,
+};
+
+/* What happened to a packet (or a socket call). Indexes the metrics map
+ * together with enum kp_dir. Values are part of the pinned ABI: append only. */
+enum kp_reason {
+	KP_PASS = 0,             /* not service traffic: passed untouched */
+	KP_SVC_XLATE = 1,        /* translated frontend -> backend */
+	KP_REV_XLATE = 2,        /* reply translated backend -> frontend */
+	KP_DROP_NO_BACKEND = 3,  /* service port with no backend */
+	KP_DROP_MALFORMED = 4,   /* truncated or invalid IPv4/L4 header */
+	KP_DROP_FRAG_NO_FIRST = 5, /* later fragment of a translated datagram whose connection state is gone */
+	KP_DROP_CT_CREATE = 6,   /* connection tracking entry could not be written */
+	KP_DROP_REWRITE = 7,     /* header rewrite or checksum update failed */
+	KP_REASON_MAX = 8,
+};
+
+/* lb_frontend.flags */
+enum lb_flags {
+	LB_F_MAGLEV = 1 << 0,   /* backend from the service's Maglev table, not random */
+	LB_F_AFFINITY = 1 << 1, /* sessionAffinity ClientIP: sticky per client */
+};
+
+/* Key of the frontend map: a service address as clients use it. */
+struct lb_frontend_key {
+	__be32 addr;
+	__be16 port;
+	__u8 proto; /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 pad;
+};
+
+/* A frontend: which service port it is and how many backend slots it has. */
+struct lb_frontend {
+	__u32 id;               /* frontend ID; also its reverse-translation ID (never 0) */
+	__u16 count;            /* backend slots 0..count-1 in kp_lb_slot are valid */
+	__u16 flags;            /* enum lb_flags */
+	__u32 affinity_timeout; /* seconds, with LB_F_AFFINITY */
+	__u32 pad;
+};
+
+/* Key of kp_lb_slot: slot number within a frontend's backend list. */
+struct lb_slot_key {
+	__u32 id;
+	__u32 slot;
+};
+
+/* A backend: where translated traffic goes. */
+struct lb_backend {
+	__be32 addr;
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+/* The original frontend of a translated connection, for replies. */
+struct lb_rev_nat {
+	__be32 addr;
+	__be16 port;
+	__u16 pad;
+};
+
+/* Key of the session-affinity map. client is an IPv4 address (tc path) or
+ * a network-namespace cookie (socket path, where the source address is not
+ * known yet at connect()). */
+struct lb_affinity_key {
+	__u64 client;
+	__u32 id;
+	__u8 netns; /* 1 when client is a netns cookie */
+	__u8 pad[3];
+};
+
+/* The backend a client was last sent to, and when (monotonic seconds). */
+struct lb_affinity {
+	__u32 backend_id;
+	__u32 last_used;
+};
+
+/* ct_key.flags */
+enum ct_key_flags {
+	CT_KEY_SERVICE = 1 << 0, /* keyed by the frontend tuple, holds the chosen backend */
+};
+
+/* TCP connection state as far as lifetimes are concerned. */
+enum ct_state {
+	CT_NEW = 0,         /* SYN seen, no reply yet (or a non-TCP flow without reply) */
+	CT_ESTABLISHED = 1, /* the other side answered */
+	CT_CLOSING = 2,     /* FIN or RST seen */
+};
+
+/* Connection-tracking key: the 5-tuple as the packet carries it in the
+ * direction the entry was created. */
+struct ct_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 flags; /* enum ct_key_flags */
+	__u16 pad;
+};
+
+/* Connection-tracking entry. A translated connection has two: the service
+ * entry (client -> frontend, CT_KEY_SERVICE) that pins the backend, and the
+ * connection entry (client -> backend) whose reverse tuple matches replies
+ * and carries the reverse-translation ID. */
+struct ct_entry {
+	__u32 expires;      /* monotonic seconds (bpf_ktime_get_ns() / 1e9) */
+	__u32 rev_nat_id;   /* frontend ID to translate replies back to; 0: none */
+	__u32 backend_id;   /* service entries: the chosen backend */
+	__be32 backend_addr; /* copied so an established flow survives its backend's removal */
+	__be16 backend_port;
+	__u8 state;         /* enum ct_state */
+	__u8 tcp_flags;     /* union of TCP flags seen, both directions */
+	__u32 created;      /* monotonic seconds */
+};
+
+/* Socket-level reverse translation: (socket, backend) -> frontend. */
+struct sock_revnat_key {
+	__u64 cookie;
+	__be32 addr;
+	__be16 port;
+	__u16 pad;
+};
+
+/* The frontend a socket asked for. */
+struct sock_revnat {
+	__be32 addr;
+	__be16 port;
+	__u16 pad;
+	__u32 id;
+};
+
+/* An IPv4 datagram being fragmented, in the direction it was translated. */
+struct frag_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id;
+	__u8 proto;
+	__u8 pad;
+};
+
+/* The L4 ports of a fragmented datagram, read from its first fragment. */
+struct frag_ports {
+	__be16 sport;
+	__be16 dport;
+};
+
+/* One counter: packets and bytes (socket calls count as packets of 0 bytes). */
+struct kp_counter {
+	__u64 packets;
+	__u64 bytes;
+};

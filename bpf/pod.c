@@ -1,0 +1,168 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Per-packet service translation on a pod's host-side veth.
+ *
+ * kp_from_pod (tc ingress: what the pod sends) translates new connections to
+ * a service frontend that the socket hook did not translate (it is off, or
+ * the traffic does not come from a hooked socket), through connection
+ * tracking so every packet of a connection goes to the same backend.
+ * kp_to_pod (tc egress: what the pod receives) translates replies back to the
+ * frontend address. Everything that is not service traffic passes untouched. */
+
+#include "lib/common.h"
+#include "lib/lb.h"
+#include "lib/pkt.h"
+#include "lib/ct.h"
+
+static __always_inline int pass(struct __sk_buff *skb, __u32 dir)
+{
+	count(KP_PASS, dir, skb->len);
+	return TC_ACT_OK;
+}
+
+static __always_inline int drop(struct __sk_buff *skb, __u32 reason, __u32 dir)
+{
+	count(reason, dir, skb->len);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int xlate_done(struct __sk_buff *skb, const struct pkt *p,
+				      __u32 reason, __u32 dir)
+{
+	frag_store(p);
+	count(reason, dir, skb->len);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int kp_from_pod(struct __sk_buff *skb)
+{
+	const __u32 dir = KP_DIR_FROM_POD;
+	struct pkt p = {};
+	int r = parse(skb, &p);
+
+	if (r == PARSE_PASS)
+		return pass(skb, dir);
+	if (r < 0)
+		return drop(skb, -r, dir);
+	if (!p.has_l4 && !frag_lookup(&p))
+		return pass(skb, dir);
+
+	struct lb_frontend_key fk = { .addr = p.daddr, .port = p.dport, .proto = p.proto };
+	struct lb_frontend *fe = bpf_map_lookup_elem(&kp_lb_frontend, &fk);
+
+	if (!fe)
+		return pass(skb, dir);
+
+	__u32 now = now_sec();
+	struct ct_key sk = {
+		.saddr = p.saddr, .daddr = p.daddr,
+		.sport = p.sport, .dport = p.dport,
+		.proto = p.proto, .flags = CT_KEY_SERVICE,
+	};
+	struct ct_key ck = { .saddr = p.saddr, .sport = p.sport, .proto = p.proto };
+	struct ct_entry *svc = bpf_map_lookup_elem(&kp_ct, &sk);
+	__be32 baddr;
+	__be16 bport;
+
+	if (svc && !ct_is_reopen(svc, &p)) {
+		/* Established: the backend stays the one chosen at the start,
+		 * even if it has since left the service. */
+		baddr = svc->backend_addr;
+		bport = svc->backend_port;
+		ck.daddr = baddr;
+		ck.dport = bport;
+
+		struct ct_entry *conn = bpf_map_lookup_elem(&kp_ct, &ck);
+
+		if (conn) {
+			ct_refresh(conn, &p, false, now);
+			if (svc->state != conn->state)
+				svc->state = conn->state;
+			if (svc->expires != conn->expires)
+				svc->expires = conn->expires;
+		} else {
+			/* Evicted or collected while the service entry lived:
+			 * recreate it, or replies would not be translated. */
+			struct ct_entry n = *svc;
+
+			n.backend_id = svc->backend_id;
+			ct_refresh(&n, &p, false, now);
+			if (bpf_map_update_elem(&kp_ct, &ck, &n, BPF_ANY))
+				return drop(skb, KP_DROP_CT_CREATE, dir);
+			svc->expires = n.expires;
+		}
+	} else {
+		struct lb_client c = {
+			.affinity_client = p.saddr,
+			.hash = jhash_3words(p.saddr, p.daddr,
+					     ((__u32)p.sport << 16) | p.dport, p.proto),
+		};
+		struct lb_backend be;
+		__u32 id;
+
+		if (!p.has_l4)
+			return drop(skb, KP_DROP_FRAG_NO_FIRST, dir);
+		if (!fe->count)
+			return drop(skb, KP_DROP_NO_BACKEND, dir);
+		id = lb_select(fe, &c, &be);
+		if (!id)
+			return drop(skb, KP_DROP_NO_BACKEND, dir);
+
+		struct ct_entry n = {
+			.rev_nat_id = fe->id,
+			.backend_id = id,
+			.backend_addr = be.addr,
+			.backend_port = be.port,
+			.created = now,
+		};
+
+		ct_refresh(&n, &p, false, now);
+		if (bpf_map_update_elem(&kp_ct, &sk, &n, BPF_ANY))
+			return drop(skb, KP_DROP_CT_CREATE, dir);
+		baddr = be.addr;
+		bport = be.port;
+		ck.daddr = baddr;
+		ck.dport = bport;
+		if (bpf_map_update_elem(&kp_ct, &ck, &n, BPF_ANY))
+			return drop(skb, KP_DROP_CT_CREATE, dir);
+	}
+
+	if (rewrite(skb, &p, false, p.daddr, baddr, p.dport, bport))
+		return drop(skb, KP_DROP_REWRITE, dir);
+	return xlate_done(skb, &p, KP_SVC_XLATE, dir);
+}
+
+SEC("tc")
+int kp_to_pod(struct __sk_buff *skb)
+{
+	const __u32 dir = KP_DIR_TO_POD;
+	struct pkt p = {};
+	int r = parse(skb, &p);
+
+	if (r == PARSE_PASS)
+		return pass(skb, dir);
+	if (r < 0)
+		return drop(skb, -r, dir);
+	if (!p.has_l4 && !frag_lookup(&p))
+		return pass(skb, dir);
+
+	/* A reply travels against the connection entry's tuple. */
+	struct ct_key ck = {
+		.saddr = p.daddr, .daddr = p.saddr,
+		.sport = p.dport, .dport = p.sport,
+		.proto = p.proto,
+	};
+	struct ct_entry *conn = bpf_map_lookup_elem(&kp_ct, &ck);
+
+	if (!conn || !conn->rev_nat_id)
+		return pass(skb, dir);
+
+	struct lb_rev_nat *rn = bpf_map_lookup_elem(&kp_lb_revnat, &conn->rev_nat_id);
+
+	if (!rn)
+		return pass(skb, dir); /* the service is gone; nothing to map back to */
+	ct_refresh(conn, &p, true, now_sec());
+	if (rewrite(skb, &p, true, p.saddr, rn->addr, p.sport, rn->port))
+		return drop(skb, KP_DROP_REWRITE, dir);
+	return xlate_done(skb, &p, KP_REV_XLATE, dir);
+}

@@ -1,0 +1,199 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/kpath/kpath/internal/model"
+)
+
+// CTEntry is one connection-tracking entry.
+type CTEntry struct {
+	Src      netip.AddrPort `json:"src"`
+	Dst      netip.AddrPort `json:"dst"`
+	Proto    string         `json:"proto"`
+	Service  bool           `json:"service"` // keyed by the frontend tuple; Backend is the choice
+	State    string         `json:"state"`
+	TCPFlags string         `json:"tcp_flags,omitempty"`
+	// Backend the connection was sent to (service entries).
+	Backend    netip.AddrPort `json:"backend,omitzero"`
+	BackendID  uint32         `json:"backend_id,omitempty"`
+	RevNatID   uint32         `json:"rev_nat_id,omitempty"`
+	ExpiresIn  time.Duration  `json:"expires_in"`
+	Age        time.Duration  `json:"age"`
+}
+
+// MonotonicNow reads the clock the datapath stamps entries with.
+func MonotonicNow() (uint32, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0, fmt.Errorf("read monotonic clock: %w", err)
+	}
+	return uint32(ts.Sec), nil
+}
+
+var ctStateNames = map[uint8]string{
+	uint8(kpathCtStateCT_NEW):         "new",
+	uint8(kpathCtStateCT_ESTABLISHED): "established",
+	uint8(kpathCtStateCT_CLOSING):     "closing",
+}
+
+func tcpFlagString(f uint8) string {
+	var s []string
+	for _, n := range []struct {
+		bit  uint8
+		name string
+	}{{0x02, "SYN"}, {0x10, "ACK"}, {0x01, "FIN"}, {0x04, "RST"}} {
+		if f&n.bit != 0 {
+			s = append(s, n.name)
+		}
+	}
+	return strings.Join(s, "|")
+}
+
+// Conntrack lists the connection-tracking table, expired entries included
+// (they stay until the next garbage collection).
+func (d *Datapath) Conntrack() ([]CTEntry, error) {
+	now, err := MonotonicNow()
+	if err != nil {
+		return nil, err
+	}
+	var (
+		k   kpathCtKey
+		v   kpathCtEntry
+		out []CTEntry
+	)
+	it := d.objs.KpCt.Iterate()
+	for it.Next(&k, &v) {
+		e := CTEntry{
+			Src:       netip.AddrPortFrom(addrFromBPF(k.Saddr), portFromBPF(k.Sport)),
+			Dst:       netip.AddrPortFrom(addrFromBPF(k.Daddr), portFromBPF(k.Dport)),
+			Proto:     model.Protocol(k.Proto).String(),
+			Service:   k.Flags&uint8(kpathCtKeyFlagsCT_KEY_SERVICE) != 0,
+			State:     ctStateNames[v.State],
+			RevNatID:  v.RevNatId,
+			ExpiresIn: time.Duration(int64(v.Expires)-int64(now)) * time.Second,
+			Age:       time.Duration(int64(now)-int64(v.Created)) * time.Second,
+		}
+		if k.Proto == uint8(model.TCP) {
+			e.TCPFlags = tcpFlagString(v.TcpFlags)
+		}
+		if e.Service {
+			e.Backend = netip.AddrPortFrom(addrFromBPF(v.BackendAddr), portFromBPF(v.BackendPort))
+			e.BackendID = v.BackendId
+		}
+		out = append(out, e)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate conntrack: %w", err)
+	}
+	slices.SortFunc(out, func(a, b CTEntry) int {
+		if c := a.Src.Compare(b.Src); c != 0 {
+			return c
+		}
+		return a.Dst.Compare(b.Dst)
+	})
+	return out, nil
+}
+
+// ConntrackGC deletes expired entries and returns how many it deleted and
+// how many remain. LRU eviction alone would keep dead connections until the
+// table fills and then evict live ones with them.
+func (d *Datapath) ConntrackGC() (deleted, remaining int, err error) {
+	now, err := MonotonicNow()
+	if err != nil {
+		return 0, 0, err
+	}
+	var (
+		k    kpathCtKey
+		v    kpathCtEntry
+		dead []kpathCtKey
+	)
+	it := d.objs.KpCt.Iterate()
+	for it.Next(&k, &v) {
+		// Signed difference: the clock is 32-bit seconds and may wrap.
+		if int32(v.Expires-now) < 0 {
+			dead = append(dead, k)
+		} else {
+			remaining++
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, 0, fmt.Errorf("iterate conntrack: %w", err)
+	}
+	for _, k := range dead {
+		if err := d.objs.KpCt.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return deleted, remaining, fmt.Errorf("delete conntrack entry: %w", err)
+		}
+		deleted++
+	}
+	return deleted, remaining, nil
+}
+
+// Counter is the sum over CPUs of one (reason, direction) counter.
+type Counter struct {
+	Reason  string `json:"reason"`
+	Dir     string `json:"dir"`
+	Drop    bool   `json:"drop"`
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+// Reason names, as metrics and the CLI show them.
+var reasonNames = map[kpathKpReason]string{
+	kpathKpReasonKP_PASS:               "pass",
+	kpathKpReasonKP_SVC_XLATE:          "service translated",
+	kpathKpReasonKP_REV_XLATE:          "reply translated",
+	kpathKpReasonKP_DROP_NO_BACKEND:    "no service backend",
+	kpathKpReasonKP_DROP_MALFORMED:     "malformed packet",
+	kpathKpReasonKP_DROP_FRAG_NO_FIRST: "fragment without state",
+	kpathKpReasonKP_DROP_CT_CREATE:     "conntrack write failed",
+	kpathKpReasonKP_DROP_REWRITE:       "header rewrite failed",
+}
+
+var dirNames = map[kpathKpDir]string{
+	kpathKpDirKP_DIR_FROM_POD: "from-pod",
+	kpathKpDirKP_DIR_TO_POD:   "to-pod",
+	kpathKpDirKP_DIR_SOCK:     "socket",
+}
+
+// Counters returns every non-zero counter.
+func (d *Datapath) Counters() ([]Counter, error) {
+	var out []Counter
+	for r := kpathKpReason(0); r < kpathKpReasonKP_REASON_MAX; r++ {
+		for dir := kpathKpDir(0); dir < kpathKpDirKP_DIR_MAX; dir++ {
+			var per []kpathKpCounter
+			idx := uint32(r)*uint32(kpathKpDirKP_DIR_MAX) + uint32(dir)
+			if err := d.objs.KpMetrics.Lookup(idx, &per); err != nil {
+				return nil, fmt.Errorf("read counter %d: %w", idx, err)
+			}
+			c := Counter{Reason: reasonNames[r], Dir: dirNames[dir], Drop: r >= kpathKpReasonKP_DROP_NO_BACKEND}
+			for _, p := range per {
+				c.Packets += p.Packets
+				c.Bytes += p.Bytes
+			}
+			if c.Packets > 0 {
+				out = append(out, c)
+			}
+		}
+	}
+	return out, nil
+}
+
+// CounterPackets returns the packets counted for a reason and direction,
+// named as in Counters; 0 when none were.
+func CounterPackets(cs []Counter, reason, dir string) uint64 {
+	for _, c := range cs {
+		if c.Reason == reason && c.Dir == dir {
+			return c.Packets
+		}
+	}
+	return 0
+}

@@ -1,0 +1,303 @@
+// Package datapath is the only part of kpath that touches eBPF. It loads
+// the programs generated from bpf/, pins their maps under a kpath directory
+// in bpffs, attaches programs to pod interfaces and cgroups, and offers a
+// typed API over the maps: services and backends, connection tracking and
+// counters. State survives a restart: Open finds the pinned maps and
+// rebuilds its view (IDs included) from them.
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/features"
+	"golang.org/x/sys/unix"
+
+	"github.com/kpath/kpath/internal/lb"
+)
+
+// MapSizes sets the capacity of the maps whose size depends on the cluster.
+type MapSizes struct {
+	Frontends    uint32 // service (address, port, protocol) combinations
+	Backends     uint32 // distinct backend (address, port, protocol)
+	Slots        uint32 // sum over frontends of their backend count
+	Maglev       uint32 // frontends using Maglev selection
+	Affinity     uint32 // (client, frontend) pairs with session affinity
+	Conntrack    uint32 // tracked connections (two entries per translated one)
+	SockRevNat   uint32 // (socket, backend) pairs translated by the socket hook
+	Fragments    uint32 // fragmented datagrams in flight
+}
+
+// DefaultMapSizes suits a cluster of 100,000 backends.
+func DefaultMapSizes() MapSizes {
+	return MapSizes{
+		Frontends:  65536,
+		Backends:   131072,
+		Slots:      262144,
+		Maglev:     8192,
+		Affinity:   65536,
+		Conntrack:  524288,
+		SockRevNat: 131072,
+		Fragments:  8192,
+	}
+}
+
+// CTLifetimes are how long a tracked connection lives without traffic.
+type CTLifetimes struct {
+	SYN         time.Duration // TCP before the other side answered
+	Established time.Duration // TCP after it answered
+	Closing     time.Duration // TCP after FIN or RST
+	Other       time.Duration // UDP
+}
+
+// DefaultCTLifetimes match Cilium's defaults.
+func DefaultCTLifetimes() CTLifetimes {
+	return CTLifetimes{SYN: time.Minute, Established: 6 * time.Hour, Closing: 10 * time.Second, Other: time.Minute}
+}
+
+// Config says where the datapath lives and how big it is.
+type Config struct {
+	// BPFFS is the bpffs mount point; it is mounted there if it is not yet.
+	BPFFS string
+	// PinDir is the directory under BPFFS holding kpath's maps and links.
+	PinDir string
+	// Sizes of the maps.
+	Sizes MapSizes
+	// MaglevTableSize is the entries per Maglev table, a prime.
+	MaglevTableSize uint32
+	// CT lifetimes.
+	CT CTLifetimes
+	// TCAttach chooses how programs attach to interfaces.
+	TCAttach AttachMode
+}
+
+// DefaultConfig is the production configuration.
+func DefaultConfig() Config {
+	return Config{
+		BPFFS:           "/sys/fs/bpf",
+		PinDir:          "kpath",
+		Sizes:           DefaultMapSizes(),
+		MaglevTableSize: lb.DefaultMaglevTableSize,
+		CT:              DefaultCTLifetimes(),
+		TCAttach:        AttachAuto,
+	}
+}
+
+// Validate reports what is wrong with c, before anything is loaded.
+func (c Config) Validate() error {
+	if !filepath.IsAbs(c.BPFFS) {
+		return fmt.Errorf("bpffs path %q must be absolute", c.BPFFS)
+	}
+	if c.PinDir == "" || filepath.IsAbs(c.PinDir) || filepath.Clean(c.PinDir) != c.PinDir || c.PinDir == ".." {
+		return fmt.Errorf("pin directory %q must be a plain relative name under the bpffs", c.PinDir)
+	}
+	if err := lb.ValidMaglevTableSize(uint64(c.MaglevTableSize)); err != nil {
+		return fmt.Errorf("maglev table size: %w", err)
+	}
+	s := c.Sizes
+	for _, f := range []struct {
+		name string
+		v    uint32
+	}{
+		{"frontends", s.Frontends}, {"backends", s.Backends}, {"slots", s.Slots}, {"maglev", s.Maglev},
+		{"affinity", s.Affinity}, {"conntrack", s.Conntrack}, {"sock-revnat", s.SockRevNat}, {"fragments", s.Fragments},
+	} {
+		if f.v < 16 {
+			return fmt.Errorf("map size %s = %d: must be at least 16", f.name, f.v)
+		}
+	}
+	if s.Frontends > 1<<24 || s.Backends > 1<<24 {
+		return fmt.Errorf("map sizes for frontends and backends must stay below %d (IDs are 24-bit safe)", 1<<24)
+	}
+	for _, l := range []struct {
+		name string
+		d    time.Duration
+	}{{"syn", c.CT.SYN}, {"established", c.CT.Established}, {"closing", c.CT.Closing}, {"other", c.CT.Other}} {
+		if l.d < time.Second || l.d > 7*24*time.Hour {
+			return fmt.Errorf("conntrack lifetime %s = %s: must be between 1s and 168h", l.name, l.d)
+		}
+	}
+	switch c.TCAttach {
+	case AttachAuto, AttachTCX, AttachLegacy:
+	default:
+		return fmt.Errorf("tc attach mode %q: want auto, tcx or legacy", c.TCAttach)
+	}
+	return nil
+}
+
+// Datapath is the loaded programs and their pinned maps.
+type Datapath struct {
+	cfg     Config
+	pinPath string
+	objs    kpathObjects
+
+	mu  sync.Mutex // guards the service state below and attachments
+	svc *serviceState
+}
+
+// Open loads the datapath, reusing maps already pinned under the pin
+// directory (their contents survive), and restores the service state from
+// them. The programs are not attached; see AttachPod and AttachCgroup.
+func Open(cfg Config) (*Datapath, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid datapath configuration: %w", err)
+	}
+	if err := checkKernel(); err != nil {
+		return nil, err
+	}
+	if err := ensureBPFFS(cfg.BPFFS); err != nil {
+		return nil, err
+	}
+	pinPath := filepath.Join(cfg.BPFFS, cfg.PinDir)
+	for _, dir := range []string{pinPath, filepath.Join(pinPath, "links")} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("create pin directory: %w", err)
+		}
+	}
+
+	spec, err := loadKpath()
+	if err != nil {
+		return nil, fmt.Errorf("read embedded BPF object: %w", err)
+	}
+	if err := configureSpec(spec, cfg); err != nil {
+		return nil, err
+	}
+	d := &Datapath{cfg: cfg, pinPath: pinPath}
+	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinPath}})
+	if err != nil {
+		return nil, explainLoadError(err, pinPath)
+	}
+	if err := d.restoreServices(); err != nil {
+		d.objs.Close()
+		return nil, fmt.Errorf("restore service state from pinned maps: %w", err)
+	}
+	return d, nil
+}
+
+// PinPath is the bpffs directory holding the datapath's maps and links.
+func (d *Datapath) PinPath() string { return d.pinPath }
+
+// Config returns the configuration the datapath was opened with.
+func (d *Datapath) Config() Config { return d.cfg }
+
+// Close releases this process's handles. Pinned maps and attached programs
+// stay in the kernel and keep working; use Reset to remove them.
+func (d *Datapath) Close() error {
+	return d.objs.Close()
+}
+
+// Reset removes everything kpath pinned under cfg's pin directory: maps and
+// links, which detaches the programs attached through links. Connection
+// state is lost. Programs attached the legacy way (tc filters) stay until
+// their interfaces go or DetachPod removes them.
+func Reset(cfg Config) error {
+	dir := filepath.Join(cfg.BPFFS, cfg.PinDir)
+	if cfg.PinDir == "" || dir == cfg.BPFFS {
+		return fmt.Errorf("refusing to remove the bpffs root %s", cfg.BPFFS)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove pinned datapath %s: %w", dir, err)
+	}
+	return nil
+}
+
+func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
+	s := cfg.Sizes
+	sizes := map[string]uint32{
+		kpathMapKpLbFrontend: s.Frontends,
+		kpathMapKpLbSlot:     s.Slots,
+		kpathMapKpLbBackend:  s.Backends,
+		kpathMapKpLbRevnat:   s.Frontends,
+		kpathMapKpLbMaglev:   s.Maglev,
+		kpathMapKpLbAffinity: s.Affinity,
+		kpathMapKpCt:         s.Conntrack,
+		kpathMapKpSockRevnat: s.SockRevNat,
+		kpathMapKpFrag:       s.Fragments,
+	}
+	for name, n := range sizes {
+		m, ok := spec.Maps[name]
+		if !ok {
+			return fmt.Errorf("embedded BPF object has no map %s", name)
+		}
+		m.MaxEntries = n
+	}
+	spec.Maps[kpathMapKpLbMaglev].InnerMap.MaxEntries = cfg.MaglevTableSize
+	vars := map[string]uint32{
+		kpathVarCfgMaglevSize:      cfg.MaglevTableSize,
+		kpathVarCfgCtLifetimeSyn:   uint32(cfg.CT.SYN / time.Second),
+		kpathVarCfgCtLifetimeTcp:   uint32(cfg.CT.Established / time.Second),
+		kpathVarCfgCtLifetimeClose: uint32(cfg.CT.Closing / time.Second),
+		kpathVarCfgCtLifetimeOther: uint32(cfg.CT.Other / time.Second),
+	}
+	for name, v := range vars {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+func explainLoadError(err error, pinPath string) error {
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		return fmt.Errorf("the kernel's verifier rejected a kpath program (a kernel too old or a bug; the log follows): %+v", ve)
+	}
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		return fmt.Errorf("a map pinned under %s was created with other parameters (map sizes or Maglev table size changed): %w; "+
+			"keep the old configuration, or remove the pinned state with `kpath dp reset` (drops connection tracking)", pinPath, err)
+	}
+	if errors.Is(err, unix.EPERM) {
+		return fmt.Errorf("load datapath: %w (needs root, or CAP_BPF with CAP_NET_ADMIN and CAP_PERFMON)", err)
+	}
+	return fmt.Errorf("load datapath: %w", err)
+}
+
+// checkKernel names the first kernel feature kpath needs and lacks.
+func checkKernel() error {
+	progs := []struct {
+		t    ebpf.ProgramType
+		what string
+	}{
+		{ebpf.SchedCLS, "tc (sched_cls) programs"},
+		{ebpf.CGroupSockAddr, "cgroup socket-address programs (Linux 4.17)"},
+	}
+	for _, p := range progs {
+		if err := features.HaveProgramType(p.t); err != nil {
+			return fmt.Errorf("kernel feature missing: %s: %w", p.what, err)
+		}
+	}
+	maps := []struct {
+		t    ebpf.MapType
+		what string
+	}{
+		{ebpf.LRUHash, "LRU hash maps (Linux 4.10)"},
+		{ebpf.HashOfMaps, "hash-of-maps (Linux 4.12)"},
+		{ebpf.PerCPUArray, "per-CPU arrays (Linux 4.6)"},
+	}
+	for _, m := range maps {
+		if err := features.HaveMapType(m.t); err != nil {
+			return fmt.Errorf("kernel feature missing: %s: %w", m.what, err)
+		}
+	}
+	return nil
+}
+
+// ensureBPFFS mounts bpffs at dir unless it is mounted there already.
+func ensureBPFFS(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err == nil && st.Type == unix.BPF_FS_MAGIC {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create bpffs mount point %s: %w", dir, err)
+	}
+	if err := unix.Mount("bpffs", dir, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mount bpffs at %s: %w (kernel without bpffs, or not root)", dir, err)
+	}
+	return nil
+}

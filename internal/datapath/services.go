@@ -1,0 +1,527 @@
+package datapath
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/kpath/kpath/internal/lb"
+	"github.com/kpath/kpath/internal/model"
+)
+
+// frontendState is what this process knows a frontend's maps contain.
+type frontendState struct {
+	id         uint32
+	svc        model.Service // backends in canonical order = slot order
+	backendIDs []uint32      // slot i -> backend ID
+	// refs are the backends this frontend keeps alive: those of svc, plus
+	// any written by an update that failed half way and may sit in a slot.
+	refs map[model.L4Addr]struct{}
+	// slotHigh is one past the highest slot that may exist in kp_lb_slot.
+	slotHigh int
+	// dirty: the maps may differ from svc (a failed update); rewrite all.
+	dirty bool
+}
+
+type backendState struct {
+	id   uint32
+	refs int
+}
+
+type serviceState struct {
+	frontends map[model.L4Addr]*frontendState
+	backends  map[model.L4Addr]*backendState
+	byID      map[uint32]model.L4Addr
+	feIDs     *lb.IDAllocator
+	beIDs     *lb.IDAllocator
+}
+
+func newServiceState(sizes MapSizes) *serviceState {
+	return &serviceState{
+		frontends: make(map[model.L4Addr]*frontendState),
+		backends:  make(map[model.L4Addr]*backendState),
+		byID:      make(map[uint32]model.L4Addr),
+		feIDs:     lb.NewIDAllocator(sizes.Frontends),
+		beIDs:     lb.NewIDAllocator(sizes.Backends),
+	}
+}
+
+func compareL4(a, b model.L4Addr) int {
+	if c := a.Addr.Compare(b.Addr); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.Port, b.Port); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Proto, b.Proto)
+}
+
+func sameService(a, b model.Service) bool {
+	return a.Frontend == b.Frontend && a.Selection == b.Selection && a.Affinity == b.Affinity &&
+		slices.Equal(a.Backends, b.Backends)
+}
+
+func (fe *frontendState) value() kpathLbFrontend {
+	v := kpathLbFrontend{Id: fe.id, Count: uint16(len(fe.backendIDs))}
+	if fe.svc.Selection == model.SelectMaglev {
+		v.Flags |= uint16(kpathLbFlagsLB_F_MAGLEV)
+	}
+	if fe.svc.Affinity > 0 {
+		v.Flags |= uint16(kpathLbFlagsLB_F_AFFINITY)
+		v.AffinityTimeout = uint32(fe.svc.Affinity / time.Second)
+	}
+	return v
+}
+
+// UpsertService makes svc's frontend reach exactly svc's backends. The
+// maps are written so that a packet never sees a half-written service:
+// backends and slots are in place before the frontend's count grows, and
+// the count shrinks before slots and backends go away. Applying the same
+// service again writes nothing.
+func (d *Datapath) UpsertService(svc model.Service) error {
+	if err := svc.Validate(); err != nil {
+		return fmt.Errorf("invalid service: %w", err)
+	}
+	svc.Backends = slices.Clone(svc.Backends)
+	slices.SortFunc(svc.Backends, compareL4)
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := d.svc
+	fe := st.frontends[svc.Frontend]
+	if fe != nil && !fe.dirty && sameService(fe.svc, svc) {
+		return nil
+	}
+	if fe == nil {
+		id, err := st.feIDs.Allocate()
+		if err != nil {
+			return fmt.Errorf("service %s: no free frontend ID (%w); raise the frontends map size", svc.Frontend, err)
+		}
+		fe = &frontendState{id: id, refs: map[model.L4Addr]struct{}{}, dirty: true}
+		st.frontends[svc.Frontend] = fe
+	}
+	if err := d.writeService(fe, svc); err != nil {
+		fe.dirty = true
+		return fmt.Errorf("service %s: %w", svc.Frontend, err)
+	}
+	return nil
+}
+
+func (d *Datapath) writeService(fe *frontendState, svc model.Service) error {
+	st := d.svc
+	m := &d.objs
+
+	// Backends first: every ID a slot will name must resolve.
+	ids := make([]uint32, len(svc.Backends))
+	for i, b := range svc.Backends {
+		bs := st.backends[b]
+		if bs == nil {
+			id, err := st.beIDs.Allocate()
+			if err != nil {
+				return fmt.Errorf("no free backend ID (%w); raise the backends map size", err)
+			}
+			if err := m.KpLbBackend.Put(id, backendValue(b)); err != nil {
+				st.beIDs.Release(id)
+				return mapWriteError("kp_lb_backend", "backends", err)
+			}
+			bs = &backendState{id: id}
+			st.backends[b] = bs
+			st.byID[id] = b
+		}
+		if _, held := fe.refs[b]; !held {
+			fe.refs[b] = struct{}{}
+			bs.refs++
+		}
+		ids[i] = bs.id
+	}
+
+	rn := kpathLbRevNat{Addr: addrToBPF(svc.Frontend.Addr), Port: portToBPF(svc.Frontend.Port)}
+	if err := m.KpLbRevnat.Put(fe.id, rn); err != nil {
+		return mapWriteError("kp_lb_revnat", "frontends", err)
+	}
+
+	maglev := svc.Selection == model.SelectMaglev && len(ids) > 0
+	if maglev {
+		if err := d.writeMaglev(fe.id, svc.Backends, ids); err != nil {
+			return err
+		}
+	}
+
+	for i, id := range ids {
+		if !fe.dirty && i < len(fe.backendIDs) && fe.backendIDs[i] == id {
+			continue
+		}
+		if err := m.KpLbSlot.Put(kpathLbSlotKey{Id: fe.id, Slot: uint32(i)}, id); err != nil {
+			return mapWriteError("kp_lb_slot", "slots", err)
+		}
+		fe.slotHigh = max(fe.slotHigh, i+1)
+	}
+
+	oldSvc := fe.svc
+	fe.svc, fe.backendIDs = svc, ids
+	if err := m.KpLbFrontend.Put(frontendKey(svc.Frontend), fe.value()); err != nil {
+		return mapWriteError("kp_lb_frontend", "frontends", err)
+	}
+	fe.dirty = false
+
+	// The count is down: slots past it and backends that left can go.
+	for i := len(ids); i < fe.slotHigh; i++ {
+		if err := m.KpLbSlot.Delete(kpathLbSlotKey{Id: fe.id, Slot: uint32(i)}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete slot %d: %w", i, err)
+		}
+	}
+	fe.slotHigh = len(ids)
+	if !maglev && oldSvc.Selection == model.SelectMaglev {
+		if err := m.KpLbMaglev.Delete(fe.id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete maglev table: %w", err)
+		}
+	}
+
+	keep := make(map[model.L4Addr]struct{}, len(svc.Backends))
+	for _, b := range svc.Backends {
+		keep[b] = struct{}{}
+	}
+	var gone []uint32
+	for b := range fe.refs {
+		if _, ok := keep[b]; !ok {
+			gone = append(gone, st.backends[b].id)
+			delete(fe.refs, b)
+			d.releaseBackend(b)
+		}
+	}
+	if len(gone) > 0 && svc.Affinity > 0 {
+		d.forgetAffinity(fe.id, gone)
+	}
+	return nil
+}
+
+// releaseBackend drops one reference and deletes the backend with the last.
+func (d *Datapath) releaseBackend(b model.L4Addr) {
+	st := d.svc
+	bs := st.backends[b]
+	bs.refs--
+	if bs.refs > 0 {
+		return
+	}
+	// A failed delete leaves an entry no slot names; Open's restore prunes it.
+	_ = d.objs.KpLbBackend.Delete(bs.id)
+	delete(st.backends, b)
+	delete(st.byID, bs.id)
+	st.beIDs.Release(bs.id)
+}
+
+// forgetAffinity deletes session-affinity entries of frontend id that point
+// at one of backends (all of them when backends is nil), so no client stays
+// stuck to a backend that left the service.
+func (d *Datapath) forgetAffinity(id uint32, backends []uint32) {
+	var (
+		k    kpathLbAffinityKey
+		v    kpathLbAffinity
+		dead []kpathLbAffinityKey
+	)
+	it := d.objs.KpLbAffinity.Iterate()
+	for it.Next(&k, &v) {
+		if k.Id == id && (backends == nil || slices.Contains(backends, v.BackendId)) {
+			dead = append(dead, k)
+		}
+	}
+	for _, k := range dead {
+		_ = d.objs.KpLbAffinity.Delete(k)
+	}
+}
+
+// writeMaglev builds the frontend's Maglev table in a new inner map and
+// swaps it in with one update of the outer map.
+func (d *Datapath) writeMaglev(id uint32, backends []model.L4Addr, ids []uint32) error {
+	mbs := make([]lb.MaglevBackend, len(ids))
+	for i := range ids {
+		mbs[i] = lb.MaglevBackend{ID: ids[i], Key: backends[i].String()}
+	}
+	m := uint64(d.cfg.MaglevTableSize)
+	table, err := lb.MaglevTable(mbs, m)
+	if err != nil {
+		return fmt.Errorf("maglev table: %w", err)
+	}
+	inner, err := ebpf.NewMap(&ebpf.MapSpec{
+		Name: "kp_maglev_inner", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: uint32(m),
+	})
+	if err != nil {
+		return fmt.Errorf("create maglev table: %w", err)
+	}
+	defer inner.Close()
+	keys := make([]uint32, m)
+	for i := range keys {
+		keys[i] = uint32(i)
+	}
+	if _, err := inner.BatchUpdate(keys, table, nil); err != nil {
+		if !errors.Is(err, ebpf.ErrNotSupported) {
+			return fmt.Errorf("fill maglev table: %w", err)
+		}
+		for i, v := range table {
+			if err := inner.Put(uint32(i), v); err != nil {
+				return fmt.Errorf("fill maglev table: %w", err)
+			}
+		}
+	}
+	if err := d.objs.KpLbMaglev.Put(id, inner); err != nil {
+		return mapWriteError("kp_lb_maglev", "maglev", err)
+	}
+	return nil
+}
+
+// DeleteService removes a frontend. Connections already established through
+// the socket hook are unaffected; tc-path connections lose their reverse
+// translation. Deleting a frontend that does not exist is not an error.
+func (d *Datapath) DeleteService(frontend model.L4Addr) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := d.svc
+	fe := st.frontends[frontend]
+	if fe == nil {
+		return nil
+	}
+	m := &d.objs
+	ignoreMissing := func(err error) error {
+		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+		return nil
+	}
+	if err := ignoreMissing(m.KpLbFrontend.Delete(frontendKey(frontend))); err != nil {
+		return fmt.Errorf("delete frontend %s: %w", frontend, err)
+	}
+	for i := range fe.slotHigh {
+		if err := ignoreMissing(m.KpLbSlot.Delete(kpathLbSlotKey{Id: fe.id, Slot: uint32(i)})); err != nil {
+			return fmt.Errorf("delete frontend %s slot %d: %w", frontend, i, err)
+		}
+	}
+	if err := ignoreMissing(m.KpLbMaglev.Delete(fe.id)); err != nil {
+		return fmt.Errorf("delete frontend %s maglev table: %w", frontend, err)
+	}
+	if err := ignoreMissing(m.KpLbRevnat.Delete(fe.id)); err != nil {
+		return fmt.Errorf("delete frontend %s reverse translation: %w", frontend, err)
+	}
+	d.forgetAffinity(fe.id, nil)
+	for b := range fe.refs {
+		d.releaseBackend(b)
+	}
+	delete(st.frontends, frontend)
+	st.feIDs.Release(fe.id)
+	return nil
+}
+
+func mapWriteError(mapName, sizeName string, err error) error {
+	if errors.Is(err, unix.E2BIG) {
+		return fmt.Errorf("map %s is full: raise the %s map size: %w", mapName, sizeName, err)
+	}
+	return fmt.Errorf("write %s: %w", mapName, err)
+}
+
+// ServiceInfo is a frontend as the maps hold it.
+type ServiceInfo struct {
+	ID        uint32         `json:"id"`
+	Frontend  model.L4Addr   `json:"-"`
+	Name      string         `json:"frontend"`
+	Selection string         `json:"selection"`
+	Affinity  time.Duration  `json:"affinity,omitempty"`
+	Backends  []BackendInfo  `json:"backends"`
+}
+
+// BackendInfo is one backend slot of a frontend.
+type BackendInfo struct {
+	ID      uint32       `json:"id"`
+	Backend model.L4Addr `json:"-"`
+	Name    string       `json:"backend"`
+}
+
+// Services reads every frontend and its backends from the maps (not from
+// this process's memory), sorted by frontend.
+func (d *Datapath) Services() ([]ServiceInfo, error) {
+	var (
+		k   kpathLbFrontendKey
+		v   kpathLbFrontend
+		out []ServiceInfo
+	)
+	it := d.objs.KpLbFrontend.Iterate()
+	for it.Next(&k, &v) {
+		fe := frontendFromKey(k)
+		si := ServiceInfo{ID: v.Id, Frontend: fe, Name: fe.String(), Selection: model.SelectRandom.String(), Backends: []BackendInfo{}}
+		if v.Flags&uint16(kpathLbFlagsLB_F_MAGLEV) != 0 {
+			si.Selection = model.SelectMaglev.String()
+		}
+		if v.Flags&uint16(kpathLbFlagsLB_F_AFFINITY) != 0 {
+			si.Affinity = time.Duration(v.AffinityTimeout) * time.Second
+		}
+		for slot := range uint32(v.Count) {
+			var id uint32
+			if err := d.objs.KpLbSlot.Lookup(kpathLbSlotKey{Id: v.Id, Slot: slot}, &id); err != nil {
+				return nil, fmt.Errorf("frontend %s slot %d: %w", fe, slot, err)
+			}
+			var bv kpathLbBackend
+			if err := d.objs.KpLbBackend.Lookup(id, &bv); err != nil {
+				return nil, fmt.Errorf("frontend %s backend %d: %w", fe, id, err)
+			}
+			b := backendFromValue(bv)
+			si.Backends = append(si.Backends, BackendInfo{ID: id, Backend: b, Name: b.String()})
+		}
+		out = append(out, si)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate frontends: %w", err)
+	}
+	slices.SortFunc(out, func(a, b ServiceInfo) int { return compareL4(a.Frontend, b.Frontend) })
+	return out, nil
+}
+
+// restoreServices rebuilds the service state from the pinned maps, so IDs
+// stay what they were before a restart, and prunes entries nothing owns
+// (left by an update or delete that failed half way).
+func (d *Datapath) restoreServices() error {
+	st := newServiceState(d.cfg.Sizes)
+	m := &d.objs
+
+	var (
+		bid uint32
+		bv  kpathLbBackend
+	)
+	it := m.KpLbBackend.Iterate()
+	for it.Next(&bid, &bv) {
+		b := backendFromValue(bv)
+		if err := st.beIDs.Reserve(bid); err != nil {
+			return fmt.Errorf("backend %s: %w", b, err)
+		}
+		st.backends[b] = &backendState{id: bid}
+		st.byID[bid] = b
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate backends: %w", err)
+	}
+
+	var (
+		fk kpathLbFrontendKey
+		fv kpathLbFrontend
+	)
+	byFEID := map[uint32]*frontendState{}
+	it = m.KpLbFrontend.Iterate()
+	for it.Next(&fk, &fv) {
+		svc := model.Service{Frontend: frontendFromKey(fk)}
+		if fv.Flags&uint16(kpathLbFlagsLB_F_MAGLEV) != 0 {
+			svc.Selection = model.SelectMaglev
+		}
+		if fv.Flags&uint16(kpathLbFlagsLB_F_AFFINITY) != 0 {
+			svc.Affinity = time.Duration(fv.AffinityTimeout) * time.Second
+		}
+		fe := &frontendState{id: fv.Id, refs: map[model.L4Addr]struct{}{}, slotHigh: int(fv.Count)}
+		for slot := range uint32(fv.Count) {
+			var id uint32
+			if err := m.KpLbSlot.Lookup(kpathLbSlotKey{Id: fv.Id, Slot: slot}, &id); err != nil {
+				fe.dirty = true
+				continue
+			}
+			b, ok := st.byID[id]
+			if !ok {
+				fe.dirty = true
+				continue
+			}
+			fe.backendIDs = append(fe.backendIDs, id)
+			svc.Backends = append(svc.Backends, b)
+			if _, held := fe.refs[b]; !held {
+				fe.refs[b] = struct{}{}
+				st.backends[b].refs++
+			}
+		}
+		fe.svc = svc
+		if err := st.feIDs.Reserve(fv.Id); err != nil {
+			return fmt.Errorf("frontend %s: %w", svc.Frontend, err)
+		}
+		if svc.Selection == model.SelectMaglev && len(svc.Backends) > 0 && !d.maglevTablePresent(fv.Id) {
+			fe.dirty = true
+		}
+		st.frontends[svc.Frontend] = fe
+		byFEID[fv.Id] = fe
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate frontends: %w", err)
+	}
+	d.svc = st
+
+	// Prune what no frontend owns.
+	var (
+		sk    kpathLbSlotKey
+		sv    uint32
+		slots []kpathLbSlotKey
+	)
+	it = m.KpLbSlot.Iterate()
+	for it.Next(&sk, &sv) {
+		if fe := byFEID[sk.Id]; fe == nil || int(sk.Slot) >= fe.slotHigh {
+			slots = append(slots, sk)
+		}
+	}
+	for _, k := range slots {
+		_ = m.KpLbSlot.Delete(k)
+	}
+	for _, mp := range []*ebpf.Map{m.KpLbRevnat, m.KpLbMaglev} {
+		ids, err := keys32(mp)
+		if err != nil {
+			return err
+		}
+		var dead []uint32
+		for _, id := range ids {
+			if byFEID[id] == nil {
+				dead = append(dead, id)
+			}
+		}
+		for _, id := range dead {
+			_ = mp.Delete(id)
+		}
+	}
+	for b, bs := range st.backends {
+		if bs.refs == 0 {
+			_ = m.KpLbBackend.Delete(bs.id)
+			delete(st.backends, b)
+			delete(st.byID, bs.id)
+			st.beIDs.Release(bs.id)
+		}
+	}
+	return nil
+}
+
+// maglevTablePresent reports whether frontend id has a table of the
+// configured size.
+func (d *Datapath) maglevTablePresent(id uint32) bool {
+	var innerID ebpf.MapID
+	if err := d.objs.KpLbMaglev.Lookup(id, &innerID); err != nil {
+		return false
+	}
+	inner, err := ebpf.NewMapFromID(innerID)
+	if err != nil {
+		return false
+	}
+	defer inner.Close()
+	return inner.MaxEntries() == d.cfg.MaglevTableSize
+}
+
+// keys32 lists the keys of a map keyed by uint32, whatever its values.
+func keys32(m *ebpf.Map) ([]uint32, error) {
+	var (
+		out  []uint32
+		prev any
+		next uint32
+	)
+	for {
+		err := m.NextKey(prev, &next)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list keys of %s: %w", m, err)
+		}
+		out = append(out, next)
+		prev = next
+	}
+}

@@ -1,0 +1,79 @@
+package model
+
+import (
+	"fmt"
+	"time"
+)
+
+// Selection is how a frontend picks a backend for a new connection.
+type Selection uint8
+
+// Backend selection algorithms.
+const (
+	SelectRandom Selection = iota // uniform random per connection
+	SelectMaglev                  // Maglev consistent hashing of the 5-tuple
+)
+
+// String names the algorithm as the CLI and configuration spell it.
+func (s Selection) String() string {
+	if s == SelectMaglev {
+		return "maglev"
+	}
+	return "random"
+}
+
+// ParseSelection accepts "random" or "maglev".
+func ParseSelection(s string) (Selection, error) {
+	switch s {
+	case "random", "":
+		return SelectRandom, nil
+	case "maglev":
+		return SelectMaglev, nil
+	}
+	return 0, fmt.Errorf("backend selection %q: want random or maglev", s)
+}
+
+// MaxAffinityTimeout is the longest session-affinity timeout, as Kubernetes
+// allows (sessionAffinityConfig.clientIP.timeoutSeconds <= 86400).
+const MaxAffinityTimeout = 86400 * time.Second
+
+// Service is one frontend and the backends its new connections may reach.
+type Service struct {
+	Frontend L4Addr
+	Backends []L4Addr
+	// Selection picks the algorithm for new connections.
+	Selection Selection
+	// Affinity, when non-zero, keeps a client on the backend it last used
+	// for this long after its last new connection (sessionAffinity ClientIP).
+	Affinity time.Duration
+}
+
+// Validate reports what makes s unusable, naming the offending field.
+func (s Service) Validate() error {
+	if err := s.Frontend.Validate(); err != nil {
+		return fmt.Errorf("frontend: %w", err)
+	}
+	seen := make(map[L4Addr]bool, len(s.Backends))
+	for _, b := range s.Backends {
+		if err := b.Validate(); err != nil {
+			return fmt.Errorf("service %s: backend: %w", s.Frontend, err)
+		}
+		if b.Proto != s.Frontend.Proto {
+			return fmt.Errorf("service %s: backend %s has another protocol", s.Frontend, b)
+		}
+		if seen[b] {
+			return fmt.Errorf("service %s: backend %s listed twice", s.Frontend, b)
+		}
+		seen[b] = true
+	}
+	if len(s.Backends) > 65535 {
+		return fmt.Errorf("service %s: %d backends, at most 65535", s.Frontend, len(s.Backends))
+	}
+	if s.Affinity < 0 || s.Affinity > MaxAffinityTimeout {
+		return fmt.Errorf("service %s: affinity timeout %s outside 0..%s", s.Frontend, s.Affinity, MaxAffinityTimeout)
+	}
+	if s.Affinity > 0 && s.Affinity < time.Second {
+		return fmt.Errorf("service %s: affinity timeout %s: the datapath counts whole seconds", s.Frontend, s.Affinity)
+	}
+	return nil
+}
