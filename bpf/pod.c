@@ -76,10 +76,7 @@ int kp_from_pod(struct __sk_buff *skb)
 
 		if (conn) {
 			ct_refresh(conn, &p, false, now);
-			if (svc->state != conn->state)
-				svc->state = conn->state;
-			if (svc->expires != conn->expires)
-				svc->expires = conn->expires;
+			ct_sync_service(svc, conn);
 		} else {
 			/* Evicted or collected while the service entry lived:
 			 * recreate it, or replies would not be translated. */
@@ -161,7 +158,19 @@ int kp_to_pod(struct __sk_buff *skb)
 
 	if (!rn)
 		return pass(skb, dir); /* the service is gone; nothing to map back to */
-	ct_refresh(conn, &p, true, now_sec());
+	if (ct_refresh(conn, &p, true, now_sec())) {
+		/* Replies alone must keep the service entry alive too (a UDP
+		 * stream from the backend), and carry it to established. */
+		struct ct_key sk = {
+			.saddr = p.daddr, .daddr = rn->addr,
+			.sport = p.dport, .dport = rn->port,
+			.proto = p.proto, .flags = CT_KEY_SERVICE,
+		};
+		struct ct_entry *svc = bpf_map_lookup_elem(&kp_ct, &sk);
+
+		if (svc)
+			ct_sync_service(svc, conn);
+	}
 	if (rewrite(skb, &p, true, p.saddr, rn->addr, p.sport, rn->port))
 		return drop(skb, KP_DROP_REWRITE, dir);
 	return xlate_done(skb, &p, KP_REV_XLATE, dir);

@@ -17,12 +17,14 @@ static __always_inline __u32 ct_lifetime(__u8 proto, __u8 state)
 
 /* Advances e for packet p (reply: it travels against the entry's tuple) and
  * pushes its expiry. Fields are only written when they change, so a busy
- * flow does not dirty the entry's cache line on every packet. */
-static __always_inline void ct_refresh(struct ct_entry *e, const struct pkt *p,
+ * flow does not dirty the entry's cache line on every packet. Returns
+ * whether state or expiry changed (at most about once a second). */
+static __always_inline bool ct_refresh(struct ct_entry *e, const struct pkt *p,
 				       bool reply, __u32 now)
 {
 	__u8 state = e->state;
 	__u32 expires;
+	bool changed = false;
 
 	if (p->proto == IPPROTO_TCP) {
 		if (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
@@ -34,11 +36,26 @@ static __always_inline void ct_refresh(struct ct_entry *e, const struct pkt *p,
 	} else if (reply && state == CT_NEW) {
 		state = CT_ESTABLISHED;
 	}
-	if (state != e->state)
+	if (state != e->state) {
 		e->state = state;
+		changed = true;
+	}
 	expires = now + ct_lifetime(p->proto, state);
-	if (expires != e->expires)
+	if (expires != e->expires) {
 		e->expires = expires;
+		changed = true;
+	}
+	return changed;
+}
+
+/* Copies the connection entry's state and expiry to its service entry, so
+ * both live as long as the connection does. */
+static __always_inline void ct_sync_service(struct ct_entry *svc, const struct ct_entry *conn)
+{
+	if (svc->state != conn->state)
+		svc->state = conn->state;
+	if (svc->expires != conn->expires)
+		svc->expires = conn->expires;
 }
 
 /* A SYN for a tuple whose connection is closing starts a new connection

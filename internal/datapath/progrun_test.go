@@ -1,0 +1,449 @@
+package datapath
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/kpath/kpath/internal/model"
+)
+
+// Return codes of tc programs.
+const (
+	tcActOK   = 0
+	tcActShot = 2
+)
+
+func l4(s string) model.L4Addr {
+	a, err := model.ParseL4Addr(s, model.TCP)
+	if err != nil {
+		panic(err)
+	}
+	return a
+}
+
+func svcOf(fe string, backends ...string) model.Service {
+	s := model.Service{Frontend: l4(fe)}
+	for _, b := range backends {
+		bb := l4(b)
+		bb.Proto = s.Frontend.Proto
+		s.Backends = append(s.Backends, bb)
+	}
+	return s
+}
+
+// runProg runs prog once on pkt with BPF_PROG_TEST_RUN.
+func runProg(t testing.TB, prog *ebpf.Program, pkt []byte) (uint32, []byte) {
+	t.Helper()
+	out := make([]byte, len(pkt)+256)
+	ret, err := prog.Run(&ebpf.RunOptions{Data: pkt, DataOut: out})
+	if err != nil {
+		t.Fatalf("BPF_PROG_TEST_RUN: %v", err)
+	}
+	return ret, out
+}
+
+func (d *Datapath) counter(t testing.TB, reason, dir string) uint64 {
+	t.Helper()
+	cs, err := d.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return CounterPackets(cs, reason, dir)
+}
+
+func mustUpsert(t testing.TB, d *Datapath, s model.Service) {
+	t.Helper()
+	if err := d.UpsertService(s); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestTCServiceTranslationAndReply(t *testing.T) {
+	for _, proto := range []uint8{6, 17} {
+		for _, opts := range [][]byte{nil, {1, 1, 1, 0}} {
+			t.Run(fmt.Sprintf("proto%d/options%d", proto, len(opts)), func(t *testing.T) {
+				d := openTest(t, testConfig(t))
+				p := model.Protocol(proto)
+				s := svcOf("10.96.0.10:80/"+p.String(), "10.244.1.5:8080", "10.244.2.6:8081")
+				mustUpsert(t, d, s)
+
+				client := ap("10.244.0.2:40000")
+				req := testPkt{src: client, dst: ap("10.96.0.10:80"), proto: proto, tcpFlags: tcpSYN, payload: []byte("hello"), ipOptions: opts}
+				ret, out := runProg(t, d.objs.KpFromPod, req.bytes())
+				if ret != tcActOK {
+					t.Fatalf("from-pod verdict %d, want TC_ACT_OK", ret)
+				}
+				got := parsePkt(t, out)
+				checkCsums(t, got)
+				if got.src != client {
+					t.Errorf("source rewritten to %s", got.src)
+				}
+				var backend netip.AddrPort
+				for _, b := range s.Backends {
+					if got.dst == netip.AddrPortFrom(b.Addr, b.Port) {
+						backend = got.dst
+					}
+				}
+				if !backend.IsValid() {
+					t.Fatalf("destination %s is not a backend of %v", got.dst, s.Backends)
+				}
+				if string(got.l4[len(got.l4)-5:]) != "hello" {
+					t.Errorf("payload changed: %q", got.l4)
+				}
+
+				// Later packets of the connection go to the same backend.
+				req.tcpFlags = tcpACK
+				for range 20 {
+					_, out := runProg(t, d.objs.KpFromPod, req.bytes())
+					if got := parsePkt(t, out); got.dst != backend {
+						t.Fatalf("established packet went to %s, want %s", got.dst, backend)
+					}
+				}
+
+				// The reply is translated back to the frontend.
+				reply := testPkt{src: backend, dst: client, proto: proto, tcpFlags: tcpSYN | tcpACK, payload: []byte("world")}
+				ret, out = runProg(t, d.objs.KpToPod, reply.bytes())
+				if ret != tcActOK {
+					t.Fatalf("to-pod verdict %d", ret)
+				}
+				got = parsePkt(t, out)
+				checkCsums(t, got)
+				if got.src != ap("10.96.0.10:80") || got.dst != client {
+					t.Fatalf("reply %s -> %s, want 10.96.0.10:80 -> %s", got.src, got.dst, client)
+				}
+
+				ct, err := d.Conntrack()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(ct) != 2 {
+					t.Fatalf("conntrack has %d entries, want 2 (service + connection): %+v", len(ct), ct)
+				}
+				for _, e := range ct {
+					if e.State != "established" {
+						t.Errorf("entry %s -> %s state %s after the reply, want established", e.Src, e.Dst, e.State)
+					}
+					want := time.Duration(21600) * time.Second
+					if proto == 17 {
+						want = time.Minute
+					}
+					if e.ExpiresIn < want-2*time.Second || e.ExpiresIn > want {
+						t.Errorf("entry expires in %s, want about %s", e.ExpiresIn, want)
+					}
+				}
+				if n := d.counter(t, "service translated", "from-pod"); n != 21 {
+					t.Errorf("service translated counter = %d, want 21", n)
+				}
+				if n := d.counter(t, "reply translated", "to-pod"); n != 1 {
+					t.Errorf("reply translated counter = %d, want 1", n)
+				}
+			})
+		}
+	}
+}
+
+func TestTCNoBackendDropsWithReason(t *testing.T) {
+	d := openTest(t, testConfig(t))
+	mustUpsert(t, d, svcOf("10.96.0.11:53/UDP"))
+	pkt := testPkt{src: ap("10.244.0.2:5353"), dst: ap("10.96.0.11:53"), proto: 17, payload: []byte("q")}
+	if ret, _ := runProg(t, d.objs.KpFromPod, pkt.bytes()); ret != tcActShot {
+		t.Fatalf("verdict %d for a service without backends, want TC_ACT_SHOT", ret)
+	}
+	if n := d.counter(t, "no service backend", "from-pod"); n != 1 {
+		t.Fatalf("no-backend drops = %d, want 1", n)
+	}
+	// Another port of the same address is not a service: untouched.
+	other := testPkt{src: ap("10.244.0.2:5353"), dst: ap("10.96.0.11:54"), proto: 17}
+	if ret, _ := runProg(t, d.objs.KpFromPod, other.bytes()); ret != tcActOK {
+		t.Fatalf("verdict %d for a non-service port", ret)
+	}
+}
+
+func TestTCNonServiceTrafficUntouched(t *testing.T) {
+	d := openTest(t, testConfig(t))
+	mustUpsert(t, d, svcOf("10.96.0.10:80", "10.244.1.5:8080"))
+	arp := append([]byte{2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x06}, make([]byte, 28)...)
+	pkts := [][]byte{
+		testPkt{src: ap("10.244.0.2:40000"), dst: ap("10.244.1.5:8080"), proto: 6, tcpFlags: tcpSYN}.bytes(),
+		testPkt{src: ap("10.244.0.2:40000"), dst: ap("10.96.0.10:81"), proto: 6, tcpFlags: tcpSYN}.bytes(),
+		testPkt{src: ap("10.244.0.2:40000"), dst: ap("10.96.0.10:80"), proto: 17}.bytes(),
+		arp,
+	}
+	for i, in := range pkts {
+		for _, prog := range []*ebpf.Program{d.objs.KpFromPod, d.objs.KpToPod} {
+			ret, out := runProg(t, prog, in)
+			if ret != tcActOK {
+				t.Errorf("packet %d: verdict %d", i, ret)
+			}
+			if string(out[:len(in)]) != string(in) {
+				t.Errorf("packet %d: modified", i)
+			}
+		}
+	}
+	if n := d.counter(t, "pass", "from-pod"); n != uint64(len(pkts)) {
+		t.Errorf("pass counter = %d, want %d", n, len(pkts))
+	}
+	if ct, _ := d.Conntrack(); len(ct) != 0 {
+		t.Errorf("non-service traffic created conntrack entries: %+v", ct)
+	}
+}
+
+func TestTCUDPWithoutChecksumStaysWithout(t *testing.T) {
+	d := openTest(t, testConfig(t))
+	mustUpsert(t, d, svcOf("10.96.0.11:53/UDP", "10.244.1.9:5353"))
+	pkt := testPkt{src: ap("10.244.0.2:1000"), dst: ap("10.96.0.11:53"), proto: 17, noUDPCsum: true, payload: []byte("q")}
+	_, out := runProg(t, d.objs.KpFromPod, pkt.bytes())
+	got := parsePkt(t, out)
+	checkIPCsum(t, got)
+	if got.dst != ap("10.244.1.9:5353") {
+		t.Fatalf("dst %s", got.dst)
+	}
+	if c := binary.BigEndian.Uint16(got.l4[6:]); c != 0 {
+		t.Fatalf("UDP checksum became %#04x, want 0 (none)", c)
+	}
+}
+
+func TestTCSessionAffinityIsSticky(t *testing.T) {
+	d := openTest(t, testConfig(t))
+	s := svcOf("10.96.0.20:80", "10.244.1.1:80", "10.244.1.2:80", "10.244.1.3:80", "10.244.1.4:80")
+	s.Affinity = 3 * time.Hour
+	mustUpsert(t, d, s)
+
+	seenAcross := map[netip.AddrPort]bool{}
+	for c := range 16 {
+		client := netip.AddrFrom4([4]byte{10, 244, 0, byte(10 + c)})
+		var first netip.AddrPort
+		for port := range uint16(30) {
+			pkt := testPkt{src: netip.AddrPortFrom(client, 20000+port), dst: ap("10.96.0.20:80"), proto: 6, tcpFlags: tcpSYN}
+			_, out := runProg(t, d.objs.KpFromPod, pkt.bytes())
+			dst := parsePkt(t, out).dst
+			if port == 0 {
+				first = dst
+				seenAcross[dst] = true
+			} else if dst != first {
+				t.Fatalf("client %s: connection %d went to %s, earlier ones to %s", client, port, dst, first)
+			}
+		}
+	}
+	if len(seenAcross) < 2 {
+		t.Fatalf("16 clients all stuck to one backend: %v", seenAcross)
+	}
+
+	// A backend that leaves the service releases its clients.
+	var victim netip.AddrPort
+	for b := range seenAcross {
+		victim = b
+		break
+	}
+	var rest []model.L4Addr
+	for _, b := range s.Backends {
+		if netip.AddrPortFrom(b.Addr, b.Port) != victim {
+			rest = append(rest, b)
+		}
+	}
+	s.Backends = rest
+	mustUpsert(t, d, s)
+	for c := range 16 {
+		client := netip.AddrFrom4([4]byte{10, 244, 0, byte(10 + c)})
+		pkt := testPkt{src: netip.AddrPortFrom(client, 50000), dst: ap("10.96.0.20:80"), proto: 6, tcpFlags: tcpSYN}
+		_, out := runProg(t, d.objs.KpFromPod, pkt.bytes())
+		if dst := parsePkt(t, out).dst; dst == victim {
+			t.Fatalf("client %s sent to removed backend %s", client, victim)
+		}
+	}
+}
+
+func TestTCMaglevSpreadAndConsistency(t *testing.T) {
+	d := openTest(t, testConfig(t))
+	s := svcOf("10.96.0.30:443", "10.244.1.1:443", "10.244.1.2:443", "10.244.1.3:443", "10.244.1.4:443")
+	s.Selection = model.SelectMaglev
+	mustUpsert(t, d, s)
+
+	rng := rand.New(rand.NewPCG(1, 2))
+	const flows = 2000
+	choice := map[netip.AddrPort]netip.AddrPort{}
+	perBackend := map[netip.AddrPort]int{}
+	for range flows {
+		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 244, byte(rng.IntN(256)), byte(rng.IntN(256))}), uint16(1024+rng.IntN(60000)))
+		pkt := testPkt{src: src, dst: ap("10.96.0.30:443"), proto: 6, tcpFlags: tcpSYN}
+		_, out := runProg(t, d.objs.KpFromPod, pkt.bytes())
+		dst := parsePkt(t, out).dst
+		choice[src] = dst
+		perBackend[dst]++
+	}
+	t.Logf("maglev spread over %d flows: %v", flows, perBackend)
+	if len(perBackend) != 4 {
+		t.Fatalf("flows reached %d backends, want 4", len(perBackend))
+	}
+	for b, n := range perBackend {
+		if n < flows/4*7/10 || n > flows/4*13/10 {
+			t.Errorf("backend %s got %d of %d flows, outside 25%% +- 30%%", b, n, flows)
+		}
+	}
+
+	// The choice is a function of the flow, not of state: with conntrack
+	// emptied, every flow lands where it did.
+	clearCT(t, d)
+	for src, want := range choice {
+		pkt := testPkt{src: src, dst: ap("10.96.0.30:443"), proto: 6, tcpFlags: tcpSYN}
+		_, out := runProg(t, d.objs.KpFromPod, pkt.bytes())
+		if got := parsePkt(t, out).dst; got != want {
+			t.Fatalf("flow %s went to %s, before to %s", src, got, want)
+		}
+	}
+
+	// Removing a backend moves (nearly) only its flows.
+	s.Backends = s.Backends[1:]
+	removed := netip.AddrPortFrom(l4("10.244.1.1:443").Addr, 443)
+	mustUpsert(t, d, s)
+	clearCT(t, d)
+	moved := 0
+	for src, before := range choice {
+		pkt := testPkt{src: src, dst: ap("10.96.0.30:443"), proto: 6, tcpFlags: tcpSYN}
+		_, out := runProg(t, d.objs.KpFromPod, pkt.bytes())
+		after := parsePkt(t, out).dst
+		if after == removed {
+			t.Fatalf("flow %s still sent to removed backend", src)
+		}
+		if before != removed && after != before {
+			moved++
+		}
+	}
+	t.Logf("flows of remaining backends that moved: %d of %d", moved, flows-perBackend[removed])
+	if moved > (flows-perBackend[removed])/10 {
+		t.Errorf("%d flows of remaining backends moved; Maglev should keep nearly all", moved)
+	}
+}
+
+func clearCT(t testing.TB, d *Datapath) {
+	t.Helper()
+	var (
+		k    kpathCtKey
+		v    kpathCtEntry
+		keys []kpathCtKey
+	)
+	it := d.objs.KpCt.Iterate()
+	for it.Next(&k, &v) {
+		keys = append(keys, k)
+	}
+	for _, k := range keys {
+		if err := d.objs.KpCt.Delete(k); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestTCFragments(t *testing.T) {
+	d := openTest(t, testConfig(t))
+	mustUpsert(t, d, svcOf("10.96.0.11:53/UDP", "10.244.1.9:5353"))
+	client, vip := ap("10.244.0.2:1000"), ap("10.96.0.11:53")
+
+	// One UDP datagram split in two: the first fragment has the UDP header
+	// and 16 bytes of payload, the second the remaining 8.
+	whole := testPkt{src: client, dst: vip, proto: 17, payload: []byte("0123456789abcdefGHIJKLMN")}.l4()
+	first := testPkt{src: client, dst: vip, proto: 17, ipID: 77, moreFrags: true, rawL4: whole[:24]}
+	second := testPkt{src: client, dst: vip, proto: 17, ipID: 77, fragOff: 3, rawL4: whole[24:]}
+
+	ret, out1 := runProg(t, d.objs.KpFromPod, first.bytes())
+	if ret != tcActOK {
+		t.Fatalf("first fragment verdict %d", ret)
+	}
+	ret, out2 := runProg(t, d.objs.KpFromPod, second.bytes())
+	if ret != tcActOK {
+		t.Fatalf("second fragment verdict %d", ret)
+	}
+	f1, f2 := parsePkt(t, out1), parsePkt(t, out2)
+	checkIPCsum(t, f1)
+	checkIPCsum(t, f2)
+	if f1.dst != ap("10.244.1.9:5353") || f2.dst.Addr() != f1.dst.Addr() {
+		t.Fatalf("fragments sent to %s and %s, want both to 10.244.1.9", f1.dst, f2.dst.Addr())
+	}
+	checkL4Csum(t, 17, f1.src.Addr(), f1.dst.Addr(), append(append([]byte{}, f1.l4...), f2.l4...))
+
+	// A later fragment of an unknown datagram is not ours to judge.
+	stray := testPkt{src: client, dst: vip, proto: 17, ipID: 78, fragOff: 3, rawL4: whole[24:]}
+	in := stray.bytes()
+	ret, out := runProg(t, d.objs.KpFromPod, in)
+	if ret != tcActOK || string(out[:len(in)]) != string(in) {
+		t.Fatalf("stray fragment: verdict %d, modified %v", ret, string(out[:len(in)]) != string(in))
+	}
+
+	// A later fragment whose connection state vanished is dropped, counted.
+	clearCT(t, d)
+	if ret, _ := runProg(t, d.objs.KpFromPod, second.bytes()); ret != tcActShot {
+		t.Fatalf("fragment without state: verdict %d, want drop", ret)
+	}
+	if n := d.counter(t, "fragment without state", "from-pod"); n != 1 {
+		t.Fatalf("fragment-without-state drops = %d", n)
+	}
+}
+
+func TestTCReopenAfterCloseChoosesAgain(t *testing.T) {
+	d := openTest(t, testConfig(t))
+	mustUpsert(t, d, svcOf("10.96.0.10:80", "10.244.1.5:8080"))
+	client := ap("10.244.0.2:40000")
+	syn := testPkt{src: client, dst: ap("10.96.0.10:80"), proto: 6, tcpFlags: tcpSYN}
+	runProg(t, d.objs.KpFromPod, syn.bytes())
+	fin := syn
+	fin.tcpFlags = tcpFIN | tcpACK
+	runProg(t, d.objs.KpFromPod, fin.bytes())
+	ct, _ := d.Conntrack()
+	for _, e := range ct {
+		if e.State != "closing" || e.ExpiresIn > 10*time.Second {
+			t.Fatalf("after FIN: state %s expires in %s, want closing within 10s", e.State, e.ExpiresIn)
+		}
+	}
+	// The backend changes; a new SYN on the same tuple must use the new one.
+	mustUpsert(t, d, svcOf("10.96.0.10:80", "10.244.1.6:8080"))
+	_, out := runProg(t, d.objs.KpFromPod, syn.bytes())
+	if got := parsePkt(t, out).dst; got != ap("10.244.1.6:8080") {
+		t.Fatalf("reopened connection went to %s, want the new backend", got)
+	}
+}
+
+func TestConntrackGC(t *testing.T) {
+	d := openTest(t, testConfig(t))
+	mustUpsert(t, d, svcOf("10.96.0.10:80", "10.244.1.5:8080"))
+	for port := range uint16(3) {
+		syn := testPkt{src: netip.AddrPortFrom(netip.MustParseAddr("10.244.0.2"), 40000+port), dst: ap("10.96.0.10:80"), proto: 6, tcpFlags: tcpSYN}
+		runProg(t, d.objs.KpFromPod, syn.bytes())
+	}
+	// Age one connection's two entries into the past.
+	now, err := MonotonicNow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		k     kpathCtKey
+		v     kpathCtEntry
+		stale []kpathCtKey
+	)
+	it := d.objs.KpCt.Iterate()
+	for it.Next(&k, &v) {
+		if portFromBPF(k.Sport) == 40000 {
+			stale = append(stale, k)
+		}
+	}
+	for _, k := range stale {
+		if err := d.objs.KpCt.Lookup(k, &v); err != nil {
+			t.Fatal(err)
+		}
+		v.Expires = now - 1
+		if err := d.objs.KpCt.Put(k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deleted, remaining, err := d.ConntrackGC()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if deleted != 2 || remaining != 4 {
+		t.Fatalf("GC deleted %d, kept %d; want 2 and 4", deleted, remaining)
+	}
+}
