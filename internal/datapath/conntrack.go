@@ -23,11 +23,11 @@ type CTEntry struct {
 	State    string         `json:"state"`
 	TCPFlags string         `json:"tcp_flags,omitempty"`
 	// Backend the connection was sent to (service entries).
-	Backend    netip.AddrPort `json:"backend,omitzero"`
-	BackendID  uint32         `json:"backend_id,omitempty"`
-	RevNatID   uint32         `json:"rev_nat_id,omitempty"`
-	ExpiresIn  time.Duration  `json:"expires_in"`
-	Age        time.Duration  `json:"age"`
+	Backend   netip.AddrPort `json:"backend,omitzero"`
+	BackendID uint32         `json:"backend_id,omitempty"`
+	RevNatID  uint32         `json:"rev_nat_id,omitempty"`
+	ExpiresIn time.Duration  `json:"expires_in"`
+	Age       time.Duration  `json:"age"`
 }
 
 // MonotonicNow reads the clock the datapath stamps entries with.

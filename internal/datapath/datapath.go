@@ -23,14 +23,14 @@ import (
 
 // MapSizes sets the capacity of the maps whose size depends on the cluster.
 type MapSizes struct {
-	Frontends    uint32 // service (address, port, protocol) combinations
-	Backends     uint32 // distinct backend (address, port, protocol)
-	Slots        uint32 // sum over frontends of their backend count
-	Maglev       uint32 // frontends using Maglev selection
-	Affinity     uint32 // (client, frontend) pairs with session affinity
-	Conntrack    uint32 // tracked connections (two entries per translated one)
-	SockRevNat   uint32 // (socket, backend) pairs translated by the socket hook
-	Fragments    uint32 // fragmented datagrams in flight
+	Frontends  uint32 // service (address, port, protocol) combinations
+	Backends   uint32 // distinct backend (address, port, protocol)
+	Slots      uint32 // sum over frontends of their backend count
+	Maglev     uint32 // frontends using Maglev selection
+	Affinity   uint32 // (client, frontend) pairs with session affinity
+	Conntrack  uint32 // tracked connections (two entries per translated one)
+	SockRevNat uint32 // (socket, backend) pairs translated by the socket hook
+	Fragments  uint32 // fragmented datagrams in flight
 }
 
 // DefaultMapSizes suits a cluster of 100,000 backends.

@@ -324,12 +324,12 @@ func mapWriteError(mapName, sizeName string, err error) error {
 
 // ServiceInfo is a frontend as the maps hold it.
 type ServiceInfo struct {
-	ID        uint32         `json:"id"`
-	Frontend  model.L4Addr   `json:"-"`
-	Name      string         `json:"frontend"`
-	Selection string         `json:"selection"`
-	Affinity  time.Duration  `json:"affinity,omitempty"`
-	Backends  []BackendInfo  `json:"backends"`
+	ID        uint32        `json:"id"`
+	Frontend  model.L4Addr  `json:"-"`
+	Name      string        `json:"frontend"`
+	Selection string        `json:"selection"`
+	Affinity  time.Duration `json:"affinity,omitempty"`
+	Backends  []BackendInfo `json:"backends"`
 }
 
 // BackendInfo is one backend slot of a frontend.
