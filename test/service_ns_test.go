@@ -1,0 +1,202 @@
+// Package test holds privileged integration tests that span packages: real
+// namespaces, veth pairs and traffic through the attached datapath.
+package test
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/kpath/kpath/internal/datapath"
+	"github.com/kpath/kpath/internal/model"
+	"github.com/kpath/kpath/internal/testutil"
+)
+
+// lab is a node namespace with a client pod and two backend pods, the
+// datapath attached to every pod's host-side veth.
+type lab struct {
+	d                 *datapath.Datapath
+	node              string
+	client            *helperProc
+	cgroup            *os.File
+	clientIP, be1, be2 string
+}
+
+func openDatapath(t *testing.T, mode datapath.AttachMode) *datapath.Datapath {
+	t.Helper()
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	cfg := datapath.DefaultConfig()
+	cfg.PinDir = "kpath-test-" + hex.EncodeToString(b)
+	cfg.Sizes = datapath.MapSizes{Frontends: 1024, Backends: 4096, Slots: 8192, Maglev: 64,
+		Affinity: 1024, Conntrack: 16384, SockRevNat: 1024, Fragments: 256}
+	cfg.MaglevTableSize = 251
+	cfg.TCAttach = mode
+	d, err := datapath.Open(cfg)
+	if err != nil {
+		_ = datapath.Reset(cfg)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		d.Close()
+		if err := datapath.Reset(cfg); err != nil {
+			t.Error(err)
+		}
+	})
+	return d
+}
+
+func testCgroup(t *testing.T) *os.File {
+	t.Helper()
+	root, err := datapath.CgroupV2Root()
+	if err != nil {
+		testutil.SkipOrFail(t, err.Error())
+	}
+	dir, err := os.MkdirTemp(root, "kpath-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		f.Close()
+		for range 100 {
+			if err := os.Remove(dir); err == nil || errors.Is(err, os.ErrNotExist) {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Errorf("cgroup %s not removed", dir)
+	})
+	return f
+}
+
+func newLab(t *testing.T, sockHook bool, mode datapath.AttachMode) *lab {
+	t.Helper()
+	testutil.RequireRoot(t)
+	testutil.RequireTool(t, "ip")
+	id := testutil.UniqueID()
+	l := &lab{clientIP: "10.244.0.2", be1: "10.244.0.3", be2: "10.244.0.4"}
+	l.d = openDatapath(t, mode)
+	var cg *os.File
+	if sockHook {
+		cg = testCgroup(t)
+		if err := l.d.AttachCgroup(cg.Name()); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = l.d.DetachCgroup(cg.Name()) })
+	}
+	l.node = testutil.NewNetns(t, "kpt-"+id+"-node")
+	testutil.Run(t, "ip", "netns", "exec", l.node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	pods := []struct{ name, addr string }{{"c", l.clientIP}, {"b1", l.be1}, {"b2", l.be2}}
+	for _, p := range pods {
+		ns := testutil.NewNetns(t, "kpt-"+id+"-"+p.name)
+		hostIf := "kpt" + id + p.name
+		testutil.WirePod(t, testutil.PodSpec{Node: l.node, Pod: ns, HostIf: hostIf, Addr: p.addr})
+		if err := testutil.InNetns(l.node, func() error { return l.d.AttachPod(hostIf) }); err != nil {
+			t.Fatal(err)
+		}
+		// Attaching again is a no-op.
+		if err := testutil.InNetns(l.node, func() error { return l.d.AttachPod(hostIf) }); err != nil {
+			t.Fatalf("second attach: %v", err)
+		}
+		switch p.name {
+		case "c":
+			l.client = startHelper(t, ns, "client", "client", cg)
+		default:
+			startHelper(t, ns, "backend", p.addr, nil)
+		}
+	}
+	return l
+}
+
+func svc(fe string, port uint16, backends ...string) model.Service {
+	s := model.Service{}
+	var err error
+	if s.Frontend, err = model.ParseL4Addr(fe, model.TCP); err != nil {
+		panic(err)
+	}
+	for _, b := range backends {
+		a, err := model.ParseL4Addr(fmt.Sprintf("%s:%d", b, port), s.Frontend.Proto)
+		if err != nil {
+			panic(err)
+		}
+		s.Backends = append(s.Backends, a)
+	}
+	return s
+}
+
+func TestServiceTrafficThroughNamespaces(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		sockHook bool
+		mode     datapath.AttachMode
+	}{
+		{"socket-hook", true, datapath.AttachAuto},
+		{"tc-only", false, datapath.AttachAuto},
+		{"tc-only-legacy-attach", false, datapath.AttachLegacy},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := newLab(t, tc.sockHook, tc.mode)
+			for _, s := range []model.Service{
+				svc("10.96.0.10:80/TCP", httpPort, l.be1, l.be2),
+				svc("10.96.0.10:53/UDP", udpPort, l.be1, l.be2),
+				svc("10.96.0.10:9000/TCP", linePort, l.be1, l.be2),
+			} {
+				if err := l.d.UpsertService(s); err != nil {
+					t.Fatal(err)
+				}
+			}
+
+			httpCounts := l.client.do(t, "http 10.96.0.10:80 200").Counts
+			udpCounts := l.client.do(t, "udp 10.96.0.10:53 100").Counts
+			t.Logf("%s: HTTP requests per backend %v; UDP requests per backend %v", tc.name, httpCounts, udpCounts)
+			for _, c := range []map[string]int{httpCounts, udpCounts} {
+				if len(c) != 2 || c[l.be1] == 0 || c[l.be2] == 0 {
+					t.Errorf("requests not spread over both backends: %v", c)
+				}
+			}
+
+			// An established connection outlives its backend's removal;
+			// new connections no longer reach it.
+			first := l.client.do(t, "hold 10.96.0.10:9000").Answer
+			other := l.be1
+			if first == l.be1 {
+				other = l.be2
+			}
+			if err := l.d.UpsertService(svc("10.96.0.10:9000/TCP", linePort, other)); err != nil {
+				t.Fatal(err)
+			}
+			after := l.client.do(t, "lines 10.96.0.10:9000 30").Counts
+			if after[first] != 0 || after[other] != 30 {
+				t.Errorf("after removing %s, new connections went to %v", first, after)
+			}
+			if got := l.client.do(t, "held").Answer; got != first {
+				t.Errorf("established connection now answered by %q, want %q", got, first)
+			}
+
+			cs, err := l.d.Counters()
+			if err != nil {
+				t.Fatal(err)
+			}
+			sock := datapath.CounterPackets(cs, "service translated", "socket")
+			tcx := datapath.CounterPackets(cs, "service translated", "from-pod")
+			t.Logf("%s: translations by socket hook %d, by tc %d", tc.name, sock, tcx)
+			if tc.sockHook && (sock < 300 || tcx != 0) {
+				t.Errorf("socket hook on: %d socket and %d tc translations, want all by the socket hook", sock, tcx)
+			}
+			if !tc.sockHook && (sock != 0 || tcx < 300) {
+				t.Errorf("socket hook off: %d socket and %d tc translations, want all by tc", sock, tcx)
+			}
+			if n := datapath.CounterPackets(cs, "reply translated", "to-pod"); !tc.sockHook && n < 300 {
+				t.Errorf("reply translations = %d", n)
+			}
+		})
+	}
+}
