@@ -19,10 +19,10 @@ import (
 // lab is a node namespace with a client pod and two backend pods, the
 // datapath attached to every pod's host-side veth.
 type lab struct {
-	d                 *datapath.Datapath
-	node              string
-	client            *helperProc
-	cgroup            *os.File
+	d                  *datapath.Datapath
+	node               string
+	client             *helperProc
+	cgroup             *os.File
 	clientIP, be1, be2 string
 }
 
