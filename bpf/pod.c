@@ -69,24 +69,26 @@ int kp_from_pod(struct __sk_buff *skb)
 		 * even if it has since left the service. */
 		baddr = svc->backend_addr;
 		bport = svc->backend_port;
-		ck.daddr = baddr;
-		ck.dport = bport;
+		/* The connection entry is refreshed when the service entry's
+		 * state or expiry moves (about once a second), not per packet. */
+		if (ct_refresh(svc, &p, false, now)) {
+			ck.daddr = baddr;
+			ck.dport = bport;
 
-		struct ct_entry *conn = bpf_map_lookup_elem(&kp_ct, &ck);
+			struct ct_entry *conn = bpf_map_lookup_elem(&kp_ct, &ck);
 
-		if (conn) {
-			ct_refresh(conn, &p, false, now);
-			ct_sync_service(svc, conn);
-		} else {
-			/* Evicted or collected while the service entry lived:
-			 * recreate it, or replies would not be translated. */
-			struct ct_entry n = *svc;
+			if (conn) {
+				ct_refresh(conn, &p, false, now);
+				ct_sync_service(svc, conn);
+			} else {
+				/* Evicted or collected while the service entry
+				 * lived: recreate it, or replies would not be
+				 * translated. */
+				struct ct_entry n = *svc;
 
-			n.backend_id = svc->backend_id;
-			ct_refresh(&n, &p, false, now);
-			if (bpf_map_update_elem(&kp_ct, &ck, &n, BPF_ANY))
-				return drop(skb, KP_DROP_CT_CREATE, dir);
-			svc->expires = n.expires;
+				if (bpf_map_update_elem(&kp_ct, &ck, &n, BPF_ANY))
+					return drop(skb, KP_DROP_CT_CREATE, dir);
+			}
 		}
 	} else {
 		struct lb_client c = {

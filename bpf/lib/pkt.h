@@ -83,22 +83,26 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		return PARSE_OK; /* later fragment: ports come from kp_frag */
 	p->has_l4 = 1;
 
-	if (p->proto == IPPROTO_TCP) {
-		__u8 tcp[14]; /* ports ... flags byte at offset 13 */
+	/* Ports and TCP flags: straight from the packet when the header is in
+	 * the linear area (nearly always), through a copy otherwise. */
+	__u32 need = p->proto == IPPROTO_TCP ? 14 : 4; /* TCP: flags at offset 13 */
+	void *l4 = data + ETH_HLEN + ip->ihl * 4;
 
-		if (bpf_skb_load_bytes(skb, p->l4off, tcp, sizeof(tcp)))
-			return -KP_DROP_MALFORMED;
-		__builtin_memcpy(&p->sport, &tcp[0], 2);
-		__builtin_memcpy(&p->dport, &tcp[2], 2);
-		p->tcp_flags = tcp[13];
-	} else {
-		__be16 ports[2];
-
-		if (bpf_skb_load_bytes(skb, p->l4off, ports, sizeof(ports)))
-			return -KP_DROP_MALFORMED;
-		p->sport = ports[0];
-		p->dport = ports[1];
+	if (l4 + 14 <= end) {
+		p->sport = ((__be16 *)l4)[0];
+		p->dport = ((__be16 *)l4)[1];
+		if (p->proto == IPPROTO_TCP)
+			p->tcp_flags = ((__u8 *)l4)[13];
+		return PARSE_OK;
 	}
+	__u8 hdr[14] = {};
+
+	if (need == 14 ? bpf_skb_load_bytes(skb, p->l4off, hdr, 14) :
+			 bpf_skb_load_bytes(skb, p->l4off, hdr, 4))
+		return -KP_DROP_MALFORMED;
+	__builtin_memcpy(&p->sport, &hdr[0], 2);
+	__builtin_memcpy(&p->dport, &hdr[2], 2);
+	p->tcp_flags = p->proto == IPPROTO_TCP ? hdr[13] : 0;
 	return PARSE_OK;
 }
 
@@ -137,10 +141,33 @@ static __always_inline void frag_store(const struct pkt *p)
 		bpf_map_update_elem(&kp_frag, &k, &fp, BPF_ANY);
 }
 
-/* Rewrites the source (src) or destination address and port, updating the
- * IPv4 header checksum and the TCP/UDP checksum incrementally. The L4
- * checksum covers a pseudo header with both addresses, hence
- * BPF_F_PSEUDO_HDR for the address change. UDP may carry no checksum (0):
+/* One's-complement helpers for incremental checksum updates (RFC 1624):
+ * HC' = ~(~HC + ~m + m'). The arithmetic is byte-order independent as long
+ * as the field and the data are read the same way, so network-order values
+ * are used as they are. */
+static __always_inline __u16 csum_fold(__u32 s)
+{
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
+static __always_inline void csum_replace4(__u16 *sum, __be32 from, __be32 to)
+{
+	__u32 s = (__u16)~*sum;
+
+	s += (__u16)~from + (__u16)~(from >> 16);
+	s += (__u16)to + (__u16)(to >> 16);
+	*sum = csum_fold(s);
+}
+
+/* Rewrites the source (src) or destination address and port. The address,
+ * the port and the IPv4 header checksum are written in place; the IPv4
+ * header's sum is unchanged by the pair, so skb->csum needs no update. The
+ * TCP/UDP checksum goes through bpf_l4_csum_replace, which knows how the
+ * skb carries it (CHECKSUM_PARTIAL holds only the pseudo-header sum, so a
+ * port change must not touch it; CHECKSUM_COMPLETE needs skb->csum fixed
+ * for the pseudo-header change). UDP may carry no checksum (0):
  * BPF_F_MARK_MANGLED_0 leaves it 0 and never produces 0 from a real one.
  * Later fragments only get the IPv4 change; the first one carried the L4
  * checksum for the whole datagram. */
@@ -148,30 +175,40 @@ static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, b
 				   __be32 old_addr, __be32 new_addr,
 				   __be16 old_port, __be16 new_port)
 {
-	__u32 addr_off = src ? IP_SRC_OFF : IP_DST_OFF;
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + ETH_HLEN;
 
-	if (p->has_l4) {
-		__u32 csum_off = p->l4off + (p->proto == IPPROTO_TCP ?
-					     offsetof(struct tcphdr, check) :
-					     offsetof(struct udphdr, check));
-		__u32 port_off = p->l4off + (src ? offsetof(struct tcphdr, source) :
-					     offsetof(struct tcphdr, dest));
-		__u64 mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
-
-		if (bpf_l4_csum_replace(skb, csum_off, old_addr, new_addr,
-					BPF_F_PSEUDO_HDR | mangled | sizeof(new_addr)))
-			return -1;
-		if (old_port != new_port) {
-			if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port,
-						mangled | sizeof(new_port)))
-				return -1;
-			if (bpf_skb_store_bytes(skb, port_off, &new_port, sizeof(new_port), 0))
-				return -1;
-		}
-	}
-	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_addr, new_addr, sizeof(new_addr)))
+	if ((void *)(ip + 1) > end)
 		return -1;
-	if (bpf_skb_store_bytes(skb, addr_off, &new_addr, sizeof(new_addr), 0))
+	csum_replace4(&ip->check, old_addr, new_addr);
+	if (src)
+		ip->saddr = new_addr;
+	else
+		ip->daddr = new_addr;
+	if (!p->has_l4)
+		return 0;
+
+	__u32 csum_off = p->l4off + (p->proto == IPPROTO_TCP ?
+				     offsetof(struct tcphdr, check) :
+				     offsetof(struct udphdr, check));
+	__u64 mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+
+	if (old_port != new_port) {
+		__be16 *ports = data + ETH_HLEN + ip->ihl * 4;
+
+		if ((void *)(ports + 2) <= end) {
+			ports[src ? 0 : 1] = new_port;
+		} else if (bpf_skb_store_bytes(skb, p->l4off + (src ? 0 : 2), &new_port,
+					       sizeof(new_port), 0)) {
+			return -1;
+		}
+		if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port,
+					mangled | sizeof(new_port)))
+			return -1;
+	}
+	if (bpf_l4_csum_replace(skb, csum_off, old_addr, new_addr,
+				BPF_F_PSEUDO_HDR | mangled | sizeof(new_addr)))
 		return -1;
 	return 0;
 }
