@@ -356,6 +356,7 @@ func (d *Datapath) Services() ([]ServiceInfo, error) {
 		}
 		if v.Flags&uint16(kpathLbFlagsLB_F_AFFINITY) != 0 {
 			si.Affinity = time.Duration(v.AffinityTimeout) * time.Second
+			si.AffinitySeconds = int64(v.AffinityTimeout)
 		}
 		for slot := range uint32(v.Count) {
 			var id uint32

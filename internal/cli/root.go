@@ -1,0 +1,17 @@
+package cli
+
+import (
+	"github.com/spf13/cobra"
+)
+
+// NewRoot returns the kpath command.
+func NewRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "kpath",
+		Short:         "kpath: an eBPF dataplane for Kubernetes pod networking",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newDPCommand())
+	return root
+}
