@@ -328,8 +328,10 @@ type ServiceInfo struct {
 	Frontend  model.L4Addr  `json:"-"`
 	Name      string        `json:"frontend"`
 	Selection string        `json:"selection"`
-	Affinity  time.Duration `json:"affinity,omitempty"`
-	Backends  []BackendInfo `json:"backends"`
+	Affinity  time.Duration `json:"-"`
+	// AffinitySeconds is Affinity for JSON readers; 0 when off.
+	AffinitySeconds int64         `json:"affinity_seconds,omitempty"`
+	Backends        []BackendInfo `json:"backends"`
 }
 
 // BackendInfo is one backend slot of a frontend.
