@@ -12,6 +12,6 @@ func NewRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newDPCommand())
+	root.AddCommand(newDPCommand(), newWorkloadCommand())
 	return root
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -293,6 +294,13 @@ func ensureBPFFS(dir string) error {
 	if err := unix.Statfs(dir, &st); err == nil && st.Type == unix.BPF_FS_MAGIC {
 		return nil
 	}
+	// `ip netns exec` runs commands in a private mount namespace with a
+	// fresh /sys, where bpffs is not mounted. Mounting one there would
+	// silently split kpath's state in two.
+	if pid, ok := ancestorWithBPFFS(dir); ok {
+		return fmt.Errorf("bpffs is mounted at %s in the mount namespace of process %d but not in this one (as under `ip netns exec`, which remounts /sys): "+
+			"enter only the network namespace instead (nsenter --net=/run/netns/NAME), so the pinned state is shared", dir, pid)
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("create bpffs mount point %s: %w", dir, err)
 	}
@@ -300,4 +308,49 @@ func ensureBPFFS(dir string) error {
 		return fmt.Errorf("mount bpffs at %s: %w (kernel without bpffs, or not root)", dir, err)
 	}
 	return nil
+}
+
+// ancestorWithBPFFS walks up the process tree for a process in another
+// mount namespace that has bpffs mounted at dir.
+func ancestorWithBPFFS(dir string) (int, bool) {
+	self, err := os.Readlink("/proc/self/ns/mnt")
+	if err != nil {
+		return 0, false
+	}
+	pid := os.Getppid()
+	for range 64 {
+		if pid <= 0 {
+			return 0, false
+		}
+		if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid)); err == nil && ns != self {
+			var st unix.Statfs_t
+			if unix.Statfs(fmt.Sprintf("/proc/%d/root%s", pid, dir), &st) == nil && st.Type == unix.BPF_FS_MAGIC {
+				return pid, true
+			}
+		}
+		if pid == 1 {
+			return 0, false
+		}
+		pid = parentOf(pid)
+	}
+	return 0, false
+}
+
+func parentOf(pid int) int {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// pid (comm) state ppid ...; comm may contain spaces and parentheses.
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	var state string
+	var ppid int
+	if _, err := fmt.Sscan(s[i+1:], &state, &ppid); err != nil {
+		return 0
+	}
+	return ppid
 }

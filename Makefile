@@ -1,0 +1,47 @@
+# kpath — see README.md.
+GO ?= go
+BIN := bin
+
+.PHONY: all build generate test test-unit lint bench demo deps check-generated clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+# Regenerates bpf/*.c -> internal/datapath/kpath_bpfel.{go,o} (needs clang).
+generate:
+	hack/install-deps.sh --bpf
+	cd internal/datapath && $(GO) generate ./...
+
+# Fails when the committed generated files differ from a fresh generation.
+check-generated: generate
+	@git diff --exit-code -- internal/datapath/ || { echo "generated BPF files are stale: run make generate and commit"; exit 1; }
+
+# Every test. Privileged ones skip without root, unless KPATH_REQUIRE_PRIVILEGED=1.
+# -p 1: the privileged suites share the machine's bpffs and cgroups; one
+# package at a time keeps them from competing for 2 cores.
+test:
+	hack/install-deps.sh
+	$(GO) test -p 1 -count=1 ./...
+
+# Only tests that need no privileges.
+test-unit:
+	$(GO) test -count=1 ./internal/lb/... ./internal/model/... ./internal/workload/...
+
+lint:
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }
+	$(GO) vet ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 2000000x ./internal/datapath/
+
+demo: build
+	hack/install-deps.sh
+	KPATH=$(BIN)/kpath hack/demo.sh
+
+deps:
+	hack/install-deps.sh --bpf
+
+clean:
+	rm -rf $(BIN)

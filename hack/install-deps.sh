@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what kpath needs on a Debian machine (as root), skipping what is
+# already there. Go itself is expected to be installed.
+#   runtime (demo, tests): iproute2
+#   regenerating the BPF objects (make generate): clang, llvm, libbpf-dev, linux-libc-dev
+set -euo pipefail
+
+want=()
+need() { dpkg -s "$1" >/dev/null 2>&1 || want+=("$1"); }
+need iproute2
+if [[ "${1:-}" == "--bpf" ]]; then
+	need clang
+	need llvm
+	need libbpf-dev
+	need linux-libc-dev
+fi
+
+if ((${#want[@]})); then
+	echo "installing: ${want[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
+fi
+command -v go >/dev/null || { echo "go is not installed (see https://go.dev/doc/install)" >&2; exit 1; }
