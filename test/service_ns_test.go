@@ -24,6 +24,7 @@ type lab struct {
 	client             *helperProc
 	cgroup             *os.File
 	clientIP, be1, be2 string
+	clientIf           string
 }
 
 func openDatapath(t *testing.T, mode datapath.AttachMode) *datapath.Datapath {
@@ -99,7 +100,16 @@ func newLab(t *testing.T, sockHook bool, mode datapath.AttachMode) *lab {
 		ns := testutil.NewNetns(t, "kpt-"+id+"-"+p.name)
 		hostIf := "kpt" + id + p.name
 		testutil.WirePod(t, testutil.PodSpec{Node: l.node, Pod: ns, HostIf: hostIf, Addr: p.addr})
-		if err := testutil.InNetns(l.node, func() error { return l.d.AttachPod(hostIf) }); err != nil {
+		err := testutil.InNetns(l.node, func() error {
+			if err := l.d.AttachPod(hostIf); err != nil {
+				return err
+			}
+			if ok, err := l.d.PodAttached(hostIf); err != nil || !ok {
+				return fmt.Errorf("attached = %v after attach: %v", ok, err)
+			}
+			return nil
+		})
+		if err != nil {
 			t.Fatal(err)
 		}
 		// Attaching again is a no-op.
@@ -109,6 +119,7 @@ func newLab(t *testing.T, sockHook bool, mode datapath.AttachMode) *lab {
 		switch p.name {
 		case "c":
 			l.client = startHelper(t, ns, "client", "client", cg)
+			l.clientIf = hostIf
 		default:
 			startHelper(t, ns, "backend", p.addr, nil)
 		}
@@ -196,6 +207,28 @@ func TestServiceTrafficThroughNamespaces(t *testing.T) {
 			}
 			if n := datapath.CounterPackets(cs, "reply translated", "to-pod"); !tc.sockHook && n < 300 {
 				t.Errorf("reply translations = %d", n)
+			}
+
+			// Detaching removes the programs, once or twice.
+			for range 2 {
+				err := testutil.InNetns(l.node, func() error {
+					if err := l.d.DetachPod(l.clientIf); err != nil {
+						return err
+					}
+					attached, err := l.d.PodAttached(l.clientIf)
+					if err == nil && attached {
+						err = fmt.Errorf("still attached after detach")
+					}
+					return err
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Plain pod-to-pod traffic still flows.
+			direct := l.client.do(t, fmt.Sprintf("lines %s:%d 3", l.be1, linePort)).Counts
+			if direct[l.be1] != 3 {
+				t.Errorf("direct traffic after detach: %v", direct)
 			}
 		})
 	}

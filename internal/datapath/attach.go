@@ -296,3 +296,40 @@ func CgroupV2Root() (string, error) {
 	}
 	return "", errors.New("no cgroup v2 hierarchy is mounted: the socket hooks need one (mount -t cgroup2 none /sys/fs/cgroup)")
 }
+
+// PodAttached reports whether kpath's programs are attached in both
+// directions of ifname, by tcx or by legacy filter (matched by program
+// name, so programs loaded by an earlier agent count).
+func (d *Datapath) PodAttached(ifname string) (bool, error) {
+	l, err := netlink.LinkByName(ifname)
+	if err != nil {
+		return false, fmt.Errorf("check %s: %w", ifname, err)
+	}
+	for _, h := range podHooks {
+		want := progName(h.prog(&d.objs.kpathPrograms))
+		found := false
+		if res, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: h.attach}); err == nil {
+			for _, p := range res.Programs {
+				if prog, err := ebpf.NewProgramFromID(p.ID); err == nil {
+					if info, err := prog.Info(); err == nil && info.Name == want {
+						found = true
+					}
+					prog.Close()
+				}
+			}
+		}
+		if !found {
+			if filters, err := netlink.FilterList(l, h.parent); err == nil {
+				for _, f := range filters {
+					if bf, ok := f.(*netlink.BpfFilter); ok && strings.HasPrefix(bf.Name, want) {
+						found = true
+					}
+				}
+			}
+		}
+		if !found {
+			return false, nil
+		}
+	}
+	return true, nil
+}
