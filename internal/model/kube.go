@@ -1,0 +1,93 @@
+package model
+
+import (
+	"net/netip"
+	"time"
+)
+
+// The compact forms of Kubernetes objects that kpath keeps. The k8s package
+// converts API objects into these as they arrive, so the agent never holds
+// whole objects: at 100,000 pods that is the difference between tens and
+// hundreds of MiB.
+
+// ServiceKey names a Service.
+type ServiceKey struct {
+	Namespace, Name string
+}
+
+// String formats k as namespace/name.
+func (k ServiceKey) String() string { return k.Namespace + "/" + k.Name }
+
+// ServiceType is spec.type of a Service.
+type ServiceType uint8
+
+// Service types.
+const (
+	ServiceTypeClusterIP ServiceType = iota
+	ServiceTypeNodePort
+	ServiceTypeLoadBalancer
+	ServiceTypeExternalName
+)
+
+// ServicePort is one entry of spec.ports.
+type ServicePort struct {
+	Name     string
+	Protocol Protocol // 0 for protocols kpath does not translate (SCTP)
+	Port     uint16
+	NodePort uint16
+}
+
+// ServiceSpec is what kpath keeps of a Service.
+type ServiceSpec struct {
+	Key  ServiceKey
+	Type ServiceType
+	// ClusterIPs are the IPv4 cluster IPs; empty for headless services.
+	ClusterIPs      []netip.Addr
+	Headless        bool
+	Ports           []ServicePort
+	ExternalIPs     []netip.Addr
+	LoadBalancerIPs []netip.Addr // status.loadBalancer.ingress IPs, VIP mode only
+	// AffinityTimeout is sessionAffinity ClientIP's timeout; 0 for None.
+	AffinityTimeout time.Duration
+	// InternalLocal and ExternalLocal are the traffic policies set to Local.
+	InternalLocal, ExternalLocal bool
+	HealthCheckNodePort          uint16
+	// ProxyName is the service.kubernetes.io/service-proxy-name label.
+	ProxyName string
+}
+
+// EndpointPort is one entry of an EndpointSlice's ports.
+type EndpointPort struct {
+	Name     string
+	Protocol Protocol
+	Port     uint16
+}
+
+// Endpoint is one endpoint of an EndpointSlice, with its conditions as
+// kube-proxy reads them (a missing ready condition counts as ready; a
+// missing serving condition counts as ready's value).
+type Endpoint struct {
+	Addrs       []netip.Addr
+	Ready       bool
+	Serving     bool
+	Terminating bool
+	NodeName    string
+}
+
+// EndpointSlice is what kpath keeps of an IPv4 EndpointSlice.
+type EndpointSlice struct {
+	Namespace, Name string
+	Service         ServiceKey // from the kubernetes.io/service-name label
+	Ports           []EndpointPort
+	Endpoints       []Endpoint
+	// Invalid counts endpoint addresses dropped in conversion (unparseable
+	// or not IPv4), so they can be reported.
+	Invalid int
+}
+
+// Node is what kpath keeps of a Node.
+type Node struct {
+	Name    string
+	Addrs   []netip.Addr // InternalIP and ExternalIP addresses, IPv4
+	PodCIDR netip.Prefix
+}

@@ -1,0 +1,244 @@
+// Package servicemap computes, as a pure function of Services,
+// EndpointSlices and the node, which backends each frontend reaches from
+// this node, with kube-proxy's semantics: ClusterIP, NodePort, ExternalIPs
+// and LoadBalancer frontends; endpoint conditions (terminating endpoints
+// only when no ready one remains); internal and external traffic policy
+// Local; session affinity; headless and foreign-proxy services ignored.
+// It imports neither Kubernetes nor eBPF, so it doubles as the reference
+// the agent's tests compare the datapath with.
+package servicemap
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/kpath/kpath/internal/model"
+)
+
+// Node is the node the map is computed for.
+type Node struct {
+	Name string
+	// Addrs are the node's addresses that NodePort frontends listen on.
+	Addrs []netip.Addr
+}
+
+// Options tune the computation.
+type Options struct {
+	// ProxyName: services labelled service.kubernetes.io/service-proxy-name
+	// are handled only when the label equals it (empty: only unlabelled ones).
+	ProxyName string
+}
+
+// Problem is input kpath could not use, to be logged and counted.
+type Problem struct {
+	Service model.ServiceKey
+	Reason  string // a short, stable label for metrics
+	Detail  string
+}
+
+func (p Problem) String() string { return fmt.Sprintf("%s: %s: %s", p.Service, p.Reason, p.Detail) }
+
+// Problem reasons.
+const (
+	ReasonUnsupportedProtocol = "unsupported-protocol"
+	ReasonInvalidEndpoint     = "invalid-endpoint"
+	ReasonFrontendClash       = "frontend-clash"
+)
+
+// Kind says which kind of frontend a Frontend is; traffic policies depend on it.
+type Kind uint8
+
+// Frontend kinds.
+const (
+	KindClusterIP Kind = iota
+	KindNodePort
+	KindExternalIP
+	KindLoadBalancer
+)
+
+func (k Kind) String() string {
+	return [...]string{"ClusterIP", "NodePort", "ExternalIP", "LoadBalancer"}[k]
+}
+
+// Entry is one frontend of one service port.
+type Entry struct {
+	Owner model.ServiceKey
+	Port  string // the service port's name
+	Kind  Kind
+	model.Service
+}
+
+// ForService computes the entries of one service from its slices. Entries
+// are sorted by frontend; their backends by address.
+func ForService(node Node, spec *model.ServiceSpec, slices []*model.EndpointSlice, opts Options) ([]Entry, []Problem) {
+	if spec.Headless || spec.Type == model.ServiceTypeExternalName || spec.ProxyName != opts.ProxyName {
+		return nil, nil
+	}
+	var (
+		out      []Entry
+		problems []Problem
+	)
+	for _, s := range slices {
+		if s.Invalid > 0 {
+			problems = append(problems, Problem{spec.Key, ReasonInvalidEndpoint,
+				fmt.Sprintf("EndpointSlice %s/%s: %d endpoint addresses are not valid IPv4 addresses", s.Namespace, s.Name, s.Invalid)})
+		}
+	}
+	for _, sp := range spec.Ports {
+		if sp.Protocol != model.TCP && sp.Protocol != model.UDP {
+			problems = append(problems, Problem{spec.Key, ReasonUnsupportedProtocol,
+				fmt.Sprintf("port %q: only TCP and UDP are translated", sp.Name)})
+			continue
+		}
+		eps := endpointsFor(sp, slices)
+		clusterEPs := usable(eps, "")
+		localEPs := usable(eps, node.Name)
+		internal, external := clusterEPs, clusterEPs
+		if spec.InternalLocal {
+			internal = localEPs
+		}
+		if spec.ExternalLocal {
+			external = localEPs
+		}
+		add := func(kind Kind, addr netip.Addr, port uint16, backends []model.L4Addr) {
+			if !addr.Is4() {
+				return
+			}
+			out = append(out, Entry{Owner: spec.Key, Port: sp.Name, Kind: kind, Service: model.Service{
+				Frontend: model.L4Addr{Addr: addr, Port: port, Proto: sp.Protocol},
+				Backends: backends,
+				Affinity: spec.AffinityTimeout,
+			}})
+		}
+		for _, ip := range spec.ClusterIPs {
+			add(KindClusterIP, ip, sp.Port, internal)
+		}
+		if sp.NodePort != 0 && (spec.Type == model.ServiceTypeNodePort || spec.Type == model.ServiceTypeLoadBalancer) {
+			for _, ip := range node.Addrs {
+				add(KindNodePort, ip, sp.NodePort, external)
+			}
+		}
+		for _, ip := range spec.ExternalIPs {
+			add(KindExternalIP, ip, sp.Port, external)
+		}
+		if spec.Type == model.ServiceTypeLoadBalancer {
+			for _, ip := range spec.LoadBalancerIPs {
+				add(KindLoadBalancer, ip, sp.Port, external)
+			}
+		}
+	}
+	slicesSortEntries(out)
+	return out, problems
+}
+
+// endpoint is one endpoint address for one service port.
+type endpoint struct {
+	addr                        model.L4Addr
+	ready, serving, terminating bool
+	node                        string
+}
+
+// endpointsFor resolves a service port against the slices: the slice port
+// with the same name and protocol gives the target port (this is how named
+// target ports reach the datapath).
+func endpointsFor(sp model.ServicePort, slices []*model.EndpointSlice) []endpoint {
+	var out []endpoint
+	for _, s := range slices {
+		var port uint16
+		for _, p := range s.Ports {
+			if p.Name == sp.Name && p.Protocol == sp.Protocol {
+				port = p.Port
+			}
+		}
+		if port == 0 {
+			continue
+		}
+		for _, e := range s.Endpoints {
+			for _, a := range e.Addrs {
+				out = append(out, endpoint{
+					addr:  model.L4Addr{Addr: a, Port: port, Proto: sp.Protocol},
+					ready: e.Ready, serving: e.Serving, terminating: e.Terminating, node: e.NodeName,
+				})
+			}
+		}
+	}
+	return out
+}
+
+// usable picks the endpoints traffic may go to, as kube-proxy does: the
+// ready ones; if there are none, the serving terminating ones (so
+// connections drain onto pods that are shutting down gracefully rather
+// than fail). With node set, only that node's endpoints count.
+func usable(eps []endpoint, node string) []model.L4Addr {
+	var ready, terminating []model.L4Addr
+	seen := map[model.L4Addr]bool{}
+	for _, e := range eps {
+		if node != "" && e.node != node {
+			continue
+		}
+		if seen[e.addr] {
+			continue // the same address in two slices (a slice being replaced)
+		}
+		switch {
+		case e.ready && !e.terminating:
+			ready = append(ready, e.addr)
+			seen[e.addr] = true
+		case e.serving && e.terminating:
+			terminating = append(terminating, e.addr)
+		}
+	}
+	out := ready
+	if len(out) == 0 {
+		out = terminating
+	}
+	slices.SortFunc(out, compareL4)
+	return slices.CompactFunc(out, func(a, b model.L4Addr) bool { return a == b })
+}
+
+func compareL4(a, b model.L4Addr) int {
+	if c := a.Addr.Compare(b.Addr); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.Port, b.Port); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Proto, b.Proto)
+}
+
+func slicesSortEntries(es []Entry) {
+	slices.SortFunc(es, func(a, b Entry) int { return compareL4(a.Frontend, b.Frontend) })
+}
+
+// Merge combines the entries of all services into one list of frontends.
+// Two services claiming the same frontend is a clash: the service whose key
+// sorts first keeps it (a stable choice, not the older one, which the map
+// does not know), and the other gets a problem.
+func Merge(perService map[model.ServiceKey][]Entry) ([]Entry, []Problem) {
+	keys := make([]model.ServiceKey, 0, len(perService))
+	for k := range perService {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b model.ServiceKey) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	owner := map[model.L4Addr]model.ServiceKey{}
+	var (
+		out      []Entry
+		problems []Problem
+	)
+	for _, k := range keys {
+		for _, e := range perService[k] {
+			if o, taken := owner[e.Frontend]; taken {
+				problems = append(problems, Problem{k, ReasonFrontendClash,
+					fmt.Sprintf("%s frontend %s is already used by service %s; ignored", e.Kind, e.Frontend, o)})
+				continue
+			}
+			owner[e.Frontend] = k
+			out = append(out, e)
+		}
+	}
+	slicesSortEntries(out)
+	return out, problems
+}

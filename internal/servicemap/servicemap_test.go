@@ -1,0 +1,216 @@
+package servicemap
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kpath/kpath/internal/model"
+)
+
+var (
+	node = Node{Name: "n1", Addrs: []netip.Addr{netip.MustParseAddr("192.168.0.1"), netip.MustParseAddr("192.168.1.1")}}
+	key  = model.ServiceKey{Namespace: "default", Name: "web"}
+)
+
+func ips(s ...string) []netip.Addr {
+	out := make([]netip.Addr, len(s))
+	for i, a := range s {
+		out[i] = netip.MustParseAddr(a)
+	}
+	return out
+}
+
+func ep(addr, node string, ready, serving, terminating bool) model.Endpoint {
+	return model.Endpoint{Addrs: ips(addr), NodeName: node, Ready: ready, Serving: serving, Terminating: terminating}
+}
+
+func readyEP(addr, node string) model.Endpoint { return ep(addr, node, true, true, false) }
+
+func slice(eps ...model.Endpoint) *model.EndpointSlice {
+	return &model.EndpointSlice{
+		Namespace: "default", Name: "web-abc", Service: key,
+		Ports: []model.EndpointPort{
+			{Name: "http", Protocol: model.TCP, Port: 8080},
+			{Name: "dns", Protocol: model.UDP, Port: 5353},
+		},
+		Endpoints: eps,
+	}
+}
+
+func webSpec() *model.ServiceSpec {
+	return &model.ServiceSpec{
+		Key: key, Type: model.ServiceTypeClusterIP, ClusterIPs: ips("10.96.0.10"),
+		Ports: []model.ServicePort{
+			{Name: "http", Protocol: model.TCP, Port: 80, NodePort: 30080},
+			{Name: "dns", Protocol: model.UDP, Port: 53},
+		},
+	}
+}
+
+// render gives "frontend kind -> backend,backend" lines for compact asserts.
+func render(es []Entry) []string {
+	var out []string
+	for _, e := range es {
+		var bs []string
+		for _, b := range e.Backends {
+			bs = append(bs, netip.AddrPortFrom(b.Addr, b.Port).String())
+		}
+		out = append(out, e.Frontend.String()+" "+e.Kind.String()+" -> "+strings.Join(bs, ","))
+	}
+	return out
+}
+
+func TestForService(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		spec   func(*model.ServiceSpec)
+		slices []*model.EndpointSlice
+		want   []string
+	}{
+		{
+			name:   "cluster IP with named target ports",
+			slices: []*model.EndpointSlice{slice(readyEP("10.244.1.2", "n2"), readyEP("10.244.0.5", "n1"))},
+			want: []string{
+				"10.96.0.10:53/UDP ClusterIP -> 10.244.0.5:5353,10.244.1.2:5353",
+				"10.96.0.10:80/TCP ClusterIP -> 10.244.0.5:8080,10.244.1.2:8080",
+			},
+		},
+		{
+			name: "no endpoints: frontends without backends",
+			want: []string{"10.96.0.10:53/UDP ClusterIP -> ", "10.96.0.10:80/TCP ClusterIP -> "},
+		},
+		{
+			name:   "terminating endpoints only when no ready one remains",
+			slices: []*model.EndpointSlice{slice(readyEP("10.244.1.2", "n2"), ep("10.244.1.3", "n2", false, true, true))},
+			spec:   func(s *model.ServiceSpec) { s.Ports = s.Ports[:1] },
+			want:   []string{"10.96.0.10:80/TCP ClusterIP -> 10.244.1.2:8080"},
+		},
+		{
+			name: "serving terminating endpoints used when none is ready; not-serving ones never",
+			slices: []*model.EndpointSlice{slice(ep("10.244.1.3", "n2", false, true, true),
+				ep("10.244.1.4", "n2", false, false, true), ep("10.244.1.5", "n2", false, false, false))},
+			spec: func(s *model.ServiceSpec) { s.Ports = s.Ports[:1] },
+			want: []string{"10.96.0.10:80/TCP ClusterIP -> 10.244.1.3:8080"},
+		},
+		{
+			name:   "NodePort on every node address, external policy Local",
+			spec:   func(s *model.ServiceSpec) { s.Type = model.ServiceTypeNodePort; s.ExternalLocal = true; s.Ports = s.Ports[:1] },
+			slices: []*model.EndpointSlice{slice(readyEP("10.244.1.2", "n2"), readyEP("10.244.0.5", "n1"))},
+			want: []string{
+				"10.96.0.10:80/TCP ClusterIP -> 10.244.0.5:8080,10.244.1.2:8080",
+				"192.168.0.1:30080/TCP NodePort -> 10.244.0.5:8080",
+				"192.168.1.1:30080/TCP NodePort -> 10.244.0.5:8080",
+			},
+		},
+		{
+			name:   "internal policy Local with no local endpoint: ClusterIP drops",
+			spec:   func(s *model.ServiceSpec) { s.InternalLocal = true; s.Ports = s.Ports[:1] },
+			slices: []*model.EndpointSlice{slice(readyEP("10.244.1.2", "n2"))},
+			want:   []string{"10.96.0.10:80/TCP ClusterIP -> "},
+		},
+		{
+			name: "local policy falls back to local terminating endpoints",
+			spec: func(s *model.ServiceSpec) { s.InternalLocal = true; s.Ports = s.Ports[:1] },
+			slices: []*model.EndpointSlice{slice(readyEP("10.244.1.2", "n2"),
+				ep("10.244.0.7", "n1", false, true, true))},
+			want: []string{"10.96.0.10:80/TCP ClusterIP -> 10.244.0.7:8080"},
+		},
+		{
+			name: "external IPs and load balancer IPs",
+			spec: func(s *model.ServiceSpec) {
+				s.Type = model.ServiceTypeLoadBalancer
+				s.ExternalIPs = ips("203.0.113.7")
+				s.LoadBalancerIPs = ips("198.51.100.9")
+				s.Ports = s.Ports[1:]
+			},
+			slices: []*model.EndpointSlice{slice(readyEP("10.244.1.2", "n2"))},
+			want: []string{
+				"10.96.0.10:53/UDP ClusterIP -> 10.244.1.2:5353",
+				"198.51.100.9:53/UDP LoadBalancer -> 10.244.1.2:5353",
+				"203.0.113.7:53/UDP ExternalIP -> 10.244.1.2:5353",
+			},
+		},
+		{
+			name:   "load balancer IPs need type LoadBalancer",
+			spec:   func(s *model.ServiceSpec) { s.LoadBalancerIPs = ips("198.51.100.9"); s.Ports = s.Ports[1:] },
+			slices: []*model.EndpointSlice{slice(readyEP("10.244.1.2", "n2"))},
+			want:   []string{"10.96.0.10:53/UDP ClusterIP -> 10.244.1.2:5353"},
+		},
+		{
+			name: "headless services are ignored",
+			spec: func(s *model.ServiceSpec) { s.Headless = true; s.ClusterIPs = nil },
+		},
+		{
+			name: "services of another proxy are ignored",
+			spec: func(s *model.ServiceSpec) { s.ProxyName = "someone-else" },
+		},
+		{
+			name:   "the same address twice (a slice being replaced) counts once",
+			spec:   func(s *model.ServiceSpec) { s.Ports = s.Ports[:1] },
+			slices: []*model.EndpointSlice{slice(readyEP("10.244.1.2", "n2")), slice(readyEP("10.244.1.2", "n2"))},
+			want:   []string{"10.96.0.10:80/TCP ClusterIP -> 10.244.1.2:8080"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := webSpec()
+			if tc.spec != nil {
+				tc.spec(s)
+			}
+			got, problems := ForService(node, s, tc.slices, Options{})
+			if len(problems) > 0 {
+				t.Errorf("problems: %v", problems)
+			}
+			if r := render(got); !slices.Equal(r, tc.want) {
+				t.Errorf("got\n  %s\nwant\n  %s", strings.Join(r, "\n  "), strings.Join(tc.want, "\n  "))
+			}
+		})
+	}
+}
+
+func TestAffinityAndProblems(t *testing.T) {
+	s := webSpec()
+	s.AffinityTimeout = 3 * time.Hour
+	s.Ports = append(s.Ports, model.ServicePort{Name: "sctp", Port: 9})
+	sl := slice(readyEP("10.244.1.2", "n2"))
+	sl.Invalid = 2
+	got, problems := ForService(node, s, []*model.EndpointSlice{sl}, Options{})
+	for _, e := range got {
+		if e.Affinity != 3*time.Hour {
+			t.Errorf("%s affinity %s", e.Frontend, e.Affinity)
+		}
+	}
+	var reasons []string
+	for _, p := range problems {
+		reasons = append(reasons, p.Reason)
+	}
+	slices.Sort(reasons)
+	if !slices.Equal(reasons, []string{ReasonInvalidEndpoint, ReasonUnsupportedProtocol}) {
+		t.Errorf("problems = %v", problems)
+	}
+}
+
+func TestMergeClash(t *testing.T) {
+	a := webSpec()
+	a.ExternalIPs = ips("203.0.113.7")
+	b := webSpec()
+	b.Key = model.ServiceKey{Namespace: "default", Name: "other"}
+	b.ClusterIPs = ips("10.96.0.11")
+	b.ExternalIPs = ips("203.0.113.7")
+	ea, _ := ForService(node, a, nil, Options{})
+	eb, _ := ForService(node, b, nil, Options{})
+	merged, problems := Merge(map[model.ServiceKey][]Entry{a.Key: ea, b.Key: eb})
+	if len(problems) != 2 {
+		t.Fatalf("problems = %v, want 2 (both ports of the external IP)", problems)
+	}
+	for _, p := range problems {
+		if p.Service != a.Key || p.Reason != ReasonFrontendClash {
+			t.Errorf("problem %v: want the later key default/web to lose", p)
+		}
+	}
+	if len(merged) != len(ea)+len(eb)-2 {
+		t.Errorf("merged %d entries", len(merged))
+	}
+}
