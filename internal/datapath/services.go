@@ -528,3 +528,20 @@ func keys32(m *ebpf.Map) ([]uint32, error) {
 		prev = next
 	}
 }
+
+// Frontends lists the frontends in the frontend map.
+func (d *Datapath) Frontends() ([]model.L4Addr, error) {
+	var (
+		k   kpathLbFrontendKey
+		v   kpathLbFrontend
+		out []model.L4Addr
+	)
+	it := d.objs.KpLbFrontend.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, frontendFromKey(k))
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate frontends: %w", err)
+	}
+	return out, nil
+}

@@ -96,8 +96,12 @@ func TestForService(t *testing.T) {
 			want: []string{"10.96.0.10:80/TCP ClusterIP -> 10.244.1.3:8080"},
 		},
 		{
-			name:   "NodePort on every node address, external policy Local",
-			spec:   func(s *model.ServiceSpec) { s.Type = model.ServiceTypeNodePort; s.ExternalLocal = true; s.Ports = s.Ports[:1] },
+			name: "NodePort on every node address, external policy Local",
+			spec: func(s *model.ServiceSpec) {
+				s.Type = model.ServiceTypeNodePort
+				s.ExternalLocal = true
+				s.Ports = s.Ports[:1]
+			},
 			slices: []*model.EndpointSlice{slice(readyEP("10.244.1.2", "n2"), readyEP("10.244.0.5", "n1"))},
 			want: []string{
 				"10.96.0.10:80/TCP ClusterIP -> 10.244.0.5:8080,10.244.1.2:8080",

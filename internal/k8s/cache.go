@@ -1,0 +1,167 @@
+package k8s
+
+import (
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/kpath/kpath/internal/model"
+)
+
+// Cache holds the model form of the Services, EndpointSlices and Nodes the
+// informers deliver, and tracks which services changed since the consumer
+// last looked, with the time of the first unconsumed change (to measure
+// event-to-datapath latency). Many changes to one service between two looks
+// coalesce into one.
+type Cache struct {
+	mu       sync.Mutex
+	services map[model.ServiceKey]*model.ServiceSpec
+	slices   map[model.ServiceKey]map[string]*model.EndpointSlice
+	nodes    map[string]*model.Node
+	dirty    map[model.ServiceKey]time.Time
+	allDirty time.Time // a node change: every service must be recomputed
+	notify   chan struct{}
+	now      func() time.Time
+}
+
+// NewCache returns an empty cache.
+func NewCache() *Cache {
+	return &Cache{
+		services: map[model.ServiceKey]*model.ServiceSpec{},
+		slices:   map[model.ServiceKey]map[string]*model.EndpointSlice{},
+		nodes:    map[string]*model.Node{},
+		dirty:    map[model.ServiceKey]time.Time{},
+		notify:   make(chan struct{}, 1),
+		now:      time.Now,
+	}
+}
+
+// Changed is signalled (without blocking, coalesced) after every change.
+func (c *Cache) Changed() <-chan struct{} { return c.notify }
+
+func (c *Cache) markLocked(k model.ServiceKey) {
+	if _, ok := c.dirty[k]; !ok {
+		c.dirty[k] = c.now()
+	}
+	select {
+	case c.notify <- struct{}{}:
+	default:
+	}
+}
+
+// MarkDirty asks for a service to be recomputed (a retry after an error).
+func (c *Cache) MarkDirty(k model.ServiceKey) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.markLocked(k)
+}
+
+// SetService stores or (with spec nil) deletes a service.
+func (c *Cache) SetService(k model.ServiceKey, spec *model.ServiceSpec) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if spec == nil {
+		delete(c.services, k)
+	} else {
+		c.services[k] = spec
+	}
+	c.markLocked(k)
+}
+
+// SetEndpointSlice stores or (with s nil) deletes a slice of service k.
+func (c *Cache) SetEndpointSlice(k model.ServiceKey, name string, s *model.EndpointSlice) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := c.slices[k]
+	if s == nil {
+		delete(m, name)
+		if len(m) == 0 {
+			delete(c.slices, k)
+		}
+	} else {
+		if m == nil {
+			m = map[string]*model.EndpointSlice{}
+			c.slices[k] = m
+		}
+		m[name] = s
+	}
+	c.markLocked(k)
+}
+
+// SetNode stores or (with n nil) deletes a node. Only a change of the
+// addresses of a node matters to services (NodePort frontends).
+func (c *Cache) SetNode(name string, n *model.Node) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := c.nodes[name]
+	if n == nil {
+		delete(c.nodes, name)
+	} else {
+		c.nodes[name] = n
+	}
+	if old == nil || n == nil || !slices.Equal(old.Addrs, n.Addrs) {
+		if c.allDirty.IsZero() {
+			c.allDirty = c.now()
+		}
+		select {
+		case c.notify <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// TakeDirty returns the changed services with the time of their first
+// change, and clears them. all is set when every service must be recomputed.
+func (c *Cache) TakeDirty() (dirty map[model.ServiceKey]time.Time, all time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	dirty, all = c.dirty, c.allDirty
+	c.dirty, c.allDirty = map[model.ServiceKey]time.Time{}, time.Time{}
+	return dirty, all
+}
+
+// Pending is how many services wait to be recomputed.
+func (c *Cache) Pending() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.dirty)
+}
+
+// Service returns a service and its slices (nil spec: no such service).
+func (c *Cache) Service(k model.ServiceKey) (*model.ServiceSpec, []*model.EndpointSlice) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []*model.EndpointSlice
+	for _, s := range c.slices[k] {
+		out = append(out, s)
+	}
+	return c.services[k], out
+}
+
+// ServiceKeys lists every known service.
+func (c *Cache) ServiceKeys() []model.ServiceKey {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]model.ServiceKey, 0, len(c.services))
+	for k := range c.services {
+		out = append(out, k)
+	}
+	return out
+}
+
+// Node returns a node, or nil.
+func (c *Cache) Node(name string) *model.Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.nodes[name]
+}
+
+// Counts reports how many objects the cache holds.
+func (c *Cache) Counts() (services, slices, nodes int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, m := range c.slices {
+		slices += len(m)
+	}
+	return len(c.services), slices, len(c.nodes)
+}

@@ -1,0 +1,200 @@
+// Package k8s watches the Kubernetes API with client-go informers and turns
+// what it sees into kpath's model types. Informers keep slim copies of the
+// objects (a transform drops every field kpath does not read), because an
+// agent on every node of a 100,000-pod cluster must stay small.
+package k8s
+
+import (
+	"net/netip"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kpath/kpath/internal/model"
+)
+
+// Labels kpath reads.
+const (
+	LabelServiceName      = discoveryv1.LabelServiceName // kubernetes.io/service-name
+	LabelServiceProxyName = "service.kubernetes.io/service-proxy-name"
+)
+
+func protocol(p corev1.Protocol) model.Protocol {
+	switch p {
+	case corev1.ProtocolTCP, "":
+		return model.TCP
+	case corev1.ProtocolUDP:
+		return model.UDP
+	}
+	return 0
+}
+
+func parseIPv4s(ss []string) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range ss {
+		if a, err := netip.ParseAddr(s); err == nil && a.Is4() {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// ServiceSpec converts a Service.
+func ServiceSpec(s *corev1.Service) *model.ServiceSpec {
+	out := &model.ServiceSpec{
+		Key:                 model.ServiceKey{Namespace: s.Namespace, Name: s.Name},
+		ExternalIPs:         parseIPv4s(s.Spec.ExternalIPs),
+		InternalLocal:       s.Spec.InternalTrafficPolicy != nil && *s.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal,
+		ExternalLocal:       s.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal,
+		HealthCheckNodePort: uint16(s.Spec.HealthCheckNodePort),
+		ProxyName:           s.Labels[LabelServiceProxyName],
+	}
+	switch s.Spec.Type {
+	case corev1.ServiceTypeNodePort:
+		out.Type = model.ServiceTypeNodePort
+	case corev1.ServiceTypeLoadBalancer:
+		out.Type = model.ServiceTypeLoadBalancer
+	case corev1.ServiceTypeExternalName:
+		out.Type = model.ServiceTypeExternalName
+	}
+	ips := s.Spec.ClusterIPs
+	if len(ips) == 0 && s.Spec.ClusterIP != "" {
+		ips = []string{s.Spec.ClusterIP}
+	}
+	if len(ips) == 0 || ips[0] == corev1.ClusterIPNone {
+		out.Headless = true
+	} else {
+		out.ClusterIPs = parseIPv4s(ips)
+	}
+	for _, p := range s.Spec.Ports {
+		out.Ports = append(out.Ports, model.ServicePort{
+			Name: p.Name, Protocol: protocol(p.Protocol), Port: uint16(p.Port), NodePort: uint16(p.NodePort),
+		})
+	}
+	for _, ing := range s.Status.LoadBalancer.Ingress {
+		// Proxy mode: the load balancer delivers to the node, not to the
+		// VIP, so the VIP must not be short-circuited here.
+		if ing.IPMode != nil && *ing.IPMode == corev1.LoadBalancerIPModeProxy {
+			continue
+		}
+		out.LoadBalancerIPs = append(out.LoadBalancerIPs, parseIPv4s([]string{ing.IP})...)
+	}
+	if s.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
+		timeout := int32(corev1.DefaultClientIPServiceAffinitySeconds)
+		if c := s.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+			timeout = *c.ClientIP.TimeoutSeconds
+		}
+		out.AffinityTimeout = time.Duration(timeout) * time.Second
+	}
+	return out
+}
+
+// EndpointSlice converts an IPv4 EndpointSlice; nil for other address
+// types or slices without a service label.
+func EndpointSlice(s *discoveryv1.EndpointSlice) *model.EndpointSlice {
+	svc := s.Labels[LabelServiceName]
+	if s.AddressType != discoveryv1.AddressTypeIPv4 || svc == "" {
+		return nil
+	}
+	out := &model.EndpointSlice{
+		Namespace: s.Namespace, Name: s.Name,
+		Service: model.ServiceKey{Namespace: s.Namespace, Name: svc},
+	}
+	for _, p := range s.Ports {
+		if p.Port == nil {
+			continue
+		}
+		pr := corev1.ProtocolTCP
+		if p.Protocol != nil {
+			pr = *p.Protocol
+		}
+		name := ""
+		if p.Name != nil {
+			name = *p.Name
+		}
+		out.Ports = append(out.Ports, model.EndpointPort{Name: name, Protocol: protocol(pr), Port: uint16(*p.Port)})
+	}
+	for _, e := range s.Endpoints {
+		ep := model.Endpoint{
+			// kube-proxy: a missing ready condition means ready; a missing
+			// serving condition means whatever ready says.
+			Ready:       e.Conditions.Ready == nil || *e.Conditions.Ready,
+			Terminating: e.Conditions.Terminating != nil && *e.Conditions.Terminating,
+		}
+		ep.Serving = ep.Ready
+		if e.Conditions.Serving != nil {
+			ep.Serving = *e.Conditions.Serving
+		}
+		if e.NodeName != nil {
+			ep.NodeName = *e.NodeName
+		}
+		for _, a := range e.Addresses {
+			ip, err := netip.ParseAddr(a)
+			if err != nil || !ip.Is4() {
+				out.Invalid++
+				continue
+			}
+			ep.Addrs = append(ep.Addrs, ip)
+		}
+		if len(ep.Addrs) > 0 {
+			out.Endpoints = append(out.Endpoints, ep)
+		}
+	}
+	return out
+}
+
+// Node converts a Node.
+func Node(n *corev1.Node) *model.Node {
+	out := &model.Node{Name: n.Name}
+	for _, a := range n.Status.Addresses {
+		if a.Type == corev1.NodeInternalIP || a.Type == corev1.NodeExternalIP {
+			out.Addrs = append(out.Addrs, parseIPv4s([]string{a.Address})...)
+		}
+	}
+	if p, err := netip.ParsePrefix(n.Spec.PodCIDR); err == nil {
+		out.PodCIDR = p
+	}
+	return out
+}
+
+// slimMeta keeps what informers need to key and version objects, and the
+// labels kpath reads.
+func slimMeta(m *metav1.ObjectMeta, keepLabels ...string) {
+	var labels map[string]string
+	for _, k := range keepLabels {
+		if v, ok := m.Labels[k]; ok {
+			if labels == nil {
+				labels = map[string]string{}
+			}
+			labels[k] = v
+		}
+	}
+	*m = metav1.ObjectMeta{
+		Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion,
+		DeletionTimestamp: m.DeletionTimestamp, Labels: labels,
+	}
+}
+
+// slimTransform is the informers' transform: it drops fields kpath does not
+// read before the object is stored.
+func slimTransform(obj any) (any, error) {
+	switch o := obj.(type) {
+	case *corev1.Service:
+		slimMeta(&o.ObjectMeta, LabelServiceProxyName)
+		o.Status.Conditions = nil
+		o.Spec.Selector = nil
+	case *discoveryv1.EndpointSlice:
+		slimMeta(&o.ObjectMeta, LabelServiceName)
+		for i := range o.Endpoints {
+			e := &o.Endpoints[i]
+			e.TargetRef, e.Hostname, e.Hints, e.DeprecatedTopology, e.Zone = nil, nil, nil, nil, nil
+		}
+	case *corev1.Node:
+		slimMeta(&o.ObjectMeta)
+		o.Spec = corev1.NodeSpec{PodCIDR: o.Spec.PodCIDR, PodCIDRs: o.Spec.PodCIDRs}
+		o.Status = corev1.NodeStatus{Addresses: o.Status.Addresses}
+	}
+	return obj, nil
+}

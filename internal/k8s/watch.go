@@ -1,0 +1,129 @@
+package k8s
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/kpath/kpath/internal/model"
+)
+
+// WatchOptions tune the informers.
+type WatchOptions struct {
+	// ProxyName: with it empty, services labelled with any
+	// service.kubernetes.io/service-proxy-name are filtered out by the API
+	// server, as kube-proxy does.
+	ProxyName string
+}
+
+// Watcher runs the informers that fill a Cache.
+type Watcher struct {
+	factory informers.SharedInformerFactory
+	extra   []informers.SharedInformerFactory // with other list options
+	synced  []cache.InformerSynced
+}
+
+// NewWatcher sets up informers for Services, EndpointSlices and Nodes that
+// feed c. Call Start, then WaitForSync.
+func NewWatcher(client kubernetes.Interface, c *Cache, opts WatchOptions) (*Watcher, error) {
+	f := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(slimTransform))
+	w := &Watcher{factory: f}
+
+	svcSelector := "!" + LabelServiceProxyName
+	if opts.ProxyName != "" {
+		svcSelector = LabelServiceProxyName + "=" + opts.ProxyName
+	}
+	svcInf := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(slimTransform),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = svcSelector }))
+	svc := svcInf.Core().V1().Services().Informer()
+	w.extra = append(w.extra, svcInf)
+	if _, err := svc.AddEventHandler(handler(func(obj any) {
+		s := obj.(*corev1.Service)
+		c.SetService(model.ServiceKey{Namespace: s.Namespace, Name: s.Name}, ServiceSpec(s))
+	}, func(ns, name string) {
+		c.SetService(model.ServiceKey{Namespace: ns, Name: name}, nil)
+	})); err != nil {
+		return nil, err
+	}
+
+	eps := f.Discovery().V1().EndpointSlices().Informer()
+	// The service a slice belonged to, so a slice whose label changes or
+	// that is deleted leaves the right service.
+	owner := map[string]model.ServiceKey{}
+	if _, err := eps.AddEventHandler(handler(func(obj any) {
+		s := obj.(*discoveryv1.EndpointSlice)
+		id := s.Namespace + "/" + s.Name
+		m := EndpointSlice(s)
+		if old, ok := owner[id]; ok && (m == nil || old != m.Service) {
+			c.SetEndpointSlice(old, s.Name, nil)
+			delete(owner, id)
+		}
+		if m != nil {
+			owner[id] = m.Service
+			c.SetEndpointSlice(m.Service, s.Name, m)
+		}
+	}, func(ns, name string) {
+		id := ns + "/" + name
+		if old, ok := owner[id]; ok {
+			c.SetEndpointSlice(old, name, nil)
+			delete(owner, id)
+		}
+	})); err != nil {
+		return nil, err
+	}
+
+	nodes := f.Core().V1().Nodes().Informer()
+	if _, err := nodes.AddEventHandler(handler(func(obj any) {
+		n := obj.(*corev1.Node)
+		c.SetNode(n.Name, Node(n))
+	}, func(_, name string) {
+		c.SetNode(name, nil)
+	})); err != nil {
+		return nil, err
+	}
+	w.synced = []cache.InformerSynced{svc.HasSynced, eps.HasSynced, nodes.HasSynced}
+	return w, nil
+}
+
+// handler adapts upsert and delete callbacks to client-go's handler. One
+// informer delivers its events in order from one goroutine, so the
+// callbacks need no locking of their own.
+func handler(upsert func(obj any), del func(ns, name string)) cache.ResourceEventHandler {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    upsert,
+		UpdateFunc: func(_, obj any) { upsert(obj) },
+		DeleteFunc: func(obj any) {
+			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = t.Obj
+			}
+			if m, ok := obj.(metav1.Object); ok {
+				del(m.GetNamespace(), m.GetName())
+			}
+		},
+	}
+}
+
+// Start runs the informers until ctx ends.
+func (w *Watcher) Start(ctx context.Context) {
+	w.factory.Start(ctx.Done())
+	for _, f := range w.extra {
+		f.Start(ctx.Done())
+	}
+}
+
+// WaitForSync blocks until every informer has listed its objects once.
+func (w *Watcher) WaitForSync(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if !cache.WaitForCacheSync(ctx.Done(), w.synced...) {
+		return fmt.Errorf("informers did not sync within %s: is the API server reachable?", timeout)
+	}
+	return nil
+}

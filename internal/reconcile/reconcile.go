@@ -1,0 +1,323 @@
+// Package reconcile keeps the datapath's services equal to what the
+// Kubernetes objects ask for. It recomputes only the services that changed,
+// applies the difference (identical services are not rewritten), retries
+// failures with bounded backoff, and on a periodic full resync also prunes
+// frontends nobody owns (left by a crash or another writer).
+package reconcile
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/kpath/kpath/internal/k8s"
+	"github.com/kpath/kpath/internal/model"
+	"github.com/kpath/kpath/internal/servicemap"
+)
+
+// Datapath is what the reconciler writes to.
+type Datapath interface {
+	UpsertService(model.Service) error
+	DeleteService(model.L4Addr) error
+	// Frontends lists the frontends the datapath holds.
+	Frontends() ([]model.L4Addr, error)
+}
+
+// Options configure a Reconciler.
+type Options struct {
+	NodeName  string
+	ProxyName string
+	Selection model.Selection
+	// MaxRetries is how often a failing service is retried with backoff
+	// before waiting for its next change or the next full resync.
+	MaxRetries int
+	Metrics    *Metrics
+	Log        *slog.Logger
+}
+
+// Reconciler applies the cache to the datapath.
+type Reconciler struct {
+	cache *k8s.Cache
+	dp    Datapath
+	opts  Options
+
+	mu         sync.Mutex
+	perService map[model.ServiceKey][]servicemap.Entry
+	applied    map[model.L4Addr]model.Service
+	owners     map[model.L4Addr]servicemap.Entry
+	attempts   map[model.ServiceKey]int
+	retryAt    map[model.ServiceKey]time.Time
+	problems   map[string]bool // last reported, to log only changes
+	lastErr    error
+	syncs      int
+}
+
+// New returns a reconciler; nothing happens until Sync or Run.
+func New(c *k8s.Cache, dp Datapath, opts Options) *Reconciler {
+	if opts.MaxRetries == 0 {
+		opts.MaxRetries = 8
+	}
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	return &Reconciler{
+		cache: c, dp: dp, opts: opts,
+		perService: map[model.ServiceKey][]servicemap.Entry{},
+		applied:    map[model.L4Addr]model.Service{},
+		owners:     map[model.L4Addr]servicemap.Entry{},
+		attempts:   map[model.ServiceKey]int{},
+		retryAt:    map[model.ServiceKey]time.Time{},
+		problems:   map[string]bool{},
+	}
+}
+
+// Run syncs on every cache change, retries failures, and does a full
+// resync (with pruning) every resync period, until ctx ends.
+func (r *Reconciler) Run(ctx context.Context, resync time.Duration) {
+	full := time.NewTicker(resync)
+	defer full.Stop()
+	retry := time.NewTimer(time.Hour)
+	defer retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.cache.Changed():
+			r.Sync(false)
+		case <-full.C:
+			r.Sync(true)
+		case <-retry.C:
+			r.requeueDue()
+		}
+		if next, ok := r.nextRetry(); ok {
+			retry.Reset(max(time.Until(next), time.Millisecond))
+		}
+	}
+}
+
+func (r *Reconciler) nextRetry() (time.Time, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var next time.Time
+	for _, t := range r.retryAt {
+		if next.IsZero() || t.Before(next) {
+			next = t
+		}
+	}
+	return next, !next.IsZero()
+}
+
+func (r *Reconciler) requeueDue() {
+	r.mu.Lock()
+	var due []model.ServiceKey
+	now := time.Now()
+	for k, t := range r.retryAt {
+		if !t.After(now) {
+			due = append(due, k)
+			delete(r.retryAt, k)
+		}
+	}
+	r.mu.Unlock()
+	for _, k := range due {
+		r.cache.MarkDirty(k)
+	}
+}
+
+// Sync recomputes the changed services (all of them with full) and applies
+// the result. It returns the first error of this round, if any; failing
+// services are retried on their own.
+func (r *Reconciler) Sync(full bool) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	start := time.Now()
+	dirty, all := r.cache.TakeDirty()
+	if full || !all.IsZero() {
+		for _, k := range r.cache.ServiceKeys() {
+			if _, ok := dirty[k]; !ok {
+				dirty[k] = all
+			}
+		}
+		for k := range r.perService {
+			if _, ok := dirty[k]; !ok {
+				dirty[k] = all
+			}
+		}
+	}
+	if len(dirty) == 0 && !full {
+		return nil
+	}
+
+	node := servicemap.Node{Name: r.opts.NodeName}
+	if n := r.cache.Node(r.opts.NodeName); n != nil {
+		node.Addrs = n.Addrs
+	}
+	var problems []servicemap.Problem
+	for k := range dirty {
+		spec, sl := r.cache.Service(k)
+		if spec == nil {
+			delete(r.perService, k)
+			continue
+		}
+		entries, p := servicemap.ForService(node, spec, sl, servicemap.Options{ProxyName: r.opts.ProxyName})
+		for i := range entries {
+			entries[i].Selection = r.opts.Selection
+		}
+		r.perService[k] = entries
+		problems = append(problems, p...)
+	}
+	merged, clashes := servicemap.Merge(r.perService)
+	problems = append(problems, clashes...)
+	r.report(problems, full)
+
+	// Apply: new and changed frontends, then removed ones.
+	failed := map[model.ServiceKey]error{}
+	desired := make(map[model.L4Addr]servicemap.Entry, len(merged))
+	for _, e := range merged {
+		desired[e.Frontend] = e
+		if _, bad := failed[e.Owner]; bad {
+			continue
+		}
+		if old, ok := r.applied[e.Frontend]; ok && sameService(old, e.Service) {
+			continue
+		}
+		if err := r.dp.UpsertService(e.Service); err != nil {
+			failed[e.Owner] = err
+			r.opts.Log.Error("apply service", "service", e.Owner, "frontend", e.Frontend, "error", err)
+			continue
+		}
+		r.applied[e.Frontend] = e.Service
+	}
+	for fe := range r.applied {
+		if _, ok := desired[fe]; ok {
+			continue
+		}
+		if err := r.dp.DeleteService(fe); err != nil {
+			owner := r.owners[fe].Owner
+			failed[owner] = err
+			r.opts.Log.Error("delete frontend", "frontend", fe, "error", err)
+			continue
+		}
+		delete(r.applied, fe)
+	}
+	r.owners = desired
+	if full {
+		r.prune(desired)
+	}
+
+	// Bookkeeping: latency for what was applied, backoff for what was not.
+	var firstErr error
+	now := time.Now()
+	for k, since := range dirty {
+		if err, bad := failed[k]; bad {
+			if firstErr == nil {
+				firstErr = err
+			}
+			r.attempts[k]++
+			if r.attempts[k] <= r.opts.MaxRetries {
+				r.retryAt[k] = now.Add(backoff(r.attempts[k]))
+			} else {
+				r.opts.Log.Error("giving up on service until it changes or the next full resync", "service", k, "attempts", r.attempts[k]-1)
+			}
+			continue
+		}
+		delete(r.attempts, k)
+		if !since.IsZero() {
+			r.opts.Metrics.observeLatency(now.Sub(since))
+		}
+	}
+	r.lastErr = firstErr
+	r.syncs++
+	r.opts.Metrics.observeSync(time.Since(start), len(failed), r.cache.Pending(), len(r.applied))
+	return firstErr
+}
+
+// prune deletes frontends in the datapath that no service owns.
+func (r *Reconciler) prune(desired map[model.L4Addr]servicemap.Entry) {
+	have, err := r.dp.Frontends()
+	if err != nil {
+		r.opts.Log.Error("list datapath frontends for pruning", "error", err)
+		return
+	}
+	for _, fe := range have {
+		if _, ok := desired[fe]; ok {
+			continue
+		}
+		if err := r.dp.DeleteService(fe); err != nil {
+			r.opts.Log.Error("prune frontend", "frontend", fe, "error", err)
+			continue
+		}
+		delete(r.applied, fe)
+		r.opts.Log.Info("pruned frontend no service owns", "frontend", fe)
+	}
+}
+
+func (r *Reconciler) report(problems []servicemap.Problem, full bool) {
+	seen := map[string]bool{}
+	for _, p := range problems {
+		s := p.String()
+		seen[s] = true
+		if !r.problems[s] {
+			r.opts.Log.Warn("service input not usable", "service", p.Service, "reason", p.Reason, "detail", p.Detail)
+			r.opts.Metrics.countProblem(p.Reason)
+		}
+	}
+	if full {
+		r.problems = seen
+	} else {
+		for s := range seen {
+			r.problems[s] = true
+		}
+	}
+}
+
+func backoff(attempt int) time.Duration {
+	d := 100 * time.Millisecond << min(attempt-1, 9)
+	return min(d, 30*time.Second)
+}
+
+func sameService(a, b model.Service) bool {
+	return a.Frontend == b.Frontend && a.Selection == b.Selection && a.Affinity == b.Affinity &&
+		slices.Equal(a.Backends, b.Backends)
+}
+
+// Status summarises the reconciler for the agent's API.
+type Status struct {
+	Frontends int    `json:"frontends"`
+	Services  int    `json:"services"`
+	Syncs     int    `json:"syncs"`
+	Retrying  int    `json:"retrying"`
+	LastError string `json:"last_error,omitempty"`
+}
+
+// Status reports the reconciler's state.
+func (r *Reconciler) Status() Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := Status{Frontends: len(r.applied), Services: len(r.perService), Syncs: r.syncs, Retrying: len(r.retryAt)}
+	if r.lastErr != nil {
+		s.LastError = r.lastErr.Error()
+	}
+	return s
+}
+
+// Entries returns the frontends as last computed, with their owners.
+func (r *Reconciler) Entries() []servicemap.Entry {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]servicemap.Entry, 0, len(r.owners))
+	for _, e := range r.owners {
+		out = append(out, e)
+	}
+	slices.SortFunc(out, func(a, b servicemap.Entry) int {
+		if c := a.Frontend.Addr.Compare(b.Frontend.Addr); c != 0 {
+			return c
+		}
+		if a.Frontend.Port != b.Frontend.Port {
+			return int(a.Frontend.Port) - int(b.Frontend.Port)
+		}
+		return int(a.Frontend.Proto) - int(b.Frontend.Proto)
+	})
+	return out
+}

@@ -1,0 +1,393 @@
+// Package testenv runs a real Kubernetes control plane on loopback: etcd
+// (Debian's etcd-server) and kube-apiserver (and, on request,
+// kube-controller-manager) built from the pinned k8s.io/kubernetes by
+// hack/k8s/build.sh. Tests and the lab use it; nothing is mocked.
+package testenv
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+)
+
+// Options configure a control plane.
+type Options struct {
+	// Dir holds data, keys and logs; it must exist and is left in place.
+	Dir string
+	// BinDir has kube-apiserver and friends (see BinDir()).
+	BinDir string
+	// ServiceCIDR is the service cluster IP range (default 10.96.0.0/16).
+	ServiceCIDR string
+	// ClusterCIDR, when set, starts kube-controller-manager allocating node
+	// pod CIDRs from it.
+	ClusterCIDR string
+	// Log receives progress lines; nil for none.
+	Log func(format string, args ...any)
+}
+
+// Env is a running control plane.
+type Env struct {
+	// Kubeconfig is the path of an admin kubeconfig for the API server.
+	Kubeconfig string
+	Config     *rest.Config
+	Client     kubernetes.Interface
+	// APIServerURL is https://127.0.0.1:PORT.
+	APIServerURL string
+
+	opts  Options
+	mu    sync.Mutex
+	procs []*proc
+	etcd  *proc
+	api   *proc
+	ports struct{ etcd, peer, api int }
+	token string
+}
+
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	done chan struct{}
+	log  string
+}
+
+// Start starts etcd and kube-apiserver (and kube-controller-manager with a
+// ClusterCIDR) and waits until the API server is ready.
+func Start(ctx context.Context, opts Options) (*Env, error) {
+	if opts.ServiceCIDR == "" {
+		opts.ServiceCIDR = "10.96.0.0/16"
+	}
+	if opts.Log == nil {
+		opts.Log = func(string, ...any) {}
+	}
+	for _, b := range []string{"kube-apiserver"} {
+		if _, err := os.Stat(filepath.Join(opts.BinDir, b)); err != nil {
+			return nil, fmt.Errorf("%s not found in %s: build it with `make k8s-bins`", b, opts.BinDir)
+		}
+	}
+	etcdBin, err := exec.LookPath("etcd")
+	if err != nil {
+		return nil, fmt.Errorf("etcd not found: install Debian's etcd-server package")
+	}
+	e := &Env{opts: opts}
+	ok := false
+	defer func() {
+		if !ok {
+			e.Stop()
+		}
+	}()
+	ports, err := freePorts(3)
+	if err != nil {
+		return nil, err
+	}
+	e.ports.etcd, e.ports.peer, e.ports.api = ports[0], ports[1], ports[2]
+
+	opts.Log("starting etcd on 127.0.0.1:%d", e.ports.etcd)
+	peer := fmt.Sprintf("http://127.0.0.1:%d", e.ports.peer)
+	client := fmt.Sprintf("http://127.0.0.1:%d", e.ports.etcd)
+	e.etcd, err = e.start("etcd", etcdBin,
+		"--name=kpath", "--data-dir="+filepath.Join(opts.Dir, "etcd"),
+		"--listen-client-urls="+client, "--advertise-client-urls="+client,
+		"--listen-peer-urls="+peer, "--initial-advertise-peer-urls="+peer,
+		"--initial-cluster=kpath="+peer, "--unsafe-no-fsync", "--quota-backend-bytes=8589934592",
+		"--log-level=warn")
+	if err != nil {
+		return nil, err
+	}
+	if err := waitHTTP(ctx, client+"/health", nil, 30*time.Second, e.etcd); err != nil {
+		return nil, fmt.Errorf("etcd did not become healthy: %w (log: %s)", err, e.etcd.log)
+	}
+
+	if err := e.startAPIServer(ctx); err != nil {
+		return nil, err
+	}
+	if opts.ClusterCIDR != "" {
+		if err := e.startControllerManager(); err != nil {
+			return nil, err
+		}
+	}
+	ok = true
+	return e, nil
+}
+
+func (e *Env) startAPIServer(ctx context.Context) error {
+	dir := e.opts.Dir
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	e.token = hex.EncodeToString(b)
+	tokens := filepath.Join(dir, "tokens.csv")
+	if err := os.WriteFile(tokens, []byte(e.token+`,admin,admin,"system:masters"`+"\n"), 0o600); err != nil {
+		return err
+	}
+	saKey, saPub := filepath.Join(dir, "sa.key"), filepath.Join(dir, "sa.pub")
+	if err := writeRSAKey(saKey, saPub); err != nil {
+		return err
+	}
+	e.APIServerURL = fmt.Sprintf("https://127.0.0.1:%d", e.ports.api)
+	e.opts.Log("starting kube-apiserver on %s", e.APIServerURL)
+	var err error
+	e.api, err = e.start("kube-apiserver", filepath.Join(e.opts.BinDir, "kube-apiserver"),
+		fmt.Sprintf("--etcd-servers=http://127.0.0.1:%d", e.ports.etcd),
+		"--bind-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", e.ports.api),
+		"--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none",
+		"--cert-dir="+filepath.Join(dir, "certs"),
+		"--token-auth-file="+tokens, "--authorization-mode=RBAC",
+		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+		"--service-account-key-file="+saPub, "--service-account-signing-key-file="+saKey,
+		"--service-cluster-ip-range="+e.opts.ServiceCIDR,
+		"--allow-privileged=true", "--profiling=false",
+		"--v=0")
+	if err != nil {
+		return err
+	}
+	if err := waitHTTP(ctx, e.APIServerURL+"/readyz", map[string]string{"Authorization": "Bearer " + e.token}, 90*time.Second, e.api); err != nil {
+		return fmt.Errorf("kube-apiserver did not become ready: %w (log: %s)", err, e.api.log)
+	}
+	e.Config = &rest.Config{
+		Host:            e.APIServerURL,
+		BearerToken:     e.token,
+		TLSClientConfig: rest.TLSClientConfig{Insecure: true},
+		QPS:             1000,
+		Burst:           2000,
+	}
+	e.Client, err = kubernetes.NewForConfig(e.Config)
+	if err != nil {
+		return err
+	}
+	e.Kubeconfig = filepath.Join(dir, "kubeconfig")
+	return writeKubeconfig(e.Kubeconfig, e.APIServerURL, e.token)
+}
+
+func (e *Env) startControllerManager() error {
+	bin := filepath.Join(e.opts.BinDir, "kube-controller-manager")
+	e.opts.Log("starting kube-controller-manager (cluster CIDR %s)", e.opts.ClusterCIDR)
+	_, err := e.start("kube-controller-manager", bin,
+		"--kubeconfig="+e.Kubeconfig, "--authentication-kubeconfig="+e.Kubeconfig,
+		"--authorization-kubeconfig="+e.Kubeconfig,
+		"--bind-address=127.0.0.1", "--secure-port=0",
+		"--allocate-node-cidrs=true", "--cluster-cidr="+e.opts.ClusterCIDR, "--node-cidr-mask-size=24",
+		"--service-cluster-ip-range="+e.opts.ServiceCIDR,
+		"--service-account-private-key-file="+filepath.Join(e.opts.Dir, "sa.key"),
+		"--use-service-account-credentials=false",
+		"--controllers=*",
+		"--leader-elect=false", "--v=0")
+	return err
+}
+
+// StopAPIServer stops kube-apiserver only (to test clients riding out an
+// outage); StartAPIServer brings it back on the same address.
+func (e *Env) StopAPIServer() {
+	e.mu.Lock()
+	p := e.api
+	e.mu.Unlock()
+	stopProc(p)
+}
+
+// RestartAPIServer starts kube-apiserver again after StopAPIServer.
+func (e *Env) RestartAPIServer(ctx context.Context) error {
+	return e.startAPIServer(ctx)
+}
+
+// Stop stops every process; the data directory stays.
+func (e *Env) Stop() {
+	e.mu.Lock()
+	procs := e.procs
+	e.procs = nil
+	e.mu.Unlock()
+	for i := len(procs) - 1; i >= 0; i-- {
+		stopProc(procs[i])
+	}
+}
+
+func (e *Env) start(name, bin string, args ...string) (*proc, error) {
+	logPath := filepath.Join(e.opts.Dir, name+".log")
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Its own process group, and killed with the parent if that dies.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &proc{name: name, cmd: cmd, done: make(chan struct{}), log: logPath}
+	go func() {
+		_ = cmd.Wait()
+		logf.Close()
+		close(p.done)
+	}()
+	e.mu.Lock()
+	e.procs = append(e.procs, p)
+	e.mu.Unlock()
+	return p, nil
+}
+
+func stopProc(p *proc) {
+	if p == nil {
+		return
+	}
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+func waitHTTP(ctx context.Context, url string, headers map[string]string, timeout time.Duration, p *proc) error {
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	deadline := time.Now().Add(timeout)
+	var last error
+	for time.Now().Before(deadline) {
+		select {
+		case <-p.done:
+			return fmt.Errorf("%s exited: %s", p.name, tail(p.log, 15))
+		case <-ctx.Done():
+			return ctx.Err()
+		default:
+		}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		for k, v := range headers {
+			req.Header.Set(k, v)
+		}
+		resp, err := client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = fmt.Errorf("%s: %s", url, resp.Status)
+		} else {
+			last = err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return fmt.Errorf("timed out after %s: %v", timeout, last)
+}
+
+// tail returns the last n lines of a file, for error messages.
+func tail(path string, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	var lines []string
+	s := bufio.NewScanner(f)
+	s.Buffer(make([]byte, 1<<20), 1<<20)
+	for s.Scan() {
+		lines = append(lines, s.Text())
+		if len(lines) > n {
+			lines = lines[1:]
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+func freePorts(n int) ([]int, error) {
+	var (
+		out []int
+		lns []net.Listener
+	)
+	defer func() {
+		for _, l := range lns {
+			l.Close()
+		}
+	}()
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("find a free port: %w", err)
+		}
+		lns = append(lns, l)
+		out = append(out, l.Addr().(*net.TCPAddr).Port)
+	}
+	return out, nil
+}
+
+func writeRSAKey(keyPath, pubPath string) error {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return err
+	}
+	der, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}), 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(pubPath, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644)
+}
+
+func writeKubeconfig(path, server, token string) error {
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["kpath"] = &clientcmdapi.Cluster{Server: server, InsecureSkipTLSVerify: true}
+	cfg.AuthInfos["admin"] = &clientcmdapi.AuthInfo{Token: token}
+	cfg.Contexts["kpath"] = &clientcmdapi.Context{Cluster: "kpath", AuthInfo: "admin"}
+	cfg.CurrentContext = "kpath"
+	return clientcmd.WriteToFile(*cfg, path)
+}
+
+// BinDir finds the Kubernetes binaries: $KPATH_K8S_BIN, else the cache
+// directory hack/k8s/build.sh uses for the version pinned in the module
+// found by walking up from the working directory.
+func BinDir() (string, error) {
+	if d := os.Getenv("KPATH_K8S_BIN"); d != "" {
+		return d, nil
+	}
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		data, err := os.ReadFile(filepath.Join(dir, "hack", "k8s", "go.mod"))
+		if err == nil {
+			for line := range strings.SplitSeq(string(data), "\n") {
+				f := strings.Fields(line)
+				if len(f) >= 2 && f[0] == "k8s.io/kubernetes" {
+					cache, err := os.UserCacheDir()
+					if err != nil {
+						return "", err
+					}
+					return filepath.Join(cache, "kpath", "k8s", f[1]), nil
+				}
+			}
+			return "", errors.New("hack/k8s/go.mod does not require k8s.io/kubernetes")
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("cannot find hack/k8s/go.mod above the working directory; set KPATH_K8S_BIN")
+		}
+		dir = parent
+	}
+}
