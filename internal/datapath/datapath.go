@@ -24,14 +24,14 @@ import (
 
 // MapSizes sets the capacity of the maps whose size depends on the cluster.
 type MapSizes struct {
-	Frontends  uint32 // service (address, port, protocol) combinations
-	Backends   uint32 // distinct backend (address, port, protocol)
-	Slots      uint32 // sum over frontends of their backend count
-	Maglev     uint32 // frontends using Maglev selection
-	Affinity   uint32 // (client, frontend) pairs with session affinity
-	Conntrack  uint32 // tracked connections (two entries per translated one)
-	SockRevNat uint32 // (socket, backend) pairs translated by the socket hook
-	Fragments  uint32 // fragmented datagrams in flight
+	Frontends  uint32 `json:"frontends"`  // service (address, port, protocol) combinations
+	Backends   uint32 `json:"backends"`   // distinct backend (address, port, protocol)
+	Slots      uint32 `json:"slots"`      // sum over frontends of their backend count
+	Maglev     uint32 `json:"maglev"`     // frontends using Maglev selection
+	Affinity   uint32 `json:"affinity"`   // (client, frontend) pairs with session affinity
+	Conntrack  uint32 `json:"conntrack"`  // tracked connections (two entries per translated one)
+	SockRevNat uint32 `json:"sockRevNat"` // (socket, backend) pairs translated by the socket hook
+	Fragments  uint32 `json:"fragments"`  // fragmented datagrams in flight
 }
 
 // DefaultMapSizes suits a cluster of 100,000 backends.

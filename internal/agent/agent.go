@@ -1,0 +1,223 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kpath/kpath/internal/datapath"
+	"github.com/kpath/kpath/internal/k8s"
+	"github.com/kpath/kpath/internal/model"
+	"github.com/kpath/kpath/internal/reconcile"
+)
+
+// Agent is a running kpath-agent.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	dp      *datapath.Datapath
+	cache   *k8s.Cache
+	rec     *reconcile.Reconciler
+	reg     *prometheus.Registry
+	ready   atomic.Bool
+	started time.Time
+	readyAt atomic.Int64 // unix nanos
+}
+
+// Run runs the agent until ctx ends. Configuration errors are returned
+// before anything is attached. If the API server cannot be reached, the
+// datapath keeps serving what its pinned maps hold and the agent stays
+// not-ready until it syncs.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	a, err := New(cfg, log)
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}
+
+// New validates cfg, opens the datapath (restoring its pinned state) and
+// attaches the socket hook. It does not contact the API server.
+func New(cfg Config, log *slog.Logger) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration: %w", err)
+	}
+	a := &Agent{cfg: cfg, log: log, started: time.Now(), cache: k8s.NewCache(), reg: prometheus.NewRegistry()}
+	dp, err := datapath.Open(cfg.Datapath())
+	if err != nil {
+		return nil, err
+	}
+	a.dp = dp
+	if cfg.SocketHook {
+		root := cfg.CgroupRoot
+		if root == "auto" {
+			if root, err = datapath.CgroupV2Root(); err != nil {
+				dp.Close()
+				return nil, err
+			}
+		}
+		if err := dp.AttachCgroup(root); err != nil {
+			dp.Close()
+			return nil, err
+		}
+		log.Info("socket hook attached", "cgroup", root)
+	}
+	sel, _ := model.ParseSelection(cfg.Selection)
+	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.reg.MustRegister(newDatapathCollector(dp))
+	a.rec = reconcile.New(a.cache, frontendLister{dp}, reconcile.Options{
+		NodeName: cfg.NodeName, ProxyName: cfg.ProxyName, Selection: sel,
+		Metrics: reconcile.NewMetrics(a.reg), Log: log,
+	})
+	return a, nil
+}
+
+// frontendLister adapts the datapath to reconcile.Datapath.
+type frontendLister struct{ *datapath.Datapath }
+
+// Datapath returns the agent's datapath (tests read its maps).
+func (a *Agent) Datapath() *datapath.Datapath { return a.dp }
+
+// Ready reports whether the agent has synced with the API server once.
+func (a *Agent) Ready() bool { return a.ready.Load() }
+
+// Reconciler returns the agent's reconciler.
+func (a *Agent) Reconciler() *reconcile.Reconciler { return a.rec }
+
+// Run watches the API server and serves until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.dp.Close()
+	restCfg, err := restConfig(a.cfg.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	w, err := k8s.NewWatcher(client, a.cache, k8s.WatchOptions{ProxyName: a.cfg.ProxyName})
+	if err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 2)
+	if a.cfg.MetricsAddr != "" {
+		srv, err := a.serveHTTP(a.cfg.MetricsAddr)
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+	}
+	api, err := a.serveAPI(a.cfg.APISocket)
+	if err != nil {
+		return err
+	}
+	defer api.Close()
+
+	w.Start(ctx)
+	// The datapath keeps serving its restored state while we wait.
+	for {
+		err := w.WaitForSync(ctx, 30*time.Second)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		a.log.Error("waiting for the API server; the datapath keeps serving its last state", "error", err)
+	}
+	if err := a.rec.Sync(true); err != nil {
+		a.log.Error("initial sync incomplete; retrying", "error", err)
+	}
+	a.ready.Store(true)
+	a.readyAt.Store(time.Now().UnixNano())
+	a.log.Info("ready", "startup", time.Since(a.started).Round(time.Millisecond), "status", a.rec.Status())
+
+	go a.rec.Run(ctx, a.cfg.ResyncPeriod.Duration)
+	go a.conntrackGC(ctx)
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-errc:
+		return err
+	}
+}
+
+func (a *Agent) conntrackGC(ctx context.Context) {
+	t := time.NewTicker(a.cfg.CTGCInterval.Duration)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			deleted, remaining, err := a.dp.ConntrackGC()
+			if err != nil {
+				a.log.Error("conntrack garbage collection", "error", err)
+				continue
+			}
+			if deleted > 0 {
+				a.log.Debug("conntrack garbage collection", "deleted", deleted, "remaining", remaining)
+			}
+		}
+	}
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	var (
+		cfg *rest.Config
+		err error
+	)
+	if kubeconfig == "" {
+		cfg, err = rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("no kubeconfig given and not running in a cluster: %w", err)
+		}
+	} else {
+		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
+		}
+	}
+	cfg.QPS, cfg.Burst = 50, 100
+	cfg.UserAgent = "kpath-agent"
+	return cfg, nil
+}
+
+func (a *Agent) serveHTTP(addr string) (*http.Server, error) {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !a.ready.Load() {
+			http.Error(w, "not synced with the API server yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics address %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("metrics server", "error", err)
+		}
+	}()
+	return srv, nil
+}

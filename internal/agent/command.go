@@ -1,0 +1,110 @@
+package agent
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+// NewCommand returns the kpath-agent command: a configuration file, then
+// flags over it.
+func NewCommand() *cobra.Command {
+	cfg := DefaultConfig()
+	var (
+		file     string
+		logLevel string
+	)
+	cmd := &cobra.Command{
+		Use:           "kpath-agent",
+		Short:         "kpath node agent: keeps the eBPF datapath in sync with the Kubernetes API (replaces kube-proxy)",
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			final := DefaultConfig()
+			if file != "" {
+				if err := final.LoadFile(file); err != nil {
+					return err
+				}
+			}
+			// Flags given on the command line win over the file.
+			cmd.Flags().Visit(func(f *pflag.Flag) { applyFlag(&final, &cfg, f.Name) })
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+				return fmt.Errorf("log level %q: %w", logLevel, err)
+			}
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			return Run(cmd.Context(), final, log)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&file, "config", "", "YAML configuration file (flags override it)")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&cfg.Kubeconfig, "kubeconfig", cfg.Kubeconfig, "kubeconfig (default: in-cluster)")
+	f.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "this node's name")
+	f.StringVar(&cfg.BPFFS, "bpffs", cfg.BPFFS, "bpffs mount point")
+	f.StringVar(&cfg.PinDir, "pin-dir", cfg.PinDir, "directory under the bpffs for kpath's maps and links")
+	f.BoolVar(&cfg.SocketHook, "socket-hook", cfg.SocketHook, "translate services at connect() with cgroup hooks")
+	f.StringVar(&cfg.CgroupRoot, "cgroup-root", cfg.CgroupRoot, `cgroup v2 directory for the socket hook ("auto")`)
+	f.StringVar(&cfg.TCAttach, "tc-attach", cfg.TCAttach, "auto, tcx or legacy")
+	f.StringVar(&cfg.Selection, "selection", cfg.Selection, "backend selection: random or maglev")
+	f.Uint32Var(&cfg.MaglevTableSize, "maglev-table-size", cfg.MaglevTableSize, "Maglev table size (prime)")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, `address for /metrics, /healthz, /readyz ("" disables)`)
+	f.StringVar(&cfg.APISocket, "api-socket", cfg.APISocket, "unix socket of the local API")
+	f.DurationVar(&cfg.ResyncPeriod.Duration, "resync-period", cfg.ResyncPeriod.Duration, "full resync and prune period")
+	f.DurationVar(&cfg.CTGCInterval.Duration, "conntrack-gc-interval", cfg.CTGCInterval.Duration, "conntrack garbage collection period")
+	f.StringVar(&cfg.ProxyName, "proxy-name", cfg.ProxyName, "service.kubernetes.io/service-proxy-name to handle")
+	f.Uint32Var(&cfg.MapSizes.Frontends, "map-size-frontends", cfg.MapSizes.Frontends, "frontend map size")
+	f.Uint32Var(&cfg.MapSizes.Backends, "map-size-backends", cfg.MapSizes.Backends, "backend map size")
+	f.Uint32Var(&cfg.MapSizes.Slots, "map-size-slots", cfg.MapSizes.Slots, "backend slot map size")
+	f.Uint32Var(&cfg.MapSizes.Conntrack, "map-size-conntrack", cfg.MapSizes.Conntrack, "conntrack map size")
+	f.Uint32Var(&cfg.MapSizes.Affinity, "map-size-affinity", cfg.MapSizes.Affinity, "session affinity map size")
+	return cmd
+}
+
+// applyFlag copies the field behind flag name from src to dst.
+func applyFlag(dst, src *Config, name string) {
+	switch name {
+	case "kubeconfig":
+		dst.Kubeconfig = src.Kubeconfig
+	case "node-name":
+		dst.NodeName = src.NodeName
+	case "bpffs":
+		dst.BPFFS = src.BPFFS
+	case "pin-dir":
+		dst.PinDir = src.PinDir
+	case "socket-hook":
+		dst.SocketHook = src.SocketHook
+	case "cgroup-root":
+		dst.CgroupRoot = src.CgroupRoot
+	case "tc-attach":
+		dst.TCAttach = src.TCAttach
+	case "selection":
+		dst.Selection = src.Selection
+	case "maglev-table-size":
+		dst.MaglevTableSize = src.MaglevTableSize
+	case "metrics-addr":
+		dst.MetricsAddr = src.MetricsAddr
+	case "api-socket":
+		dst.APISocket = src.APISocket
+	case "resync-period":
+		dst.ResyncPeriod = src.ResyncPeriod
+	case "conntrack-gc-interval":
+		dst.CTGCInterval = src.CTGCInterval
+	case "proxy-name":
+		dst.ProxyName = src.ProxyName
+	case "map-size-frontends":
+		dst.MapSizes.Frontends = src.MapSizes.Frontends
+	case "map-size-backends":
+		dst.MapSizes.Backends = src.MapSizes.Backends
+	case "map-size-slots":
+		dst.MapSizes.Slots = src.MapSizes.Slots
+	case "map-size-conntrack":
+		dst.MapSizes.Conntrack = src.MapSizes.Conntrack
+	case "map-size-affinity":
+		dst.MapSizes.Affinity = src.MapSizes.Affinity
+	}
+}

@@ -1,0 +1,134 @@
+// Package agent is kpath-agent: it watches the API server and keeps the
+// node's eBPF datapath in sync, serves health, readiness and Prometheus
+// metrics, and a local API on a unix socket for the kpath CLI.
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kpath/kpath/internal/datapath"
+	"github.com/kpath/kpath/internal/model"
+)
+
+// Config is the agent's configuration, from a YAML file and flags.
+type Config struct {
+	// Kubeconfig path; empty means in-cluster configuration.
+	Kubeconfig string `json:"kubeconfig,omitempty"`
+	// NodeName is this node's Node object name (default: hostname).
+	NodeName string `json:"nodeName,omitempty"`
+	// BPFFS and PinDir locate the pinned datapath.
+	BPFFS  string `json:"bpffs,omitempty"`
+	PinDir string `json:"pinDir,omitempty"`
+	// SocketHook attaches the socket-level translation to CgroupRoot.
+	SocketHook bool `json:"socketHook"`
+	// CgroupRoot is the cgroup v2 directory for the socket hook ("auto":
+	// where the unified hierarchy is mounted).
+	CgroupRoot string `json:"cgroupRoot,omitempty"`
+	// TCAttach is auto, tcx or legacy.
+	TCAttach string `json:"tcAttach,omitempty"`
+	// Selection is the backend selection: random or maglev.
+	Selection       string            `json:"selection,omitempty"`
+	MaglevTableSize uint32            `json:"maglevTableSize,omitempty"`
+	MapSizes        datapath.MapSizes `json:"mapSizes"`
+	// MetricsAddr serves /metrics, /healthz and /readyz ("" disables).
+	MetricsAddr string `json:"metricsAddr,omitempty"`
+	// APISocket is the unix socket of the local API (root only).
+	APISocket string `json:"apiSocket,omitempty"`
+	// ResyncPeriod is how often everything is recomputed and orphans pruned.
+	ResyncPeriod metav1.Duration `json:"resyncPeriod,omitempty"`
+	// CTGCInterval is how often expired connections are collected.
+	CTGCInterval metav1.Duration `json:"conntrackGCInterval,omitempty"`
+	// ProxyName: handle services whose service.kubernetes.io/service-proxy-name
+	// label equals it (empty: only services without the label).
+	ProxyName string `json:"proxyName,omitempty"`
+}
+
+// DefaultConfig is the production configuration.
+func DefaultConfig() Config {
+	dp := datapath.DefaultConfig()
+	host, _ := os.Hostname()
+	return Config{
+		NodeName:        host,
+		BPFFS:           dp.BPFFS,
+		PinDir:          dp.PinDir,
+		SocketHook:      true,
+		CgroupRoot:      "auto",
+		TCAttach:        string(dp.TCAttach),
+		Selection:       "random",
+		MaglevTableSize: dp.MaglevTableSize,
+		MapSizes:        dp.Sizes,
+		MetricsAddr:     ":9964",
+		APISocket:       "/run/kpath/agent.sock",
+		ResyncPeriod:    metav1.Duration{Duration: 5 * time.Minute},
+		CTGCInterval:    metav1.Duration{Duration: 30 * time.Second},
+	}
+}
+
+// LoadFile overlays a YAML (or JSON) configuration file onto c; fields the
+// file does not mention keep their values. Unknown fields are errors.
+func (c *Config) LoadFile(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read config file: %w", err)
+	}
+	if err := yaml.UnmarshalStrict(data, c); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	return nil
+}
+
+// Datapath is the datapath configuration c implies.
+func (c Config) Datapath() datapath.Config {
+	d := datapath.DefaultConfig()
+	d.BPFFS, d.PinDir = c.BPFFS, c.PinDir
+	d.Sizes = c.MapSizes
+	d.MaglevTableSize = c.MaglevTableSize
+	d.TCAttach = datapath.AttachMode(c.TCAttach)
+	return d
+}
+
+// Validate reports every problem with c at once, before anything is
+// loaded or attached.
+func (c Config) Validate() error {
+	var errs []error
+	if c.NodeName == "" {
+		errs = append(errs, errors.New("nodeName is empty (and the hostname could not be read)"))
+	}
+	if c.Kubeconfig != "" {
+		if _, err := os.Stat(c.Kubeconfig); err != nil {
+			errs = append(errs, fmt.Errorf("kubeconfig: %w", err))
+		}
+	}
+	if _, err := model.ParseSelection(c.Selection); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Datapath().Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.SocketHook && c.CgroupRoot != "auto" && !filepath.IsAbs(c.CgroupRoot) {
+		errs = append(errs, fmt.Errorf("cgroupRoot %q: want an absolute path or auto", c.CgroupRoot))
+	}
+	if c.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			errs = append(errs, fmt.Errorf("metricsAddr %q: %w", c.MetricsAddr, err))
+		}
+	}
+	if c.APISocket == "" || !filepath.IsAbs(c.APISocket) {
+		errs = append(errs, fmt.Errorf("apiSocket %q: want an absolute path", c.APISocket))
+	}
+	if c.ResyncPeriod.Duration < time.Second {
+		errs = append(errs, fmt.Errorf("resyncPeriod %s: at least 1s", c.ResyncPeriod.Duration))
+	}
+	if c.CTGCInterval.Duration < time.Second {
+		errs = append(errs, fmt.Errorf("conntrackGCInterval %s: at least 1s", c.CTGCInterval.Duration))
+	}
+	return errors.Join(errs...)
+}
