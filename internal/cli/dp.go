@@ -204,23 +204,7 @@ func dpService(f *dpFlags) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		return render(cmd.OutOrStdout(), *out, svcs, func(tw *tabwriter.Writer) {
-			fmt.Fprintln(tw, "ID\tFRONTEND\tSELECTION\tAFFINITY\tBACKENDS")
-			for _, s := range svcs {
-				names := make([]string, len(s.Backends))
-				for i, b := range s.Backends {
-					names[i] = fmt.Sprintf("%s (#%d)", b.Name, b.ID)
-				}
-				aff := "-"
-				if s.Affinity > 0 {
-					aff = s.Affinity.String()
-				}
-				if len(names) == 0 {
-					names = []string{"(none: traffic is dropped)"}
-				}
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", s.ID, s.Name, s.Selection, aff, strings.Join(names, ", "))
-			}
-		})
+		return render(cmd.OutOrStdout(), *out, svcs, func(tw *tabwriter.Writer) { serviceTable(tw, svcs) })
 	}
 	cmd.AddCommand(add, del, list)
 	return cmd
@@ -263,20 +247,7 @@ func dpCT(f *dpFlags) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		return render(cmd.OutOrStdout(), *out, entries, func(tw *tabwriter.Writer) {
-			fmt.Fprintln(tw, "PROTO\tSOURCE\tDESTINATION\tKIND\tBACKEND\tSTATE\tFLAGS\tEXPIRES")
-			for _, e := range entries {
-				kind, be := "connection", "-"
-				if e.Service {
-					kind, be = "service", e.Backend.String()
-				}
-				flags := e.TCPFlags
-				if flags == "" {
-					flags = "-"
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Proto, e.Src, e.Dst, kind, be, e.State, flags, e.ExpiresIn)
-			}
-		})
+		return render(cmd.OutOrStdout(), *out, entries, func(tw *tabwriter.Writer) { ctTable(tw, entries) })
 	}
 	gc := &cobra.Command{
 		Use:   "gc",
@@ -337,5 +308,38 @@ func dpReset(f *dpFlags) *cobra.Command {
 			cfg.BPFFS, cfg.PinDir = f.bpffs, f.pinDir
 			return datapath.Reset(cfg)
 		},
+	}
+}
+
+func serviceTable(tw *tabwriter.Writer, svcs []datapath.ServiceInfo) {
+	fmt.Fprintln(tw, "ID\tFRONTEND\tSELECTION\tAFFINITY\tBACKENDS")
+	for _, s := range svcs {
+		names := make([]string, len(s.Backends))
+		for i, b := range s.Backends {
+			names[i] = fmt.Sprintf("%s (#%d)", b.Name, b.ID)
+		}
+		aff := "-"
+		if s.AffinitySeconds > 0 {
+			aff = (time.Duration(s.AffinitySeconds) * time.Second).String()
+		}
+		if len(names) == 0 {
+			names = []string{"(none: traffic is dropped)"}
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", s.ID, s.Name, s.Selection, aff, strings.Join(names, ", "))
+	}
+}
+
+func ctTable(tw *tabwriter.Writer, entries []datapath.CTEntry) {
+	fmt.Fprintln(tw, "PROTO\tSOURCE\tDESTINATION\tKIND\tBACKEND\tSTATE\tFLAGS\tEXPIRES")
+	for _, e := range entries {
+		kind, be := "connection", "-"
+		if e.Service {
+			kind, be = "service", e.Backend.String()
+		}
+		flags := e.TCPFlags
+		if flags == "" {
+			flags = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Proto, e.Src, e.Dst, kind, be, e.State, flags, e.ExpiresIn)
 	}
 }

@@ -13,5 +13,6 @@ func NewRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newDPCommand(), newWorkloadCommand())
+	addAgentCommands(root)
 	return root
 }
