@@ -25,6 +25,7 @@ type lab struct {
 	cgroup             *os.File
 	clientIP, be1, be2 string
 	clientIf           string
+	hostIfs            []string
 }
 
 func openDatapath(t *testing.T, mode datapath.AttachMode) *datapath.Datapath {
@@ -81,18 +82,29 @@ func testCgroup(t *testing.T) *os.File {
 func newLab(t *testing.T, sockHook bool, mode datapath.AttachMode) *lab {
 	t.Helper()
 	testutil.RequireRoot(t)
-	testutil.RequireTool(t, "ip")
-	id := testutil.UniqueID()
-	l := &lab{clientIP: "10.244.0.2", be1: "10.244.0.3", be2: "10.244.0.4"}
-	l.d = openDatapath(t, mode)
+	d := openDatapath(t, mode)
 	var cg *os.File
 	if sockHook {
 		cg = testCgroup(t)
-		if err := l.d.AttachCgroup(cg.Name()); err != nil {
+		if err := d.AttachCgroup(cg.Name()); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = l.d.DetachCgroup(cg.Name()) })
+		t.Cleanup(func() { _ = d.DetachCgroup(cg.Name()) })
 	}
+	l := newTopology(t, cg)
+	l.attach(t, d)
+	return l
+}
+
+// newTopology wires a node namespace with a client pod (its helper inside
+// cgroup cg, if given) and two backend pods running the backend helper.
+// Nothing is attached yet.
+func newTopology(t *testing.T, cg *os.File) *lab {
+	t.Helper()
+	testutil.RequireRoot(t)
+	testutil.RequireTool(t, "ip")
+	id := testutil.UniqueID()
+	l := &lab{clientIP: "10.244.0.2", be1: "10.244.0.3", be2: "10.244.0.4"}
 	l.node = testutil.NewNetns(t, "kpt-"+id+"-node")
 	testutil.Run(t, "ip", "netns", "exec", l.node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 	pods := []struct{ name, addr string }{{"c", l.clientIP}, {"b1", l.be1}, {"b2", l.be2}}
@@ -100,22 +112,7 @@ func newLab(t *testing.T, sockHook bool, mode datapath.AttachMode) *lab {
 		ns := testutil.NewNetns(t, "kpt-"+id+"-"+p.name)
 		hostIf := "kpt" + id + p.name
 		testutil.WirePod(t, testutil.PodSpec{Node: l.node, Pod: ns, HostIf: hostIf, Addr: p.addr})
-		err := testutil.InNetns(l.node, func() error {
-			if err := l.d.AttachPod(hostIf); err != nil {
-				return err
-			}
-			if ok, err := l.d.PodAttached(hostIf); err != nil || !ok {
-				return fmt.Errorf("attached = %v after attach: %v", ok, err)
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		// Attaching again is a no-op.
-		if err := testutil.InNetns(l.node, func() error { return l.d.AttachPod(hostIf) }); err != nil {
-			t.Fatalf("second attach: %v", err)
-		}
+		l.hostIfs = append(l.hostIfs, hostIf)
 		switch p.name {
 		case "c":
 			l.client = startHelper(t, ns, "client", "client", cg)
@@ -125,6 +122,28 @@ func newLab(t *testing.T, sockHook bool, mode datapath.AttachMode) *lab {
 		}
 	}
 	return l
+}
+
+// attach attaches d to every pod's host-side veth (twice: it is idempotent).
+func (l *lab) attach(t *testing.T, d *datapath.Datapath) {
+	t.Helper()
+	l.d = d
+	for _, hostIf := range l.hostIfs {
+		err := testutil.InNetns(l.node, func() error {
+			for range 2 {
+				if err := d.AttachPod(hostIf); err != nil {
+					return err
+				}
+			}
+			if ok, err := d.PodAttached(hostIf); err != nil || !ok {
+				return fmt.Errorf("attached = %v after attach: %v", ok, err)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func svc(fe string, port uint16, backends ...string) model.Service {

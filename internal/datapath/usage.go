@@ -18,17 +18,23 @@ type MapUsage struct {
 // (in batches where the kernel allows), so callers should cache the result.
 func (d *Datapath) MapUsages() ([]MapUsage, error) {
 	maps := []struct {
-		name string
-		m    *ebpf.Map
+		name  string
+		m     *ebpf.Map
+		count func(*ebpf.Map) (int, error)
 	}{
-		{kpathMapKpLbFrontend, d.objs.KpLbFrontend}, {kpathMapKpLbSlot, d.objs.KpLbSlot},
-		{kpathMapKpLbBackend, d.objs.KpLbBackend}, {kpathMapKpLbRevnat, d.objs.KpLbRevnat},
-		{kpathMapKpLbMaglev, d.objs.KpLbMaglev}, {kpathMapKpLbAffinity, d.objs.KpLbAffinity},
-		{kpathMapKpCt, d.objs.KpCt}, {kpathMapKpSockRevnat, d.objs.KpSockRevnat}, {kpathMapKpFrag, d.objs.KpFrag},
+		{kpathMapKpLbFrontend, d.objs.KpLbFrontend, countBatch[kpathLbFrontendKey, kpathLbFrontend]},
+		{kpathMapKpLbSlot, d.objs.KpLbSlot, countBatch[kpathLbSlotKey, uint32]},
+		{kpathMapKpLbBackend, d.objs.KpLbBackend, countBatch[uint32, kpathLbBackend]},
+		{kpathMapKpLbRevnat, d.objs.KpLbRevnat, countBatch[uint32, kpathLbRevNat]},
+		{kpathMapKpLbMaglev, d.objs.KpLbMaglev, countKeys},
+		{kpathMapKpLbAffinity, d.objs.KpLbAffinity, countBatch[kpathLbAffinityKey, kpathLbAffinity]},
+		{kpathMapKpCt, d.objs.KpCt, countBatch[kpathCtKey, kpathCtEntry]},
+		{kpathMapKpSockRevnat, d.objs.KpSockRevnat, countBatch[kpathSockRevnatKey, kpathSockRevnat]},
+		{kpathMapKpFrag, d.objs.KpFrag, countBatch[kpathFragKey, kpathFragPorts]},
 	}
 	out := make([]MapUsage, 0, len(maps))
 	for _, m := range maps {
-		n, err := countEntries(m.m)
+		n, err := m.count(m.m)
 		if err != nil {
 			return nil, fmt.Errorf("count %s: %w", m.name, err)
 		}
@@ -37,29 +43,32 @@ func (d *Datapath) MapUsages() ([]MapUsage, error) {
 	return out, nil
 }
 
-func countEntries(m *ebpf.Map) (int, error) {
-	if m.Type() != ebpf.HashOfMaps {
-		const batch = 4096
-		keys := make([]byte, int(m.KeySize())*batch)
-		vals := make([]byte, int(m.ValueSize())*batch)
-		var (
-			cursor ebpf.MapBatchCursor
-			total  int
-		)
-		for {
-			n, err := m.BatchLookup(&cursor, keys, vals, nil)
-			total += n
-			if errors.Is(err, ebpf.ErrKeyNotExist) {
-				return total, nil
-			}
-			if errors.Is(err, ebpf.ErrNotSupported) {
-				break
-			}
-			if err != nil {
-				return 0, err
-			}
+// countBatch counts entries 4096 at a time (Linux 5.6 batch lookups),
+// falling back to walking keys one by one.
+func countBatch[K, V any](m *ebpf.Map) (int, error) {
+	const batch = 4096
+	keys, vals := make([]K, batch), make([]V, batch)
+	var (
+		cursor ebpf.MapBatchCursor
+		total  int
+	)
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		total += n
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return total, nil
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			return countKeys(m)
+		}
+		if err != nil {
+			return 0, err
 		}
 	}
+}
+
+// countKeys walks the keys one syscall each.
+func countKeys(m *ebpf.Map) (int, error) {
 	var (
 		total int
 		prev  []byte

@@ -132,16 +132,18 @@ func Start(ctx context.Context, opts Options) (*Env, error) {
 
 func (e *Env) startAPIServer(ctx context.Context) error {
 	dir := e.opts.Dir
-	b := make([]byte, 16)
-	_, _ = rand.Read(b)
-	e.token = hex.EncodeToString(b)
 	tokens := filepath.Join(dir, "tokens.csv")
-	if err := os.WriteFile(tokens, []byte(e.token+`,admin,admin,"system:masters"`+"\n"), 0o600); err != nil {
-		return err
-	}
 	saKey, saPub := filepath.Join(dir, "sa.key"), filepath.Join(dir, "sa.pub")
-	if err := writeRSAKey(saKey, saPub); err != nil {
-		return err
+	if e.token == "" { // a restart keeps the credentials clients hold
+		b := make([]byte, 16)
+		_, _ = rand.Read(b)
+		e.token = hex.EncodeToString(b)
+		if err := os.WriteFile(tokens, []byte(e.token+`,admin,admin,"system:masters"`+"\n"), 0o600); err != nil {
+			return err
+		}
+		if err := writeRSAKey(saKey, saPub); err != nil {
+			return err
+		}
 	}
 	e.APIServerURL = fmt.Sprintf("https://127.0.0.1:%d", e.ports.api)
 	e.opts.Log("starting kube-apiserver on %s", e.APIServerURL)
