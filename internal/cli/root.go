@@ -12,7 +12,7 @@ func NewRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newDPCommand(), newWorkloadCommand())
+	root.AddCommand(newDPCommand(), newWorkloadCommand(), newBenchCommand())
 	addAgentCommands(root)
 	return root
 }

@@ -545,3 +545,28 @@ func (d *Datapath) Frontends() ([]model.L4Addr, error) {
 	}
 	return out, nil
 }
+
+// Service reads one frontend and its backends from the maps.
+func (d *Datapath) Service(frontend model.L4Addr) (ServiceInfo, bool, error) {
+	var v kpathLbFrontend
+	if err := d.objs.KpLbFrontend.Lookup(frontendKey(frontend), &v); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return ServiceInfo{}, false, nil
+		}
+		return ServiceInfo{}, false, fmt.Errorf("look up frontend %s: %w", frontend, err)
+	}
+	si := ServiceInfo{ID: v.Id, Frontend: frontend, Name: frontend.String(), Backends: []BackendInfo{}}
+	for slot := range uint32(v.Count) {
+		var id uint32
+		if err := d.objs.KpLbSlot.Lookup(kpathLbSlotKey{Id: v.Id, Slot: slot}, &id); err != nil {
+			return si, true, fmt.Errorf("frontend %s slot %d: %w", frontend, slot, err)
+		}
+		var bv kpathLbBackend
+		if err := d.objs.KpLbBackend.Lookup(id, &bv); err != nil {
+			return si, true, fmt.Errorf("frontend %s backend %d: %w", frontend, id, err)
+		}
+		b := backendFromValue(bv)
+		si.Backends = append(si.Backends, BackendInfo{ID: id, Backend: b, Name: b.String()})
+	}
+	return si, true, nil
+}

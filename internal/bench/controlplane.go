@@ -1,0 +1,263 @@
+// Package bench holds kpath's benchmark experiments (BENCHMARKS.md). Each
+// reports its figures as a table and JSON; timings come with the conditions
+// they were measured under.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/kpath/kpath/internal/agent"
+	"github.com/kpath/kpath/internal/datapath"
+	"github.com/kpath/kpath/internal/model"
+	"github.com/kpath/kpath/internal/testenv"
+)
+
+// ControlPlaneOptions configure the E3 experiment.
+type ControlPlaneOptions struct {
+	Services int // services loaded (1000)
+	Backends int // endpoints per service (60)
+	Changes  int // EndpointSlice changes timed
+	BinDir   string
+	Progress io.Writer
+}
+
+// ControlPlaneResult is what E3 measured.
+type ControlPlaneResult struct {
+	Services       int           `json:"services"`
+	Backends       int           `json:"backends_per_service"`
+	LoadTime       time.Duration `json:"load_ns"`
+	ColdReady      time.Duration `json:"cold_start_to_ready_ns"`
+	RestartReady   time.Duration `json:"restart_to_ready_ns"`
+	Changes        int           `json:"changes"`
+	P50, P90, P99  time.Duration `json:"-"`
+	Max            time.Duration `json:"-"`
+	P50ms, P99ms   float64       `json:"change_to_datapath_p50_ms"`
+	LostOnRestart  int           `json:"frontends_lost_on_restart"`
+	FrontendsAfter int           `json:"frontends_in_datapath"`
+}
+
+const benchNS = "kpath-bench"
+
+// ControlPlane runs E3: a real API server loaded with Services x Backends,
+// one real agent; it times EndpointSlice change -> datapath, agent start ->
+// ready (cold, and restarted over pinned maps).
+func ControlPlane(ctx context.Context, o ControlPlaneOptions) (*ControlPlaneResult, error) {
+	say := func(f string, a ...any) { fmt.Fprintf(o.Progress, f+"\n", a...) }
+	dir, err := os.MkdirTemp("", "kpath-bench-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	env, err := testenv.Start(ctx, testenv.Options{Dir: dir, BinDir: o.BinDir, Log: say})
+	if err != nil {
+		return nil, err
+	}
+	defer env.Stop()
+	c := env.Client
+	res := &ControlPlaneResult{Services: o.Services, Backends: o.Backends, Changes: o.Changes}
+
+	if err := benchNode(ctx, c); err != nil {
+		return nil, err
+	}
+	say("loading %d services x %d endpoints", o.Services, o.Backends)
+	start := time.Now()
+	vips, err := loadServices(ctx, c, o.Services, o.Backends, say)
+	if err != nil {
+		return nil, err
+	}
+	res.LoadTime = time.Since(start)
+
+	cfg := agent.DefaultConfig()
+	cfg.Kubeconfig = env.Kubeconfig
+	cfg.NodeName = "bench-node"
+	cfg.PinDir = fmt.Sprintf("kpath-bench-%d", os.Getpid())
+	cfg.SocketHook = false
+	cfg.MetricsAddr = ""
+	cfg.APISocket = filepath.Join(dir, "agent.sock")
+	defer datapath.Reset(cfg.Datapath())
+
+	a, stop, ready, err := startAgent(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	res.ColdReady = ready
+	say("agent ready after %s (cold start)", ready.Round(time.Millisecond))
+
+	say("timing %d EndpointSlice changes", o.Changes)
+	lat := make([]time.Duration, 0, o.Changes)
+	for i := range o.Changes {
+		k := i % o.Services
+		d, err := timeChange(ctx, c, a.Datapath(), k, vips[k], o.Backends, i/o.Services%2 == 0)
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		lat = append(lat, d)
+	}
+	slices.Sort(lat)
+	pct := func(p int) time.Duration { return lat[min(len(lat)-1, len(lat)*p/100)] }
+	res.P50, res.P90, res.P99, res.Max = pct(50), pct(90), pct(99), lat[len(lat)-1]
+	res.P50ms, res.P99ms = float64(res.P50.Microseconds())/1000, float64(res.P99.Microseconds())/1000
+
+	before, _ := a.Datapath().Frontends()
+	stop()
+	a, stop, ready, err = startAgent(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	res.RestartReady = ready
+	after, _ := a.Datapath().Frontends()
+	res.FrontendsAfter = len(after)
+	res.LostOnRestart = max(0, len(before)-len(after))
+	say("agent ready after %s (restart over pinned maps)", ready.Round(time.Millisecond))
+	return res, nil
+}
+
+func startAgent(ctx context.Context, cfg agent.Config) (*agent.Agent, func(), time.Duration, error) {
+	start := time.Now()
+	a, err := agent.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	stop := func() { cancel(); <-done }
+	for !a.Ready() {
+		select {
+		case err := <-done:
+			cancel()
+			return nil, nil, 0, fmt.Errorf("agent stopped before ready: %v", err)
+		case <-time.After(time.Millisecond):
+		}
+		if time.Since(start) > 5*time.Minute {
+			stop()
+			return nil, nil, 0, fmt.Errorf("agent not ready after 5 minutes")
+		}
+	}
+	return a, stop, time.Since(start), nil
+}
+
+func benchNode(ctx context.Context, c kubernetes.Interface) error {
+	n, err := c.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "bench-node"}}, metav1.CreateOptions{})
+	if err != nil {
+		return err
+	}
+	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.60.1"}}
+	if _, err := c.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
+		return err
+	}
+	_, err = c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: benchNS}}, metav1.CreateOptions{})
+	return err
+}
+
+// endpointIP is the address of endpoint j of service k: unique per pair.
+func endpointIP(k, j int) string {
+	n := k*256 + j
+	return fmt.Sprintf("10.%d.%d.%d", 100+n>>16, (n>>8)&0xff, n&0xff)
+}
+
+func benchSlice(k, backends int) *discoveryv1.EndpointSlice {
+	name := fmt.Sprintf("svc-%d", k)
+	port, proto, pname := int32(8080), corev1.ProtocolTCP, "http"
+	s := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: name + "-1", Namespace: benchNS, Labels: map[string]string{discoveryv1.LabelServiceName: name}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: &pname, Protocol: &proto, Port: &port}},
+	}
+	ready, node := true, "remote-node"
+	for j := range backends {
+		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{endpointIP(k, j)}, NodeName: &node,
+			Conditions: discoveryv1.EndpointConditions{Ready: &ready}})
+	}
+	return s
+}
+
+// loadServices creates the services and their slices with parallel workers
+// and returns each service's cluster IP.
+func loadServices(ctx context.Context, c kubernetes.Interface, services, backends int, say func(string, ...any)) ([]netip.Addr, error) {
+	vips := make([]netip.Addr, services)
+	jobs := make(chan int)
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		firstErr error
+		done     int
+	)
+	for range 16 {
+		wg.Go(func() {
+			for k := range jobs {
+				svc, err := c.CoreV1().Services(benchNS).Create(ctx, &corev1.Service{
+					ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("svc-%d", k), Namespace: benchNS},
+					Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}}},
+				}, metav1.CreateOptions{})
+				if err == nil {
+					vips[k] = netip.MustParseAddr(svc.Spec.ClusterIP)
+					_, err = c.DiscoveryV1().EndpointSlices(benchNS).Create(ctx, benchSlice(k, backends), metav1.CreateOptions{})
+				}
+				mu.Lock()
+				if err != nil && firstErr == nil {
+					firstErr = err
+				}
+				done++
+				if done%500 == 0 {
+					say("  %d/%d services", done, services)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	for k := range services {
+		jobs <- k
+	}
+	close(jobs)
+	wg.Wait()
+	return vips, firstErr
+}
+
+// timeChange removes (or restores) service k's last endpoint and returns
+// the time from the API call to the datapath holding the new backend set.
+func timeChange(ctx context.Context, c kubernetes.Interface, d *datapath.Datapath, k int, vip netip.Addr, backends int, remove bool) (time.Duration, error) {
+	want := backends
+	s := benchSlice(k, backends)
+	if remove {
+		s.Endpoints = s.Endpoints[:backends-1]
+		want--
+	}
+	cur, err := c.DiscoveryV1().EndpointSlices(benchNS).Get(ctx, s.Name, metav1.GetOptions{})
+	if err != nil {
+		return 0, err
+	}
+	s.ResourceVersion = cur.ResourceVersion
+	fe := model.L4Addr{Addr: vip, Port: 80, Proto: model.TCP}
+	start := time.Now()
+	if _, err := c.DiscoveryV1().EndpointSlices(benchNS).Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+		return 0, err
+	}
+	for {
+		si, ok, err := d.Service(fe)
+		if err == nil && ok && len(si.Backends) == want {
+			return time.Since(start), nil
+		}
+		if time.Since(start) > 30*time.Second {
+			return 0, fmt.Errorf("change to service %d not in the datapath after 30s", k)
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+}
