@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what kpath needs on a Debian machine (as root), skipping what is
 # already there. Go itself is expected to be installed.
-#   runtime (demo, tests): iproute2, etcd-server
+#   runtime (demo, tests): iproute2, etcd-server, iptables, conntrack, nftables
 #   regenerating the BPF objects (make generate): clang, llvm, libbpf-dev, linux-libc-dev
 set -euo pipefail
 
@@ -9,6 +9,9 @@ want=()
 need() { dpkg -s "$1" >/dev/null 2>&1 || want+=("$1"); }
 need iproute2
 need etcd-server # the control plane of tests and the lab (etcd 3.4)
+need iptables    # the real kube-proxy, run beside kpath in differential tests and benchmarks
+need conntrack
+need nftables
 if [[ "${1:-}" == "--bpf" ]]; then
 	need clang
 	need llvm

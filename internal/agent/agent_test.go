@@ -265,10 +265,12 @@ func TestAgentProgramsServicesFromAPI(t *testing.T) {
 	// Beyond agreeing with the reference, the semantics, spelled out:
 	npPort := np.Spec.Ports[0].NodePort
 	for fe, want := range map[string]string{
-		web.Spec.ClusterIP + ":80/TCP":           "0s|10.244.1.2:8080/TCP,10.244.2.2:8080/TCP", // named target port; terminating left out
-		web.Spec.ClusterIP + ":53/UDP":           "0s|10.244.1.2:5353/UDP,10.244.2.2:5353/UDP",
-		np.Spec.ClusterIP + ":8080/TCP":          "0s|10.244.1.7:8080/TCP,10.244.2.7:8080/TCP",
-		fmt.Sprintf("%s:%d/TCP", nodeIP, npPort): "0s|10.244.1.7:8080/TCP", // externalTrafficPolicy Local
+		web.Spec.ClusterIP + ":80/TCP":  "0s|10.244.1.2:8080/TCP,10.244.2.2:8080/TCP", // named target port; terminating left out
+		web.Spec.ClusterIP + ":53/UDP":  "0s|10.244.1.2:5353/UDP,10.244.2.2:5353/UDP",
+		np.Spec.ClusterIP + ":8080/TCP": "0s|10.244.1.7:8080/TCP,10.244.2.7:8080/TCP",
+		// externalTrafficPolicy Local limits traffic from outside; clients on
+		// this node reach every endpoint, as with kube-proxy.
+		fmt.Sprintf("%s:%d/TCP", nodeIP, npPort): "0s|10.244.1.7:8080/TCP,10.244.2.7:8080/TCP",
 		"203.0.113.10:80/TCP":                    "10m0s|10.244.2.9:80/TCP",
 		empty.Spec.ClusterIP + ":81/TCP":         "0s|",
 	} {

@@ -46,7 +46,8 @@ type ControlPlaneResult struct {
 	Changes        int           `json:"changes"`
 	P50, P90, P99  time.Duration `json:"-"`
 	Max            time.Duration `json:"-"`
-	P50ms, P99ms   float64       `json:"change_to_datapath_p50_ms"`
+	P50ms          float64       `json:"change_to_datapath_p50_ms"`
+	P99ms          float64       `json:"change_to_datapath_p99_ms"`
 	LostOnRestart  int           `json:"frontends_lost_on_restart"`
 	FrontendsAfter int           `json:"frontends_in_datapath"`
 }

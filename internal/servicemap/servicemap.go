@@ -62,12 +62,19 @@ func (k Kind) String() string {
 	return [...]string{"ClusterIP", "NodePort", "ExternalIP", "LoadBalancer"}[k]
 }
 
-// Entry is one frontend of one service port.
+// Entry is one frontend of one service port. Its Backends are what clients
+// on this node (pods and host processes) reach: for NodePort, external IP
+// and load-balancer frontends that is every usable endpoint of the cluster,
+// as kube-proxy short-circuits such local traffic, whatever the external
+// traffic policy. External is what traffic arriving from outside the node
+// reaches: with externalTrafficPolicy Local only this node's endpoints. It
+// is nil for ClusterIP frontends.
 type Entry struct {
 	Owner model.ServiceKey
 	Port  string // the service port's name
 	Kind  Kind
 	model.Service
+	External []model.L4Addr
 }
 
 // ForService computes the entries of one service from its slices. Entries
@@ -102,30 +109,34 @@ func ForService(node Node, spec *model.ServiceSpec, slices []*model.EndpointSlic
 		if spec.ExternalLocal {
 			external = localEPs
 		}
-		add := func(kind Kind, addr netip.Addr, port uint16, backends []model.L4Addr) {
+		add := func(kind Kind, addr netip.Addr, port uint16) {
 			if !addr.Is4() {
 				return
 			}
-			out = append(out, Entry{Owner: spec.Key, Port: sp.Name, Kind: kind, Service: model.Service{
+			e := Entry{Owner: spec.Key, Port: sp.Name, Kind: kind, Service: model.Service{
 				Frontend: model.L4Addr{Addr: addr, Port: port, Proto: sp.Protocol},
-				Backends: backends,
+				Backends: internal,
 				Affinity: spec.AffinityTimeout,
-			}})
+			}}
+			if kind != KindClusterIP {
+				e.Backends, e.External = clusterEPs, external
+			}
+			out = append(out, e)
 		}
 		for _, ip := range spec.ClusterIPs {
-			add(KindClusterIP, ip, sp.Port, internal)
+			add(KindClusterIP, ip, sp.Port)
 		}
 		if sp.NodePort != 0 && (spec.Type == model.ServiceTypeNodePort || spec.Type == model.ServiceTypeLoadBalancer) {
 			for _, ip := range node.Addrs {
-				add(KindNodePort, ip, sp.NodePort, external)
+				add(KindNodePort, ip, sp.NodePort)
 			}
 		}
 		for _, ip := range spec.ExternalIPs {
-			add(KindExternalIP, ip, sp.Port, external)
+			add(KindExternalIP, ip, sp.Port)
 		}
 		if spec.Type == model.ServiceTypeLoadBalancer {
 			for _, ip := range spec.LoadBalancerIPs {
-				add(KindLoadBalancer, ip, sp.Port, external)
+				add(KindLoadBalancer, ip, sp.Port)
 			}
 		}
 	}

@@ -58,7 +58,15 @@ func render(es []Entry) []string {
 		for _, b := range e.Backends {
 			bs = append(bs, netip.AddrPortFrom(b.Addr, b.Port).String())
 		}
-		out = append(out, e.Frontend.String()+" "+e.Kind.String()+" -> "+strings.Join(bs, ","))
+		line := e.Frontend.String() + " " + e.Kind.String() + " -> " + strings.Join(bs, ",")
+		if e.Kind != KindClusterIP {
+			var ext []string
+			for _, b := range e.External {
+				ext = append(ext, netip.AddrPortFrom(b.Addr, b.Port).String())
+			}
+			line += " (external: " + strings.Join(ext, ",") + ")"
+		}
+		out = append(out, line)
 	}
 	return out
 }
@@ -96,6 +104,8 @@ func TestForService(t *testing.T) {
 			want: []string{"10.96.0.10:80/TCP ClusterIP -> 10.244.1.3:8080"},
 		},
 		{
+			// Local clients of a NodePort reach every endpoint (kube-proxy
+			// short-circuits them); traffic from outside only local ones.
 			name: "NodePort on every node address, external policy Local",
 			spec: func(s *model.ServiceSpec) {
 				s.Type = model.ServiceTypeNodePort
@@ -105,8 +115,8 @@ func TestForService(t *testing.T) {
 			slices: []*model.EndpointSlice{slice(readyEP("10.244.1.2", "n2"), readyEP("10.244.0.5", "n1"))},
 			want: []string{
 				"10.96.0.10:80/TCP ClusterIP -> 10.244.0.5:8080,10.244.1.2:8080",
-				"192.168.0.1:30080/TCP NodePort -> 10.244.0.5:8080",
-				"192.168.1.1:30080/TCP NodePort -> 10.244.0.5:8080",
+				"192.168.0.1:30080/TCP NodePort -> 10.244.0.5:8080,10.244.1.2:8080 (external: 10.244.0.5:8080)",
+				"192.168.1.1:30080/TCP NodePort -> 10.244.0.5:8080,10.244.1.2:8080 (external: 10.244.0.5:8080)",
 			},
 		},
 		{
@@ -133,8 +143,8 @@ func TestForService(t *testing.T) {
 			slices: []*model.EndpointSlice{slice(readyEP("10.244.1.2", "n2"))},
 			want: []string{
 				"10.96.0.10:53/UDP ClusterIP -> 10.244.1.2:5353",
-				"198.51.100.9:53/UDP LoadBalancer -> 10.244.1.2:5353",
-				"203.0.113.7:53/UDP ExternalIP -> 10.244.1.2:5353",
+				"198.51.100.9:53/UDP LoadBalancer -> 10.244.1.2:5353 (external: 10.244.1.2:5353)",
+				"203.0.113.7:53/UDP ExternalIP -> 10.244.1.2:5353 (external: 10.244.1.2:5353)",
 			},
 		},
 		{

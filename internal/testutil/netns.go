@@ -4,6 +4,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
+	"net"
 	"os/exec"
 	"runtime"
 	"strings"
@@ -89,4 +91,40 @@ func WirePod(t testing.TB, s PodSpec) {
 	Run(t, "ip", "-n", s.Pod, "link", "set", "eth0", "up")
 	Run(t, "ip", "-n", s.Pod, "route", "add", Gateway, "dev", "eth0", "scope", "link")
 	Run(t, "ip", "-n", s.Pod, "route", "add", "default", "via", Gateway, "dev", "eth0")
+}
+
+// ForwardIntoNetns makes addr (a loopback TCP address of this namespace,
+// such as the test API server's) reachable at the same address inside the
+// named network namespace, by relaying connections. The listener lives in
+// the namespace; the relay dials from this one. It stops when the test ends.
+func ForwardIntoNetns(t testing.TB, ns, addr string) {
+	t.Helper()
+	var ln net.Listener
+	err := InNetns(ns, func() error {
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen on %s in %s: %v", addr, ns, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer in.Close()
+				out, err := net.Dial("tcp", addr)
+				if err != nil {
+					return
+				}
+				defer out.Close()
+				go func() { _, _ = io.Copy(out, in) }()
+				_, _ = io.Copy(in, out)
+			}()
+		}
+	}()
 }
