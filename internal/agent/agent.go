@@ -149,6 +149,20 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	go a.rec.Run(ctx, a.cfg.ResyncPeriod.Duration)
 	go a.conntrackGC(ctx)
+	hc := &healthChecks{bind: a.cfg.HealthCheckBind, node: a.cfg.NodeName, log: a.log, servers: map[uint16]*hcServer{}}
+	defer hc.closeAll()
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			hc.sync(a.cache)
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
 	select {
 	case <-ctx.Done():
 		return nil

@@ -2,10 +2,12 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"maps"
+	"net/http"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -43,6 +45,7 @@ func startAgent(t *testing.T, env *testenv.Env, mutate func(*Config)) *Agent {
 	cfg.SocketHook = false
 	cfg.MetricsAddr = ""
 	cfg.APISocket = filepath.Join(t.TempDir(), "agent.sock")
+	cfg.HealthCheckBind = "127.0.0.1"
 	cfg.MapSizes = datapath.MapSizes{Frontends: 4096, Backends: 8192, Slots: 16384, Maglev: 64,
 		Affinity: 1024, Conntrack: 16384, SockRevNat: 1024, Fragments: 256}
 	cfg.MaglevTableSize = 251
@@ -234,8 +237,10 @@ func TestAgentProgramsServicesFromAPI(t *testing.T) {
 		{Name: "http", Port: 80, TargetPort: intstr.FromString("http")},
 		{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP, TargetPort: intstr.FromString("dns")},
 	}}})
+	// A LoadBalancer without ingress IPs yet: ClusterIP and NodePort frontends,
+	// and a health check node port (externalTrafficPolicy Local).
 	np := mk(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "np"}, Spec: corev1.ServiceSpec{
-		Type: corev1.ServiceTypeNodePort, ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal,
+		Type: corev1.ServiceTypeLoadBalancer, ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal,
 		Ports: []corev1.ServicePort{{Name: "http", Port: 8080}}}})
 	mk(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "sticky"}, Spec: corev1.ServiceSpec{
 		SessionAffinity:       corev1.ServiceAffinityClientIP,
@@ -284,6 +289,38 @@ func TestAgentProgramsServicesFromAPI(t *testing.T) {
 	if len(got) != 8 {
 		t.Errorf("datapath has %d frontends, want 8 (headless and foreign ignored): %v", len(got), got)
 	}
+
+	// The health check node port of the externalTrafficPolicy=Local service
+	// reports this node's endpoints, as kube-proxy's does.
+	hc := fmt.Sprintf("http://127.0.0.1:%d/", np.Spec.HealthCheckNodePort)
+	checkHC := func(wantCode, wantLocal int) {
+		t.Helper()
+		var (
+			code int
+			body hcResponse
+		)
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			resp, err := http.Get(hc)
+			if err == nil {
+				code = resp.StatusCode
+				_ = json.NewDecoder(resp.Body).Decode(&body)
+				resp.Body.Close()
+				if code == wantCode && body.LocalEndpoints == wantLocal {
+					return
+				}
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Errorf("health check %s: %d %+v, want %d with %d local endpoints", hc, code, body, wantCode, wantLocal)
+	}
+	checkHC(200, 1)
+	npSlice, _ := c.DiscoveryV1().EndpointSlices(ns).Get(ctx, "np-1", metav1.GetOptions{})
+	npSlice.Endpoints = npSlice.Endpoints[1:] // drop the one on this node
+	if _, err := c.DiscoveryV1().EndpointSlices(ns).Update(ctx, npSlice, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	checkHC(503, 0)
 
 	// Updates: the ready endpoint on n2 goes away; only the terminating one
 	// is left there, and ready ones elsewhere still win.

@@ -54,6 +54,7 @@ func NewCommand() *cobra.Command {
 	f.Uint32Var(&cfg.MaglevTableSize, "maglev-table-size", cfg.MaglevTableSize, "Maglev table size (prime)")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, `address for /metrics, /healthz, /readyz ("" disables)`)
 	f.StringVar(&cfg.APISocket, "api-socket", cfg.APISocket, "unix socket of the local API")
+	f.StringVar(&cfg.HealthCheckBind, "healthcheck-bind-address", cfg.HealthCheckBind, "address for health check node ports (default: all)")
 	f.DurationVar(&cfg.ResyncPeriod.Duration, "resync-period", cfg.ResyncPeriod.Duration, "full resync and prune period")
 	f.DurationVar(&cfg.CTGCInterval.Duration, "conntrack-gc-interval", cfg.CTGCInterval.Duration, "conntrack garbage collection period")
 	f.StringVar(&cfg.ProxyName, "proxy-name", cfg.ProxyName, "service.kubernetes.io/service-proxy-name to handle")
@@ -90,6 +91,8 @@ func applyFlag(dst, src *Config, name string) {
 		dst.MetricsAddr = src.MetricsAddr
 	case "api-socket":
 		dst.APISocket = src.APISocket
+	case "healthcheck-bind-address":
+		dst.HealthCheckBind = src.HealthCheckBind
 	case "resync-period":
 		dst.ResyncPeriod = src.ResyncPeriod
 	case "conntrack-gc-interval":

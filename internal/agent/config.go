@@ -40,6 +40,9 @@ type Config struct {
 	MapSizes        datapath.MapSizes `json:"mapSizes"`
 	// MetricsAddr serves /metrics, /healthz and /readyz ("" disables).
 	MetricsAddr string `json:"metricsAddr,omitempty"`
+	// HealthCheckBind is the address health check node ports listen on
+	// ("" or 0.0.0.0: every address of the node).
+	HealthCheckBind string `json:"healthCheckBindAddress,omitempty"`
 	// APISocket is the unix socket of the local API (root only).
 	APISocket string `json:"apiSocket,omitempty"`
 	// ResyncPeriod is how often everything is recomputed and orphans pruned.

@@ -253,3 +253,16 @@ func Merge(perService map[model.ServiceKey][]Entry) ([]Entry, []Problem) {
 	slicesSortEntries(out)
 	return out, problems
 }
+
+// LocalEndpoints counts the distinct addresses of this node's usable
+// endpoints of a service, as kube-proxy's health check node port reports
+// them for externalTrafficPolicy Local.
+func LocalEndpoints(nodeName string, spec *model.ServiceSpec, slices []*model.EndpointSlice) int {
+	addrs := map[netip.Addr]bool{}
+	for _, sp := range spec.Ports {
+		for _, b := range usable(endpointsFor(sp, slices), nodeName) {
+			addrs[b.Addr] = true
+		}
+	}
+	return len(addrs)
+}
