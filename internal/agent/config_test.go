@@ -1,0 +1,70 @@
+package agent
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+func TestDeployConfigMapIsAValidConfig(t *testing.T) {
+	data, err := os.ReadFile("../../deploy/kpath.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var agentYAML string
+	for _, doc := range strings.Split(string(data), "\n---\n") {
+		var obj struct {
+			Kind string            `json:"kind"`
+			Data map[string]string `json:"data"`
+		}
+		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+			t.Fatalf("deploy/kpath.yaml: %v", err)
+		}
+		if obj.Kind == "ConfigMap" {
+			agentYAML = obj.Data["agent.yaml"]
+		}
+	}
+	path := filepath.Join(t.TempDir(), "agent.yaml")
+	if err := os.WriteFile(path, []byte(agentYAML), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.NodeName = "n1"
+	if err := cfg.LoadFile(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	// The ConfigMap spells out the defaults; keep them in step.
+	def := DefaultConfig()
+	def.NodeName = "n1"
+	if cfg != def {
+		t.Errorf("deploy ConfigMap differs from DefaultConfig:\n%+v\n%+v", cfg, def)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent.yaml")
+	if err := os.WriteFile(path, []byte("socketHok: true\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	if err := cfg.LoadFile(path); err == nil || !strings.Contains(err.Error(), "socketHok") {
+		t.Errorf("unknown field: %v", err)
+	}
+	cfg = DefaultConfig()
+	cfg.Selection = "roundrobin"
+	cfg.ResyncPeriod.Duration = time.Millisecond
+	cfg.MapSizes.Conntrack = 1
+	err := cfg.Validate()
+	for _, want := range []string{"roundrobin", "resyncPeriod", "conntrack"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate: %v; want it to name %s", err, want)
+		}
+	}
+}
