@@ -5,11 +5,13 @@
 
 #include "sock.c"
 #include "pod.c"
+#include "host.c"
 
 /* Anchors so that the enums reach BTF and bpf2go can generate Go types. */
 const enum kp_dir *kp_unused_dir __attribute__((unused));
 const enum kp_reason *kp_unused_reason __attribute__((unused));
 const enum lb_flags *kp_unused_lb_flags __attribute__((unused));
+const enum lb_scope *kp_unused_lb_scope __attribute__((unused));
 const enum ct_state *kp_unused_ct_state __attribute__((unused));
 const enum ct_key_flags *kp_unused_ct_key_flags __attribute__((unused));
 

@@ -149,25 +149,45 @@ func kubeProxyView(t *testing.T, ns string) map[string]string {
 		}
 		return fmt.Sprintf("%s:%s/%s", addr, dp[1], strings.ToUpper(p[1]))
 	}
-	for _, l := range chains["KUBE-SERVICES"] {
-		d := reDst.FindStringSubmatch(l)
-		if d == nil {
-			continue
+	// external follows a KUBE-EXT chain the way traffic from outside the
+	// node does: past the short-circuits for pod (-s CLUSTER-CIDR) and
+	// node-local (--src-type LOCAL) sources.
+	external := func(chain string) ([]string, string) {
+		var (
+			out []string
+			aff string
+		)
+		for _, l := range chains[chain] {
+			if strings.Contains(l, " -s ") || strings.Contains(l, "--src-type LOCAL") {
+				continue
+			}
+			if j := jump(l); strings.HasPrefix(j, "KUBE-SVC-") || strings.HasPrefix(j, "KUBE-SVL-") {
+				b, a := backends(j, 1)
+				out, aff = append(out, b...), a
+			}
 		}
-		fe := frontend(l, d[1])
-		if fe == "" {
-			continue
-		}
-		bs, aff := backends(jump(l), 0)
+		return out, aff
+	}
+	frontendRule := func(l, fe string) {
+		j := jump(l)
+		bs, aff := backends(j, 0)
 		add(fe, protoSuffix(bs, fe), aff)
+		if strings.HasPrefix(j, "KUBE-EXT-") {
+			bs, aff := external(j)
+			add(fe+" external", protoSuffix(bs, fe), aff)
+		}
+	}
+	for _, l := range chains["KUBE-SERVICES"] {
+		if d := reDst.FindStringSubmatch(l); d != nil {
+			if fe := frontend(l, d[1]); fe != "" {
+				frontendRule(l, fe)
+			}
+		}
 	}
 	for _, l := range chains["KUBE-NODEPORTS"] {
-		fe := frontend(l, agentNodeIP)
-		if fe == "" {
-			continue
+		if fe := frontend(l, agentNodeIP); fe != "" {
+			frontendRule(l, fe)
 		}
-		bs, aff := backends(jump(l), 0)
-		add(fe, protoSuffix(bs, fe), aff)
 	}
 	// Frontends without (usable) endpoints are rejected or dropped in the
 	// filter table.
@@ -184,8 +204,15 @@ func kubeProxyView(t *testing.T, ns string) map[string]string {
 			addr = d[1]
 		}
 		if fe := frontend(l, addr); fe != "" {
+			if strings.Contains(l, "has no local endpoints") {
+				add(fe+" external", nil, "")
+				continue
+			}
 			if _, ok := view[fe]; !ok {
 				add(fe, nil, "")
+				if addr != agentNodeIP && !strings.HasPrefix(addr, "10.96.") || strings.HasPrefix(l, "-A KUBE-EXTERNAL-SERVICES") {
+					add(fe+" external", nil, "")
+				}
 			}
 		}
 	}

@@ -16,6 +16,10 @@ volatile const __u32 cfg_ct_lifetime_syn = 60;    /* s, TCP before the reply */
 volatile const __u32 cfg_ct_lifetime_tcp = 21600; /* s, established TCP */
 volatile const __u32 cfg_ct_lifetime_close = 10;  /* s, after FIN or RST */
 volatile const __u32 cfg_ct_lifetime_other = 60;  /* s, UDP */
+/* skb->mark bits set on traffic from outside translated to a backend, so
+ * that the node masquerades it if it leaves through the uplink again
+ * (a backend on another node must answer through this one). 0: none. */
+volatile const __u32 cfg_masq_mark = 0;
 
 #define NSEC_PER_SEC 1000000000ULL
 

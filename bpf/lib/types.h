@@ -13,7 +13,9 @@ enum kp_dir {
 	KP_DIR_FROM_POD = 0, /* tc ingress of the host-side veth: packets the pod sends */
 	KP_DIR_TO_POD = 1,   /* tc egress of the host-side veth: packets delivered to the pod */
 	KP_DIR_SOCK = 2,     /* cgroup socket hooks */
-	KP_DIR_MAX = 3,
+	KP_DIR_HOST_IN = 3,  /* tc ingress of the node's uplink: from outside the node */
+	KP_DIR_HOST_OUT = 4, /* tc egress of the node's uplink: replies leaving the node */
+	KP_DIR_MAX = 5,
 };
 
 /* What happened to a packet (or a socket call). Indexes the metrics map
@@ -36,12 +38,20 @@ enum lb_flags {
 	LB_F_AFFINITY = 1 << 1, /* sessionAffinity ClientIP: sticky per client */
 };
 
+/* Which traffic a frontend serves. NodePort, external and load-balancer
+ * frontends have both: clients on the node reach every endpoint, traffic
+ * from outside may be limited to local ones (externalTrafficPolicy Local). */
+enum lb_scope {
+	LB_SCOPE_INTERNAL = 0, /* pods and processes of this node */
+	LB_SCOPE_EXTERNAL = 1, /* arriving on the node's uplink */
+};
+
 /* Key of the frontend map: a service address as clients use it. */
 struct lb_frontend_key {
 	__be32 addr;
 	__be16 port;
 	__u8 proto; /* IPPROTO_TCP or IPPROTO_UDP */
-	__u8 pad;
+	__u8 scope; /* enum lb_scope */
 };
 
 /* A frontend: which service port it is and how many backend slots it has. */

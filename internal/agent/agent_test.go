@@ -168,6 +168,9 @@ func expected(t *testing.T, c kubernetes.Interface) map[string]string {
 	out := map[string]string{}
 	for _, e := range merged {
 		out[e.Frontend.String()] = render(e.Affinity, e.Backends)
+		if e.Kind != servicemap.KindClusterIP {
+			out[e.Frontend.String()+" external"] = render(e.Affinity, e.External)
+		}
 	}
 	return out
 }
@@ -275,9 +278,10 @@ func TestAgentProgramsServicesFromAPI(t *testing.T) {
 		np.Spec.ClusterIP + ":8080/TCP": "0s|10.244.1.7:8080/TCP,10.244.2.7:8080/TCP",
 		// externalTrafficPolicy Local limits traffic from outside; clients on
 		// this node reach every endpoint, as with kube-proxy.
-		fmt.Sprintf("%s:%d/TCP", nodeIP, npPort): "0s|10.244.1.7:8080/TCP,10.244.2.7:8080/TCP",
-		"203.0.113.10:80/TCP":                    "10m0s|10.244.2.9:80/TCP",
-		empty.Spec.ClusterIP + ":81/TCP":         "0s|",
+		fmt.Sprintf("%s:%d/TCP", nodeIP, npPort):          "0s|10.244.1.7:8080/TCP,10.244.2.7:8080/TCP",
+		fmt.Sprintf("%s:%d/TCP external", nodeIP, npPort): "0s|10.244.1.7:8080/TCP", // traffic from outside: local endpoints only
+		"203.0.113.10:80/TCP":                             "10m0s|10.244.2.9:80/TCP",
+		empty.Spec.ClusterIP + ":81/TCP":                  "0s|",
 	} {
 		if got[fe] != want {
 			t.Errorf("%s: got %q, want %q", fe, got[fe], want)
@@ -286,8 +290,9 @@ func TestAgentProgramsServicesFromAPI(t *testing.T) {
 	// web x2, np x2, sticky x2 (cluster IP + external IP), empty, and
 	// default/kubernetes (no endpoints here: the test API server runs with
 	// the endpoint reconciler off).
-	if len(got) != 8 {
-		t.Errorf("datapath has %d frontends, want 8 (headless and foreign ignored): %v", len(got), got)
+	// NodePort and external IP frontends have an external-scope twin.
+	if len(got) != 10 {
+		t.Errorf("datapath has %d frontends, want 10 (headless and foreign ignored): %v", len(got), got)
 	}
 
 	// The health check node port of the externalTrafficPolicy=Local service
@@ -351,7 +356,7 @@ func TestAgentProgramsServicesFromAPI(t *testing.T) {
 		}
 	}
 	got = converge(t, c, d)
-	if len(got) != 4 {
+	if len(got) != 5 {
 		t.Errorf("after deletes: %v", got)
 	}
 	st := a.Status()

@@ -246,7 +246,7 @@ func timeChange(ctx context.Context, c kubernetes.Interface, d *datapath.Datapat
 		return 0, err
 	}
 	s.ResourceVersion = cur.ResourceVersion
-	fe := model.L4Addr{Addr: vip, Port: 80, Proto: model.TCP}
+	fe := model.FrontendKey{L4Addr: model.L4Addr{Addr: vip, Port: 80, Proto: model.TCP}}
 	start := time.Now()
 	if _, err := c.DiscoveryV1().EndpointSlices(benchNS).Update(ctx, s, metav1.UpdateOptions{}); err != nil {
 		return 0, err

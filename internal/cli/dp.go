@@ -65,7 +65,7 @@ commands and across agent restarts. Map sizes are taken from the pinned maps.`,
 }
 
 func dpAttach(f *dpFlags) *cobra.Command {
-	var ifaces []string
+	var ifaces, devices []string
 	var cgroup string
 	cmd := &cobra.Command{
 		Use:   "attach",
@@ -73,8 +73,8 @@ func dpAttach(f *dpFlags) *cobra.Command {
 		Example: `  kpath dp attach --iface veth1a2b3c
   kpath dp attach --cgroup auto`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if len(ifaces) == 0 && cgroup == "" {
-				return fmt.Errorf("nothing to attach: give --iface and/or --cgroup")
+			if len(ifaces) == 0 && len(devices) == 0 && cgroup == "" {
+				return fmt.Errorf("nothing to attach: give --iface, --device and/or --cgroup")
 			}
 			d, err := f.open()
 			if err != nil {
@@ -86,6 +86,12 @@ func dpAttach(f *dpFlags) *cobra.Command {
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "attached to %s\n", i)
+			}
+			for _, dev := range devices {
+				if err := d.AttachDevice(dev); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "attached uplink programs to %s\n", dev)
 			}
 			if cgroup != "" {
 				if cgroup == "auto" {
@@ -102,6 +108,7 @@ func dpAttach(f *dpFlags) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringSliceVar(&ifaces, "iface", nil, "host-side veth of a pod (repeatable)")
+	cmd.Flags().StringSliceVar(&devices, "device", nil, "node uplink device, for NodePorts from outside (repeatable)")
 	cmd.Flags().StringVar(&cgroup, "cgroup", "", `cgroup v2 directory for the socket hooks ("auto": the cgroup v2 root)`)
 	return cmd
 }
@@ -145,6 +152,7 @@ func dpService(f *dpFlags) *cobra.Command {
 		backends  []string
 		selection string
 		affinity  time.Duration
+		external  bool
 	)
 	add := &cobra.Command{
 		Use:   "add FRONTEND",
@@ -158,6 +166,7 @@ func dpService(f *dpFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			svc.External = external
 			d, err := f.open()
 			if err != nil {
 				return err
@@ -169,6 +178,7 @@ func dpService(f *dpFlags) *cobra.Command {
 	add.Flags().StringSliceVar(&backends, "backend", nil, "backend ADDR:PORT (repeatable; the frontend's protocol)")
 	add.Flags().StringVar(&selection, "selection", "random", "backend selection: random or maglev")
 	add.Flags().DurationVar(&affinity, "affinity", 0, "session affinity by client address, with this timeout (0: off)")
+	add.Flags().BoolVar(&external, "external", false, "a frontend for traffic arriving on the uplink (NodePort from outside), not from the node's pods")
 
 	del := &cobra.Command{
 		Use:   "delete FRONTEND",
@@ -184,9 +194,10 @@ func dpService(f *dpFlags) *cobra.Command {
 				return err
 			}
 			defer d.Close()
-			return d.DeleteService(fe)
+			return d.DeleteService(model.FrontendKey{L4Addr: fe, External: external})
 		},
 	}
+	del.Flags().BoolVar(&external, "external", false, "the external-scope frontend")
 
 	list := &cobra.Command{
 		Use:   "list",

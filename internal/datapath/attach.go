@@ -45,6 +45,11 @@ var podHooks = []tcHook{
 	{"egress", ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS, func(p *kpathPrograms) *ebpf.Program { return p.KpToPod }},
 }
 
+var deviceHooks = []tcHook{
+	{"ingress", ebpf.AttachTCXIngress, netlink.HANDLE_MIN_INGRESS, func(p *kpathPrograms) *ebpf.Program { return p.KpHostIn }},
+	{"egress", ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS, func(p *kpathPrograms) *ebpf.Program { return p.KpHostOut }},
+}
+
 func (d *Datapath) linkPin(kind, name string) string {
 	return filepath.Join(d.pinPath, "links", kind+"_"+name)
 }
@@ -53,6 +58,17 @@ func (d *Datapath) linkPin(kind, name string) string {
 // veth: kp_from_pod on ingress, kp_to_pod on egress. Attaching again is a
 // no-op that also upgrades the programs to this process's version.
 func (d *Datapath) AttachPod(ifname string) error {
+	return d.attachTC(ifname, podHooks)
+}
+
+// AttachDevice attaches the uplink programs to a node device: kp_host_in on
+// ingress (NodePorts, external and load-balancer IPs for traffic from
+// outside) and kp_host_out on egress (replies). Idempotent like AttachPod.
+func (d *Datapath) AttachDevice(ifname string) error {
+	return d.attachTC(ifname, deviceHooks)
+}
+
+func (d *Datapath) attachTC(ifname string, hooks []tcHook) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	l, err := netlink.LinkByName(ifname)
@@ -62,7 +78,7 @@ func (d *Datapath) AttachPod(ifname string) error {
 	ifindex := l.Attrs().Index
 	mode := d.cfg.TCAttach
 	if mode != AttachLegacy {
-		err := d.attachTCX(ifname, ifindex)
+		err := d.attachTCX(ifname, ifindex, hooks)
 		if err == nil || mode == AttachTCX || !errors.Is(err, ebpf.ErrNotSupported) {
 			if errors.Is(err, ebpf.ErrNotSupported) {
 				return fmt.Errorf("attach to %s: kernel feature missing: tcx links (Linux 6.6); use tc attach mode auto or legacy: %w", ifname, err)
@@ -70,11 +86,11 @@ func (d *Datapath) AttachPod(ifname string) error {
 			return err
 		}
 	}
-	return d.attachLegacy(l)
+	return d.attachLegacy(l, hooks)
 }
 
-func (d *Datapath) attachTCX(ifname string, ifindex int) error {
-	for _, h := range podHooks {
+func (d *Datapath) attachTCX(ifname string, ifindex int, hooks []tcHook) error {
+	for _, h := range hooks {
 		prog := h.prog(&d.objs.kpathPrograms)
 		pin := d.linkPin("tcx", fmt.Sprintf("%s_%d_%s", ifname, ifindex, h.name))
 		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
@@ -104,7 +120,7 @@ func (d *Datapath) attachTCX(ifname string, ifindex int) error {
 	return nil
 }
 
-func (d *Datapath) attachLegacy(l netlink.Link) error {
+func (d *Datapath) attachLegacy(l netlink.Link, hooks []tcHook) error {
 	ifname := l.Attrs().Name
 	qdisc := &netlink.GenericQdisc{
 		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
@@ -113,7 +129,7 @@ func (d *Datapath) attachLegacy(l netlink.Link) error {
 	if err := netlink.QdiscReplace(qdisc); err != nil {
 		return fmt.Errorf("add clsact qdisc to %s: %w", ifname, err)
 	}
-	for _, h := range podHooks {
+	for _, h := range hooks {
 		prog := h.prog(&d.objs.kpathPrograms)
 		f := &netlink.BpfFilter{
 			FilterAttrs: netlink.FilterAttrs{
@@ -141,8 +157,9 @@ func progName(p *ebpf.Program) string {
 	return "kpath"
 }
 
-// DetachPod removes kpath's programs from an interface, however they were
-// attached. It is not an error when the interface or the programs are gone.
+// DetachPod removes kpath's programs from an interface (a pod's veth or a
+// device), however they were attached. It is not an error when the
+// interface or the programs are gone.
 func (d *Datapath) DetachPod(ifname string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()

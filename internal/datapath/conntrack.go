@@ -162,6 +162,8 @@ var dirNames = map[kpathKpDir]string{
 	kpathKpDirKP_DIR_FROM_POD: "from-pod",
 	kpathKpDirKP_DIR_TO_POD:   "to-pod",
 	kpathKpDirKP_DIR_SOCK:     "socket",
+	kpathKpDirKP_DIR_HOST_IN:  "host-in",
+	kpathKpDirKP_DIR_HOST_OUT: "host-out",
 }
 
 // Counters returns every non-zero counter.

@@ -34,12 +34,19 @@ func portFromBPF(v uint16) uint16 {
 	return binary.BigEndian.Uint16(b[:])
 }
 
-func frontendKey(a model.L4Addr) kpathLbFrontendKey {
-	return kpathLbFrontendKey{Addr: addrToBPF(a.Addr), Port: portToBPF(a.Port), Proto: uint8(a.Proto)}
+func frontendKey(k model.FrontendKey) kpathLbFrontendKey {
+	scope := uint8(kpathLbScopeLB_SCOPE_INTERNAL)
+	if k.External {
+		scope = uint8(kpathLbScopeLB_SCOPE_EXTERNAL)
+	}
+	return kpathLbFrontendKey{Addr: addrToBPF(k.Addr), Port: portToBPF(k.Port), Proto: uint8(k.Proto), Scope: scope}
 }
 
-func frontendFromKey(k kpathLbFrontendKey) model.L4Addr {
-	return model.L4Addr{Addr: addrFromBPF(k.Addr), Port: portFromBPF(k.Port), Proto: model.Protocol(k.Proto)}
+func frontendFromKey(k kpathLbFrontendKey) model.FrontendKey {
+	return model.FrontendKey{
+		L4Addr:   model.L4Addr{Addr: addrFromBPF(k.Addr), Port: portFromBPF(k.Port), Proto: model.Protocol(k.Proto)},
+		External: k.Scope == uint8(kpathLbScopeLB_SCOPE_EXTERNAL),
+	}
 }
 
 func backendValue(a model.L4Addr) kpathLbBackend {

@@ -75,6 +75,11 @@ type Config struct {
 	CT CTLifetimes
 	// TCAttach chooses how programs attach to interfaces.
 	TCAttach AttachMode
+	// MasqueradeMark is the skb->mark bit kp_host_in sets on traffic from
+	// outside that it translated, so the node's masquerade rule (see
+	// internal/masq) rewrites its source if it leaves through the uplink
+	// again, towards a backend on another node. 0 disables marking.
+	MasqueradeMark uint32
 }
 
 // DefaultConfig is the production configuration.
@@ -86,8 +91,13 @@ func DefaultConfig() Config {
 		MaglevTableSize: lb.DefaultMaglevTableSize,
 		CT:              DefaultCTLifetimes(),
 		TCAttach:        AttachAuto,
+		MasqueradeMark:  DefaultMasqueradeMark,
 	}
 }
+
+// DefaultMasqueradeMark is a mark bit of kpath's own: not kube-proxy's
+// 0x4000, so the two never act on each other's traffic.
+const DefaultMasqueradeMark = 0x00200000
 
 // Validate reports what is wrong with c, before anything is loaded.
 func (c Config) Validate() error {
@@ -234,6 +244,7 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 		kpathVarCfgCtLifetimeTcp:   uint32(cfg.CT.Established / time.Second),
 		kpathVarCfgCtLifetimeClose: uint32(cfg.CT.Closing / time.Second),
 		kpathVarCfgCtLifetimeOther: uint32(cfg.CT.Other / time.Second),
+		kpathVarCfgMasqMark:        cfg.MasqueradeMark,
 	}
 	for name, v := range vars {
 		if err := spec.Variables[name].Set(v); err != nil {

@@ -77,7 +77,9 @@ const (
 	kpathKpDirKP_DIR_FROM_POD kpathKpDir = 0
 	kpathKpDirKP_DIR_TO_POD   kpathKpDir = 1
 	kpathKpDirKP_DIR_SOCK     kpathKpDir = 2
-	kpathKpDirKP_DIR_MAX      kpathKpDir = 3
+	kpathKpDirKP_DIR_HOST_IN  kpathKpDir = 3
+	kpathKpDirKP_DIR_HOST_OUT kpathKpDir = 4
+	kpathKpDirKP_DIR_MAX      kpathKpDir = 5
 )
 
 type kpathKpReason uint32
@@ -137,7 +139,7 @@ type kpathLbFrontendKey struct {
 	Addr  uint32
 	Port  uint16
 	Proto uint8
-	Pad   uint8
+	Scope uint8
 }
 
 type kpathLbRevNat struct {
@@ -146,6 +148,13 @@ type kpathLbRevNat struct {
 	Port uint16
 	Pad  uint16
 }
+
+type kpathLbScope uint32
+
+const (
+	kpathLbScopeLB_SCOPE_INTERNAL kpathLbScope = 0
+	kpathLbScopeLB_SCOPE_EXTERNAL kpathLbScope = 1
+)
 
 type kpathLbSlotKey struct {
 	_    structs.HostLayout
@@ -184,6 +193,8 @@ const (
 	kpathMapKpMetrics           = "kp_metrics"
 	kpathMapKpSockRevnat        = "kp_sock_revnat"
 	kpathProgKpFromPod          = "kp_from_pod"
+	kpathProgKpHostIn           = "kp_host_in"
+	kpathProgKpHostOut          = "kp_host_out"
 	kpathProgKpSockConnect4     = "kp_sock_connect4"
 	kpathProgKpSockGetpeername4 = "kp_sock_getpeername4"
 	kpathProgKpSockRecvmsg4     = "kp_sock_recvmsg4"
@@ -194,10 +205,12 @@ const (
 	kpathVarCfgCtLifetimeSyn    = "cfg_ct_lifetime_syn"
 	kpathVarCfgCtLifetimeTcp    = "cfg_ct_lifetime_tcp"
 	kpathVarCfgMaglevSize       = "cfg_maglev_size"
+	kpathVarCfgMasqMark         = "cfg_masq_mark"
 	kpathVarKpUnusedCtKeyFlags  = "kp_unused_ct_key_flags"
 	kpathVarKpUnusedCtState     = "kp_unused_ct_state"
 	kpathVarKpUnusedDir         = "kp_unused_dir"
 	kpathVarKpUnusedLbFlags     = "kp_unused_lb_flags"
+	kpathVarKpUnusedLbScope     = "kp_unused_lb_scope"
 	kpathVarKpUnusedReason      = "kp_unused_reason"
 )
 
@@ -244,6 +257,8 @@ type kpathSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type kpathProgramSpecs struct {
 	KpFromPod          *ebpf.ProgramSpec `ebpf:"kp_from_pod"`
+	KpHostIn           *ebpf.ProgramSpec `ebpf:"kp_host_in"`
+	KpHostOut          *ebpf.ProgramSpec `ebpf:"kp_host_out"`
 	KpSockConnect4     *ebpf.ProgramSpec `ebpf:"kp_sock_connect4"`
 	KpSockGetpeername4 *ebpf.ProgramSpec `ebpf:"kp_sock_getpeername4"`
 	KpSockRecvmsg4     *ebpf.ProgramSpec `ebpf:"kp_sock_recvmsg4"`
@@ -276,10 +291,12 @@ type kpathVariableSpecs struct {
 	CfgCtLifetimeSyn   *ebpf.VariableSpec `ebpf:"cfg_ct_lifetime_syn"`
 	CfgCtLifetimeTcp   *ebpf.VariableSpec `ebpf:"cfg_ct_lifetime_tcp"`
 	CfgMaglevSize      *ebpf.VariableSpec `ebpf:"cfg_maglev_size"`
+	CfgMasqMark        *ebpf.VariableSpec `ebpf:"cfg_masq_mark"`
 	KpUnusedCtKeyFlags *ebpf.VariableSpec `ebpf:"kp_unused_ct_key_flags"`
 	KpUnusedCtState    *ebpf.VariableSpec `ebpf:"kp_unused_ct_state"`
 	KpUnusedDir        *ebpf.VariableSpec `ebpf:"kp_unused_dir"`
 	KpUnusedLbFlags    *ebpf.VariableSpec `ebpf:"kp_unused_lb_flags"`
+	KpUnusedLbScope    *ebpf.VariableSpec `ebpf:"kp_unused_lb_scope"`
 	KpUnusedReason     *ebpf.VariableSpec `ebpf:"kp_unused_reason"`
 }
 
@@ -339,10 +356,12 @@ type kpathVariables struct {
 	CfgCtLifetimeSyn   *ebpf.Variable `ebpf:"cfg_ct_lifetime_syn"`
 	CfgCtLifetimeTcp   *ebpf.Variable `ebpf:"cfg_ct_lifetime_tcp"`
 	CfgMaglevSize      *ebpf.Variable `ebpf:"cfg_maglev_size"`
+	CfgMasqMark        *ebpf.Variable `ebpf:"cfg_masq_mark"`
 	KpUnusedCtKeyFlags *ebpf.Variable `ebpf:"kp_unused_ct_key_flags"`
 	KpUnusedCtState    *ebpf.Variable `ebpf:"kp_unused_ct_state"`
 	KpUnusedDir        *ebpf.Variable `ebpf:"kp_unused_dir"`
 	KpUnusedLbFlags    *ebpf.Variable `ebpf:"kp_unused_lb_flags"`
+	KpUnusedLbScope    *ebpf.Variable `ebpf:"kp_unused_lb_scope"`
 	KpUnusedReason     *ebpf.Variable `ebpf:"kp_unused_reason"`
 }
 
@@ -351,6 +370,8 @@ type kpathVariables struct {
 // It can be passed to loadKpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type kpathPrograms struct {
 	KpFromPod          *ebpf.Program `ebpf:"kp_from_pod"`
+	KpHostIn           *ebpf.Program `ebpf:"kp_host_in"`
+	KpHostOut          *ebpf.Program `ebpf:"kp_host_out"`
 	KpSockConnect4     *ebpf.Program `ebpf:"kp_sock_connect4"`
 	KpSockGetpeername4 *ebpf.Program `ebpf:"kp_sock_getpeername4"`
 	KpSockRecvmsg4     *ebpf.Program `ebpf:"kp_sock_recvmsg4"`
@@ -361,6 +382,8 @@ type kpathPrograms struct {
 func (p *kpathPrograms) Close() error {
 	return _KpathClose(
 		p.KpFromPod,
+		p.KpHostIn,
+		p.KpHostOut,
 		p.KpSockConnect4,
 		p.KpSockGetpeername4,
 		p.KpSockRecvmsg4,

@@ -34,7 +34,7 @@ type backendState struct {
 }
 
 type serviceState struct {
-	frontends map[model.L4Addr]*frontendState
+	frontends map[model.FrontendKey]*frontendState
 	backends  map[model.L4Addr]*backendState
 	byID      map[uint32]model.L4Addr
 	feIDs     *lb.IDAllocator
@@ -43,7 +43,7 @@ type serviceState struct {
 
 func newServiceState(sizes MapSizes) *serviceState {
 	return &serviceState{
-		frontends: make(map[model.L4Addr]*frontendState),
+		frontends: make(map[model.FrontendKey]*frontendState),
 		backends:  make(map[model.L4Addr]*backendState),
 		byID:      make(map[uint32]model.L4Addr),
 		feIDs:     lb.NewIDAllocator(sizes.Frontends),
@@ -61,8 +61,22 @@ func compareL4(a, b model.L4Addr) int {
 	return cmp.Compare(a.Proto, b.Proto)
 }
 
+func compareKeys(a, b model.FrontendKey) int {
+	if c := compareL4(a.L4Addr, b.L4Addr); c != 0 {
+		return c
+	}
+	return cmp.Compare(boolInt(a.External), boolInt(b.External))
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 func sameService(a, b model.Service) bool {
-	return a.Frontend == b.Frontend && a.Selection == b.Selection && a.Affinity == b.Affinity &&
+	return a.Frontend == b.Frontend && a.External == b.External && a.Selection == b.Selection && a.Affinity == b.Affinity &&
 		slices.Equal(a.Backends, b.Backends)
 }
 
@@ -93,21 +107,21 @@ func (d *Datapath) UpsertService(svc model.Service) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	st := d.svc
-	fe := st.frontends[svc.Frontend]
+	fe := st.frontends[svc.Key()]
 	if fe != nil && !fe.dirty && sameService(fe.svc, svc) {
 		return nil
 	}
 	if fe == nil {
 		id, err := st.feIDs.Allocate()
 		if err != nil {
-			return fmt.Errorf("service %s: no free frontend ID (%w); raise the frontends map size", svc.Frontend, err)
+			return fmt.Errorf("service %s: no free frontend ID (%w); raise the frontends map size", svc.Key(), err)
 		}
 		fe = &frontendState{id: id, refs: map[model.L4Addr]struct{}{}, dirty: true}
-		st.frontends[svc.Frontend] = fe
+		st.frontends[svc.Key()] = fe
 	}
 	if err := d.writeService(fe, svc); err != nil {
 		fe.dirty = true
-		return fmt.Errorf("service %s: %w", svc.Frontend, err)
+		return fmt.Errorf("service %s: %w", svc.Key(), err)
 	}
 	return nil
 }
@@ -164,7 +178,7 @@ func (d *Datapath) writeService(fe *frontendState, svc model.Service) error {
 
 	oldSvc := fe.svc
 	fe.svc, fe.backendIDs = svc, ids
-	if err := m.KpLbFrontend.Put(frontendKey(svc.Frontend), fe.value()); err != nil {
+	if err := m.KpLbFrontend.Put(frontendKey(svc.Key()), fe.value()); err != nil {
 		return mapWriteError("kp_lb_frontend", "frontends", err)
 	}
 	fe.dirty = false
@@ -277,7 +291,7 @@ func (d *Datapath) writeMaglev(id uint32, backends []model.L4Addr, ids []uint32)
 // DeleteService removes a frontend. Connections already established through
 // the socket hook are unaffected; tc-path connections lose their reverse
 // translation. Deleting a frontend that does not exist is not an error.
-func (d *Datapath) DeleteService(frontend model.L4Addr) error {
+func (d *Datapath) DeleteService(frontend model.FrontendKey) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	st := d.svc
@@ -324,11 +338,12 @@ func mapWriteError(mapName, sizeName string, err error) error {
 
 // ServiceInfo is a frontend as the maps hold it.
 type ServiceInfo struct {
-	ID        uint32        `json:"id"`
-	Frontend  model.L4Addr  `json:"-"`
-	Name      string        `json:"frontend"`
-	Selection string        `json:"selection"`
-	Affinity  time.Duration `json:"-"`
+	ID        uint32            `json:"id"`
+	Frontend  model.FrontendKey `json:"-"`
+	Name      string            `json:"frontend"`
+	External  bool              `json:"external,omitempty"`
+	Selection string            `json:"selection"`
+	Affinity  time.Duration     `json:"-"`
 	// AffinitySeconds is Affinity for JSON readers; 0 when off.
 	AffinitySeconds int64         `json:"affinity_seconds,omitempty"`
 	Backends        []BackendInfo `json:"backends"`
@@ -352,7 +367,7 @@ func (d *Datapath) Services() ([]ServiceInfo, error) {
 	it := d.objs.KpLbFrontend.Iterate()
 	for it.Next(&k, &v) {
 		fe := frontendFromKey(k)
-		si := ServiceInfo{ID: v.Id, Frontend: fe, Name: fe.String(), Selection: model.SelectRandom.String(), Backends: []BackendInfo{}}
+		si := ServiceInfo{ID: v.Id, Frontend: fe, Name: fe.String(), External: fe.External, Selection: model.SelectRandom.String(), Backends: []BackendInfo{}}
 		if v.Flags&uint16(kpathLbFlagsLB_F_MAGLEV) != 0 {
 			si.Selection = model.SelectMaglev.String()
 		}
@@ -377,7 +392,7 @@ func (d *Datapath) Services() ([]ServiceInfo, error) {
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("iterate frontends: %w", err)
 	}
-	slices.SortFunc(out, func(a, b ServiceInfo) int { return compareL4(a.Frontend, b.Frontend) })
+	slices.SortFunc(out, func(a, b ServiceInfo) int { return compareKeys(a.Frontend, b.Frontend) })
 	return out, nil
 }
 
@@ -412,7 +427,8 @@ func (d *Datapath) restoreServices() error {
 	byFEID := map[uint32]*frontendState{}
 	it = m.KpLbFrontend.Iterate()
 	for it.Next(&fk, &fv) {
-		svc := model.Service{Frontend: frontendFromKey(fk)}
+		key := frontendFromKey(fk)
+		svc := model.Service{Frontend: key.L4Addr, External: key.External}
 		if fv.Flags&uint16(kpathLbFlagsLB_F_MAGLEV) != 0 {
 			svc.Selection = model.SelectMaglev
 		}
@@ -440,12 +456,12 @@ func (d *Datapath) restoreServices() error {
 		}
 		fe.svc = svc
 		if err := st.feIDs.Reserve(fv.Id); err != nil {
-			return fmt.Errorf("frontend %s: %w", svc.Frontend, err)
+			return fmt.Errorf("frontend %s: %w", key, err)
 		}
 		if svc.Selection == model.SelectMaglev && len(svc.Backends) > 0 && !d.maglevTablePresent(fv.Id) {
 			fe.dirty = true
 		}
-		st.frontends[svc.Frontend] = fe
+		st.frontends[key] = fe
 		byFEID[fv.Id] = fe
 	}
 	if err := it.Err(); err != nil {
@@ -530,11 +546,11 @@ func keys32(m *ebpf.Map) ([]uint32, error) {
 }
 
 // Frontends lists the frontends in the frontend map.
-func (d *Datapath) Frontends() ([]model.L4Addr, error) {
+func (d *Datapath) Frontends() ([]model.FrontendKey, error) {
 	var (
 		k   kpathLbFrontendKey
 		v   kpathLbFrontend
-		out []model.L4Addr
+		out []model.FrontendKey
 	)
 	it := d.objs.KpLbFrontend.Iterate()
 	for it.Next(&k, &v) {
@@ -547,7 +563,7 @@ func (d *Datapath) Frontends() ([]model.L4Addr, error) {
 }
 
 // Service reads one frontend and its backends from the maps.
-func (d *Datapath) Service(frontend model.L4Addr) (ServiceInfo, bool, error) {
+func (d *Datapath) Service(frontend model.FrontendKey) (ServiceInfo, bool, error) {
 	var v kpathLbFrontend
 	if err := d.objs.KpLbFrontend.Lookup(frontendKey(frontend), &v); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -555,7 +571,7 @@ func (d *Datapath) Service(frontend model.L4Addr) (ServiceInfo, bool, error) {
 		}
 		return ServiceInfo{}, false, fmt.Errorf("look up frontend %s: %w", frontend, err)
 	}
-	si := ServiceInfo{ID: v.Id, Frontend: frontend, Name: frontend.String(), Backends: []BackendInfo{}}
+	si := ServiceInfo{ID: v.Id, Frontend: frontend, Name: frontend.String(), External: frontend.External, Backends: []BackendInfo{}}
 	for slot := range uint32(v.Count) {
 		var id uint32
 		if err := d.objs.KpLbSlot.Lookup(kpathLbSlotKey{Id: v.Id, Slot: slot}, &id); err != nil {

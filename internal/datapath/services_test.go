@@ -59,10 +59,10 @@ func TestServiceGrowShrinkKeepsMapsExact(t *testing.T) {
 		t.Fatalf("after shrink: backends = %d, want 3 (.2 gone, .3 still used by b)", n)
 	}
 
-	if err := d.DeleteService(b.Frontend); err != nil {
+	if err := d.DeleteService(b.Key()); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.DeleteService(b.Frontend); err != nil {
+	if err := d.DeleteService(b.Key()); err != nil {
 		t.Fatalf("deleting twice: %v", err)
 	}
 	if n := backendEntries(t, d); n != 1 {
@@ -120,7 +120,7 @@ func TestServiceStateSurvivesRestart(t *testing.T) {
 	// The restored state matches what the caller would apply again, so
 	// re-applying writes nothing.
 	for _, s := range []model.Service{a, m, aff} {
-		fe := d2.svc.frontends[s.Frontend]
+		fe := d2.svc.frontends[s.Key()]
 		if fe == nil || fe.dirty {
 			t.Fatalf("frontend %s not restored cleanly: %+v", s.Frontend, fe)
 		}

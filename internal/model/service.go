@@ -37,9 +37,30 @@ func ParseSelection(s string) (Selection, error) {
 // allows (sessionAffinityConfig.clientIP.timeoutSeconds <= 86400).
 const MaxAffinityTimeout = 86400 * time.Second
 
+// FrontendKey identifies a frontend in the datapath: its address, and
+// whether it serves traffic arriving from outside the node (on the uplink)
+// or from the node's own pods and processes. NodePort, external and
+// load-balancer addresses have both, with different backends when the
+// external traffic policy is Local.
+type FrontendKey struct {
+	L4Addr
+	External bool
+}
+
+// String formats k as "10.96.0.10:80/TCP", with " external" for the
+// external scope.
+func (k FrontendKey) String() string {
+	if k.External {
+		return k.L4Addr.String() + " external"
+	}
+	return k.L4Addr.String()
+}
+
 // Service is one frontend and the backends its new connections may reach.
 type Service struct {
 	Frontend L4Addr
+	// External: the frontend serves traffic arriving on the uplink.
+	External bool
 	Backends []L4Addr
 	// Selection picks the algorithm for new connections.
 	Selection Selection
@@ -47,6 +68,9 @@ type Service struct {
 	// for this long after its last new connection (sessionAffinity ClientIP).
 	Affinity time.Duration
 }
+
+// Key identifies s's frontend.
+func (s Service) Key() FrontendKey { return FrontendKey{L4Addr: s.Frontend, External: s.External} }
 
 // Validate reports what makes s unusable, naming the offending field.
 func (s Service) Validate() error {

@@ -20,9 +20,9 @@ import (
 // Datapath is what the reconciler writes to.
 type Datapath interface {
 	UpsertService(model.Service) error
-	DeleteService(model.L4Addr) error
+	DeleteService(model.FrontendKey) error
 	// Frontends lists the frontends the datapath holds.
-	Frontends() ([]model.L4Addr, error)
+	Frontends() ([]model.FrontendKey, error)
 }
 
 // Options configure a Reconciler.
@@ -45,8 +45,8 @@ type Reconciler struct {
 
 	mu         sync.Mutex
 	perService map[model.ServiceKey][]servicemap.Entry
-	applied    map[model.L4Addr]model.Service
-	owners     map[model.L4Addr]servicemap.Entry
+	applied    map[model.FrontendKey]model.Service
+	owners     map[model.FrontendKey]servicemap.Entry
 	attempts   map[model.ServiceKey]int
 	retryAt    map[model.ServiceKey]time.Time
 	problems   map[string]bool // last reported, to log only changes
@@ -65,8 +65,8 @@ func New(c *k8s.Cache, dp Datapath, opts Options) *Reconciler {
 	return &Reconciler{
 		cache: c, dp: dp, opts: opts,
 		perService: map[model.ServiceKey][]servicemap.Entry{},
-		applied:    map[model.L4Addr]model.Service{},
-		owners:     map[model.L4Addr]servicemap.Entry{},
+		applied:    map[model.FrontendKey]model.Service{},
+		owners:     map[model.FrontendKey]servicemap.Entry{},
 		attempts:   map[model.ServiceKey]int{},
 		retryAt:    map[model.ServiceKey]time.Time{},
 		problems:   map[string]bool{},
@@ -171,23 +171,32 @@ func (r *Reconciler) Sync(full bool) error {
 	problems = append(problems, clashes...)
 	r.report(problems, full)
 
-	// Apply: new and changed frontends, then removed ones.
+	// Apply: new and changed frontends, then removed ones. Frontends that
+	// serve traffic from outside get a second, external-scope entry.
 	failed := map[model.ServiceKey]error{}
-	desired := make(map[model.L4Addr]servicemap.Entry, len(merged))
-	for _, e := range merged {
-		desired[e.Frontend] = e
+	desired := make(map[model.FrontendKey]servicemap.Entry, len(merged))
+	apply := func(e servicemap.Entry, svc model.Service) {
+		desired[svc.Key()] = e
 		if _, bad := failed[e.Owner]; bad {
-			continue
+			return
 		}
-		if old, ok := r.applied[e.Frontend]; ok && sameService(old, e.Service) {
-			continue
+		if old, ok := r.applied[svc.Key()]; ok && sameService(old, svc) {
+			return
 		}
-		if err := r.dp.UpsertService(e.Service); err != nil {
+		if err := r.dp.UpsertService(svc); err != nil {
 			failed[e.Owner] = err
-			r.opts.Log.Error("apply service", "service", e.Owner, "frontend", e.Frontend, "error", err)
-			continue
+			r.opts.Log.Error("apply service", "service", e.Owner, "frontend", svc.Key(), "error", err)
+			return
 		}
-		r.applied[e.Frontend] = e.Service
+		r.applied[svc.Key()] = svc
+	}
+	for _, e := range merged {
+		apply(e, e.Service)
+		if e.Kind != servicemap.KindClusterIP {
+			ext := e.Service
+			ext.External, ext.Backends = true, e.External
+			apply(e, ext)
+		}
 	}
 	for fe := range r.applied {
 		if _, ok := desired[fe]; ok {
@@ -234,7 +243,7 @@ func (r *Reconciler) Sync(full bool) error {
 }
 
 // prune deletes frontends in the datapath that no service owns.
-func (r *Reconciler) prune(desired map[model.L4Addr]servicemap.Entry) {
+func (r *Reconciler) prune(desired map[model.FrontendKey]servicemap.Entry) {
 	have, err := r.dp.Frontends()
 	if err != nil {
 		r.opts.Log.Error("list datapath frontends for pruning", "error", err)
@@ -278,7 +287,7 @@ func backoff(attempt int) time.Duration {
 }
 
 func sameService(a, b model.Service) bool {
-	return a.Frontend == b.Frontend && a.Selection == b.Selection && a.Affinity == b.Affinity &&
+	return a.Frontend == b.Frontend && a.External == b.External && a.Selection == b.Selection && a.Affinity == b.Affinity &&
 		slices.Equal(a.Backends, b.Backends)
 }
 
@@ -307,8 +316,10 @@ func (r *Reconciler) Entries() []servicemap.Entry {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make([]servicemap.Entry, 0, len(r.owners))
-	for _, e := range r.owners {
-		out = append(out, e)
+	for k, e := range r.owners {
+		if !k.External { // the external-scope twin is the same entry
+			out = append(out, e)
+		}
 	}
 	slices.SortFunc(out, func(a, b servicemap.Entry) int {
 		if c := a.Frontend.Addr.Compare(b.Frontend.Addr); c != 0 {

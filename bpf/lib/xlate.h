@@ -1,0 +1,175 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Per-packet service translation, shared by the pod (pod.c) and uplink
+ * (host.c) programs. */
+#pragma once
+
+#include "common.h"
+#include "lb.h"
+#include "pkt.h"
+#include "ct.h"
+
+static __always_inline int pass(struct __sk_buff *skb, __u32 dir)
+{
+	count(KP_PASS, dir, skb->len);
+	return TC_ACT_OK;
+}
+
+static __always_inline int drop(struct __sk_buff *skb, __u32 reason, __u32 dir)
+{
+	count(reason, dir, skb->len);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int xlate_done(struct __sk_buff *skb, const struct pkt *p,
+				      __u32 reason, __u32 dir)
+{
+	frag_store(p);
+	count(reason, dir, skb->len);
+	return TC_ACT_OK;
+}
+
+/* Translates traffic to a frontend of the given scope into traffic to one
+ * of its backends, through connection tracking. */
+static __always_inline int lb4_forward(struct __sk_buff *skb, const __u32 dir, const __u8 scope)
+{
+	struct pkt p = {};
+	int r = parse(skb, &p);
+
+	if (r == PARSE_PASS)
+		return pass(skb, dir);
+	if (r < 0)
+		return drop(skb, -r, dir);
+	if (!p.has_l4 && !frag_lookup(&p))
+		return pass(skb, dir);
+
+	struct lb_frontend_key fk = { .addr = p.daddr, .port = p.dport, .proto = p.proto, .scope = scope };
+	struct lb_frontend *fe = bpf_map_lookup_elem(&kp_lb_frontend, &fk);
+
+	if (!fe)
+		return pass(skb, dir);
+
+	__u32 now = now_sec();
+	struct ct_key sk = {
+		.saddr = p.saddr, .daddr = p.daddr,
+		.sport = p.sport, .dport = p.dport,
+		.proto = p.proto, .flags = CT_KEY_SERVICE,
+	};
+	struct ct_key ck = { .saddr = p.saddr, .sport = p.sport, .proto = p.proto };
+	struct ct_entry *svc = bpf_map_lookup_elem(&kp_ct, &sk);
+	__be32 baddr;
+	__be16 bport;
+
+	if (svc && !ct_is_reopen(svc, &p)) {
+		/* Established: the backend stays the one chosen at the start,
+		 * even if it has since left the service. */
+		baddr = svc->backend_addr;
+		bport = svc->backend_port;
+		/* The connection entry is refreshed when the service entry's
+		 * state or expiry moves (about once a second), not per packet. */
+		if (ct_refresh(svc, &p, false, now)) {
+			ck.daddr = baddr;
+			ck.dport = bport;
+
+			struct ct_entry *conn = bpf_map_lookup_elem(&kp_ct, &ck);
+
+			if (conn) {
+				ct_refresh(conn, &p, false, now);
+				ct_sync_service(svc, conn);
+			} else {
+				/* Evicted or collected while the service entry
+				 * lived: recreate it, or replies would not be
+				 * translated. */
+				struct ct_entry n = *svc;
+
+				if (bpf_map_update_elem(&kp_ct, &ck, &n, BPF_ANY))
+					return drop(skb, KP_DROP_CT_CREATE, dir);
+			}
+		}
+	} else {
+		struct lb_client c = {
+			.affinity_client = p.saddr,
+			.hash = jhash_3words(p.saddr, p.daddr,
+					     ((__u32)p.sport << 16) | p.dport, p.proto),
+		};
+		struct lb_backend be;
+		__u32 id;
+
+		if (!p.has_l4)
+			return drop(skb, KP_DROP_FRAG_NO_FIRST, dir);
+		if (!fe->count)
+			return drop(skb, KP_DROP_NO_BACKEND, dir);
+		id = lb_select(fe, &c, &be);
+		if (!id)
+			return drop(skb, KP_DROP_NO_BACKEND, dir);
+
+		struct ct_entry n = {
+			.rev_nat_id = fe->id,
+			.backend_id = id,
+			.backend_addr = be.addr,
+			.backend_port = be.port,
+			.created = now,
+		};
+
+		ct_refresh(&n, &p, false, now);
+		if (bpf_map_update_elem(&kp_ct, &sk, &n, BPF_ANY))
+			return drop(skb, KP_DROP_CT_CREATE, dir);
+		baddr = be.addr;
+		bport = be.port;
+		ck.daddr = baddr;
+		ck.dport = bport;
+		if (bpf_map_update_elem(&kp_ct, &ck, &n, BPF_ANY))
+			return drop(skb, KP_DROP_CT_CREATE, dir);
+	}
+
+	if (rewrite(skb, &p, false, p.daddr, baddr, p.dport, bport))
+		return drop(skb, KP_DROP_REWRITE, dir);
+	if (scope == LB_SCOPE_EXTERNAL && cfg_masq_mark)
+		skb->mark |= cfg_masq_mark;
+	return xlate_done(skb, &p, KP_SVC_XLATE, dir);
+}
+
+/* Translates replies of translated connections back to their frontend. */
+static __always_inline int lb4_reverse(struct __sk_buff *skb, const __u32 dir)
+{
+	struct pkt p = {};
+	int r = parse(skb, &p);
+
+	if (r == PARSE_PASS)
+		return pass(skb, dir);
+	if (r < 0)
+		return drop(skb, -r, dir);
+	if (!p.has_l4 && !frag_lookup(&p))
+		return pass(skb, dir);
+
+	/* A reply travels against the connection entry's tuple. */
+	struct ct_key ck = {
+		.saddr = p.daddr, .daddr = p.saddr,
+		.sport = p.dport, .dport = p.sport,
+		.proto = p.proto,
+	};
+	struct ct_entry *conn = bpf_map_lookup_elem(&kp_ct, &ck);
+
+	if (!conn || !conn->rev_nat_id)
+		return pass(skb, dir);
+
+	struct lb_rev_nat *rn = bpf_map_lookup_elem(&kp_lb_revnat, &conn->rev_nat_id);
+
+	if (!rn)
+		return pass(skb, dir); /* the service is gone; nothing to map back to */
+	if (ct_refresh(conn, &p, true, now_sec())) {
+		/* Replies alone must keep the service entry alive too (a UDP
+		 * stream from the backend), and carry it to established. */
+		struct ct_key sk = {
+			.saddr = p.daddr, .daddr = rn->addr,
+			.sport = p.dport, .dport = rn->port,
+			.proto = p.proto, .flags = CT_KEY_SERVICE,
+		};
+		struct ct_entry *svc = bpf_map_lookup_elem(&kp_ct, &sk);
+
+		if (svc)
+			ct_sync_service(svc, conn);
+	}
+	if (rewrite(skb, &p, true, p.saddr, rn->addr, p.sport, rn->port))
+		return drop(skb, KP_DROP_REWRITE, dir);
+	return xlate_done(skb, &p, KP_REV_XLATE, dir);
+}
