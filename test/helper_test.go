@@ -38,6 +38,7 @@ const (
 	httpPort = 8080
 	udpPort  = 5353
 	linePort = 9000
+	peerPort = 9001 // answers with the client address it sees
 )
 
 func backendMain(name string) {
@@ -58,6 +59,20 @@ func backendMain(name string) {
 				return
 			}
 			_, _ = pc.WriteTo([]byte(name), from)
+		}
+	}()
+	peer, err := net.Listen("tcp4", fmt.Sprintf(":%d", peerPort))
+	if err != nil {
+		panic(err)
+	}
+	go func() {
+		for {
+			c, err := peer.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(c, "%s %s\n", name, c.RemoteAddr().(*net.TCPAddr).IP)
+			c.Close()
 		}
 	}()
 	ln, err := net.Listen("tcp4", fmt.Sprintf(":%d", linePort))
@@ -99,6 +114,7 @@ type clientResult struct {
 //	hold ADDR     open a connection to the line server and ask once
 //	held          ask again on the held connection
 //	lines ADDR N  N new connections to the line server, asking once each
+//	peer ADDR     which backend answered and which client address it saw
 func clientMain() {
 	var held net.Conn
 	var heldR *bufio.Reader
@@ -131,6 +147,14 @@ func clientMain() {
 			}
 		case "held":
 			res.Answer, err = ask(held, heldR)
+		case "peer":
+			var c net.Conn
+			if c, err = net.DialTimeout("tcp4", f[1], 3*time.Second); err == nil {
+				_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+				res.Answer, err = bufio.NewReader(c).ReadString('\n')
+				res.Answer = strings.TrimSpace(res.Answer)
+				c.Close()
+			}
 		case "lines":
 			n, _ := strconv.Atoi(f[2])
 			for range n {
@@ -236,8 +260,19 @@ func startHelper(t *testing.T, netns, kind, name string, cgroup *os.File) *helpe
 	return h
 }
 
-// do sends one command to a client helper and returns its answer.
+// do sends one command to a client helper and returns its answer; an
+// error answer fails the test.
 func (h *helperProc) do(t *testing.T, cmd string) clientResult {
+	t.Helper()
+	r := h.try(t, cmd)
+	if r.Err != "" {
+		t.Fatalf("client %q: %s", cmd, r.Err)
+	}
+	return r
+}
+
+// try is do for commands that may fail.
+func (h *helperProc) try(t *testing.T, cmd string) clientResult {
 	t.Helper()
 	if _, err := fmt.Fprintln(h.in, cmd); err != nil {
 		t.Fatalf("client %q: %v", cmd, err)
@@ -248,9 +283,6 @@ func (h *helperProc) do(t *testing.T, cmd string) clientResult {
 	var r clientResult
 	if err := json.Unmarshal(h.out.Bytes(), &r); err != nil {
 		t.Fatalf("client %q: %v", cmd, err)
-	}
-	if r.Err != "" {
-		t.Fatalf("client %q: %s", cmd, r.Err)
 	}
 	return r
 }

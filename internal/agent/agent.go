@@ -19,6 +19,7 @@ import (
 
 	"github.com/kpath/kpath/internal/datapath"
 	"github.com/kpath/kpath/internal/k8s"
+	"github.com/kpath/kpath/internal/masq"
 	"github.com/kpath/kpath/internal/model"
 	"github.com/kpath/kpath/internal/reconcile"
 )
@@ -73,6 +74,19 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 			return nil, err
 		}
 		log.Info("socket hook attached", "cgroup", root)
+	}
+	for _, dev := range cfg.Devices {
+		if err := dp.AttachDevice(dev); err != nil {
+			dp.Close()
+			return nil, fmt.Errorf("device %s: %w", dev, err)
+		}
+	}
+	if len(cfg.Devices) > 0 {
+		if err := masq.Ensure(cfg.Devices, cfg.Datapath().MasqueradeMark); err != nil {
+			dp.Close()
+			return nil, err
+		}
+		log.Info("uplink programs attached", "devices", cfg.Devices)
 	}
 	sel, _ := model.ParseSelection(cfg.Selection)
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

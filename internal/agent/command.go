@@ -50,6 +50,7 @@ func NewCommand() *cobra.Command {
 	f.BoolVar(&cfg.SocketHook, "socket-hook", cfg.SocketHook, "translate services at connect() with cgroup hooks")
 	f.StringVar(&cfg.CgroupRoot, "cgroup-root", cfg.CgroupRoot, `cgroup v2 directory for the socket hook ("auto")`)
 	f.StringVar(&cfg.TCAttach, "tc-attach", cfg.TCAttach, "auto, tcx or legacy")
+	f.StringSliceVar(&cfg.Devices, "device", cfg.Devices, "node uplink device serving NodePorts to outside traffic (repeatable)")
 	f.StringVar(&cfg.Selection, "selection", cfg.Selection, "backend selection: random or maglev")
 	f.Uint32Var(&cfg.MaglevTableSize, "maglev-table-size", cfg.MaglevTableSize, "Maglev table size (prime)")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, `address for /metrics, /healthz, /readyz ("" disables)`)
@@ -83,6 +84,8 @@ func applyFlag(dst, src *Config, name string) {
 		dst.CgroupRoot = src.CgroupRoot
 	case "tc-attach":
 		dst.TCAttach = src.TCAttach
+	case "device":
+		dst.Devices = src.Devices
 	case "selection":
 		dst.Selection = src.Selection
 	case "maglev-table-size":

@@ -32,6 +32,9 @@ type Config struct {
 	// CgroupRoot is the cgroup v2 directory for the socket hook ("auto":
 	// where the unified hierarchy is mounted).
 	CgroupRoot string `json:"cgroupRoot,omitempty"`
+	// Devices are the node's uplinks: NodePorts, external and load-balancer
+	// IPs are served there to traffic from outside the node.
+	Devices []string `json:"devices,omitempty"`
 	// TCAttach is auto, tcx or legacy.
 	TCAttach string `json:"tcAttach,omitempty"`
 	// Selection is the backend selection: random or maglev.
@@ -118,6 +121,11 @@ func (c Config) Validate() error {
 	}
 	if c.SocketHook && c.CgroupRoot != "auto" && !filepath.IsAbs(c.CgroupRoot) {
 		errs = append(errs, fmt.Errorf("cgroupRoot %q: want an absolute path or auto", c.CgroupRoot))
+	}
+	for _, d := range c.Devices {
+		if d == "" || len(d) > 15 {
+			errs = append(errs, fmt.Errorf("device %q: not an interface name", d))
+		}
 	}
 	if c.MetricsAddr != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {

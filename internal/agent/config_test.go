@@ -3,6 +3,7 @@ package agent
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -43,7 +44,7 @@ func TestDeployConfigMapIsAValidConfig(t *testing.T) {
 	// The ConfigMap spells out the defaults; keep them in step.
 	def := DefaultConfig()
 	def.NodeName = "n1"
-	if cfg != def {
+	if !reflect.DeepEqual(cfg, def) {
 		t.Errorf("deploy ConfigMap differs from DefaultConfig:\n%+v\n%+v", cfg, def)
 	}
 }
