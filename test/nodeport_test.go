@@ -53,7 +53,9 @@ func TestNodePortFromOutside(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "exec", l.node, "nft", "delete", "table", "ip", masq.Table).Run() })
+	t.Cleanup(func() {
+		_ = exec.Command("ip", "netns", "exec", l.node, "nft", "delete", "table", "ip", masq.Table).Run()
+	})
 
 	ext := func(port uint16, backend string) model.Service {
 		s := svc(fmt.Sprintf("%s:%d/TCP", nodeIP, port), peerPort, backend)
