@@ -51,15 +51,7 @@ func newServiceState(sizes MapSizes) *serviceState {
 	}
 }
 
-func compareL4(a, b model.L4Addr) int {
-	if c := a.Addr.Compare(b.Addr); c != 0 {
-		return c
-	}
-	if c := cmp.Compare(a.Port, b.Port); c != 0 {
-		return c
-	}
-	return cmp.Compare(a.Proto, b.Proto)
-}
+func compareL4(a, b model.L4Addr) int { return a.Compare(b) }
 
 func compareKeys(a, b model.FrontendKey) int {
 	if c := compareL4(a.L4Addr, b.L4Addr); c != 0 {
@@ -75,10 +67,7 @@ func boolInt(b bool) int {
 	return 0
 }
 
-func sameService(a, b model.Service) bool {
-	return a.Frontend == b.Frontend && a.External == b.External && a.Selection == b.Selection && a.Affinity == b.Affinity &&
-		slices.Equal(a.Backends, b.Backends)
-}
+func sameService(a, b model.Service) bool { return a.Equal(b) }
 
 func (fe *frontendState) value() kpathLbFrontend {
 	v := kpathLbFrontend{Id: fe.id, Count: uint16(len(fe.backendIDs))}

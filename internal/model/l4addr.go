@@ -1,6 +1,7 @@
 package model
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -86,4 +87,15 @@ func ParseL4Addr(s string, def Protocol) (L4Addr, error) {
 		return L4Addr{}, fmt.Errorf("parse %q: %w", s, err)
 	}
 	return a, nil
+}
+
+// Compare orders addresses by address, then port, then protocol.
+func (a L4Addr) Compare(b L4Addr) int {
+	if c := a.Addr.Compare(b.Addr); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.Port, b.Port); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Proto, b.Proto)
 }

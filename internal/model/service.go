@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -67,6 +68,13 @@ type Service struct {
 	// Affinity, when non-zero, keeps a client on the backend it last used
 	// for this long after its last new connection (sessionAffinity ClientIP).
 	Affinity time.Duration
+}
+
+// Equal reports whether s and o program the same frontend identically
+// (backends compared in order).
+func (s Service) Equal(o Service) bool {
+	return s.Frontend == o.Frontend && s.External == o.External && s.Selection == o.Selection &&
+		s.Affinity == o.Affinity && slices.Equal(s.Backends, o.Backends)
 }
 
 // Key identifies s's frontend.

@@ -286,10 +286,7 @@ func backoff(attempt int) time.Duration {
 	return min(d, 30*time.Second)
 }
 
-func sameService(a, b model.Service) bool {
-	return a.Frontend == b.Frontend && a.External == b.External && a.Selection == b.Selection && a.Affinity == b.Affinity &&
-		slices.Equal(a.Backends, b.Backends)
-}
+func sameService(a, b model.Service) bool { return a.Equal(b) }
 
 // Status summarises the reconciler for the agent's API.
 type Status struct {

@@ -208,15 +208,7 @@ func usable(eps []endpoint, node string) []model.L4Addr {
 	return slices.CompactFunc(out, func(a, b model.L4Addr) bool { return a == b })
 }
 
-func compareL4(a, b model.L4Addr) int {
-	if c := a.Addr.Compare(b.Addr); c != 0 {
-		return c
-	}
-	if c := cmp.Compare(a.Port, b.Port); c != 0 {
-		return c
-	}
-	return cmp.Compare(a.Proto, b.Proto)
-}
+func compareL4(a, b model.L4Addr) int { return a.Compare(b) }
 
 func slicesSortEntries(es []Entry) {
 	slices.SortFunc(es, func(a, b Entry) int { return compareL4(a.Frontend, b.Frontend) })
