@@ -1,0 +1,95 @@
+package k8s
+
+import (
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kpath/kpath/internal/model"
+)
+
+func ptr[T any](v T) *T { return &v }
+
+func TestEndpointSliceConversion(t *testing.T) {
+	s := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "web-1", Namespace: "ns", Labels: map[string]string{LabelServiceName: "web"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(8080))}, {Name: ptr("nil-port")}},
+		Endpoints: []discoveryv1.Endpoint{
+			{Addresses: []string{"10.244.0.1"}}, // no conditions: ready
+			{Addresses: []string{"10.244.0.2"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(false), Terminating: ptr(true)}}, // serving follows ready
+			{Addresses: []string{"not-an-ip", "fd00::1", "10.244.0.3"}, NodeName: ptr("n1"),
+				Conditions: discoveryv1.EndpointConditions{Ready: ptr(false), Serving: ptr(true), Terminating: ptr(true)}},
+		},
+	}
+	m := EndpointSlice(s)
+	if m.Service != (model.ServiceKey{Namespace: "ns", Name: "web"}) {
+		t.Fatalf("service %v", m.Service)
+	}
+	if len(m.Ports) != 1 || m.Ports[0] != (model.EndpointPort{Name: "http", Protocol: model.TCP, Port: 8080}) {
+		t.Errorf("ports %+v", m.Ports)
+	}
+	if m.Invalid != 2 {
+		t.Errorf("invalid = %d, want 2 (a bad string and an IPv6 address)", m.Invalid)
+	}
+	e := m.Endpoints
+	if len(e) != 3 || !e[0].Ready || !e[0].Serving || e[1].Serving || !e[2].Serving || !e[2].Terminating || e[2].NodeName != "n1" || len(e[2].Addrs) != 1 {
+		t.Errorf("endpoints %+v", e)
+	}
+	s.AddressType = discoveryv1.AddressTypeIPv6
+	if EndpointSlice(s) != nil {
+		t.Error("IPv6 slice converted")
+	}
+}
+
+func TestServiceConversion(t *testing.T) {
+	s := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "ns"},
+		Spec: corev1.ServiceSpec{
+			Type: corev1.ServiceTypeLoadBalancer, ClusterIPs: []string{"10.96.0.10", "fd00::10"},
+			Ports:           []corev1.ServicePort{{Name: "http", Port: 80, NodePort: 30080}, {Name: "s", Port: 9, Protocol: corev1.ProtocolSCTP}},
+			SessionAffinity: corev1.ServiceAffinityClientIP, ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal,
+			HealthCheckNodePort: 32000,
+		},
+		Status: corev1.ServiceStatus{LoadBalancer: corev1.LoadBalancerStatus{Ingress: []corev1.LoadBalancerIngress{
+			{IP: "198.51.100.1"}, {IP: "198.51.100.2", IPMode: ptr(corev1.LoadBalancerIPModeProxy)},
+		}}},
+	}
+	m := ServiceSpec(s)
+	if len(m.ClusterIPs) != 1 || m.Headless || m.AffinityTimeout != 3*time.Hour || !m.ExternalLocal || m.HealthCheckNodePort != 32000 {
+		t.Errorf("spec %+v", m)
+	}
+	if len(m.LoadBalancerIPs) != 1 || m.LoadBalancerIPs[0].String() != "198.51.100.1" {
+		t.Errorf("load balancer IPs %v, want only the VIP-mode one", m.LoadBalancerIPs)
+	}
+	if m.Ports[1].Protocol != 0 {
+		t.Errorf("SCTP port converted to %v", m.Ports[1].Protocol)
+	}
+	s.Spec.ClusterIPs = []string{"None"}
+	if !ServiceSpec(s).Headless {
+		t.Error("headless not detected")
+	}
+}
+
+func TestSlimTransformKeepsWhatIsRead(t *testing.T) {
+	n := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "n1", Annotations: map[string]string{"big": "x"}, ManagedFields: []metav1.ManagedFieldsEntry{{}}},
+		Spec:       corev1.NodeSpec{PodCIDR: "10.244.1.0/24", ProviderID: "x"},
+		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.0.1"}},
+			Images: []corev1.ContainerImage{{Names: []string{"a"}}}},
+	}
+	before := Node(n)
+	if _, err := slimTransform(n); err != nil {
+		t.Fatal(err)
+	}
+	after := Node(n)
+	if after.Name != before.Name || after.PodCIDR != before.PodCIDR || len(after.Addrs) != 1 {
+		t.Errorf("transform lost data: %+v vs %+v", after, before)
+	}
+	if n.Annotations != nil || n.ManagedFields != nil || n.Status.Images != nil || n.Spec.ProviderID != "" {
+		t.Errorf("transform kept unread fields: %+v", n)
+	}
+}
