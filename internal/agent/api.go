@@ -64,6 +64,7 @@ func (a *Agent) serveAPI(path string) (*http.Server, error) {
 		s, err := a.dp.Conntrack()
 		writeResult(w, s, err)
 	})
+	(&endpoints{a: a}).register(mux)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	return srv, nil

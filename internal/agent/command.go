@@ -55,6 +55,8 @@ func NewCommand() *cobra.Command {
 	f.Uint32Var(&cfg.MaglevTableSize, "maglev-table-size", cfg.MaglevTableSize, "Maglev table size (prime)")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, `address for /metrics, /healthz, /readyz ("" disables)`)
 	f.StringVar(&cfg.APISocket, "api-socket", cfg.APISocket, "unix socket of the local API")
+	f.StringVar(&cfg.PodCIDR, "pod-cidr", cfg.PodCIDR, "this node's pod CIDR for IPAM (default: Node.spec.podCIDR)")
+	f.StringVar(&cfg.IPAMDir, "ipam-dir", cfg.IPAMDir, "directory of the node's address allocations")
 	f.StringVar(&cfg.HealthCheckBind, "healthcheck-bind-address", cfg.HealthCheckBind, "address for health check node ports (default: all)")
 	f.DurationVar(&cfg.ResyncPeriod.Duration, "resync-period", cfg.ResyncPeriod.Duration, "full resync and prune period")
 	f.DurationVar(&cfg.CTGCInterval.Duration, "conntrack-gc-interval", cfg.CTGCInterval.Duration, "conntrack garbage collection period")
@@ -94,6 +96,10 @@ func applyFlag(dst, src *Config, name string) {
 		dst.MetricsAddr = src.MetricsAddr
 	case "api-socket":
 		dst.APISocket = src.APISocket
+	case "pod-cidr":
+		dst.PodCIDR = src.PodCIDR
+	case "ipam-dir":
+		dst.IPAMDir = src.IPAMDir
 	case "healthcheck-bind-address":
 		dst.HealthCheckBind = src.HealthCheckBind
 	case "resync-period":

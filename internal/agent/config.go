@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -43,6 +44,10 @@ type Config struct {
 	MapSizes        datapath.MapSizes `json:"mapSizes"`
 	// MetricsAddr serves /metrics, /healthz and /readyz ("" disables).
 	MetricsAddr string `json:"metricsAddr,omitempty"`
+	// PodCIDR is this node's pod CIDR for IPAM; empty: Node.spec.podCIDR.
+	PodCIDR string `json:"podCIDR,omitempty"`
+	// IPAMDir keeps the node's address allocations.
+	IPAMDir string `json:"ipamDir,omitempty"`
 	// HealthCheckBind is the address health check node ports listen on
 	// ("" or 0.0.0.0: every address of the node).
 	HealthCheckBind string `json:"healthCheckBindAddress,omitempty"`
@@ -73,6 +78,7 @@ func DefaultConfig() Config {
 		MapSizes:        dp.Sizes,
 		MetricsAddr:     ":9964",
 		APISocket:       "/run/kpath/agent.sock",
+		IPAMDir:         "/var/lib/kpath/ipam",
 		ResyncPeriod:    metav1.Duration{Duration: 5 * time.Minute},
 		CTGCInterval:    metav1.Duration{Duration: 30 * time.Second},
 	}
@@ -131,6 +137,14 @@ func (c Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
 			errs = append(errs, fmt.Errorf("metricsAddr %q: %w", c.MetricsAddr, err))
 		}
+	}
+	if c.PodCIDR != "" {
+		if p, err := netip.ParsePrefix(c.PodCIDR); err != nil || !p.Addr().Is4() {
+			errs = append(errs, fmt.Errorf("podCIDR %q: want an IPv4 CIDR", c.PodCIDR))
+		}
+	}
+	if c.IPAMDir == "" || !filepath.IsAbs(c.IPAMDir) {
+		errs = append(errs, fmt.Errorf("ipamDir %q: want an absolute path", c.IPAMDir))
 	}
 	if c.APISocket == "" || !filepath.IsAbs(c.APISocket) {
 		errs = append(errs, fmt.Errorf("apiSocket %q: want an absolute path", c.APISocket))

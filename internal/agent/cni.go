@@ -1,0 +1,206 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/kpath/kpath/internal/cniapi"
+	"github.com/kpath/kpath/internal/ipam"
+)
+
+// PodGateway is the link-local address pods route through. No interface
+// holds it: the CNI plugin gives each pod a permanent neighbour entry for
+// it with the MAC of the pod's host-side veth, so no ARP is needed.
+const PodGateway = "169.254.1.1"
+
+// endpoints serves the CNI plugin: addresses from IPAM, programs attached
+// to the pods' host-side veths.
+type endpoints struct {
+	a  *Agent
+	mu sync.Mutex // serialises IPAM opening
+	al ipam.Allocator
+}
+
+// allocator opens IPAM once the pod CIDR is known (configured, or from this
+// node's Node.spec.podCIDR).
+func (e *endpoints) allocator() (ipam.Allocator, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.al != nil {
+		return e.al, nil
+	}
+	prefix := e.a.cfg.PodCIDR
+	if prefix == "" {
+		n := e.a.cache.Node(e.a.cfg.NodeName)
+		if n == nil || !n.PodCIDR.IsValid() {
+			return nil, fmt.Errorf("node %s has no pod CIDR yet (spec.podCIDR is empty and podCIDR is not configured)", e.a.cfg.NodeName)
+		}
+		prefix = n.PodCIDR.String()
+	}
+	p, err := netip.ParsePrefix(prefix)
+	if err != nil {
+		return nil, fmt.Errorf("pod CIDR %q: %w", prefix, err)
+	}
+	al, err := ipam.NewOverlay(p, e.a.cfg.IPAMDir)
+	if err != nil {
+		return nil, err
+	}
+	e.al = al
+	e.a.log.Info("IPAM ready", "podCIDR", p, "allocations", len(al.Allocations()))
+	return al, nil
+}
+
+func (e *endpoints) mtu() int {
+	for _, d := range e.a.cfg.Devices {
+		if l, err := netlink.LinkByName(d); err == nil {
+			return l.Attrs().MTU
+		}
+	}
+	return 1500
+}
+
+func (e *endpoints) register(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/cni/status", func(w http.ResponseWriter, _ *http.Request) {
+		if !e.a.ready.Load() {
+			apiError(w, http.StatusServiceUnavailable, errors.New("kpath-agent has not synced with the API server yet"))
+			return
+		}
+		if _, err := e.allocator(); err != nil {
+			apiError(w, http.StatusServiceUnavailable, err)
+			return
+		}
+		writeJSON(w, map[string]bool{"ready": true})
+	})
+	mux.HandleFunc("POST /v1/cni/allocate", func(w http.ResponseWriter, r *http.Request) {
+		var req cniapi.AllocateRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		al, err := e.allocator()
+		if err != nil {
+			apiError(w, http.StatusServiceUnavailable, err)
+			return
+		}
+		a, err := al.Allocate(ipam.Owner{ContainerID: req.ContainerID, IfName: req.IfName},
+			map[string]string{"hostIf": req.HostIf, "netns": req.Netns})
+		if err != nil {
+			code := http.StatusInternalServerError
+			if errors.Is(err, ipam.ErrExhausted) {
+				code = http.StatusInsufficientStorage
+			}
+			apiError(w, code, err)
+			return
+		}
+		writeJSON(w, cniapi.AllocateResponse{Addr: a.Addr, PodCIDR: al.Prefix(), Gateway: netip.MustParseAddr(PodGateway), MTU: e.mtu()})
+	})
+	mux.HandleFunc("POST /v1/cni/attach", func(w http.ResponseWriter, r *http.Request) {
+		var req cniapi.AttachRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		if err := e.a.dp.AttachPod(req.HostIf); err != nil {
+			apiError(w, http.StatusInternalServerError, err)
+			return
+		}
+		writeJSON(w, map[string]bool{"attached": true})
+	})
+	mux.HandleFunc("POST /v1/cni/release", func(w http.ResponseWriter, r *http.Request) {
+		var req cniapi.ReleaseRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		al, err := e.allocator()
+		if err != nil {
+			// Nothing can have been allocated: DEL succeeds.
+			writeJSON(w, cniapi.ReleaseResponse{})
+			return
+		}
+		a, found, err := e.release(al, ipam.Owner{ContainerID: req.ContainerID, IfName: req.IfName})
+		if err != nil {
+			apiError(w, http.StatusInternalServerError, err)
+			return
+		}
+		writeJSON(w, cniapi.ReleaseResponse{Released: found, Addr: a.Addr, HostIf: a.Extra["hostIf"]})
+	})
+	mux.HandleFunc("POST /v1/cni/check", func(w http.ResponseWriter, r *http.Request) {
+		var req cniapi.CheckRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		al, err := e.allocator()
+		if err != nil {
+			apiError(w, http.StatusServiceUnavailable, err)
+			return
+		}
+		var resp cniapi.CheckResponse
+		for _, a := range al.Allocations() {
+			if a.ContainerID == req.ContainerID && a.IfName == req.IfName {
+				resp.Addr = a.Addr
+			}
+		}
+		if req.HostIf != "" {
+			resp.Attached, _ = e.a.dp.PodAttached(req.HostIf)
+		}
+		writeJSON(w, resp)
+	})
+	mux.HandleFunc("POST /v1/cni/gc", func(w http.ResponseWriter, r *http.Request) {
+		var req cniapi.GCRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		al, err := e.allocator()
+		if err != nil {
+			writeJSON(w, cniapi.GCResponse{})
+			return
+		}
+		valid := map[ipam.Owner]bool{}
+		for _, v := range req.Valid {
+			valid[ipam.Owner{ContainerID: v.ContainerID, IfName: v.IfName}] = true
+		}
+		var resp cniapi.GCResponse
+		for _, a := range al.Allocations() {
+			if valid[a.Owner] {
+				continue
+			}
+			if _, _, err := e.release(al, a.Owner); err != nil {
+				apiError(w, http.StatusInternalServerError, err)
+				return
+			}
+			resp.Released = append(resp.Released, a.Addr)
+		}
+		writeJSON(w, resp)
+	})
+}
+
+// release detaches the owner's programs (its veth may be gone already)
+// and frees its address.
+func (e *endpoints) release(al ipam.Allocator, o ipam.Owner) (ipam.Allocation, bool, error) {
+	for _, a := range al.Allocations() {
+		if a.Owner == o && a.Extra["hostIf"] != "" {
+			if err := e.a.dp.DetachPod(a.Extra["hostIf"]); err != nil {
+				e.a.log.Warn("detach pod programs", "hostIf", a.Extra["hostIf"], "error", err)
+			}
+		}
+	}
+	return al.Release(o)
+}
+
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	if err := json.NewDecoder(r.Body).Decode(v); err != nil {
+		apiError(w, http.StatusBadRequest, fmt.Errorf("bad request: %w", err))
+		return false
+	}
+	return true
+}
+
+func apiError(w http.ResponseWriter, code int, err error) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(cniapi.Error{Error: err.Error()})
+}
