@@ -93,7 +93,7 @@ func runAgent(t *testing.T, cfg agent.Config, waitReady bool) *runningAgent {
 	return ra
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -104,7 +104,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
-func setupCluster(t *testing.T, c kubernetes.Interface) {
+func setupCluster(t testing.TB, c kubernetes.Interface) {
 	t.Helper()
 	ctx := context.Background()
 	n, err := c.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: agentNode}}, metav1.CreateOptions{})

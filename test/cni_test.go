@@ -40,7 +40,7 @@ func (l *cniLab) pins(hostIf string) []string {
 }
 
 // buildBinaries builds kpath-agent and kpath-cni (as "kpath", its type).
-func buildBinaries(t *testing.T) string {
+func buildBinaries(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
 	for out, pkg := range map[string]string{"kpath-agent": "../cmd/kpath-agent", "kpath": "../cmd/kpath-cni"} {
@@ -52,7 +52,7 @@ func buildBinaries(t *testing.T) string {
 	return dir
 }
 
-func newCNILab(t *testing.T) *cniLab {
+func newCNILab(t testing.TB) *cniLab {
 	t.Helper()
 	testutil.RequireRoot(t)
 	testutil.RequireTool(t, "ip", "nsenter")
@@ -99,7 +99,7 @@ func newCNILab(t *testing.T) *cniLab {
 	return l
 }
 
-func (l *cniLab) conf(t *testing.T, plugin string) *libcni.NetworkConfigList {
+func (l *cniLab) conf(t testing.TB, plugin string) *libcni.NetworkConfigList {
 	t.Helper()
 	list, err := libcni.ConfListFromBytes([]byte(`{"cniVersion":"1.1.0","name":"kpath","plugins":[` + plugin + `]}`))
 	if err != nil {
@@ -108,13 +108,13 @@ func (l *cniLab) conf(t *testing.T, plugin string) *libcni.NetworkConfigList {
 	return list
 }
 
-func (l *cniLab) good(t *testing.T) *libcni.NetworkConfigList {
+func (l *cniLab) good(t testing.TB) *libcni.NetworkConfigList {
 	return l.conf(t, fmt.Sprintf(`{"type":"kpath","agentSocket":%q}`, l.socket))
 }
 
 // inNode runs fn (which execs the plugin) from the node's namespace, where
 // the plugin creates the host sides of the veths.
-func (l *cniLab) inNode(t *testing.T, fn func() error) error {
+func (l *cniLab) inNode(t testing.TB, fn func() error) error {
 	t.Helper()
 	var err error
 	if nerr := testutil.InNetns(l.node, func() error { err = fn(); return nil }); nerr != nil {
@@ -123,7 +123,7 @@ func (l *cniLab) inNode(t *testing.T, fn func() error) error {
 	return err
 }
 
-func (l *cniLab) add(t *testing.T, list *libcni.NetworkConfigList, rt *libcni.RuntimeConf) (*types100.Result, error) {
+func (l *cniLab) add(t testing.TB, list *libcni.NetworkConfigList, rt *libcni.RuntimeConf) (*types100.Result, error) {
 	var res types.Result
 	err := l.inNode(t, func() error {
 		var err error
@@ -140,7 +140,7 @@ func (l *cniLab) add(t *testing.T, list *libcni.NetworkConfigList, rt *libcni.Ru
 	return r, nil
 }
 
-func (l *cniLab) pod(t *testing.T, name string) *libcni.RuntimeConf {
+func (l *cniLab) pod(t testing.TB, name string) *libcni.RuntimeConf {
 	ns := testutil.NewNetns(t, "kpt-"+testutil.UniqueID()+"-"+name)
 	return &libcni.RuntimeConf{ContainerID: "ctr-" + ns, NetNS: "/run/netns/" + ns, IfName: "eth0"}
 }
@@ -327,4 +327,33 @@ func TestCNIPlugin(t *testing.T) {
 		slices.Sort(durs)
 		t.Logf("50 parallel ADDs: p50 %s, max %s", durs[len(durs)/2], durs[len(durs)-1])
 	})
+}
+
+// BenchmarkCNIAdd reports CNI ADD latency (veth, address, routes, neighbour
+// entries, program attach, through libcni and the agent) for pods added one
+// after another: p50 and p99 over b.N pods (run with -benchtime 200x for
+// BENCHMARKS.md E4). Namespace creation is not timed.
+func BenchmarkCNIAdd(b *testing.B) {
+	l := newCNILab(b)
+	list := l.good(b)
+	pods := make([]*libcni.RuntimeConf, b.N)
+	for i := range pods {
+		pods[i] = l.pod(b, fmt.Sprint("b", i))
+	}
+	durs := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for _, p := range pods {
+		start := time.Now()
+		if _, err := l.add(b, list, p); err != nil {
+			b.Fatal(err)
+		}
+		durs = append(durs, time.Since(start))
+	}
+	b.StopTimer()
+	slices.Sort(durs)
+	b.ReportMetric(float64(durs[len(durs)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(durs[min(len(durs)-1, len(durs)*99/100)].Microseconds())/1000, "p99-ms")
+	for _, p := range pods {
+		_ = l.inNode(b, func() error { return l.cni.DelNetworkList(context.Background(), list, p) })
+	}
 }
