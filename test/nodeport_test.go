@@ -2,6 +2,7 @@ package test
 
 import (
 	"fmt"
+	"net/netip"
 	"os/exec"
 	"strings"
 	"testing"
@@ -48,7 +49,8 @@ func TestNodePortFromOutside(t *testing.T) {
 		if err := d.AttachDevice(uplink); err != nil {
 			return err
 		}
-		return masq.Ensure([]string{uplink}, datapath.DefaultMasqueradeMark)
+		return masq.Ensure(masq.Rules{Devices: []string{uplink}, Mark: datapath.DefaultMasqueradeMark,
+			PodCIDR: netip.MustParsePrefix("10.244.0.0/24"), ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16")})
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -84,6 +86,11 @@ func TestNodePortFromOutside(t *testing.T) {
 		if a := strings.Fields(outside.do(t, fmt.Sprintf("peer %s:30081", nodeIP)).Answer); len(a) != 2 || a[0] != remoteIP {
 			t.Fatalf("repeated request through the remote backend: %q", a)
 		}
+	}
+	// Pods reaching outside the cluster are masqueraded to the node.
+	startHelper(t, vnet, "backend", "vnet-server", nil)
+	if a := strings.Fields(l.client.do(t, fmt.Sprintf("peer %s:%d", clientIP, peerPort)).Answer); len(a) != 2 || a[1] != nodeIP {
+		t.Errorf("pod -> outside: server saw %q, want the node address %s", a, nodeIP)
 	}
 	if r := outside.try(t, fmt.Sprintf("peer %s:30082", nodeIP)); r.Err == "" {
 		t.Errorf("an internal-only frontend answered traffic from outside: %q", r.Answer)

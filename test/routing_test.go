@@ -32,7 +32,7 @@ func TestRoutingModes(t *testing.T) {
 
 			type node struct {
 				ns, ip, pod string
-				cidr       netip.Prefix
+				cidr        netip.Prefix
 			}
 			nodes := []node{
 				{ip: "192.168.100.11", pod: "10.244.1.2", cidr: netip.MustParsePrefix("10.244.1.0/24")},

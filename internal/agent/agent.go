@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/kpath/kpath/internal/masq"
 	"github.com/kpath/kpath/internal/model"
 	"github.com/kpath/kpath/internal/reconcile"
+	"github.com/kpath/kpath/internal/routing"
 )
 
 // Agent is a running kpath-agent.
@@ -82,10 +84,6 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		}
 	}
 	if len(cfg.Devices) > 0 {
-		if err := masq.Ensure(cfg.Devices, cfg.Datapath().MasqueradeMark); err != nil {
-			dp.Close()
-			return nil, err
-		}
 		log.Info("uplink programs attached", "devices", cfg.Devices)
 	}
 	sel, _ := model.ParseSelection(cfg.Selection)
@@ -163,6 +161,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	go a.rec.Run(ctx, a.cfg.ResyncPeriod.Duration)
 	go a.conntrackGC(ctx)
+	go a.nodeNetwork(ctx)
 	hc := &healthChecks{bind: a.cfg.HealthCheckBind, node: a.cfg.NodeName, log: a.log, servers: map[uint16]*hcServer{}}
 	defer hc.closeAll()
 	go func() {
@@ -248,4 +247,63 @@ func (a *Agent) serveHTTP(addr string) (*http.Server, error) {
 		}
 	}()
 	return srv, nil
+}
+
+// nodeNetwork keeps routes to other nodes' pod CIDRs and the masquerade
+// rules in step with the Node objects.
+func (a *Agent) nodeNetwork(ctx context.Context) {
+	mode, _ := routing.ParseMode(a.cfg.Routing)
+	dev := ""
+	if len(a.cfg.Devices) > 0 {
+		dev = a.cfg.Devices[0]
+	}
+	r := routing.New(routing.Config{Mode: mode, LocalNode: a.cfg.NodeName, Device: dev})
+	var (
+		lastGen   uint64
+		lastRules string
+		synced    bool
+	)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	full := time.Now()
+	for {
+		nodes, gen := a.cache.Nodes()
+		if !synced || gen != lastGen || time.Since(full) > time.Minute {
+			local := a.localPodCIDR()
+			if err := r.Sync(local, nodes); err != nil {
+				a.log.Error("routes to other nodes", "mode", mode, "error", err)
+			} else {
+				synced, lastGen, full = true, gen, time.Now()
+			}
+			rules := masq.Rules{Devices: a.cfg.Devices, Mark: a.cfg.Datapath().MasqueradeMark, PodCIDR: local}
+			if a.cfg.ClusterCIDR != "" {
+				rules.ClusterCIDR = netip.MustParsePrefix(a.cfg.ClusterCIDR)
+			}
+			// Without devices there is nothing to masquerade on; an agent
+			// that never had any leaves the host's nftables alone.
+			if s := masq.Ruleset(rules); s != lastRules && (len(a.cfg.Devices) > 0 || lastRules != "") {
+				if err := masq.Ensure(rules); err != nil {
+					a.log.Error("masquerade rules", "error", err)
+				} else {
+					lastRules = s
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// localPodCIDR is this node's pod CIDR: configured, or from its Node.
+func (a *Agent) localPodCIDR() netip.Prefix {
+	if p, err := netip.ParsePrefix(a.cfg.PodCIDR); err == nil {
+		return p
+	}
+	if n := a.cache.Node(a.cfg.NodeName); n != nil {
+		return n.PodCIDR
+	}
+	return netip.Prefix{}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/kpath/kpath/internal/cniapi"
 	"github.com/kpath/kpath/internal/ipam"
+	"github.com/kpath/kpath/internal/routing"
 )
 
 // PodGateway is the link-local address pods route through. No interface
@@ -56,13 +57,19 @@ func (e *endpoints) allocator() (ipam.Allocator, error) {
 	return al, nil
 }
 
+// mtu is the uplink's, less the encapsulation overhead when tunnelling.
 func (e *endpoints) mtu() int {
+	mtu := 1500
 	for _, d := range e.a.cfg.Devices {
 		if l, err := netlink.LinkByName(d); err == nil {
-			return l.Attrs().MTU
+			mtu = l.Attrs().MTU
+			break
 		}
 	}
-	return 1500
+	if e.a.cfg.Routing == string(routing.VXLAN) {
+		mtu -= routing.VXLANOverhead
+	}
+	return mtu
 }
 
 func (e *endpoints) register(mux *http.ServeMux) {

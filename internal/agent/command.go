@@ -56,6 +56,8 @@ func NewCommand() *cobra.Command {
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, `address for /metrics, /healthz, /readyz ("" disables)`)
 	f.StringVar(&cfg.APISocket, "api-socket", cfg.APISocket, "unix socket of the local API")
 	f.StringVar(&cfg.PodCIDR, "pod-cidr", cfg.PodCIDR, "this node's pod CIDR for IPAM (default: Node.spec.podCIDR)")
+	f.StringVar(&cfg.Routing, "routing", cfg.Routing, "routes to other nodes' pod CIDRs: native, direct or vxlan")
+	f.StringVar(&cfg.ClusterCIDR, "cluster-cidr", cfg.ClusterCIDR, "CIDR of all pods; pod traffic leaving it is masqueraded on the devices")
 	f.StringVar(&cfg.IPAMDir, "ipam-dir", cfg.IPAMDir, "directory of the node's address allocations")
 	f.StringVar(&cfg.HealthCheckBind, "healthcheck-bind-address", cfg.HealthCheckBind, "address for health check node ports (default: all)")
 	f.DurationVar(&cfg.ResyncPeriod.Duration, "resync-period", cfg.ResyncPeriod.Duration, "full resync and prune period")
@@ -98,6 +100,10 @@ func applyFlag(dst, src *Config, name string) {
 		dst.APISocket = src.APISocket
 	case "pod-cidr":
 		dst.PodCIDR = src.PodCIDR
+	case "routing":
+		dst.Routing = src.Routing
+	case "cluster-cidr":
+		dst.ClusterCIDR = src.ClusterCIDR
 	case "ipam-dir":
 		dst.IPAMDir = src.IPAMDir
 	case "healthcheck-bind-address":

@@ -17,6 +17,7 @@ import (
 
 	"github.com/kpath/kpath/internal/datapath"
 	"github.com/kpath/kpath/internal/model"
+	"github.com/kpath/kpath/internal/routing"
 )
 
 // Config is the agent's configuration, from a YAML file and flags.
@@ -44,6 +45,11 @@ type Config struct {
 	MapSizes        datapath.MapSizes `json:"mapSizes"`
 	// MetricsAddr serves /metrics, /healthz and /readyz ("" disables).
 	MetricsAddr string `json:"metricsAddr,omitempty"`
+	// Routing is native, direct or vxlan (see internal/routing).
+	Routing string `json:"routing,omitempty"`
+	// ClusterCIDR holds every pod address; pod traffic to anywhere else is
+	// masqueraded to the node's address on the devices. Empty: no masquerade.
+	ClusterCIDR string `json:"clusterCIDR,omitempty"`
 	// PodCIDR is this node's pod CIDR for IPAM; empty: Node.spec.podCIDR.
 	PodCIDR string `json:"podCIDR,omitempty"`
 	// IPAMDir keeps the node's address allocations.
@@ -79,6 +85,7 @@ func DefaultConfig() Config {
 		MetricsAddr:     ":9964",
 		APISocket:       "/run/kpath/agent.sock",
 		IPAMDir:         "/var/lib/kpath/ipam",
+		Routing:         "native",
 		ResyncPeriod:    metav1.Duration{Duration: 5 * time.Minute},
 		CTGCInterval:    metav1.Duration{Duration: 30 * time.Second},
 	}
@@ -136,6 +143,17 @@ func (c Config) Validate() error {
 	if c.MetricsAddr != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
 			errs = append(errs, fmt.Errorf("metricsAddr %q: %w", c.MetricsAddr, err))
+		}
+	}
+	if _, err := routing.ParseMode(c.Routing); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Routing == string(routing.VXLAN) && len(c.Devices) == 0 {
+		errs = append(errs, errors.New("routing vxlan needs a device (the underlay)"))
+	}
+	if c.ClusterCIDR != "" {
+		if p, err := netip.ParsePrefix(c.ClusterCIDR); err != nil || !p.Addr().Is4() {
+			errs = append(errs, fmt.Errorf("clusterCIDR %q: want an IPv4 CIDR", c.ClusterCIDR))
 		}
 	}
 	if c.PodCIDR != "" {

@@ -20,6 +20,7 @@ type Cache struct {
 	nodes    map[string]*model.Node
 	dirty    map[model.ServiceKey]time.Time
 	allDirty time.Time // a node change: every service must be recomputed
+	nodeGen  uint64    // bumped on every node change that matters to routing
 	notify   chan struct{}
 	now      func() time.Time
 }
@@ -99,6 +100,9 @@ func (c *Cache) SetNode(name string, n *model.Node) {
 	} else {
 		c.nodes[name] = n
 	}
+	if old == nil || n == nil || old.PodCIDR != n.PodCIDR || !slices.Equal(old.Addrs, n.Addrs) {
+		c.nodeGen++
+	}
 	if old == nil || n == nil || !slices.Equal(old.Addrs, n.Addrs) {
 		if c.allDirty.IsZero() {
 			c.allDirty = c.now()
@@ -154,6 +158,18 @@ func (c *Cache) Node(name string) *model.Node {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.nodes[name]
+}
+
+// Nodes lists every node, with a generation number that changes whenever a
+// node's addresses or pod CIDR do (or a node comes or goes).
+func (c *Cache) Nodes() ([]*model.Node, uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]*model.Node, 0, len(c.nodes))
+	for _, n := range c.nodes {
+		out = append(out, n)
+	}
+	return out, c.nodeGen
 }
 
 // Counts reports how many objects the cache holds.
