@@ -39,11 +39,12 @@ func (l *cniLab) pins(hostIf string) []string {
 	return m
 }
 
-// buildBinaries builds kpath-agent and kpath-cni (as "kpath", its type).
+// buildBinaries builds kpath-agent, kpath-cni (as "kpath", its type) and,
+// in the cli subdirectory, the kpath command.
 func buildBinaries(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
-	for out, pkg := range map[string]string{"kpath-agent": "../cmd/kpath-agent", "kpath": "../cmd/kpath-cni"} {
+	for out, pkg := range map[string]string{"kpath-agent": "../cmd/kpath-agent", "kpath": "../cmd/kpath-cni", "cli/kpath": "../cmd/kpath"} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, out), pkg)
 		if b, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("build %s: %v\n%s", pkg, err, b)
@@ -63,14 +64,22 @@ func newCNILab(t testing.TB) *cniLab {
 	testutil.Run(t, "ip", "netns", "exec", l.node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 	testutil.ForwardIntoNetns(t, l.node, strings.TrimPrefix(env.APIServerURL, "https://"))
 
+	l.socket, l.pinPath = startAgentProcess(t, env, l.binDir, l.node, "--pod-cidr=10.244.5.0/24")
+	l.cni = libcni.NewCNIConfigWithCacheDir([]string{l.binDir}, l.cacheDir, nil)
+	return l
+}
+
+// startAgentProcess runs kpath-agent in node's namespace (the API server
+// relayed into it) and returns its API socket and pin path.
+func startAgentProcess(t testing.TB, env *testenv.Env, binDir, node string, args ...string) (string, string) {
+	t.Helper()
 	dir := t.TempDir()
-	l.socket = filepath.Join(dir, "agent.sock")
+	socket := filepath.Join(dir, "agent.sock")
 	pin := "kpath-test-cni-" + testutil.UniqueID()
-	l.pinPath = filepath.Join(datapath.DefaultConfig().BPFFS, pin)
-	cmd := exec.Command("nsenter", "--net=/run/netns/"+l.node, filepath.Join(l.binDir, "kpath-agent"),
-		"--kubeconfig="+env.Kubeconfig, "--node-name="+agentNode, "--pin-dir="+pin, "--socket-hook=false",
-		"--metrics-addr=", "--api-socket="+l.socket, "--pod-cidr=10.244.5.0/24", "--ipam-dir="+filepath.Join(dir, "ipam"),
-		"--map-size-conntrack=16384", "--map-size-backends=4096", "--map-size-slots=8192", "--map-size-frontends=1024")
+	cmd := exec.Command("nsenter", append([]string{"--net=/run/netns/" + node, filepath.Join(binDir, "kpath-agent"),
+		"--kubeconfig=" + env.Kubeconfig, "--node-name=" + agentNode, "--pin-dir=" + pin,
+		"--metrics-addr=", "--api-socket=" + socket, "--ipam-dir=" + filepath.Join(dir, "ipam"),
+		"--map-size-conntrack=16384", "--map-size-backends=4096", "--map-size-slots=8192", "--map-size-frontends=1024"}, args...)...)
 	logPath := filepath.Join(dir, "agent.log")
 	logf, err := os.Create(logPath)
 	if err != nil {
@@ -93,10 +102,9 @@ func newCNILab(t testing.TB) *cniLab {
 			t.Logf("agent log:\n%s", b)
 		}
 	})
-	client := cniapi.NewClient(l.socket)
+	client := cniapi.NewClient(socket)
 	waitFor(t, 30*time.Second, "agent CNI API ready", func() bool { return client.Do("GET", "/v1/cni/status", nil, nil) == nil })
-	l.cni = libcni.NewCNIConfigWithCacheDir([]string{l.binDir}, l.cacheDir, nil)
-	return l
+	return socket, filepath.Join(datapath.DefaultConfig().BPFFS, pin)
 }
 
 func (l *cniLab) conf(t testing.TB, plugin string) *libcni.NetworkConfigList {

@@ -73,6 +73,17 @@ func newWorkloadCommand() *cobra.Command {
 	}
 	probe.Flags().IntVarP(&n, "requests", "n", 100, "number of requests")
 	probe.Flags().DurationVar(&timeout, "timeout", 3*time.Second, "timeout per request")
-	cmd.AddCommand(echo, probe)
+	idle := &cobra.Command{
+		Use:   "idle",
+		Short: "Do nothing until stopped (a pod to run commands in)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			<-ctx.Done()
+			return nil
+		},
+	}
+	cmd.AddCommand(echo, probe, idle)
 	return cmd
 }

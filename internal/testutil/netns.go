@@ -3,15 +3,13 @@ package testutil
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"io"
 	"net"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 
-	"github.com/vishvananda/netns"
+	"github.com/kpath/kpath/internal/nsutil"
 )
 
 // Run runs a command and fails the test with its output when it fails.
@@ -46,29 +44,7 @@ func NewNetns(t testing.TB, name string) string {
 }
 
 // InNetns runs fn on a thread that has entered the named namespace.
-func InNetns(name string, fn func() error) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return fmt.Errorf("get current netns: %w", err)
-	}
-	defer orig.Close()
-	target, err := netns.GetFromName(name)
-	if err != nil {
-		return fmt.Errorf("open netns %s: %w", name, err)
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		return fmt.Errorf("enter netns %s: %w", name, err)
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		// The thread is in the wrong namespace: never let Go reuse it.
-		panic(fmt.Sprintf("restore netns: %v", err))
-	}
-	return ferr
-}
+func InNetns(name string, fn func() error) error { return nsutil.Do(name, fn) }
 
 // PodSpec is one end of a pod-style veth: eth0 inside netns Pod with Addr/32,
 // reaching the node side HostIf through the link-local gateway 169.254.1.1.

@@ -1,0 +1,240 @@
+// Package lab builds a real multi-node Kubernetes cluster out of network
+// namespaces on one machine (see DESIGN.md). This file is the lab's node
+// runtime: what a kubelet and a container runtime do for kpath's purposes.
+package lab
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/kpath/kpath/internal/nsutil"
+)
+
+// Runtime runs the pods bound to one node: for each, a network namespace
+// wired by the real CNI plugin through libcni (as container runtimes call
+// it), a workload process, and the pod's IP and readiness reported to the
+// API server. Deleting a pod stops its workload, calls CNI DEL and removes
+// the namespace.
+//
+// Workloads by image: an image whose name contains "echo" runs an HTTP
+// echo server (`kpath workload echo`) on the first container port (8080
+// if none) answering with the pod's name; any other image runs an idle
+// process, and `kpath lab exec` runs commands in the pod.
+type Runtime struct {
+	Client kubernetes.Interface
+	Node   string
+	// NodeNetns is the node's network namespace, where the CNI plugin must
+	// run ("": the current one).
+	NodeNetns string
+	CNI       *libcni.CNIConfig
+	NetConf   *libcni.NetworkConfigList
+	// Cgroup is an open cgroup v2 directory for workloads (the node's, so
+	// its socket hook applies); nil for none.
+	Cgroup *os.File
+	// KpathBin is the kpath binary that runs workloads.
+	KpathBin string
+	Log      *slog.Logger
+
+	mu   sync.Mutex
+	pods map[types.UID]*podState
+}
+
+type podState struct {
+	netns string
+	proc  *exec.Cmd
+	ip    netip.Addr
+}
+
+// PodNetns is the network namespace name of a pod of node.
+func PodNetns(node string, uid types.UID) string {
+	h := sha256.Sum256([]byte(uid))
+	return "kplab-" + node + "-" + hex.EncodeToString(h[:4])
+}
+
+// Run handles the node's pods until ctx ends.
+func (r *Runtime) Run(ctx context.Context) error {
+	r.pods = map[types.UID]*podState{}
+	f := informers.NewSharedInformerFactoryWithOptions(r.Client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", r.Node).String()
+	}))
+	inf := f.Core().V1().Pods().Informer()
+	work := make(chan *corev1.Pod, 1024)
+	enqueue := func(obj any) {
+		if p, ok := obj.(*corev1.Pod); ok {
+			work <- p
+		}
+	}
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    enqueue,
+		UpdateFunc: func(_, obj any) { enqueue(obj) },
+		DeleteFunc: func(obj any) {
+			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = t.Obj
+			}
+			if p, ok := obj.(*corev1.Pod); ok {
+				r.stop(p.UID)
+			}
+		},
+	}); err != nil {
+		return err
+	}
+	f.Start(ctx.Done())
+	defer func() {
+		r.mu.Lock()
+		uids := make([]types.UID, 0, len(r.pods))
+		for uid := range r.pods {
+			uids = append(uids, uid)
+		}
+		r.mu.Unlock()
+		// Leaving pods running keeps the lab up; only workloads owned by
+		// this process die with it (they are its children).
+		_ = uids
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case p := <-work:
+			r.handle(ctx, p)
+		}
+	}
+}
+
+func (r *Runtime) handle(ctx context.Context, p *corev1.Pod) {
+	r.mu.Lock()
+	st := r.pods[p.UID]
+	r.mu.Unlock()
+	switch {
+	case p.DeletionTimestamp != nil:
+		r.stop(p.UID)
+		// The runtime has cleaned up: let the API server remove the pod.
+		err := r.Client.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{
+			GracePeriodSeconds: new(int64), Preconditions: &metav1.Preconditions{UID: &p.UID}})
+		if err != nil && !strings.Contains(err.Error(), "not found") {
+			r.Log.Error("delete pod", "pod", p.Namespace+"/"+p.Name, "error", err)
+		}
+	case st == nil:
+		if err := r.start(ctx, p); err != nil {
+			r.Log.Error("start pod", "pod", p.Namespace+"/"+p.Name, "error", err)
+			r.stop(p.UID)
+		}
+	}
+}
+
+func (r *Runtime) start(ctx context.Context, p *corev1.Pod) error {
+	ns := PodNetns(r.Node, p.UID)
+	st := &podState{netns: ns}
+	r.mu.Lock()
+	r.pods[p.UID] = st
+	r.mu.Unlock()
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil && !strings.Contains(string(out), "exists") {
+		return fmt.Errorf("ip netns add %s: %v: %s", ns, err, out)
+	}
+	if out, err := exec.Command("ip", "-n", ns, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		return fmt.Errorf("lo up: %v: %s", err, out)
+	}
+	rt := r.runtimeConf(p, ns)
+	var res *types100.Result
+	err := nsutil.Do(r.NodeNetns, func() error {
+		out, err := r.CNI.AddNetworkList(ctx, r.NetConf, rt)
+		if err != nil {
+			return err
+		}
+		res, err = types100.NewResultFromResult(out)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("CNI ADD: %w", err)
+	}
+	if len(res.IPs) == 0 {
+		return fmt.Errorf("CNI ADD returned no address")
+	}
+	st.ip, _ = netip.AddrFromSlice(res.IPs[0].Address.IP.To4())
+
+	args := []string{"netns", "exec", ns, r.KpathBin, "workload"}
+	if c := p.Spec.Containers; len(c) > 0 && strings.Contains(c[0].Image, "echo") {
+		port := 8080
+		if len(c[0].Ports) > 0 {
+			port = int(c[0].Ports[0].ContainerPort)
+		}
+		args = append(args, "echo", "--name", p.Name, "--http", ":"+strconv.Itoa(port), "--udp", ":"+strconv.Itoa(port))
+	} else {
+		args = append(args, "idle")
+	}
+	cmd := exec.Command("ip", args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if r.Cgroup != nil {
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(r.Cgroup.Fd())
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start workload: %w", err)
+	}
+	st.proc = cmd
+	go func() { _ = cmd.Wait() }()
+
+	// Report the pod running and ready.
+	now := metav1.NewTime(time.Now())
+	p = p.DeepCopy()
+	p.Status.Phase = corev1.PodRunning
+	p.Status.HostIP = ""
+	p.Status.PodIP = st.ip.String()
+	p.Status.PodIPs = []corev1.PodIP{{IP: st.ip.String()}}
+	p.Status.StartTime = &now
+	p.Status.Conditions = nil
+	for _, c := range []corev1.PodConditionType{corev1.PodScheduled, corev1.PodInitialized, corev1.ContainersReady, corev1.PodReady} {
+		p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: c, Status: corev1.ConditionTrue, LastTransitionTime: now})
+	}
+	if _, err := r.Client.CoreV1().Pods(p.Namespace).UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("report status: %w", err)
+	}
+	r.Log.Info("pod running", "pod", p.Namespace+"/"+p.Name, "ip", st.ip, "netns", ns)
+	return nil
+}
+
+func (r *Runtime) runtimeConf(p *corev1.Pod, ns string) *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{
+		ContainerID: string(p.UID), NetNS: "/run/netns/" + ns, IfName: "eth0",
+		Args: [][2]string{{"K8S_POD_NAMESPACE", p.Namespace}, {"K8S_POD_NAME", p.Name}, {"K8S_POD_UID", string(p.UID)}},
+	}
+}
+
+// stop kills a pod's workload, calls CNI DEL and removes its namespace.
+func (r *Runtime) stop(uid types.UID) {
+	r.mu.Lock()
+	st := r.pods[uid]
+	delete(r.pods, uid)
+	r.mu.Unlock()
+	if st == nil {
+		return
+	}
+	if st.proc != nil && st.proc.Process != nil {
+		_ = syscall.Kill(-st.proc.Process.Pid, syscall.SIGKILL)
+	}
+	rt := &libcni.RuntimeConf{ContainerID: string(uid), NetNS: "/run/netns/" + st.netns, IfName: "eth0"}
+	if err := nsutil.Do(r.NodeNetns, func() error { return r.CNI.DelNetworkList(context.Background(), r.NetConf, rt) }); err != nil {
+		r.Log.Error("CNI DEL", "uid", uid, "error", err)
+	}
+	_ = exec.Command("ip", "netns", "del", st.netns).Run()
+	r.Log.Info("pod stopped", "uid", uid, "ip", st.ip)
+}
