@@ -12,7 +12,7 @@ func NewRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newDPCommand(), newWorkloadCommand(), newBenchCommand())
+	root.AddCommand(newDPCommand(), newWorkloadCommand(), newBenchCommand(), newLabCommand())
 	addAgentCommands(root)
 	return root
 }

@@ -4,6 +4,8 @@ package nsutil
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"runtime"
 
 	"github.com/vishvananda/netns"
@@ -36,4 +38,39 @@ func Do(name string, fn func() error) error {
 		panic(fmt.Sprintf("restore netns: %v", err))
 	}
 	return ferr
+}
+
+// Forward makes addr (a TCP address of the current namespace, such as a
+// loopback API server) reachable at the same address inside the named
+// namespace by relaying connections: the listener lives in the namespace,
+// the relay dials from here. Close the returned listener to stop.
+func Forward(ns, addr string) (net.Listener, error) {
+	var ln net.Listener
+	err := Do(ns, func() error {
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s in %s: %w", addr, ns, err)
+	}
+	go func() {
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer in.Close()
+				out, err := net.Dial("tcp", addr)
+				if err != nil {
+					return
+				}
+				defer out.Close()
+				go func() { _, _ = io.Copy(out, in) }()
+				_, _ = io.Copy(in, out)
+			}()
+		}
+	}()
+	return ln, nil
 }

@@ -44,6 +44,8 @@ type Options struct {
 	ClusterCIDR string
 	// Log receives progress lines; nil for none.
 	Log func(format string, args ...any)
+	// APIPort fixes kube-apiserver's port (0: any free one).
+	APIPort int
 }
 
 // Env is a running control plane.
@@ -101,6 +103,9 @@ func Start(ctx context.Context, opts Options) (*Env, error) {
 		return nil, err
 	}
 	e.ports.etcd, e.ports.peer, e.ports.api = ports[0], ports[1], ports[2]
+	if opts.APIPort != 0 {
+		e.ports.api = opts.APIPort
+	}
 
 	opts.Log("starting etcd on 127.0.0.1:%d", e.ports.etcd)
 	peer := fmt.Sprintf("http://127.0.0.1:%d", e.ports.peer)

@@ -3,8 +3,6 @@ package testutil
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"io"
-	"net"
 	"os/exec"
 	"strings"
 	"testing"
@@ -71,36 +69,12 @@ func WirePod(t testing.TB, s PodSpec) {
 
 // ForwardIntoNetns makes addr (a loopback TCP address of this namespace,
 // such as the test API server's) reachable at the same address inside the
-// named network namespace, by relaying connections. The listener lives in
-// the namespace; the relay dials from this one. It stops when the test ends.
+// named network namespace until the test ends.
 func ForwardIntoNetns(t testing.TB, ns, addr string) {
 	t.Helper()
-	var ln net.Listener
-	err := InNetns(ns, func() error {
-		var err error
-		ln, err = net.Listen("tcp", addr)
-		return err
-	})
+	ln, err := nsutil.Forward(ns, addr)
 	if err != nil {
-		t.Fatalf("listen on %s in %s: %v", addr, ns, err)
+		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			in, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer in.Close()
-				out, err := net.Dial("tcp", addr)
-				if err != nil {
-					return
-				}
-				defer out.Close()
-				go func() { _, _ = io.Copy(out, in) }()
-				_, _ = io.Copy(in, out)
-			}()
-		}
-	}()
 }

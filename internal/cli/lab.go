@@ -1,0 +1,249 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kpath/kpath/internal/lab"
+	"github.com/kpath/kpath/internal/routing"
+	"github.com/kpath/kpath/internal/testenv"
+)
+
+func newLabCommand() *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "lab",
+		Short: "A real multi-node Kubernetes cluster out of network namespaces, on this machine (root)",
+		Long: `kpath lab builds a cluster on one machine: a real etcd, kube-apiserver and
+kube-controller-manager; a "vnet" namespace that is the cloud network; node namespaces,
+each running a real kpath-agent and a node runtime that runs the pods bound to it,
+wired by the real CNI plugin. Pods whose image name contains "echo" run an HTTP echo
+server (first container port, default 8080) answering with the pod's name; other images
+run an idle process to exec commands in.`,
+	}
+	cmd.PersistentFlags().StringVar(&dir, "dir", lab.DefaultDir, "the lab's state directory")
+
+	var (
+		nodes   int
+		mode    string
+		timeout time.Duration
+	)
+	up := &cobra.Command{
+		Use:   "up",
+		Short: "Start the lab",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := routing.ParseMode(mode); err != nil {
+				return err
+			}
+			if nodes < 1 || nodes > 50 {
+				return fmt.Errorf("--nodes %d: want 1..50", nodes)
+			}
+			if st, err := lab.LoadState(dir); err == nil && lab.ProcessAlive(st.Pid) {
+				return fmt.Errorf("a lab is already running (pid %d); run kpath lab down first", st.Pid)
+			}
+			_ = lab.Down(dir, func(string, ...any) {}) // leftovers of a crashed lab
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				return err
+			}
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			logPath := filepath.Join(dir, "supervisor.log")
+			logf, err := os.Create(logPath)
+			if err != nil {
+				return err
+			}
+			sup := exec.Command(self, "lab", "supervise", "--dir", dir, "--nodes", fmt.Sprint(nodes), "--routing", mode)
+			sup.Stdout, sup.Stderr = logf, logf
+			sup.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+			if err := sup.Start(); err != nil {
+				return err
+			}
+			logf.Close()
+			go func() { _ = sup.Wait() }()
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "kpath lab: %d nodes, routing %s (log: %s)\n", nodes, mode, logPath)
+			shown := 0
+			deadline := time.Now().Add(timeout)
+			for {
+				shown = showNewLines(out, logPath, shown)
+				st, err := lab.LoadState(dir)
+				if err == nil && st.Error != "" {
+					return fmt.Errorf("lab failed: %s (run kpath lab down to clean up)", st.Error)
+				}
+				if err == nil && st.Ready {
+					fmt.Fprintf(out, "\nready. Use it with:\n  kpath lab kubectl get nodes,pods -A\n  export KUBECONFIG=%s\n", st.Kubeconfig)
+					return nil
+				}
+				if !lab.ProcessAlive(sup.Process.Pid) {
+					return fmt.Errorf("the lab supervisor exited; see %s", logPath)
+				}
+				if time.Now().After(deadline) {
+					return fmt.Errorf("lab not ready after %s; see %s", timeout, logPath)
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+		},
+	}
+	up.Flags().IntVar(&nodes, "nodes", 2, "number of nodes")
+	up.Flags().StringVar(&mode, "routing", "native", "routing between nodes: native, direct or vxlan")
+	up.Flags().DurationVar(&timeout, "timeout", 3*time.Minute, "how long to wait for the lab")
+
+	supervise := &cobra.Command{
+		Use:    "supervise",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			k8sBin, err := testenv.BinDir()
+			if err != nil {
+				return err
+			}
+			logf := func(f string, a ...any) { fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05 ")+f+"\n", a...) }
+			return lab.Supervise(ctx, lab.Options{Dir: dir, Nodes: nodes, Routing: mode,
+				BinDir: filepath.Dir(self), K8sBin: k8sBin, Log: logf})
+		},
+	}
+	supervise.Flags().IntVar(&nodes, "nodes", 2, "")
+	supervise.Flags().StringVar(&mode, "routing", "native", "")
+
+	down := &cobra.Command{
+		Use:   "down",
+		Short: "Stop the lab and remove everything it made",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			err := lab.Down(dir, func(f string, a ...any) { fmt.Fprintf(cmd.OutOrStdout(), f+"\n", a...) })
+			if err == nil {
+				fmt.Fprintln(cmd.OutOrStdout(), "lab removed")
+			}
+			return err
+		},
+	}
+
+	status := &cobra.Command{Use: "status", Short: "Show the lab's nodes and pods", Args: cobra.NoArgs}
+	statusOut := outputFlag(status)
+	status.RunE = func(cmd *cobra.Command, _ []string) error {
+		st, err := lab.LoadState(dir)
+		if err != nil {
+			return fmt.Errorf("no lab in %s: %w", dir, err)
+		}
+		if !lab.ProcessAlive(st.Pid) {
+			return fmt.Errorf("the lab in %s is not running (supervisor pid %d gone); run kpath lab down", dir, st.Pid)
+		}
+		return render(cmd.OutOrStdout(), *statusOut, st, func(tw *tabwriter.Writer) {
+			fmt.Fprintf(tw, "API server:\t%s (KUBECONFIG=%s)\n", st.APIServer, st.Kubeconfig)
+			fmt.Fprintf(tw, "Routing:\t%s\n\n", st.Routing)
+			fmt.Fprintln(tw, "NODE\tNETNS\tADDRESS\tPOD CIDR\tAGENT")
+			for _, n := range st.Nodes {
+				agent := "down"
+				if _, err := os.Stat(n.AgentSocket); err == nil {
+					agent = "up"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.Netns, n.IP, n.PodCIDR, agent)
+			}
+		})
+	}
+
+	kubectl := &cobra.Command{
+		Use:                "kubectl [args...]",
+		Short:              "Run kubectl against the lab",
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := lab.LoadState(dir)
+			if err != nil {
+				return fmt.Errorf("no lab in %s: %w", dir, err)
+			}
+			bin, err := testenv.BinDir()
+			if err != nil {
+				return err
+			}
+			c := exec.Command(filepath.Join(bin, "kubectl"), append([]string{"--kubeconfig", st.Kubeconfig}, args...)...)
+			c.Stdin, c.Stdout, c.Stderr = os.Stdin, cmd.OutOrStdout(), cmd.ErrOrStderr()
+			return c.Run()
+		},
+	}
+
+	var podNS string
+	execCmd := &cobra.Command{
+		Use:   "exec POD -- COMMAND [args...]",
+		Short: "Run a command in a pod's network namespace (and its node's cgroup)",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := lab.LoadState(dir)
+			if err != nil {
+				return fmt.Errorf("no lab in %s: %w", dir, err)
+			}
+			cfg, err := clientcmd.BuildConfigFromFlags("", st.Kubeconfig)
+			if err != nil {
+				return err
+			}
+			c, err := kubernetes.NewForConfig(cfg)
+			if err != nil {
+				return err
+			}
+			p, err := c.CoreV1().Pods(podNS).Get(cmd.Context(), args[0], metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			var cg string
+			for _, n := range st.Nodes {
+				if n.Name == p.Spec.NodeName {
+					cg = n.Cgroup
+				}
+			}
+			f, err := os.Open(cg)
+			if err != nil {
+				return fmt.Errorf("pod %s is not on a lab node: %w", args[0], err)
+			}
+			defer f.Close()
+			c2 := exec.Command("ip", append([]string{"netns", "exec", lab.PodNetns(p.Spec.NodeName, p.UID)}, args[1:]...)...)
+			c2.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(f.Fd())}
+			c2.Stdin, c2.Stdout, c2.Stderr = os.Stdin, cmd.OutOrStdout(), cmd.ErrOrStderr()
+			return c2.Run()
+		},
+	}
+	execCmd.Flags().StringVarP(&podNS, "namespace", "n", "default", "the pod's namespace")
+
+	cmd.AddCommand(up, supervise, down, status, kubectl, execCmd)
+	return cmd
+}
+
+// showNewLines prints lines of path after the first n and returns the new count.
+func showNewLines(w io.Writer, path string, n int) int {
+	f, err := os.Open(path)
+	if err != nil {
+		return n
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	i := 0
+	for s.Scan() {
+		if i >= n && !strings.Contains(s.Text(), "level=") {
+			fmt.Fprintln(w, "  "+s.Text())
+		}
+		i++
+	}
+	return i
+}

@@ -1,0 +1,405 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
+
+	"github.com/kpath/kpath/internal/cniapi"
+	"github.com/kpath/kpath/internal/datapath"
+	"github.com/kpath/kpath/internal/nsutil"
+	"github.com/kpath/kpath/internal/testenv"
+)
+
+// Names and addresses the lab uses. Every address lives in namespaces the
+// lab creates; the control plane listens on loopback and is relayed into
+// each node's namespace.
+const (
+	DefaultDir  = "/var/lib/kpath-lab"
+	NetnsPrefix = "kplab-"
+	PinPrefix   = "kpath-lab-"
+	VnetNetns   = NetnsPrefix + "vnet"
+	ClusterCIDR = "10.244.0.0/16"
+	ServiceCIDR = "10.96.0.0/16"
+	vnetAddr    = "192.168.200.1"
+	cgroupName  = "kpath-lab"
+)
+
+// NodeInfo describes one lab node.
+type NodeInfo struct {
+	Name        string `json:"name"`
+	Netns       string `json:"netns"`
+	IP          string `json:"ip"`
+	PodCIDR     string `json:"podCIDR"`
+	AgentSocket string `json:"agentSocket"`
+	Cgroup      string `json:"cgroup"`
+}
+
+// State is what a running lab records in its directory.
+type State struct {
+	Pid        int        `json:"pid"`
+	Routing    string     `json:"routing"`
+	Kubeconfig string     `json:"kubeconfig"`
+	APIServer  string     `json:"apiServer"`
+	Nodes      []NodeInfo `json:"nodes"`
+	Ready      bool       `json:"ready"`
+	Error      string     `json:"error,omitempty"`
+}
+
+// Options configure a lab.
+type Options struct {
+	Dir     string
+	Nodes   int
+	Routing string
+	// BinDir holds kpath, kpath-agent and kpath-cni.
+	BinDir string
+	// K8sBin holds kube-apiserver and friends.
+	K8sBin string
+	Log    func(format string, args ...any)
+}
+
+// LoadState reads a lab's state.
+func LoadState(dir string) (*State, error) {
+	data, err := os.ReadFile(filepath.Join(dir, "state.json"))
+	if err != nil {
+		return nil, err
+	}
+	var s State
+	if err := json.Unmarshal(data, &s); err != nil {
+		return nil, fmt.Errorf("lab state: %w", err)
+	}
+	return &s, nil
+}
+
+func (s *State) save(dir string) error {
+	data, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, "state.json.tmp")
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, "state.json"))
+}
+
+func run(name string, args ...string) error {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// Supervise builds the lab and keeps it running until ctx ends, then tears
+// it down. It is the lab's one long-lived process: the control plane,
+// agents and workloads are its children and die with it.
+func Supervise(ctx context.Context, o Options) (err error) {
+	st := &State{Pid: os.Getpid(), Routing: o.Routing}
+	defer func() {
+		if err != nil {
+			st.Error = err.Error()
+			_ = st.save(o.Dir)
+		}
+	}()
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return err
+	}
+	_ = st.save(o.Dir)
+	if err := os.MkdirAll(filepath.Join(o.Dir, "control-plane"), 0o700); err != nil {
+		return err
+	}
+	o.Log("starting the control plane (etcd, kube-apiserver, kube-controller-manager)")
+	env, err := testenv.Start(ctx, testenv.Options{Dir: filepath.Join(o.Dir, "control-plane"), BinDir: o.K8sBin,
+		ServiceCIDR: ServiceCIDR, ClusterCIDR: ClusterCIDR, Log: o.Log})
+	if err != nil {
+		return err
+	}
+	defer env.Stop()
+	st.Kubeconfig, st.APIServer = env.Kubeconfig, env.APIServerURL
+	apiAddr := strings.TrimPrefix(env.APIServerURL, "https://")
+
+	o.Log("creating the vnet namespace (the cloud network)")
+	for _, c := range [][]string{
+		{"ip", "netns", "add", VnetNetns},
+		{"ip", "-n", VnetNetns, "link", "set", "lo", "up"},
+		{"ip", "netns", "exec", VnetNetns, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
+		{"ip", "-n", VnetNetns, "link", "add", "br0", "type", "bridge"},
+		{"ip", "-n", VnetNetns, "addr", "add", vnetAddr + "/24", "dev", "br0"},
+		{"ip", "-n", VnetNetns, "link", "set", "br0", "up"},
+	} {
+		if err := run(c[0], c[1:]...); err != nil {
+			return err
+		}
+	}
+	cgRoot, err := datapath.CgroupV2Root()
+	if err != nil {
+		return err
+	}
+	cniBin := filepath.Join(o.Dir, "cni-bin")
+	if err := os.MkdirAll(cniBin, 0o755); err != nil {
+		return err
+	}
+	_ = os.Remove(filepath.Join(cniBin, "kpath"))
+	if err := os.Symlink(filepath.Join(o.BinDir, "kpath-cni"), filepath.Join(cniBin, "kpath")); err != nil {
+		return err
+	}
+
+	for i := 1; i <= o.Nodes; i++ {
+		n := NodeInfo{Name: fmt.Sprintf("node-%d", i), IP: fmt.Sprintf("192.168.200.%d", 10+i)}
+		n.Netns = NetnsPrefix + n.Name
+		n.Cgroup = filepath.Join(cgRoot, cgroupName, n.Name)
+		n.AgentSocket = filepath.Join(o.Dir, n.Name, "agent.sock")
+		o.Log("creating %s (%s)", n.Name, n.IP)
+		if err := os.MkdirAll(n.Cgroup, 0o755); err != nil {
+			return fmt.Errorf("cgroup for %s: %w", n.Name, err)
+		}
+		for _, c := range [][]string{
+			{"ip", "netns", "add", n.Netns},
+			{"ip", "-n", n.Netns, "link", "set", "lo", "up"},
+			{"ip", "netns", "exec", n.Netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
+			{"ip", "-n", n.Netns, "link", "add", "eth0", "type", "veth", "peer", "name", n.Name, "netns", VnetNetns},
+			{"ip", "-n", VnetNetns, "link", "set", n.Name, "master", "br0", "up"},
+			{"ip", "-n", n.Netns, "addr", "add", n.IP + "/24", "dev", "eth0"},
+			{"ip", "-n", n.Netns, "link", "set", "eth0", "up"},
+			{"ip", "-n", n.Netns, "route", "add", "default", "via", vnetAddr},
+		} {
+			if err := run(c[0], c[1:]...); err != nil {
+				return err
+			}
+		}
+		if _, err := nsutil.Forward(n.Netns, apiAddr); err != nil {
+			return err
+		}
+		cidr, err := registerNode(ctx, env.Client, n)
+		if err != nil {
+			return err
+		}
+		n.PodCIDR = cidr
+		if o.Routing == "native" {
+			if err := run("ip", "-n", VnetNetns, "route", "replace", cidr, "via", n.IP); err != nil {
+				return err
+			}
+		}
+		st.Nodes = append(st.Nodes, n)
+		_ = st.save(o.Dir)
+	}
+
+	for _, n := range st.Nodes {
+		o.Log("starting kpath-agent and the node runtime on %s", n.Name)
+		if err := startAgent(o, env, n); err != nil {
+			return err
+		}
+		cg, err := os.Open(n.Cgroup)
+		if err != nil {
+			return err
+		}
+		netconf, err := libcni.ConfListFromBytes([]byte(fmt.Sprintf(
+			`{"cniVersion":"1.1.0","name":"kpath","plugins":[{"type":"kpath","agentSocket":%q}]}`, n.AgentSocket)))
+		if err != nil {
+			return err
+		}
+		rt := &Runtime{Client: env.Client, Node: n.Name, NodeNetns: n.Netns, NetConf: netconf, Cgroup: cg,
+			CNI:      libcni.NewCNIConfigWithCacheDir([]string{cniBin}, filepath.Join(o.Dir, n.Name, "cni-cache"), nil),
+			KpathBin: filepath.Join(o.BinDir, "kpath"), Log: slog.New(slog.NewTextHandler(logWriter(o.Log), nil))}
+		go func() { _ = rt.Run(ctx) }()
+	}
+	st.Ready = true
+	if err := st.save(o.Dir); err != nil {
+		return err
+	}
+	o.Log("lab ready: %d nodes, routing %s", o.Nodes, o.Routing)
+	<-ctx.Done()
+	return nil
+}
+
+type logWriter func(string, ...any)
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w("%s", strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// registerNode creates the Node object (as a kubelet would) and waits for
+// kube-controller-manager to give it a pod CIDR.
+func registerNode(ctx context.Context, c kubernetes.Interface, n NodeInfo) (string, error) {
+	_, err := c.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name,
+		Labels: map[string]string{"kubernetes.io/hostname": n.Name, "kubernetes.io/os": "linux"}}}, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("register %s: %w", n.Name, err)
+	}
+	// kube-controller-manager writes the node too (its pod CIDR).
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		node, err := c.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		now := metav1.Now()
+		node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: n.IP}, {Type: corev1.NodeHostName, Address: n.Name}}
+		node.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: now, LastTransitionTime: now, Reason: "KpathLab"}}
+		_, err = c.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("node %s status: %w", n.Name, err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		got, err := c.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+		if err == nil && got.Spec.PodCIDR != "" {
+			if _, err := netip.ParsePrefix(got.Spec.PodCIDR); err == nil {
+				return got.Spec.PodCIDR, nil
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return "", fmt.Errorf("kube-controller-manager gave %s no pod CIDR within 60s", n.Name)
+}
+
+func startAgent(o Options, env *testenv.Env, n NodeInfo) error {
+	dir := filepath.Join(o.Dir, n.Name)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	logf, err := os.Create(filepath.Join(dir, "agent.log"))
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command("nsenter", "--net=/run/netns/"+n.Netns, filepath.Join(o.BinDir, "kpath-agent"),
+		"--kubeconfig="+env.Kubeconfig, "--node-name="+n.Name, "--pin-dir="+PinPrefix+n.Name,
+		"--device=eth0", "--routing="+o.Routing, "--cluster-cidr="+ClusterCIDR,
+		"--cgroup-root="+n.Cgroup, "--api-socket="+n.AgentSocket, "--ipam-dir="+filepath.Join(dir, "ipam"),
+		"--metrics-addr=127.0.0.1:9964",
+		"--map-size-conntrack=65536", "--map-size-affinity=4096", "--map-size-frontends=16384",
+		"--map-size-backends=32768", "--map-size-slots=65536")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start agent on %s: %w", n.Name, err)
+	}
+	go func() { _ = cmd.Wait(); logf.Close() }()
+	client := cniapi.NewClient(n.AgentSocket)
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if client.Do("GET", "/v1/cni/status", nil, nil) == nil {
+			return nil
+		}
+		if cmd.ProcessState != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("kpath-agent on %s not ready within 60s (log: %s)", n.Name, logf.Name())
+}
+
+// Down stops a lab and removes everything it made: processes, namespaces,
+// pinned maps, cgroups and its directory. It also cleans up after a lab
+// whose setup crashed half way, by name prefix.
+func Down(dir string, log func(string, ...any)) error {
+	var errs []error
+	if st, err := LoadState(dir); err == nil && ProcessAlive(st.Pid) {
+		log("stopping the lab supervisor (pid %d)", st.Pid)
+		_ = syscall.Kill(st.Pid, syscall.SIGTERM)
+		for i := 0; i < 150 && ProcessAlive(st.Pid); i++ {
+			time.Sleep(100 * time.Millisecond)
+		}
+		_ = syscall.Kill(st.Pid, syscall.SIGKILL)
+	}
+	// Namespaces: pods, nodes, vnet.
+	out, _ := exec.Command("ip", "netns", "list").Output()
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) > 0 && strings.HasPrefix(f[0], NetnsPrefix) {
+			if err := run("ip", "netns", "del", f[0]); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	// Pinned datapaths (their links detach with them).
+	cfg := datapath.DefaultConfig()
+	if ents, err := os.ReadDir(cfg.BPFFS); err == nil {
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), PinPrefix) {
+				c := cfg
+				c.PinDir = e.Name()
+				if err := datapath.Reset(c); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+	}
+	// Cgroups: kill what is left in them, then remove them.
+	if root, err := datapath.CgroupV2Root(); err == nil {
+		base := filepath.Join(root, cgroupName)
+		ents, _ := os.ReadDir(base)
+		for _, e := range ents {
+			if e.IsDir() {
+				cg := filepath.Join(base, e.Name())
+				killCgroup(cg)
+				if err := removeWithRetry(cg); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+		if _, err := os.Stat(base); err == nil {
+			if err := removeWithRetry(base); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func killCgroup(dir string) {
+	data, _ := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	for _, f := range strings.Fields(string(data)) {
+		var pid int
+		if _, err := fmt.Sscan(f, &pid); err == nil {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+func removeWithRetry(dir string) error {
+	var err error
+	for range 50 {
+		if err = os.Remove(dir); err == nil || errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("remove cgroup %s: %w", dir, err)
+}
+
+// ProcessAlive reports whether pid runs (a zombie does not).
+func ProcessAlive(pid int) bool {
+	if pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(data)
+	if i := strings.LastIndexByte(s, ')'); i > 0 && i+2 < len(s) {
+		return s[i+2] != 'Z'
+	}
+	return true
+}
