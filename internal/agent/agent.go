@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -275,7 +276,13 @@ func (a *Agent) nodeNetwork(ctx context.Context) {
 			} else {
 				synced, lastGen, full = true, gen, time.Now()
 			}
-			rules := masq.Rules{Devices: a.cfg.Devices, Mark: a.cfg.Datapath().MasqueradeMark, PodCIDR: local}
+			devices := a.cfg.Devices
+			if mode == routing.VXLAN && len(devices) > 0 {
+				// Outside traffic sent on to another node's backend leaves
+				// through the tunnel, and must be masqueraded there too.
+				devices = append(slices.Clone(devices), routing.VXLANDevice)
+			}
+			rules := masq.Rules{Devices: devices, Mark: a.cfg.Datapath().MasqueradeMark, PodCIDR: local}
 			if a.cfg.ClusterCIDR != "" {
 				rules.ClusterCIDR = netip.MustParsePrefix(a.cfg.ClusterCIDR)
 			}

@@ -312,7 +312,9 @@ func startAgent(o Options, env *testenv.Env, n NodeInfo) error {
 // whose setup crashed half way, by name prefix.
 func Down(dir string, log func(string, ...any)) error {
 	var errs []error
-	if st, err := LoadState(dir); err == nil && ProcessAlive(st.Pid) {
+	// (A supervisor running in this very process, as in tests, has
+	// already been stopped by its caller.)
+	if st, err := LoadState(dir); err == nil && st.Pid != os.Getpid() && ProcessAlive(st.Pid) {
 		log("stopping the lab supervisor (pid %d)", st.Pid)
 		_ = syscall.Kill(st.Pid, syscall.SIGTERM)
 		for i := 0; i < 150 && ProcessAlive(st.Pid); i++ {

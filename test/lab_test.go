@@ -1,0 +1,228 @@
+package test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kpath/kpath/internal/cniapi"
+	"github.com/kpath/kpath/internal/cniplugin"
+	"github.com/kpath/kpath/internal/datapath"
+	klab "github.com/kpath/kpath/internal/lab"
+	"github.com/kpath/kpath/internal/testenv"
+	"github.com/kpath/kpath/internal/testutil"
+	"github.com/kpath/kpath/internal/workload"
+)
+
+// buildLabBinaries builds kpath, kpath-agent and kpath-cni side by side, as
+// the lab expects them.
+func buildLabBinaries(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, c := range []string{"kpath", "kpath-agent", "kpath-cni"} {
+		if b, err := exec.Command("go", "build", "-o", filepath.Join(dir, c), "../cmd/"+c).CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", c, err, b)
+		}
+	}
+	return dir
+}
+
+// TestLab runs the lab end to end in each routing mode: two nodes, pods on
+// both, pod-to-pod across nodes, pod -> ClusterIP -> remote backend, a
+// NodePort from the vnet, pod traffic to outside the cluster masqueraded,
+// a deleted pod's address and programs released, and down leaving nothing.
+func TestLab(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireTool(t, "ip", "nsenter", "nft")
+	k8sBin, err := testenv.BinDir()
+	if err != nil {
+		testutil.SkipOrFail(t, err.Error())
+	}
+	if _, err := os.Stat(filepath.Join(k8sBin, "kube-controller-manager")); err != nil {
+		testutil.SkipOrFail(t, "kube-controller-manager not built: run make k8s-bins")
+	}
+	bin := buildLabBinaries(t)
+	for _, mode := range []string{"native", "direct", "vxlan"} {
+		t.Run(mode, func(t *testing.T) { labScenario(t, bin, k8sBin, mode) })
+	}
+}
+
+func labScenario(t *testing.T, bin, k8sBin, mode string) {
+	dir := filepath.Join(t.TempDir(), "lab")
+	_ = klab.Down(dir, t.Logf) // what an earlier run may have left
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- klab.Supervise(ctx, klab.Options{Dir: dir, Nodes: 2, Routing: mode, BinDir: bin, K8sBin: k8sBin, Log: t.Logf})
+	}()
+	stopped := false
+	down := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("supervise: %v", err)
+		}
+		if err := klab.Down(dir, t.Logf); err != nil {
+			t.Errorf("down: %v", err)
+		}
+	}
+	t.Cleanup(down)
+	var st *klab.State
+	waitFor(t, 2*time.Minute, "lab ready", func() bool {
+		var err error
+		st, err = klab.LoadState(dir)
+		if err == nil && st.Error != "" {
+			t.Fatalf("lab failed: %s", st.Error)
+		}
+		return err == nil && st.Ready
+	})
+	cfg, err := clientcmd.BuildConfigFromFlags("", st.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bg := context.Background()
+	svc, err := c.CoreV1().Services("default").Create(bg, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, Selector: map[string]string{"app": "echo"},
+			Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mkPod := func(name, node, image string, labels map[string]string) {
+		_, err := c.CoreV1().Pods("default").Create(bg, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
+			Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "main", Image: image,
+				Ports: []corev1.ContainerPort{{ContainerPort: 8080}}}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	mkPod("echo-1", "node-1", "kpath/echo", map[string]string{"app": "echo"})
+	mkPod("echo-2", "node-1", "kpath/echo", map[string]string{"app": "echo"})
+	mkPod("client", "node-2", "kpath/client", nil)
+	pods := map[string]*corev1.Pod{}
+	waitFor(t, time.Minute, "pods running", func() bool {
+		l, err := c.CoreV1().Pods("default").List(bg, metav1.ListOptions{})
+		if err != nil {
+			return false
+		}
+		for i := range l.Items {
+			if l.Items[i].Status.PodIP != "" {
+				pods[l.Items[i].Name] = &l.Items[i]
+			}
+		}
+		return len(pods) == 3
+	})
+	node2 := st.Nodes[1]
+	cg, err := os.Open(node2.Cgroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cg.Close()
+	clientNS := klab.PodNetns("node-2", pods["client"].UID)
+	probe := func(netns string, cgroup *os.File, url string, n int) workload.ProbeResult {
+		t.Helper()
+		var r workload.ProbeResult
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			cmd := exec.Command("ip", "netns", "exec", netns, filepath.Join(bin, "kpath"), "workload", "probe", url,
+				"-n", fmt.Sprint(n), "--timeout", "2s", "-o", "json")
+			if cgroup != nil {
+				cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cgroup.Fd())}
+			}
+			out, _ := cmd.Output()
+			r = workload.ProbeResult{}
+			_ = json.Unmarshal(out, &r)
+			if (r.Requests == n && r.Failures == 0) || time.Now().After(deadline) {
+				return r
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+	}
+	both := func(what string, r workload.ProbeResult) {
+		t.Helper()
+		t.Logf("%s %s: %v in %s", mode, what, r.Backends, r.Total)
+		if r.Failures != 0 || r.Backends["echo-1"] == 0 || r.Backends["echo-2"] == 0 {
+			t.Errorf("%s: %+v", what, r)
+		}
+	}
+	// Pod to pod across nodes, then through the ClusterIP (socket hook)
+	// and per packet (no cgroup: the tc path), then a NodePort from outside.
+	if r := probe(clientNS, cg, fmt.Sprintf("http://%s:8080/", pods["echo-1"].Status.PodIP), 5); r.Backends["echo-1"] != 5 {
+		t.Errorf("pod on node-2 -> pod on node-1: %+v", r)
+	}
+	both("pod -> ClusterIP (socket hook)", probe(clientNS, cg, "http://"+svc.Spec.ClusterIP+"/", 40))
+	both("pod -> ClusterIP (tc)", probe(clientNS, nil, "http://"+svc.Spec.ClusterIP+"/", 40))
+	np := svc.Spec.Ports[0].NodePort
+	for _, n := range st.Nodes {
+		both("vnet -> NodePort on "+n.Name, probe(klab.VnetNetns, nil, fmt.Sprintf("http://%s:%d/", n.IP, np), 40))
+	}
+
+	// Pod traffic leaving the cluster is masqueraded to the node address.
+	startHelper(t, klab.VnetNetns, "backend", "outside", nil)
+	client := startHelper(t, clientNS, "client", "client", nil)
+	if a := strings.Fields(client.do(t, fmt.Sprintf("peer 192.168.200.1:%d", peerPort)).Answer); len(a) != 2 || a[1] != node2.IP {
+		t.Errorf("pod -> outside: the server saw %q, want the node address %s", a, node2.IP)
+	}
+
+	// Deleting a pod frees its address and detaches its programs.
+	e2 := pods["echo-2"]
+	if err := c.CoreV1().Pods("default").Delete(bg, "echo-2", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "echo-2 removed", func() bool {
+		_, err := c.CoreV1().Pods("default").Get(bg, "echo-2", metav1.GetOptions{})
+		return err != nil
+	})
+	var chk cniapi.CheckResponse
+	if err := cniapi.NewClient(st.Nodes[0].AgentSocket).Do("POST", "/v1/cni/check", cniapi.CheckRequest{ContainerID: string(e2.UID), IfName: "eth0"}, &chk); err != nil {
+		t.Fatal(err)
+	}
+	if chk.Addr.IsValid() {
+		t.Errorf("deleted pod's address %s still allocated", chk.Addr)
+	}
+	hostIf := cniplugin.HostIfName(string(e2.UID), "eth0")
+	if m, _ := filepath.Glob(filepath.Join(datapath.DefaultConfig().BPFFS, klab.PinPrefix+"node-1", "links", "tcx_"+hostIf+"_*")); len(m) != 0 {
+		t.Errorf("deleted pod's programs still attached: %v", m)
+	}
+
+	// down leaves nothing behind.
+	down()
+	out, _ := exec.Command("ip", "netns", "list").Output()
+	if strings.Contains(string(out), klab.NetnsPrefix) {
+		t.Errorf("namespaces left after down:\n%s", out)
+	}
+	if m, _ := filepath.Glob(filepath.Join(datapath.DefaultConfig().BPFFS, klab.PinPrefix+"*")); len(m) != 0 {
+		t.Errorf("pinned datapaths left after down: %v", m)
+	}
+	if root, err := datapath.CgroupV2Root(); err == nil {
+		if _, err := os.Stat(filepath.Join(root, "kpath-lab")); err == nil {
+			t.Error("cgroups left after down")
+		}
+	}
+	if _, err := os.Stat(dir); err == nil {
+		t.Error("state directory left after down")
+	}
+}
