@@ -41,7 +41,7 @@ lint:
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2000000x ./internal/datapath/
 
-demo: build
+demo: build k8s-bins
 	hack/install-deps.sh
 	KPATH=$(BIN)/kpath hack/demo.sh
 

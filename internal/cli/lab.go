@@ -36,7 +36,11 @@ wired by the real CNI plugin. Pods whose image name contains "echo" run an HTTP 
 server (first container port, default 8080) answering with the pod's name; other images
 run an idle process to exec commands in.`,
 	}
-	cmd.PersistentFlags().StringVar(&dir, "dir", lab.DefaultDir, "the lab's state directory")
+	defDir := lab.DefaultDir
+	if d := os.Getenv("KPATH_LAB_DIR"); d != "" {
+		defDir = d
+	}
+	cmd.PersistentFlags().StringVar(&dir, "dir", defDir, "the lab's state directory ($KPATH_LAB_DIR)")
 
 	var (
 		nodes   int
@@ -171,6 +175,12 @@ run an idle process to exec commands in.`,
 		Short:              "Run kubectl against the lab",
 		DisableFlagParsing: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// Flags are kubectl's; only a leading --dir is ours.
+			if len(args) >= 2 && args[0] == "--dir" {
+				dir, args = args[1], args[2:]
+			} else if len(args) >= 1 && strings.HasPrefix(args[0], "--dir=") {
+				dir, args = strings.TrimPrefix(args[0], "--dir="), args[1:]
+			}
 			st, err := lab.LoadState(dir)
 			if err != nil {
 				return fmt.Errorf("no lab in %s: %w", dir, err)
