@@ -15,8 +15,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kpath/kpath/internal/cniapi"
 	"github.com/kpath/kpath/internal/cniplugin"
@@ -92,11 +90,7 @@ func labScenario(t *testing.T, bin, k8sBin, mode string) {
 		}
 		return err == nil && st.Ready
 	})
-	cfg, err := clientcmd.BuildConfigFromFlags("", st.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := kubernetes.NewForConfig(cfg)
+	c, err := klab.Client(st)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,8 +16,6 @@ import (
 
 	"github.com/spf13/cobra"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kpath/kpath/internal/lab"
 	"github.com/kpath/kpath/internal/routing"
@@ -93,7 +91,7 @@ run an idle process to exec commands in.`,
 					return fmt.Errorf("lab failed: %s (run kpath lab down to clean up)", st.Error)
 				}
 				if err == nil && st.Ready {
-					fmt.Fprintf(out, "\nready. Use it with:\n  kpath lab kubectl get nodes,pods -A\n  export KUBECONFIG=%s\n", st.Kubeconfig)
+					fmt.Fprintf(out, "\nready. The API server %s lives in the lab's vnet namespace; use it with:\n  kpath lab kubectl get nodes,pods -A\n  ip netns exec %s kubectl --kubeconfig %s ...\n", st.APIServer, lab.VnetNetns, st.Kubeconfig)
 					return nil
 				}
 				if !lab.ProcessAlive(sup.Process.Pid) {
@@ -157,7 +155,7 @@ run an idle process to exec commands in.`,
 			return fmt.Errorf("the lab in %s is not running (supervisor pid %d gone); run kpath lab down", dir, st.Pid)
 		}
 		return render(cmd.OutOrStdout(), *statusOut, st, func(tw *tabwriter.Writer) {
-			fmt.Fprintf(tw, "API server:\t%s (KUBECONFIG=%s)\n", st.APIServer, st.Kubeconfig)
+			fmt.Fprintf(tw, "API server:\t%s in namespace %s (kubeconfig %s)\n", st.APIServer, lab.VnetNetns, st.Kubeconfig)
 			fmt.Fprintf(tw, "Routing:\t%s\n\n", st.Routing)
 			fmt.Fprintln(tw, "NODE\tNETNS\tADDRESS\tPOD CIDR\tAGENT")
 			for _, n := range st.Nodes {
@@ -189,7 +187,8 @@ run an idle process to exec commands in.`,
 			if err != nil {
 				return err
 			}
-			c := exec.Command(filepath.Join(bin, "kubectl"), append([]string{"--kubeconfig", st.Kubeconfig}, args...)...)
+			// The API server is reachable only inside the vnet namespace.
+			c := exec.Command("nsenter", append([]string{"--net=/run/netns/" + lab.VnetNetns, filepath.Join(bin, "kubectl"), "--kubeconfig", st.Kubeconfig}, args...)...)
 			c.Stdin, c.Stdout, c.Stderr = os.Stdin, cmd.OutOrStdout(), cmd.ErrOrStderr()
 			return c.Run()
 		},
@@ -205,11 +204,7 @@ run an idle process to exec commands in.`,
 			if err != nil {
 				return fmt.Errorf("no lab in %s: %w", dir, err)
 			}
-			cfg, err := clientcmd.BuildConfigFromFlags("", st.Kubeconfig)
-			if err != nil {
-				return err
-			}
-			c, err := kubernetes.NewForConfig(cfg)
+			c, err := lab.Client(st)
 			if err != nil {
 				return err
 			}

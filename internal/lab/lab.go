@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -18,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/util/retry"
 
 	"github.com/kpath/kpath/internal/cniapi"
@@ -121,20 +123,7 @@ func Supervise(ctx context.Context, o Options) (err error) {
 		return err
 	}
 	_ = st.save(o.Dir)
-	if err := os.MkdirAll(filepath.Join(o.Dir, "control-plane"), 0o700); err != nil {
-		return err
-	}
-	o.Log("starting the control plane (etcd, kube-apiserver, kube-controller-manager)")
-	env, err := testenv.Start(ctx, testenv.Options{Dir: filepath.Join(o.Dir, "control-plane"), BinDir: o.K8sBin,
-		ServiceCIDR: ServiceCIDR, ClusterCIDR: ClusterCIDR, Log: o.Log})
-	if err != nil {
-		return err
-	}
-	defer env.Stop()
-	st.Kubeconfig, st.APIServer = env.Kubeconfig, env.APIServerURL
-	apiAddr := strings.TrimPrefix(env.APIServerURL, "https://")
-
-	o.Log("creating the vnet namespace (the cloud network)")
+	o.Log("creating the vnet namespace (the cloud network, %s)", vnetAddr)
 	for _, c := range [][]string{
 		{"ip", "netns", "add", VnetNetns},
 		{"ip", "-n", VnetNetns, "link", "set", "lo", "up"},
@@ -147,6 +136,21 @@ func Supervise(ctx context.Context, o Options) (err error) {
 			return err
 		}
 	}
+	if err := os.MkdirAll(filepath.Join(o.Dir, "control-plane"), 0o700); err != nil {
+		return err
+	}
+	o.Log("starting the control plane (etcd, kube-apiserver, kube-controller-manager)")
+	// The control plane lives in the vnet, on its bridge address: nodes
+	// reach it through their default route, and nothing listens outside
+	// the lab's namespaces.
+	env, err := testenv.Start(ctx, testenv.Options{Dir: filepath.Join(o.Dir, "control-plane"), BinDir: o.K8sBin,
+		ServiceCIDR: ServiceCIDR, ClusterCIDR: ClusterCIDR, Log: o.Log, Netns: VnetNetns, BindAddress: vnetAddr})
+	if err != nil {
+		return err
+	}
+	defer env.Stop()
+	st.Kubeconfig, st.APIServer = env.Kubeconfig, env.APIServerURL
+
 	cgRoot, err := datapath.CgroupV2Root()
 	if err != nil {
 		return err
@@ -182,9 +186,6 @@ func Supervise(ctx context.Context, o Options) (err error) {
 			if err := run(c[0], c[1:]...); err != nil {
 				return err
 			}
-		}
-		if _, err := nsutil.Forward(n.Netns, apiAddr); err != nil {
-			return err
 		}
 		cidr, err := registerNode(ctx, env.Client, n)
 		if err != nil {
@@ -404,4 +405,23 @@ func ProcessAlive(pid int) bool {
 		return s[i+2] != 'Z'
 	}
 	return true
+}
+
+// Client returns a client for a lab's API server, which is reachable only
+// from inside the lab's vnet namespace.
+func Client(st *State) (kubernetes.Interface, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", st.Kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := nsutil.Do(VnetNetns, func() error {
+			var err error
+			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+	return kubernetes.NewForConfig(cfg)
 }

@@ -29,6 +29,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/kpath/kpath/internal/nsutil"
 )
 
 // Options configure a control plane.
@@ -46,6 +48,12 @@ type Options struct {
 	Log func(format string, args ...any)
 	// APIPort fixes kube-apiserver's port (0: any free one).
 	APIPort int
+	// Netns runs the control plane inside this named network namespace
+	// (the lab's vnet); "" runs it in the current one.
+	Netns string
+	// BindAddress is where kube-apiserver listens and what it advertises
+	// (default 127.0.0.1).
+	BindAddress string
 }
 
 // Env is a running control plane.
@@ -81,6 +89,9 @@ func Start(ctx context.Context, opts Options) (*Env, error) {
 	}
 	if opts.Log == nil {
 		opts.Log = func(string, ...any) {}
+	}
+	if opts.BindAddress == "" {
+		opts.BindAddress = "127.0.0.1"
 	}
 	for _, b := range []string{"kube-apiserver"} {
 		if _, err := os.Stat(filepath.Join(opts.BinDir, b)); err != nil {
@@ -119,7 +130,7 @@ func Start(ctx context.Context, opts Options) (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := waitHTTP(ctx, client+"/health", nil, 30*time.Second, e.etcd); err != nil {
+	if err := e.waitHTTP(ctx, client+"/health", nil, 30*time.Second, e.etcd); err != nil {
 		return nil, fmt.Errorf("etcd did not become healthy: %w (log: %s)", err, e.etcd.log)
 	}
 
@@ -150,13 +161,13 @@ func (e *Env) startAPIServer(ctx context.Context) error {
 			return err
 		}
 	}
-	e.APIServerURL = fmt.Sprintf("https://127.0.0.1:%d", e.ports.api)
+	e.APIServerURL = fmt.Sprintf("https://%s:%d", e.opts.BindAddress, e.ports.api)
 	e.opts.Log("starting kube-apiserver on %s", e.APIServerURL)
 	var err error
 	e.api, err = e.start("kube-apiserver", filepath.Join(e.opts.BinDir, "kube-apiserver"),
 		fmt.Sprintf("--etcd-servers=http://127.0.0.1:%d", e.ports.etcd),
-		"--bind-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", e.ports.api),
-		"--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none",
+		"--bind-address="+e.opts.BindAddress, fmt.Sprintf("--secure-port=%d", e.ports.api),
+		"--advertise-address="+e.opts.BindAddress, "--endpoint-reconciler-type=none",
 		"--cert-dir="+filepath.Join(dir, "certs"),
 		"--token-auth-file="+tokens, "--authorization-mode=RBAC",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -167,7 +178,7 @@ func (e *Env) startAPIServer(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := waitHTTP(ctx, e.APIServerURL+"/readyz", map[string]string{"Authorization": "Bearer " + e.token}, 90*time.Second, e.api); err != nil {
+	if err := e.waitHTTP(ctx, e.APIServerURL+"/readyz", map[string]string{"Authorization": "Bearer " + e.token}, 90*time.Second, e.api); err != nil {
 		return fmt.Errorf("kube-apiserver did not become ready: %w (log: %s)", err, e.api.log)
 	}
 	e.Config = &rest.Config{
@@ -176,6 +187,7 @@ func (e *Env) startAPIServer(ctx context.Context) error {
 		TLSClientConfig: rest.TLSClientConfig{Insecure: true},
 		QPS:             1000,
 		Burst:           2000,
+		Dial:            e.Dial,
 	}
 	e.Client, err = kubernetes.NewForConfig(e.Config)
 	if err != nil {
@@ -235,6 +247,9 @@ func (e *Env) start(name, bin string, args ...string) (*proc, error) {
 		return nil, err
 	}
 	cmd := exec.Command(bin, args...)
+	if e.opts.Netns != "" {
+		cmd = exec.Command("nsenter", append([]string{"--net=/run/netns/" + e.opts.Netns, bin}, args...)...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own process group, and killed with the parent if that dies.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -272,8 +287,21 @@ func stopProc(p *proc) {
 	}
 }
 
-func waitHTTP(ctx context.Context, url string, headers map[string]string, timeout time.Duration, p *proc) error {
-	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+// Dial connects to the control plane, from inside its namespace if it has
+// one (sockets keep the namespace they were created in).
+func (e *Env) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := nsutil.Do(e.opts.Netns, func() error {
+		var err error
+		c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
+
+func (e *Env) waitHTTP(ctx context.Context, url string, headers map[string]string, timeout time.Duration, p *proc) error {
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, DialContext: e.Dial}}
 	deadline := time.Now().Add(timeout)
 	var last error
 	for time.Now().Before(deadline) {
