@@ -220,3 +220,33 @@ func labScenario(t *testing.T, bin, k8sBin, mode string) {
 		t.Error("state directory left after down")
 	}
 }
+
+// TestLabDownAfterFailedUp: an up that fails half way (here: no Kubernetes
+// binaries, after the vnet exists) leaves nothing once down has run.
+func TestLabDownAfterFailedUp(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireTool(t, "ip", "nsenter")
+	dir := filepath.Join(t.TempDir(), "lab")
+	_ = klab.Down(dir, t.Logf)
+	err := klab.Supervise(context.Background(), klab.Options{Dir: dir, Nodes: 2, Routing: "native",
+		BinDir: t.TempDir(), K8sBin: t.TempDir(), Log: t.Logf})
+	if err == nil || !strings.Contains(err.Error(), "kube-apiserver not found") {
+		t.Fatalf("supervise without binaries: %v", err)
+	}
+	if st, err := klab.LoadState(dir); err != nil || st.Error == "" {
+		t.Errorf("state after failure: %+v %v, want the error recorded", st, err)
+	}
+	if _, err := os.Stat("/run/netns/" + klab.VnetNetns); err != nil {
+		t.Fatalf("the failed up should have got as far as the vnet: %v", err)
+	}
+	if err := klab.Down(dir, t.Logf); err != nil {
+		t.Fatal(err)
+	}
+	out, _ := exec.Command("ip", "netns", "list").Output()
+	if strings.Contains(string(out), klab.NetnsPrefix) {
+		t.Errorf("namespaces left:\n%s", out)
+	}
+	if _, err := os.Stat(dir); err == nil {
+		t.Error("state directory left")
+	}
+}
