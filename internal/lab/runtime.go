@@ -100,17 +100,8 @@ func (r *Runtime) Run(ctx context.Context) error {
 		return err
 	}
 	f.Start(ctx.Done())
-	defer func() {
-		r.mu.Lock()
-		uids := make([]types.UID, 0, len(r.pods))
-		for uid := range r.pods {
-			uids = append(uids, uid)
-		}
-		r.mu.Unlock()
-		// Leaving pods running keeps the lab up; only workloads owned by
-		// this process die with it (they are its children).
-		_ = uids
-	}()
+	// Stopping the runtime leaves pods running (the lab stays up until
+	// its supervisor exits; workloads die with it, Pdeathsig).
 	for {
 		select {
 		case <-ctx.Done():
