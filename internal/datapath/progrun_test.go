@@ -447,3 +447,34 @@ func TestConntrackGC(t *testing.T) {
 		t.Fatalf("GC deleted %d, kept %d; want 2 and 4", deleted, remaining)
 	}
 }
+
+func TestConntrackGCAtScale(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Sizes.Conntrack = 262144
+	d := openTest(t, cfg)
+	now, err := MonotonicNow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 100000
+	keys, vals := make([]kpathCtKey, n), make([]kpathCtEntry, n)
+	for i := range n {
+		keys[i] = kpathCtKey{Saddr: uint32(i), Daddr: 1, Sport: uint16(i), Dport: 80, Proto: 6}
+		vals[i] = kpathCtEntry{Expires: now + 60}
+		if i%2 == 0 {
+			vals[i].Expires = now - 1
+		}
+	}
+	if _, err := d.objs.KpCt.BatchUpdate(keys, vals, nil); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	deleted, remaining, err := d.ConntrackGC()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("GC of %d entries (half expired) took %s", n, time.Since(start))
+	if deleted != n/2 || remaining != n/2 {
+		t.Fatalf("deleted %d, remaining %d; want %d each", deleted, remaining, n/2)
+	}
+}
