@@ -3,14 +3,13 @@
 package cniapi
 
 import (
-	"bytes"
-	"context"
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -89,44 +88,64 @@ type Error struct {
 // not running, or not ready.
 var ErrUnavailable = errors.New("kpath-agent is not available")
 
-// Client talks to the agent.
+// Client talks to the agent. It speaks just enough HTTP/1.0 over the unix
+// socket for these JSON requests, without net/http: kpath-cni is exec'd for
+// every pod, and net/http with its TLS and compression packages roughly
+// doubles the binary's start-up time.
 type Client struct {
-	Socket string
-	http   *http.Client
+	Socket  string
+	Timeout time.Duration
 }
 
 // NewClient returns a client for the agent's socket.
 func NewClient(socket string) *Client {
-	return &Client{Socket: socket, http: &http.Client{
-		Timeout: 30 * time.Second,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		}},
-	}}
+	return &Client{Socket: socket, Timeout: 30 * time.Second}
 }
 
 // Do sends a request; out may be nil.
 func (c *Client) Do(method, path string, in, out any) error {
-	var body bytes.Buffer
+	var body []byte
 	if in != nil {
-		if err := json.NewEncoder(&body).Encode(in); err != nil {
+		var err error
+		if body, err = json.Marshal(in); err != nil {
 			return err
 		}
 	}
-	req, err := http.NewRequest(method, "http://kpath-agent"+path, &body)
-	if err != nil {
-		return err
-	}
-	resp, err := c.http.Do(req)
+	conn, err := net.DialTimeout("unix", c.Socket, c.Timeout)
 	if err != nil {
 		return fmt.Errorf("%w at %s: %v", ErrUnavailable, c.Socket, err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(c.Timeout))
+	req := fmt.Sprintf("%s %s HTTP/1.0\r\nHost: kpath-agent\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", method, path, len(body))
+	if _, err := conn.Write(append([]byte(req), body...)); err != nil {
+		return fmt.Errorf("%w at %s: %v", ErrUnavailable, c.Socket, err)
+	}
+	r := bufio.NewReader(conn)
+	status, err := r.ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("%w at %s: no answer: %v", ErrUnavailable, c.Socket, err)
+	}
+	var (
+		proto string
+		code  int
+	)
+	if _, err := fmt.Sscanf(status, "%s %d", &proto, &code); err != nil {
+		return fmt.Errorf("kpath-agent: bad status line %q", strings.TrimSpace(status))
+	}
+	for { // headers; the body runs to the end (HTTP/1.0 closes)
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return fmt.Errorf("kpath-agent: truncated answer: %w", err)
+		}
+		if strings.TrimSpace(line) == "" {
+			break
+		}
+	}
+	if code != 200 {
 		var e Error
-		_ = json.NewDecoder(resp.Body).Decode(&e)
-		if resp.StatusCode == http.StatusServiceUnavailable {
+		_ = json.NewDecoder(r).Decode(&e)
+		if code == 503 {
 			return fmt.Errorf("%w: %s", ErrUnavailable, e.Error)
 		}
 		return fmt.Errorf("kpath-agent: %s", e.Error)
@@ -134,5 +153,5 @@ func (c *Client) Do(method, path string, in, out any) error {
 	if out == nil {
 		return nil
 	}
-	return json.NewDecoder(resp.Body).Decode(out)
+	return json.NewDecoder(r).Decode(out)
 }

@@ -21,7 +21,6 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
-	"github.com/containernetworking/plugins/pkg/ip"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -125,20 +124,36 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if l, err := netlink.LinkByName(hostIf); err == nil {
 		_ = netlink.LinkDel(l)
 	}
-	var hostVeth, contVeth net.Interface
-	err = netns.Do(func(hostNS ns.NetNS) error {
+	_ = netns.Do(func(ns.NetNS) error {
 		if l, err := netlink.LinkByName(args.IfName); err == nil {
 			_ = netlink.LinkDel(l)
 		}
-		var err error
-		hostVeth, contVeth, err = ip.SetupVethWithName(args.IfName, hostIf, mtu, "", hostNS)
-		if err != nil {
-			return err
-		}
+		return nil
+	})
+	// One request creates the pair with its peer already in the pod's
+	// namespace (no create-then-move, no temporary names).
+	veth := &netlink.Veth{
+		LinkAttrs: netlink.LinkAttrs{Name: hostIf, MTU: mtu},
+		PeerName:  args.IfName, PeerMTU: uint32(mtu), PeerNamespace: netlink.NsFd(int(netns.Fd())),
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return types.NewError(types.ErrInternal, "cannot create the pod's veth pair", err.Error())
+	}
+	host, err := netlink.LinkByName(hostIf)
+	if err != nil {
+		return types.NewError(types.ErrInternal, "host-side veth vanished", err.Error())
+	}
+	if err := netlink.LinkSetUp(host); err != nil {
+		return types.NewError(types.ErrInternal, "set the host-side veth up", err.Error())
+	}
+	hostMAC := host.Attrs().HardwareAddr
+	var contMAC net.HardwareAddr
+	err = netns.Do(func(ns.NetNS) error {
 		link, err := netlink.LinkByName(args.IfName)
 		if err != nil {
 			return err
 		}
+		contMAC = link.Attrs().HardwareAddr
 		if err := netlink.LinkSetUp(link); err != nil {
 			return fmt.Errorf("set %s up: %w", args.IfName, err)
 		}
@@ -150,7 +165,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 		// The gateway is the host-side veth: a permanent neighbour entry
 		// instead of ARP for an address nobody holds.
 		if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: link.Attrs().Index, Family: unix.AF_INET,
-			State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: hostVeth.HardwareAddr}); err != nil {
+			State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: hostMAC}); err != nil {
 			return fmt.Errorf("gateway neighbour: %w", err)
 		}
 		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Scope: netlink.SCOPE_LINK,
@@ -165,14 +180,9 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrInternal, "cannot set up the pod's interface", err.Error())
 	}
-
-	host, err := netlink.LinkByName(hostIf)
-	if err != nil {
-		return types.NewError(types.ErrInternal, "host-side veth vanished", err.Error())
-	}
 	podIP := net.IP(alloc.Addr.AsSlice())
 	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: host.Attrs().Index, Family: unix.AF_INET,
-		State: netlink.NUD_PERMANENT, IP: podIP, HardwareAddr: contVeth.HardwareAddr}); err != nil {
+		State: netlink.NUD_PERMANENT, IP: podIP, HardwareAddr: contMAC}); err != nil {
 		return types.NewError(types.ErrInternal, "pod neighbour entry", err.Error())
 	}
 	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: host.Attrs().Index, Scope: netlink.SCOPE_LINK,
@@ -186,8 +196,8 @@ func cmdAdd(args *skel.CmdArgs) error {
 	result := &types100.Result{
 		CNIVersion: types100.ImplementedSpecVersion,
 		Interfaces: []*types100.Interface{
-			{Name: hostIf, Mac: hostVeth.HardwareAddr.String()},
-			{Name: args.IfName, Mac: contVeth.HardwareAddr.String(), Sandbox: args.Netns},
+			{Name: hostIf, Mac: hostMAC.String()},
+			{Name: args.IfName, Mac: contMAC.String(), Sandbox: args.Netns},
 		},
 		IPs: []*types100.IPConfig{{
 			Interface: types100.Int(1),
