@@ -54,17 +54,25 @@ func TestLab(t *testing.T) {
 	}
 	bin := buildLabBinaries(t)
 	for _, mode := range []string{"native", "direct", "vxlan"} {
-		t.Run(mode, func(t *testing.T) { labScenario(t, bin, k8sBin, mode) })
+		t.Run(mode, func(t *testing.T) { labScenario(t, bin, k8sBin, mode, "kpath") })
+	}
+	// kpath's pod networking with the real kube-proxy handling services,
+	// as the latency benchmark (E1) compares them.
+	for _, services := range []string{"kube-proxy-iptables", "kube-proxy-nftables"} {
+		t.Run(services, func(t *testing.T) {
+			testutil.RequireTool(t, "iptables", "nft")
+			labScenario(t, bin, k8sBin, "native", services)
+		})
 	}
 }
 
-func labScenario(t *testing.T, bin, k8sBin, mode string) {
+func labScenario(t *testing.T, bin, k8sBin, mode, services string) {
 	dir := filepath.Join(t.TempDir(), "lab")
 	_ = klab.Down(dir, t.Logf) // what an earlier run may have left
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- klab.Supervise(ctx, klab.Options{Dir: dir, Nodes: 2, Routing: mode, BinDir: bin, K8sBin: k8sBin, Log: t.Logf})
+		done <- klab.Supervise(ctx, klab.Options{Dir: dir, Nodes: 2, Routing: mode, Services: services, BinDir: bin, K8sBin: k8sBin, Log: t.Logf})
 	}()
 	stopped := false
 	down := func() {
@@ -157,7 +165,7 @@ func labScenario(t *testing.T, bin, k8sBin, mode string) {
 	}
 	both := func(what string, r workload.ProbeResult) {
 		t.Helper()
-		t.Logf("%s %s: %v in %s", mode, what, r.Backends, r.Total)
+		t.Logf("%s/%s %s: %v in %s", mode, services, what, r.Backends, r.Total)
 		if r.Failures != 0 || r.Backends["echo-1"] == 0 || r.Backends["echo-2"] == 0 {
 			t.Errorf("%s: %+v", what, r)
 		}
@@ -168,6 +176,14 @@ func labScenario(t *testing.T, bin, k8sBin, mode string) {
 		t.Errorf("pod on node-2 -> pod on node-1: %+v", r)
 	}
 	both("pod -> ClusterIP (socket hook)", probe(clientNS, cg, "http://"+svc.Spec.ClusterIP+"/", 40))
+	if services != "kpath" {
+		// kube-proxy translated everything: kpath's datapath saw no service.
+		out, _ := exec.Command("nsenter", "--net=/run/netns/"+node2.Netns, filepath.Join(bin, "kpath"), "dp",
+			"--pin-dir", klab.PinPrefix+node2.Name, "counters", "-o", "json").Output()
+		if strings.Contains(string(out), "service translated") {
+			t.Errorf("%s: kpath translated services with kube-proxy replacement off: %s", services, out)
+		}
+	}
 	both("pod -> ClusterIP (tc)", probe(clientNS, nil, "http://"+svc.Spec.ClusterIP+"/", 40))
 	np := svc.Spec.Ports[0].NodePort
 	for _, n := range st.Nodes {

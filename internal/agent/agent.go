@@ -64,7 +64,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	a.dp = dp
-	if cfg.SocketHook {
+	if cfg.SocketHook && cfg.KubeProxyReplacement {
 		root := cfg.CgroupRoot
 		if root == "auto" {
 			if root, err = datapath.CgroupV2Root(); err != nil {
@@ -79,6 +79,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		log.Info("socket hook attached", "cgroup", root)
 	}
 	for _, dev := range cfg.Devices {
+		if !cfg.KubeProxyReplacement {
+			break // NodePorts are kube-proxy's
+		}
 		if err := dp.AttachDevice(dev); err != nil {
 			dp.Close()
 			return nil, fmt.Errorf("device %s: %w", dev, err)
@@ -91,7 +94,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.reg.MustRegister(newDatapathCollector(dp))
 	a.rec = reconcile.New(a.cache, frontendLister{dp}, reconcile.Options{
-		NodeName: cfg.NodeName, ProxyName: cfg.ProxyName, Selection: sel,
+		NodeName: cfg.NodeName, ProxyName: cfg.ProxyName, Selection: sel, Off: !cfg.KubeProxyReplacement,
 		Metrics: reconcile.NewMetrics(a.reg), Log: log,
 	})
 	return a, nil
@@ -166,6 +169,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	hc := &healthChecks{bind: a.cfg.HealthCheckBind, node: a.cfg.NodeName, log: a.log, servers: map[uint16]*hcServer{}}
 	defer hc.closeAll()
 	go func() {
+		if !a.cfg.KubeProxyReplacement {
+			return // kube-proxy serves health check node ports
+		}
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
 		for {

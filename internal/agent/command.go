@@ -49,6 +49,7 @@ func NewCommand() *cobra.Command {
 	f.StringVar(&cfg.BPFFS, "bpffs", cfg.BPFFS, "bpffs mount point")
 	f.StringVar(&cfg.PinDir, "pin-dir", cfg.PinDir, "directory under the bpffs for kpath's maps and links")
 	f.BoolVar(&cfg.SocketHook, "socket-hook", cfg.SocketHook, "translate services at connect() with cgroup hooks")
+	f.BoolVar(&cfg.KubeProxyReplacement, "kube-proxy-replacement", cfg.KubeProxyReplacement, "handle Services (off: kube-proxy does; kpath keeps pod networking)")
 	f.StringVar(&cfg.CgroupRoot, "cgroup-root", cfg.CgroupRoot, `cgroup v2 directory for the socket hook ("auto")`)
 	f.StringVar(&cfg.TCAttach, "tc-attach", cfg.TCAttach, "auto, tcx or legacy")
 	f.StringSliceVar(&cfg.Devices, "device", cfg.Devices, "node uplink device serving NodePorts to outside traffic (repeatable)")
@@ -85,6 +86,8 @@ func applyFlag(dst, src *Config, name string) {
 		dst.PinDir = src.PinDir
 	case "socket-hook":
 		dst.SocketHook = src.SocketHook
+	case "kube-proxy-replacement":
+		dst.KubeProxyReplacement = src.KubeProxyReplacement
 	case "cgroup-root":
 		dst.CgroupRoot = src.CgroupRoot
 	case "tc-attach":

@@ -29,6 +29,10 @@ type Config struct {
 	// BPFFS and PinDir locate the pinned datapath.
 	BPFFS  string `json:"bpffs,omitempty"`
 	PinDir string `json:"pinDir,omitempty"`
+	// KubeProxyReplacement: kpath handles Services. Off, another proxy
+	// (kube-proxy) does; kpath keeps pod networking and leaves every
+	// service address untouched.
+	KubeProxyReplacement bool `json:"kubeProxyReplacement"`
 	// SocketHook attaches the socket-level translation to CgroupRoot.
 	SocketHook bool `json:"socketHook"`
 	// CgroupRoot is the cgroup v2 directory for the socket hook ("auto":
@@ -73,21 +77,22 @@ func DefaultConfig() Config {
 	dp := datapath.DefaultConfig()
 	host, _ := os.Hostname()
 	return Config{
-		NodeName:        host,
-		BPFFS:           dp.BPFFS,
-		PinDir:          dp.PinDir,
-		SocketHook:      true,
-		CgroupRoot:      "auto",
-		TCAttach:        string(dp.TCAttach),
-		Selection:       "random",
-		MaglevTableSize: dp.MaglevTableSize,
-		MapSizes:        dp.Sizes,
-		MetricsAddr:     ":9964",
-		APISocket:       "/run/kpath/agent.sock",
-		IPAMDir:         "/var/lib/kpath/ipam",
-		Routing:         "native",
-		ResyncPeriod:    metav1.Duration{Duration: 5 * time.Minute},
-		CTGCInterval:    metav1.Duration{Duration: 30 * time.Second},
+		NodeName:             host,
+		BPFFS:                dp.BPFFS,
+		PinDir:               dp.PinDir,
+		SocketHook:           true,
+		KubeProxyReplacement: true,
+		CgroupRoot:           "auto",
+		TCAttach:             string(dp.TCAttach),
+		Selection:            "random",
+		MaglevTableSize:      dp.MaglevTableSize,
+		MapSizes:             dp.Sizes,
+		MetricsAddr:          ":9964",
+		APISocket:            "/run/kpath/agent.sock",
+		IPAMDir:              "/var/lib/kpath/ipam",
+		Routing:              "native",
+		ResyncPeriod:         metav1.Duration{Duration: 5 * time.Minute},
+		CTGCInterval:         metav1.Duration{Duration: 30 * time.Second},
 	}
 }
 

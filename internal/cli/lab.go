@@ -41,9 +41,10 @@ run an idle process to exec commands in.`,
 	cmd.PersistentFlags().StringVar(&dir, "dir", defDir, "the lab's state directory ($KPATH_LAB_DIR)")
 
 	var (
-		nodes   int
-		mode    string
-		timeout time.Duration
+		nodes    int
+		mode     string
+		services string
+		timeout  time.Duration
 	)
 	up := &cobra.Command{
 		Use:   "up",
@@ -72,7 +73,7 @@ run an idle process to exec commands in.`,
 			if err != nil {
 				return err
 			}
-			sup := exec.Command(self, "lab", "supervise", "--dir", dir, "--nodes", fmt.Sprint(nodes), "--routing", mode)
+			sup := exec.Command(self, "lab", "supervise", "--dir", dir, "--nodes", fmt.Sprint(nodes), "--routing", mode, "--services", services)
 			sup.Stdout, sup.Stderr = logf, logf
 			sup.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 			if err := sup.Start(); err != nil {
@@ -106,6 +107,7 @@ run an idle process to exec commands in.`,
 	}
 	up.Flags().IntVar(&nodes, "nodes", 2, "number of nodes")
 	up.Flags().StringVar(&mode, "routing", "native", "routing between nodes: native, direct or vxlan")
+	up.Flags().StringVar(&services, "services", "kpath", "service dataplane on every node: "+strings.Join(lab.ServiceModes, ", "))
 	up.Flags().DurationVar(&timeout, "timeout", 3*time.Minute, "how long to wait for the lab")
 
 	supervise := &cobra.Command{
@@ -124,12 +126,13 @@ run an idle process to exec commands in.`,
 				return err
 			}
 			logf := func(f string, a ...any) { fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05 ")+f+"\n", a...) }
-			return lab.Supervise(ctx, lab.Options{Dir: dir, Nodes: nodes, Routing: mode,
+			return lab.Supervise(ctx, lab.Options{Dir: dir, Nodes: nodes, Routing: mode, Services: services,
 				BinDir: filepath.Dir(self), K8sBin: k8sBin, Log: logf})
 		},
 	}
 	supervise.Flags().IntVar(&nodes, "nodes", 2, "")
 	supervise.Flags().StringVar(&mode, "routing", "native", "")
+	supervise.Flags().StringVar(&services, "services", "kpath", "")
 
 	down := &cobra.Command{
 		Use:   "down",
@@ -156,7 +159,8 @@ run an idle process to exec commands in.`,
 		}
 		return render(cmd.OutOrStdout(), *statusOut, st, func(tw *tabwriter.Writer) {
 			fmt.Fprintf(tw, "API server:\t%s in namespace %s (kubeconfig %s)\n", st.APIServer, lab.VnetNetns, st.Kubeconfig)
-			fmt.Fprintf(tw, "Routing:\t%s\n\n", st.Routing)
+			fmt.Fprintf(tw, "Routing:\t%s\n", st.Routing)
+			fmt.Fprintf(tw, "Services:\t%s\n\n", st.Services)
 			fmt.Fprintln(tw, "NODE\tNETNS\tADDRESS\tPOD CIDR\tAGENT")
 			for _, n := range st.Nodes {
 				agent := "down"

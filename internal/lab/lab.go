@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -52,10 +53,16 @@ type NodeInfo struct {
 	Cgroup      string `json:"cgroup"`
 }
 
+// Service dataplanes a lab node can run: kpath with its socket hook,
+// kpath per packet only, the real kube-proxy (kpath keeps pod networking
+// with kube-proxy replacement off), or nothing at all.
+var ServiceModes = []string{"kpath", "kpath-tc", "kube-proxy-iptables", "kube-proxy-nftables", "none"}
+
 // State is what a running lab records in its directory.
 type State struct {
 	Pid        int        `json:"pid"`
 	Routing    string     `json:"routing"`
+	Services   string     `json:"services"`
 	Kubeconfig string     `json:"kubeconfig"`
 	APIServer  string     `json:"apiServer"`
 	Nodes      []NodeInfo `json:"nodes"`
@@ -68,6 +75,8 @@ type Options struct {
 	Dir     string
 	Nodes   int
 	Routing string
+	// Services is one of ServiceModes (default kpath).
+	Services string
 	// BinDir holds kpath, kpath-agent and kpath-cni.
 	BinDir string
 	// K8sBin holds kube-apiserver and friends.
@@ -112,7 +121,13 @@ func run(name string, args ...string) error {
 // it down. It is the lab's one long-lived process: the control plane,
 // agents and workloads are its children and die with it.
 func Supervise(ctx context.Context, o Options) (err error) {
-	st := &State{Pid: os.Getpid(), Routing: o.Routing}
+	if o.Services == "" {
+		o.Services = "kpath"
+	}
+	if !slices.Contains(ServiceModes, o.Services) {
+		return fmt.Errorf("service dataplane %q: want one of %v", o.Services, ServiceModes)
+	}
+	st := &State{Pid: os.Getpid(), Routing: o.Routing, Services: o.Services}
 	defer func() {
 		if err != nil {
 			st.Error = err.Error()
@@ -206,6 +221,11 @@ func Supervise(ctx context.Context, o Options) (err error) {
 		if err := startAgent(o, env, n); err != nil {
 			return err
 		}
+		if mode, ok := strings.CutPrefix(o.Services, "kube-proxy-"); ok {
+			if err := startKubeProxy(o, env, n, mode); err != nil {
+				return err
+			}
+		}
 		cg, err := os.Open(n.Cgroup)
 		if err != nil {
 			return err
@@ -224,7 +244,7 @@ func Supervise(ctx context.Context, o Options) (err error) {
 	if err := st.save(o.Dir); err != nil {
 		return err
 	}
-	o.Log("lab ready: %d nodes, routing %s", o.Nodes, o.Routing)
+	o.Log("lab ready: %d nodes, routing %s, services by %s", o.Nodes, o.Routing, o.Services)
 	<-ctx.Done()
 	return nil
 }
@@ -281,13 +301,21 @@ func startAgent(o Options, env *testenv.Env, n NodeInfo) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command("nsenter", "--net=/run/netns/"+n.Netns, filepath.Join(o.BinDir, "kpath-agent"),
-		"--kubeconfig="+env.Kubeconfig, "--node-name="+n.Name, "--pin-dir="+PinPrefix+n.Name,
-		"--device=eth0", "--routing="+o.Routing, "--cluster-cidr="+ClusterCIDR,
-		"--cgroup-root="+n.Cgroup, "--api-socket="+n.AgentSocket, "--ipam-dir="+filepath.Join(dir, "ipam"),
+	args := []string{"--net=/run/netns/" + n.Netns, filepath.Join(o.BinDir, "kpath-agent"),
+		"--kubeconfig=" + env.Kubeconfig, "--node-name=" + n.Name, "--pin-dir=" + PinPrefix + n.Name,
+		"--device=eth0", "--routing=" + o.Routing, "--cluster-cidr=" + ClusterCIDR,
+		"--cgroup-root=" + n.Cgroup, "--api-socket=" + n.AgentSocket, "--ipam-dir=" + filepath.Join(dir, "ipam"),
 		"--metrics-addr=127.0.0.1:9964",
 		"--map-size-conntrack=65536", "--map-size-affinity=4096", "--map-size-frontends=16384",
-		"--map-size-backends=32768", "--map-size-slots=65536")
+		"--map-size-backends=32768", "--map-size-slots=65536"}
+	switch o.Services {
+	case "kpath-tc":
+		args = append(args, "--socket-hook=false")
+	case "kpath":
+	default: // kube-proxy or none: kpath keeps pod networking only
+		args = append(args, "--kube-proxy-replacement=false")
+	}
+	cmd := exec.Command("nsenter", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -306,6 +334,28 @@ func startAgent(o Options, env *testenv.Env, n NodeInfo) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return fmt.Errorf("kpath-agent on %s not ready within 60s (log: %s)", n.Name, logf.Name())
+}
+
+// startKubeProxy runs the real kube-proxy (iptables or nftables mode) in a
+// node's namespace, in place of kpath's service handling.
+func startKubeProxy(o Options, env *testenv.Env, n NodeInfo, mode string) error {
+	logf, err := os.Create(filepath.Join(o.Dir, n.Name, "kube-proxy.log"))
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command("nsenter", "--net=/run/netns/"+n.Netns, filepath.Join(o.K8sBin, "kube-proxy"),
+		"--kubeconfig="+env.Kubeconfig, "--hostname-override="+n.Name, "--proxy-mode="+mode,
+		"--cluster-cidr="+ClusterCIDR,
+		// A node namespace cannot set the host-wide conntrack table sizes.
+		"--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0", "--conntrack-tcp-timeout-close-wait=0",
+		"--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=127.0.0.1:10256")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start kube-proxy on %s: %w", n.Name, err)
+	}
+	go func() { _ = cmd.Wait(); logf.Close() }()
+	return nil
 }
 
 // Down stops a lab and removes everything it made: processes, namespaces,

@@ -30,6 +30,9 @@ type Options struct {
 	NodeName  string
 	ProxyName string
 	Selection model.Selection
+	// Off: another service proxy (kube-proxy) owns services; the datapath
+	// is kept free of frontends, pruning any left from before.
+	Off bool
 	// MaxRetries is how often a failing service is retried with backoff
 	// before waiting for its next change or the next full resync.
 	MaxRetries int
@@ -169,6 +172,9 @@ func (r *Reconciler) Sync(full bool) error {
 	}
 	merged, clashes := servicemap.Merge(r.perService)
 	problems = append(problems, clashes...)
+	if r.opts.Off {
+		merged, problems = nil, nil
+	}
 	r.report(problems, full)
 
 	// Apply: new and changed frontends, then removed ones. Frontends that

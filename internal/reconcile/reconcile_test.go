@@ -118,3 +118,18 @@ func TestFullResyncPrunesOrphansAndSkipsUnchanged(t *testing.T) {
 		t.Fatalf("deleted service left %v", dp.svcs)
 	}
 }
+
+func TestOffKeepsTheDatapathFreeOfFrontends(t *testing.T) {
+	c := k8s.NewCache()
+	left := model.FrontendKey{L4Addr: model.L4Addr{Addr: netip.MustParseAddr("10.96.0.1"), Port: 80, Proto: model.TCP}}
+	dp := &fakeDP{svcs: map[model.FrontendKey]model.Service{left: {Frontend: left.L4Addr}}, failFor: map[model.L4Addr]int{}}
+	r := New(c, dp, Options{NodeName: "n1", Off: true, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	s := spec("web", "10.96.0.1")
+	c.SetService(s.Key, s)
+	if err := r.Sync(true); err != nil {
+		t.Fatal(err)
+	}
+	if len(dp.svcs) != 0 || dp.upserts != 0 {
+		t.Fatalf("with services off the datapath holds %v after %d writes", dp.svcs, dp.upserts)
+	}
+}
