@@ -93,24 +93,18 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	sel, _ := model.ParseSelection(cfg.Selection)
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.reg.MustRegister(newDatapathCollector(dp))
-	a.rec = reconcile.New(a.cache, frontendLister{dp}, reconcile.Options{
+	a.rec = reconcile.New(a.cache, dp, reconcile.Options{
 		NodeName: cfg.NodeName, ProxyName: cfg.ProxyName, Selection: sel, Off: !cfg.KubeProxyReplacement,
 		Metrics: reconcile.NewMetrics(a.reg), Log: log,
 	})
 	return a, nil
 }
 
-// frontendLister adapts the datapath to reconcile.Datapath.
-type frontendLister struct{ *datapath.Datapath }
-
 // Datapath returns the agent's datapath (tests read its maps).
 func (a *Agent) Datapath() *datapath.Datapath { return a.dp }
 
 // Ready reports whether the agent has synced with the API server once.
 func (a *Agent) Ready() bool { return a.ready.Load() }
-
-// Reconciler returns the agent's reconciler.
-func (a *Agent) Reconciler() *reconcile.Reconciler { return a.rec }
 
 // Run watches the API server and serves until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
@@ -130,7 +124,6 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, 2)
 	if a.cfg.MetricsAddr != "" {
 		srv, err := a.serveHTTP(a.cfg.MetricsAddr)
 		if err != nil {
@@ -183,12 +176,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}
 	}()
-	select {
-	case <-ctx.Done():
-		return nil
-	case err := <-errc:
-		return err
-	}
+	<-ctx.Done()
+	return nil
 }
 
 func (a *Agent) conntrackGC(ctx context.Context) {
