@@ -8,6 +8,7 @@ set -euo pipefail
 want=()
 need() { dpkg -s "$1" >/dev/null 2>&1 || want+=("$1"); }
 need iproute2
+need procps     # sysctl, to enable forwarding in lab and test namespaces
 need etcd-server # the control plane of tests and the lab (etcd 3.4)
 need iptables    # the real kube-proxy, run beside kpath in differential tests and benchmarks
 need conntrack
