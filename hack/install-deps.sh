@@ -13,6 +13,7 @@ need etcd-server # the control plane of tests and the lab (etcd 3.4)
 need iptables    # the real kube-proxy, run beside kpath in differential tests and benchmarks
 need conntrack
 need nftables
+need apache2-utils # ab, the load of the E1 latency benchmark
 if [[ "${1:-}" == "--bpf" ]]; then
 	need clang
 	need llvm

@@ -2,6 +2,8 @@ package cli
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"text/tabwriter"
 	"time"
 
@@ -55,6 +57,62 @@ restarted over its pinned maps.`,
 	cp.Flags().IntVar(&o.Backends, "backends", 60, "endpoints per service")
 	cp.Flags().IntVar(&o.Changes, "changes", 200, "EndpointSlice changes to time")
 	cp.Flags().StringVar(&o.BinDir, "k8s-bin", "", "directory with kube-apiserver (default: make k8s-bins' cache)")
-	cmd.AddCommand(cp)
+	cmd.AddCommand(cp, newLatencyCommand())
+	return cmd
+}
+
+func newLatencyCommand() *cobra.Command {
+	o := bench.LatencyOptions{}
+	var quick bool
+	cmd := &cobra.Command{
+		Use:   "latency",
+		Short: "E1: service routing latency vs cluster size, every service dataplane in the same run (work in progress)",
+		Long: `E1 (BENCHMARKS.md): a one-node lab per service dataplane (kpath, kpath-tc,
+kube-proxy-iptables, kube-proxy-nftables, none); S simulated services of 10 endpoints on
+remote nodes; ApacheBench from a client pod to the echo pod directly and through its
+ClusterIP, alternating, with disjoint client port ranges; loaded (-c 16, 20 EndpointSlice
+changes per second) and quiet (-c 1). Writes latency.csv to --out.`,
+		Args: cobra.NoArgs,
+	}
+	out := outputFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if quick {
+			o.Points, o.Requests, o.Rounds = []int{0, 100, 500, 1600}, 10000, 2
+		}
+		if o.K8sBin == "" {
+			dir, err := testenv.BinDir()
+			if err != nil {
+				return err
+			}
+			o.K8sBin = dir
+		}
+		if o.BinDir == "" {
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			o.BinDir = filepath.Dir(self)
+		}
+		o.Progress = cmd.ErrOrStderr()
+		rows, err := bench.Latency(cmd.Context(), o)
+		if err != nil {
+			return err
+		}
+		return render(cmd.OutOrStdout(), *out, rows, func(tw *tabwriter.Writer) {
+			fmt.Fprintln(tw, "MODE\tSCENARIO\tSERVICES\tPODS\tTARGET\tTOTAL ms\tMEAN ms\tP50 ms\tP99 ms\tREADY ms\tRSS MiB\tCPU s")
+			for _, r := range rows {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%.0f\t%.3f\t%.2f\t%.2f\t%.0f\t%.0f\t%.1f\n", r.Mode, r.Scenario, r.Services, r.Pods,
+					r.Target, r.TotalMs, r.MeanMs, r.P50Ms, r.P99Ms, r.ReadyMs, r.RSSMiB, r.CPUSeconds)
+			}
+		})
+	}
+	cmd.Flags().IntSliceVar(&o.Points, "points", []int{0, 100, 500, 1600, 5000, 10000}, "numbers of simulated services (10 endpoints each)")
+	cmd.Flags().IntVar(&o.Requests, "requests", 50000, "ab requests per run")
+	cmd.Flags().IntVar(&o.Rounds, "rounds", 3, "direct/service alternations per point")
+	cmd.Flags().StringSliceVar(&o.Modes, "modes", []string{"none", "kpath", "kpath-tc", "kube-proxy-iptables", "kube-proxy-nftables"}, "service dataplanes")
+	cmd.Flags().StringSliceVar(&o.Scenarios, "scenario", []string{"loaded", "quiet"}, "loaded and/or quiet")
+	cmd.Flags().StringVar(&o.OutDir, "out", "out/e1", "directory for latency.csv")
+	cmd.Flags().BoolVar(&quick, "quick", false, "S up to 1.6k, 10,000 requests, 2 rounds")
+	cmd.Flags().StringVar(&o.K8sBin, "k8s-bin", "", "directory with the Kubernetes binaries (default: make k8s-bins' cache)")
 	return cmd
 }

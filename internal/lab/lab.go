@@ -464,6 +464,7 @@ func Client(st *State) (kubernetes.Interface, error) {
 	if err != nil {
 		return nil, err
 	}
+	cfg.QPS, cfg.Burst = 500, 1000
 	cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
 		err := nsutil.Do(VnetNetns, func() error {

@@ -1,0 +1,52 @@
+package test
+
+import (
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/kpath/kpath/internal/bench"
+	"github.com/kpath/kpath/internal/testenv"
+	"github.com/kpath/kpath/internal/testutil"
+)
+
+// TestLatencyBenchSmoke runs E1's tooling at toy size: every mode is
+// measured and the CSV is written. It asserts the tooling, not timings.
+func TestLatencyBenchSmoke(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireTool(t, "ab", "ip", "nsenter", "iptables", "nft")
+	k8sBin, err := testenv.BinDir()
+	if err != nil {
+		testutil.SkipOrFail(t, err.Error())
+	}
+	out := t.TempDir()
+	modes := []string{"none", "kpath", "kpath-tc", "kube-proxy-iptables", "kube-proxy-nftables"}
+	rows, err := bench.Latency(context.Background(), bench.LatencyOptions{
+		Points: []int{0, 20}, Requests: 200, Rounds: 1, Modes: modes, Scenarios: []string{"loaded", "quiet"},
+		OutDir: out, BinDir: buildLabBinaries(t), K8sBin: k8sBin, Progress: io.Discard,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for _, r := range rows {
+		seen[r.Mode]++
+		if r.TotalMs <= 0 || r.P50Ms <= 0 {
+			t.Errorf("row without figures: %+v", r)
+		}
+	}
+	for _, m := range modes {
+		want := 8 // 2 points x 2 scenarios x (direct, service)
+		if m == "none" {
+			want = 4 // no service path
+		}
+		if seen[m] != want {
+			t.Errorf("mode %s: %d rows, want %d", m, seen[m], want)
+		}
+	}
+	if st, err := os.Stat(filepath.Join(out, "latency.csv")); err != nil || st.Size() == 0 {
+		t.Errorf("latency.csv: %v", err)
+	}
+}
