@@ -355,26 +355,9 @@ func (d *Datapath) Services() ([]ServiceInfo, error) {
 	)
 	it := d.objs.KpLbFrontend.Iterate()
 	for it.Next(&k, &v) {
-		fe := frontendFromKey(k)
-		si := ServiceInfo{ID: v.Id, Frontend: fe, Name: fe.String(), External: fe.External, Selection: model.SelectRandom.String(), Backends: []BackendInfo{}}
-		if v.Flags&uint16(kpathLbFlagsLB_F_MAGLEV) != 0 {
-			si.Selection = model.SelectMaglev.String()
-		}
-		if v.Flags&uint16(kpathLbFlagsLB_F_AFFINITY) != 0 {
-			si.Affinity = time.Duration(v.AffinityTimeout) * time.Second
-			si.AffinitySeconds = int64(v.AffinityTimeout)
-		}
-		for slot := range uint32(v.Count) {
-			var id uint32
-			if err := d.objs.KpLbSlot.Lookup(kpathLbSlotKey{Id: v.Id, Slot: slot}, &id); err != nil {
-				return nil, fmt.Errorf("frontend %s slot %d: %w", fe, slot, err)
-			}
-			var bv kpathLbBackend
-			if err := d.objs.KpLbBackend.Lookup(id, &bv); err != nil {
-				return nil, fmt.Errorf("frontend %s backend %d: %w", fe, id, err)
-			}
-			b := backendFromValue(bv)
-			si.Backends = append(si.Backends, BackendInfo{ID: id, Backend: b, Name: b.String()})
+		si, err := d.serviceInfo(frontendFromKey(k), v)
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, si)
 	}
@@ -560,18 +543,31 @@ func (d *Datapath) Service(frontend model.FrontendKey) (ServiceInfo, bool, error
 		}
 		return ServiceInfo{}, false, fmt.Errorf("look up frontend %s: %w", frontend, err)
 	}
-	si := ServiceInfo{ID: v.Id, Frontend: frontend, Name: frontend.String(), External: frontend.External, Backends: []BackendInfo{}}
+	si, err := d.serviceInfo(frontend, v)
+	return si, true, err
+}
+
+// serviceInfo reads the backends of frontend fe, whose map value is v.
+func (d *Datapath) serviceInfo(fe model.FrontendKey, v kpathLbFrontend) (ServiceInfo, error) {
+	si := ServiceInfo{ID: v.Id, Frontend: fe, Name: fe.String(), External: fe.External, Selection: model.SelectRandom.String(), Backends: []BackendInfo{}}
+	if v.Flags&uint16(kpathLbFlagsLB_F_MAGLEV) != 0 {
+		si.Selection = model.SelectMaglev.String()
+	}
+	if v.Flags&uint16(kpathLbFlagsLB_F_AFFINITY) != 0 {
+		si.Affinity = time.Duration(v.AffinityTimeout) * time.Second
+		si.AffinitySeconds = int64(v.AffinityTimeout)
+	}
 	for slot := range uint32(v.Count) {
 		var id uint32
 		if err := d.objs.KpLbSlot.Lookup(kpathLbSlotKey{Id: v.Id, Slot: slot}, &id); err != nil {
-			return si, true, fmt.Errorf("frontend %s slot %d: %w", frontend, slot, err)
+			return si, fmt.Errorf("frontend %s slot %d: %w", fe, slot, err)
 		}
 		var bv kpathLbBackend
 		if err := d.objs.KpLbBackend.Lookup(id, &bv); err != nil {
-			return si, true, fmt.Errorf("frontend %s backend %d: %w", frontend, id, err)
+			return si, fmt.Errorf("frontend %s backend %d: %w", fe, id, err)
 		}
 		b := backendFromValue(bv)
 		si.Backends = append(si.Backends, BackendInfo{ID: id, Backend: b, Name: b.String()})
 	}
-	return si, true, nil
+	return si, nil
 }
