@@ -6,7 +6,6 @@ import (
 	"encoding/csv"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -334,15 +333,7 @@ func waitDataplane(ctx context.Context, mode string, node lab.NodeInfo, st *lab.
 
 // kubeProxyLastSync reads kube-proxy's last successful rules sync.
 func kubeProxyLastSync(netns string) (time.Time, error) {
-	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := nsutil.Do(netns, func() error {
-			var err error
-			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}}}
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: nsutil.Dialer(netns)}}
 	resp, err := client.Get("http://127.0.0.1:10249/metrics")
 	if err != nil {
 		return time.Time{}, err

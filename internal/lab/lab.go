@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -465,14 +464,6 @@ func Client(st *State) (kubernetes.Interface, error) {
 		return nil, err
 	}
 	cfg.QPS, cfg.Burst = 500, 1000
-	cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := nsutil.Do(VnetNetns, func() error {
-			var err error
-			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}
+	cfg.Dial = nsutil.Dialer(VnetNetns)
 	return kubernetes.NewForConfig(cfg)
 }

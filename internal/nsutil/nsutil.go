@@ -3,6 +3,7 @@
 package nsutil
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -38,6 +39,21 @@ func Do(name string, fn func() error) error {
 		panic(fmt.Sprintf("restore netns: %v", err))
 	}
 	return ferr
+}
+
+// Dialer returns a DialContext-style function whose sockets are created in
+// the named namespace (and keep it): how a process reaches servers that
+// listen only there. With name "", it dials as usual.
+func Dialer(name string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := Do(name, func() error {
+			var err error
+			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
 }
 
 // Forward makes addr (a TCP address of the current namespace, such as a

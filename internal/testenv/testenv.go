@@ -290,13 +290,7 @@ func stopProc(p *proc) {
 // Dial connects to the control plane, from inside its namespace if it has
 // one (sockets keep the namespace they were created in).
 func (e *Env) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	var c net.Conn
-	err := nsutil.Do(e.opts.Netns, func() error {
-		var err error
-		c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-		return err
-	})
-	return c, err
+	return nsutil.Dialer(e.opts.Netns)(ctx, network, addr)
 }
 
 func (e *Env) waitHTTP(ctx context.Context, url string, headers map[string]string, timeout time.Duration, p *proc) error {
