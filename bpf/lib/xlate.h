@@ -28,19 +28,32 @@ static __always_inline int xlate_done(struct __sk_buff *skb, const struct pkt *p
 	return TC_ACT_OK;
 }
 
-/* Translates traffic to a frontend of the given scope into traffic to one
- * of its backends, through connection tracking. */
-static __always_inline int lb4_forward(struct __sk_buff *skb, const __u32 dir, const __u8 scope)
+#define XLATE_CONTINUE (-128)
+
+/* Parses skb for translation. Returns XLATE_CONTINUE, or the verdict for a
+ * packet that is not a candidate (counted as passed or dropped). */
+static __always_inline int xlate_parse(struct __sk_buff *skb, struct pkt *p, __u32 dir)
 {
-	struct pkt p = {};
-	int r = parse(skb, &p);
+	int r = parse(skb, p);
 
 	if (r == PARSE_PASS)
 		return pass(skb, dir);
 	if (r < 0)
 		return drop(skb, -r, dir);
-	if (!p.has_l4 && !frag_lookup(&p))
+	if (!p->has_l4 && !frag_lookup(p))
 		return pass(skb, dir);
+	return XLATE_CONTINUE;
+}
+
+/* Translates traffic to a frontend of the given scope into traffic to one
+ * of its backends, through connection tracking. */
+static __always_inline int lb4_forward(struct __sk_buff *skb, const __u32 dir, const __u8 scope)
+{
+	struct pkt p = {};
+	int r = xlate_parse(skb, &p, dir);
+
+	if (r != XLATE_CONTINUE)
+		return r;
 
 	struct lb_frontend_key fk = { .addr = p.daddr, .port = p.dport, .proto = p.proto, .scope = scope };
 	struct lb_frontend *fe = bpf_map_lookup_elem(&kp_lb_frontend, &fk);
@@ -132,14 +145,10 @@ static __always_inline int lb4_forward(struct __sk_buff *skb, const __u32 dir, c
 static __always_inline int lb4_reverse(struct __sk_buff *skb, const __u32 dir)
 {
 	struct pkt p = {};
-	int r = parse(skb, &p);
+	int r = xlate_parse(skb, &p, dir);
 
-	if (r == PARSE_PASS)
-		return pass(skb, dir);
-	if (r < 0)
-		return drop(skb, -r, dir);
-	if (!p.has_l4 && !frag_lookup(&p))
-		return pass(skb, dir);
+	if (r != XLATE_CONTINUE)
+		return r;
 
 	/* A reply travels against the connection entry's tuple. */
 	struct ct_key ck = {
