@@ -1,12 +1,16 @@
 // Package reconcile keeps the datapath's services equal to what the
-// Kubernetes objects ask for. It recomputes only the services that changed,
-// applies the difference (identical services are not rewritten), retries
-// failures with bounded backoff, and on a periodic full resync also prunes
-// frontends nobody owns (left by a crash or another writer).
+// Kubernetes objects ask for. It recomputes only the services that changed
+// and revisits only the frontend addresses they claim, so a change costs
+// the same with ten services or ten thousand; identical services are not
+// rewritten, failures are retried with bounded backoff, and a periodic full
+// resync recomputes everything and prunes frontends nobody owns (left by a
+// crash or another writer).
 package reconcile
 
 import (
+	"cmp"
 	"context"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -48,13 +52,20 @@ type Reconciler struct {
 
 	mu         sync.Mutex
 	perService map[model.ServiceKey][]servicemap.Entry
-	applied    map[model.FrontendKey]model.Service
-	owners     map[model.FrontendKey]servicemap.Entry
-	attempts   map[model.ServiceKey]int
-	retryAt    map[model.ServiceKey]time.Time
-	problems   map[string]bool // last reported, to log only changes
-	lastErr    error
-	syncs      int
+	// claims lists, per frontend address, the services whose entries ask
+	// for it, sorted: the first one owns it (servicemap.Merge's rule), the
+	// others clash.
+	claims  map[model.L4Addr][]model.ServiceKey
+	applied map[model.FrontendKey]model.Service
+	owners  map[model.FrontendKey]servicemap.Entry // desired frontends
+	// unsettled are addresses whose last apply failed: revisited on every
+	// sync until they succeed, whatever their services' retry state.
+	unsettled map[model.L4Addr]bool
+	attempts  map[model.ServiceKey]int
+	retryAt   map[model.ServiceKey]time.Time
+	problems  map[string]bool // last reported, to log only changes
+	lastErr   error
+	syncs     int
 }
 
 // New returns a reconciler; nothing happens until Sync or Run.
@@ -68,6 +79,8 @@ func New(c *k8s.Cache, dp Datapath, opts Options) *Reconciler {
 	return &Reconciler{
 		cache: c, dp: dp, opts: opts,
 		perService: map[model.ServiceKey][]servicemap.Entry{},
+		claims:     map[model.L4Addr][]model.ServiceKey{},
+		unsettled:  map[model.L4Addr]bool{},
 		applied:    map[model.FrontendKey]model.Service{},
 		owners:     map[model.FrontendKey]servicemap.Entry{},
 		attempts:   map[model.ServiceKey]int{},
@@ -156,8 +169,19 @@ func (r *Reconciler) Sync(full bool) error {
 	if n := r.cache.Node(r.opts.NodeName); n != nil {
 		node.Addrs = n.Addrs
 	}
+	// Recompute the dirty services; the addresses their old and new
+	// entries claim are the only frontends this sync can change.
+	affected := make(map[model.L4Addr]bool, len(r.unsettled))
+	for a := range r.unsettled {
+		affected[a] = true
+	}
+	clear(r.unsettled)
 	var problems []servicemap.Problem
 	for k := range dirty {
+		for _, e := range r.perService[k] {
+			affected[e.Frontend] = true
+			r.unclaim(e.Frontend, k)
+		}
 		spec, sl := r.cache.Service(k)
 		if spec == nil {
 			delete(r.perService, k)
@@ -166,59 +190,71 @@ func (r *Reconciler) Sync(full bool) error {
 		entries, p := servicemap.ForService(node, spec, sl, servicemap.Options{ProxyName: r.opts.ProxyName})
 		for i := range entries {
 			entries[i].Selection = r.opts.Selection
+			affected[entries[i].Frontend] = true
+			r.claim(entries[i].Frontend, k)
 		}
 		r.perService[k] = entries
 		problems = append(problems, p...)
 	}
-	merged, clashes := servicemap.Merge(r.perService)
-	problems = append(problems, clashes...)
-	if r.opts.Off {
-		merged, problems = nil, nil
+
+	// Apply per affected address: its owner's frontends (a second,
+	// external-scope one where traffic from outside is served), or none.
+	failed := map[model.ServiceKey]error{}
+	for a := range affected {
+		want := map[bool]model.Service{}
+		owner, owned := servicemap.Entry{}, false
+		if claimants := r.claims[a]; len(claimants) > 0 && !r.opts.Off {
+			owner, owned = r.entryAt(claimants[0], a)
+		}
+		if owned {
+			want[false] = owner.Service
+			if owner.Kind != servicemap.KindClusterIP {
+				ext := owner.Service
+				ext.External, ext.Backends = true, owner.External
+				want[true] = ext
+			}
+			for _, k := range r.claims[a][1:] {
+				e, _ := r.entryAt(k, a)
+				problems = append(problems, servicemap.Problem{Service: k, Reason: servicemap.ReasonFrontendClash,
+					Detail: fmt.Sprintf("%s frontend %s is already used by service %s; ignored", e.Kind, a, owner.Owner)})
+			}
+		}
+		for _, external := range []bool{false, true} {
+			fe := model.FrontendKey{L4Addr: a, External: external}
+			svc, ok := want[external]
+			if !ok {
+				if _, had := r.applied[fe]; had {
+					if err := r.dp.DeleteService(fe); err != nil {
+						failed[r.owners[fe].Owner] = err
+						r.unsettled[a] = true
+						r.opts.Log.Error("delete frontend", "frontend", fe, "error", err)
+						continue
+					}
+					delete(r.applied, fe)
+				}
+				delete(r.owners, fe)
+				continue
+			}
+			r.owners[fe] = owner
+			if _, bad := failed[owner.Owner]; bad {
+				r.unsettled[a] = true
+				continue
+			}
+			if old, ok := r.applied[fe]; ok && sameService(old, svc) {
+				continue
+			}
+			if err := r.dp.UpsertService(svc); err != nil {
+				failed[owner.Owner] = err
+				r.unsettled[a] = true
+				r.opts.Log.Error("apply service", "service", owner.Owner, "frontend", fe, "error", err)
+				continue
+			}
+			r.applied[fe] = svc
+		}
 	}
 	r.report(problems, full)
-
-	// Apply: new and changed frontends, then removed ones. Frontends that
-	// serve traffic from outside get a second, external-scope entry.
-	failed := map[model.ServiceKey]error{}
-	desired := make(map[model.FrontendKey]servicemap.Entry, len(merged))
-	apply := func(e servicemap.Entry, svc model.Service) {
-		desired[svc.Key()] = e
-		if _, bad := failed[e.Owner]; bad {
-			return
-		}
-		if old, ok := r.applied[svc.Key()]; ok && sameService(old, svc) {
-			return
-		}
-		if err := r.dp.UpsertService(svc); err != nil {
-			failed[e.Owner] = err
-			r.opts.Log.Error("apply service", "service", e.Owner, "frontend", svc.Key(), "error", err)
-			return
-		}
-		r.applied[svc.Key()] = svc
-	}
-	for _, e := range merged {
-		apply(e, e.Service)
-		if e.Kind != servicemap.KindClusterIP {
-			ext := e.Service
-			ext.External, ext.Backends = true, e.External
-			apply(e, ext)
-		}
-	}
-	for fe := range r.applied {
-		if _, ok := desired[fe]; ok {
-			continue
-		}
-		if err := r.dp.DeleteService(fe); err != nil {
-			owner := r.owners[fe].Owner
-			failed[owner] = err
-			r.opts.Log.Error("delete frontend", "frontend", fe, "error", err)
-			continue
-		}
-		delete(r.applied, fe)
-	}
-	r.owners = desired
 	if full {
-		r.prune(desired)
+		r.prune(r.owners)
 	}
 
 	// Bookkeeping: latency for what was applied, backoff for what was not.
@@ -246,6 +282,42 @@ func (r *Reconciler) Sync(full bool) error {
 	r.syncs++
 	r.opts.Metrics.observeSync(time.Since(start), len(failed), r.cache.Pending(), len(r.applied))
 	return firstErr
+}
+
+// claim records that service k's entries ask for address a.
+func (r *Reconciler) claim(a model.L4Addr, k model.ServiceKey) {
+	c := r.claims[a]
+	if i, found := slices.BinarySearchFunc(c, k, compareServiceKeys); !found {
+		r.claims[a] = slices.Insert(c, i, k)
+	}
+}
+
+// unclaim drops service k's claim on address a.
+func (r *Reconciler) unclaim(a model.L4Addr, k model.ServiceKey) {
+	c := r.claims[a]
+	if i, found := slices.BinarySearchFunc(c, k, compareServiceKeys); found {
+		c = slices.Delete(c, i, i+1)
+	}
+	if len(c) == 0 {
+		delete(r.claims, a)
+		return
+	}
+	r.claims[a] = c
+}
+
+// entryAt is service k's entry for address a (claim keeps one for every
+// claimed address).
+func (r *Reconciler) entryAt(k model.ServiceKey, a model.L4Addr) (servicemap.Entry, bool) {
+	for _, e := range r.perService[k] {
+		if e.Frontend == a {
+			return e, true
+		}
+	}
+	return servicemap.Entry{}, false
+}
+
+func compareServiceKeys(a, b model.ServiceKey) int {
+	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 }
 
 // prune deletes frontends in the datapath that no service owns.
