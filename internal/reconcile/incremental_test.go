@@ -25,7 +25,9 @@ func TestIncrementalSyncEqualsMerge(t *testing.T) {
 	dp := &fakeDP{svcs: map[model.FrontendKey]model.Service{}}
 	r := New(c, dp, Options{NodeName: "n1", Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	addr := func(pool string, n int) netip.Addr { return netip.MustParseAddr(fmt.Sprintf(pool, 1+rng.IntN(n))) }
-	key := func() model.ServiceKey { return model.ServiceKey{Namespace: "ns", Name: fmt.Sprintf("s%d", rng.IntN(12))} }
+	key := func() model.ServiceKey {
+		return model.ServiceKey{Namespace: "ns", Name: fmt.Sprintf("s%d", rng.IntN(12))}
+	}
 	setNode := func() {
 		n := &model.Node{Name: "n1", Addrs: []netip.Addr{addr("192.168.0.%d", 2)}}
 		c.SetNode("n1", n)
