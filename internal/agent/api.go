@@ -15,16 +15,20 @@ import (
 
 // Status is what GET /v1/status returns.
 type Status struct {
-	Node         string           `json:"node"`
-	Ready        bool             `json:"ready"`
-	Uptime       string           `json:"uptime"`
-	StartToReady string           `json:"start_to_ready,omitempty"`
-	PinPath      string           `json:"pin_path"`
-	SocketHook   bool             `json:"socket_hook"`
-	Services     int              `json:"services_watched"`
-	Slices       int              `json:"endpointslices_watched"`
-	Nodes        int              `json:"nodes_watched"`
-	Reconciler   reconcile.Status `json:"reconciler"`
+	Node         string `json:"node"`
+	Ready        bool   `json:"ready"`
+	Uptime       string `json:"uptime"`
+	StartToReady string `json:"start_to_ready,omitempty"`
+	PinPath      string `json:"pin_path"`
+	SocketHook   bool   `json:"socket_hook"`
+	Services     int    `json:"services_watched"`
+	Slices       int    `json:"endpointslices_watched"`
+	Nodes        int    `json:"nodes_watched"`
+	// Pending counts services changed in the API and not yet applied; with
+	// Reconciler read after it, zero means every change seen so far is in
+	// the datapath.
+	Pending    int              `json:"pending_changes"`
+	Reconciler reconcile.Status `json:"reconciler"`
 }
 
 // ServiceEntry is one frontend as GET /v1/services returns it.
@@ -72,9 +76,13 @@ func (a *Agent) serveAPI(path string) (*http.Server, error) {
 
 // Status reports the agent's state.
 func (a *Agent) Status() Status {
+	// Pending before the reconciler: a sync takes the pending changes and
+	// holds the reconciler's lock until they are applied, so this order
+	// never reports zero pending with a sync half done.
+	pending := a.cache.Pending()
 	s := Status{
 		Node: a.cfg.NodeName, Ready: a.ready.Load(), Uptime: time.Since(a.started).Round(time.Second).String(),
-		PinPath: a.dp.PinPath(), SocketHook: a.cfg.SocketHook, Reconciler: a.rec.Status(),
+		PinPath: a.dp.PinPath(), SocketHook: a.cfg.SocketHook, Pending: pending, Reconciler: a.rec.Status(),
 	}
 	if r := a.readyAt.Load(); r != 0 {
 		s.StartToReady = time.Unix(0, r).Sub(a.started).Round(time.Millisecond).String()

@@ -62,7 +62,7 @@ func addAgentCommands(root *cobra.Command) {
 			fmt.Fprintf(tw, "Uptime:\t%s\n", s.Uptime)
 			fmt.Fprintf(tw, "Datapath:\t%s (socket hook %v)\n", s.PinPath, s.SocketHook)
 			fmt.Fprintf(tw, "Watching:\t%d services, %d endpoint slices, %d nodes\n", s.Services, s.Slices, s.Nodes)
-			fmt.Fprintf(tw, "Frontends:\t%d applied, %d services retrying, %d syncs\n", s.Reconciler.Frontends, s.Reconciler.Retrying, s.Reconciler.Syncs)
+			fmt.Fprintf(tw, "Frontends:\t%d applied, %d services pending, %d retrying, %d syncs\n", s.Reconciler.Frontends, s.Pending, s.Reconciler.Retrying, s.Reconciler.Syncs)
 			if s.Reconciler.LastError != "" {
 				fmt.Fprintf(tw, "Last error:\t%s\n", s.Reconciler.LastError)
 			}

@@ -124,11 +124,16 @@ func (c *Cache) TakeDirty() (dirty map[model.ServiceKey]time.Time, all time.Time
 	return dirty, all
 }
 
-// Pending is how many services wait to be recomputed.
+// Pending is how many services wait to be recomputed; a pending recompute
+// of every service counts as one more.
 func (c *Cache) Pending() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.dirty)
+	n := len(c.dirty)
+	if !c.allDirty.IsZero() {
+		n++
+	}
+	return n
 }
 
 // Service returns a service and its slices (nil spec: no such service).
