@@ -13,7 +13,8 @@ import (
 )
 
 // TestLatencyBenchSmoke runs E1's tooling at toy size: every mode is
-// measured and the CSV is written. It asserts the tooling, not timings.
+// measured, the results (JSON, CSV, chart, markdown) are written and the
+// targets evaluated. It asserts the tooling, not timings.
 func TestLatencyBenchSmoke(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.RequireTool(t, "ab", "ip", "nsenter", "iptables", "nft")
@@ -23,7 +24,7 @@ func TestLatencyBenchSmoke(t *testing.T) {
 	}
 	out := t.TempDir()
 	modes := []string{"none", "kpath", "kpath-tc", "kube-proxy-iptables", "kube-proxy-nftables"}
-	rows, err := bench.Latency(context.Background(), bench.LatencyOptions{
+	run, err := bench.Latency(context.Background(), bench.LatencyOptions{
 		Points: []int{0, 20}, Requests: 200, Rounds: 1, Modes: modes, Scenarios: []string{"loaded", "quiet"},
 		OutDir: out, BinDir: buildLabBinaries(t), K8sBin: k8sBin, Progress: io.Discard,
 	})
@@ -31,7 +32,7 @@ func TestLatencyBenchSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	seen := map[string]int{}
-	for _, r := range rows {
+	for _, r := range run.Rows {
 		seen[r.Mode]++
 		if r.TotalMs <= 0 || r.P50Ms <= 0 {
 			t.Errorf("row without figures: %+v", r)
@@ -46,7 +47,15 @@ func TestLatencyBenchSmoke(t *testing.T) {
 			t.Errorf("mode %s: %d rows, want %d", m, seen[m], want)
 		}
 	}
-	if st, err := os.Stat(filepath.Join(out, "latency.csv")); err != nil || st.Size() == 0 {
-		t.Errorf("latency.csv: %v", err)
+	for _, f := range []string{"latency.json", "latency.csv", "latency.svg", "latency.md"} {
+		if st, err := os.Stat(filepath.Join(out, f)); err != nil || st.Size() == 0 {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+	if back, err := bench.ReadLatencyRun(filepath.Join(out, "latency.json")); err != nil || len(back.Rows) != len(run.Rows) {
+		t.Errorf("latency.json read back: %v", err)
+	}
+	if targets := bench.LatencyTargets(run); len(targets) == 0 {
+		t.Error("no targets evaluated")
 	}
 }

@@ -77,7 +77,8 @@ func ControlPlane(ctx context.Context, o ControlPlaneOptions) (*ControlPlaneResu
 	}
 	say("loading %d services x %d endpoints", o.Services, o.Backends)
 	start := time.Now()
-	vips, err := loadServices(ctx, c, o.Services, o.Backends, say)
+	sim := simService{ns: benchNS, prefix: "svc", backends: o.Backends, ready: true}
+	vips, err := sim.load(ctx, c, 0, o.Services, o.Progress)
 	if err != nil {
 		return nil, err
 	}
@@ -168,67 +169,87 @@ func benchNode(ctx context.Context, c kubernetes.Interface) error {
 	return err
 }
 
-// endpointIP is the address of endpoint j of service k: unique per pair.
+// endpointIP is the address of endpoint j of service k: unique per pair,
+// in 10.128.0.0/10, clear of the service range (10.96.0.0/12) and of the
+// lab's pod range (10.244.0.0/16).
 func endpointIP(k, j int) string {
 	n := k*256 + j
-	return fmt.Sprintf("10.%d.%d.%d", 100+n>>16, (n>>8)&0xff, n&0xff)
+	return fmt.Sprintf("10.%d.%d.%d", 128+n>>16, (n>>8)&0xff, n&0xff)
 }
 
-func benchSlice(k, backends int) *discoveryv1.EndpointSlice {
-	name := fmt.Sprintf("svc-%d", k)
+// simService names the objects of one simulated service: prefix-k in ns.
+type simService struct {
+	ns, prefix string
+	backends   int
+	ready      bool // every endpoint's Ready condition
+}
+
+func (s simService) name(k int) string { return fmt.Sprintf("%s-%d", s.prefix, k) }
+
+// slice is service k's EndpointSlice: backends endpoints on a simulated
+// remote node, port "http" 8080.
+func (s simService) slice(k int) *discoveryv1.EndpointSlice {
 	port, proto, pname := int32(8080), corev1.ProtocolTCP, "http"
-	s := &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Name: name + "-1", Namespace: benchNS, Labels: map[string]string{discoveryv1.LabelServiceName: name}},
+	es := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: s.name(k) + "-1", Namespace: s.ns, Labels: map[string]string{
+			discoveryv1.LabelServiceName: s.name(k), discoveryv1.LabelManagedBy: "kpath-bench"}},
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Ports:       []discoveryv1.EndpointPort{{Name: &pname, Protocol: &proto, Port: &port}},
 	}
-	ready, node := true, "remote-node"
-	for j := range backends {
-		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{endpointIP(k, j)}, NodeName: &node,
+	ready, node := s.ready, "remote-node"
+	for j := range s.backends {
+		es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{Addresses: []string{endpointIP(k, j)}, NodeName: &node,
 			Conditions: discoveryv1.EndpointConditions{Ready: &ready}})
 	}
-	return s
+	return es
 }
 
-// loadServices creates the services and their slices with parallel workers
-// and returns each service's cluster IP.
-func loadServices(ctx context.Context, c kubernetes.Interface, services, backends int, say func(string, ...any)) ([]netip.Addr, error) {
-	vips := make([]netip.Addr, services)
+// load creates services from..to-1 (no selector) and their slices with 16
+// parallel workers, drawing a progress bar on progress; it returns the
+// cluster IPs, indexed k-from.
+func (s simService) load(ctx context.Context, c kubernetes.Interface, from, to int, progress io.Writer) ([]netip.Addr, error) {
+	vips := make([]netip.Addr, to-from)
 	jobs := make(chan int)
+	bar := newProgress(progress, "services", to-from)
 	var (
 		wg       sync.WaitGroup
 		mu       sync.Mutex
 		firstErr error
-		done     int
 	)
 	for range 16 {
 		wg.Go(func() {
 			for k := range jobs {
-				svc, err := c.CoreV1().Services(benchNS).Create(ctx, &corev1.Service{
-					ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("svc-%d", k), Namespace: benchNS},
+				svc, err := c.CoreV1().Services(s.ns).Create(ctx, &corev1.Service{
+					ObjectMeta: metav1.ObjectMeta{Name: s.name(k), Namespace: s.ns},
 					Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}}},
 				}, metav1.CreateOptions{})
 				if err == nil {
-					vips[k] = netip.MustParseAddr(svc.Spec.ClusterIP)
-					_, err = c.DiscoveryV1().EndpointSlices(benchNS).Create(ctx, benchSlice(k, backends), metav1.CreateOptions{})
+					vips[k-from] = netip.MustParseAddr(svc.Spec.ClusterIP)
+					_, err = c.DiscoveryV1().EndpointSlices(s.ns).Create(ctx, s.slice(k), metav1.CreateOptions{})
 				}
-				mu.Lock()
-				if err != nil && firstErr == nil {
-					firstErr = err
+				if err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = fmt.Errorf("create %s/%s: %w", s.ns, s.name(k), err)
+					}
+					mu.Unlock()
 				}
-				done++
-				if done%500 == 0 {
-					say("  %d/%d services", done, services)
-				}
-				mu.Unlock()
+				bar.Add(1)
 			}
 		})
 	}
-	for k := range services {
+	for k := from; k < to; k++ {
+		if ctx.Err() != nil {
+			break
+		}
 		jobs <- k
 	}
 	close(jobs)
 	wg.Wait()
+	bar.Done()
+	if firstErr == nil {
+		firstErr = ctx.Err()
+	}
 	return vips, firstErr
 }
 
@@ -236,7 +257,7 @@ func loadServices(ctx context.Context, c kubernetes.Interface, services, backend
 // the time from the API call to the datapath holding the new backend set.
 func timeChange(ctx context.Context, c kubernetes.Interface, d *datapath.Datapath, k int, vip netip.Addr, backends int, remove bool) (time.Duration, error) {
 	want := backends
-	s := benchSlice(k, backends)
+	s := simService{ns: benchNS, prefix: "svc", backends: backends, ready: true}.slice(k)
 	if remove {
 		s.Endpoints = s.Endpoints[:backends-1]
 		want--

@@ -37,9 +37,10 @@ type LatencyOptions struct {
 	Rounds    int      // direct/service alternations per point
 	Modes     []string // lab.ServiceModes
 	Scenarios []string // "loaded" (-c 16 with churn), "quiet" (-c 1)
-	OutDir    string
-	BinDir    string // kpath, kpath-agent, kpath-cni
+	OutDir    string   // latency.json, latency.csv, latency.svg, latency.md; rewritten after every point
+	BinDir    string   // kpath, kpath-agent, kpath-cni
 	K8sBin    string
+	Command   string // the command line, recorded to reproduce the run
 	Progress  io.Writer
 }
 
@@ -53,38 +54,75 @@ type LatencyRow struct {
 	MeanMs         float64
 	P50Ms, P99Ms   float64
 	ReadyMs        float64 // last object created -> dataplane ready
-	RSSMiB         float64 // dataplane process
-	CPUSeconds     float64 // dataplane process, children included
+	RSSMiB         float64 // dataplane process, after the runs
+	CPUSeconds     float64 // dataplane process, children included, during this scenario's runs
+	ChurnPerSec    float64 // EndpointSlice updates per second achieved during the runs
+}
+
+// LatencyRun is one invocation of E1: what ran, where, and the rows.
+type LatencyRun struct {
+	Command   string       `json:"command"`
+	Machine   Machine      `json:"machine"`
+	Started   time.Time    `json:"started"`
+	Finished  time.Time    `json:"finished,omitzero"`
+	Points    []int        `json:"points"`
+	Requests  int          `json:"requests"`
+	Rounds    int          `json:"rounds"`
+	Modes     []string     `json:"modes"`
+	Scenarios []string     `json:"scenarios"`
+	Rows      []LatencyRow `json:"rows"`
+	Errors    []string     `json:"errors,omitempty"`
 }
 
 const benchNamespace = "default"
 
-// Latency runs E1.
-func Latency(ctx context.Context, o LatencyOptions) ([]LatencyRow, error) {
+// Latency runs E1: every mode in its own one-node lab, one after another.
+// A mode that fails is recorded and the others still run; the results so
+// far are written to OutDir after every point.
+func Latency(ctx context.Context, o LatencyOptions) (*LatencyRun, error) {
 	if _, err := exec.LookPath("ab"); err != nil {
 		return nil, fmt.Errorf("ab not found: install apache2-utils")
 	}
-	var rows []LatencyRow
+	run := &LatencyRun{Command: o.Command, Machine: DescribeMachine(o.K8sBin), Started: time.Now(),
+		Points: o.Points, Requests: o.Requests, Rounds: o.Rounds, Modes: o.Modes, Scenarios: o.Scenarios}
+	save := func() error {
+		if o.OutDir == "" {
+			return nil
+		}
+		return WriteLatencyResults(o.OutDir, run)
+	}
 	for _, mode := range o.Modes {
-		r, err := latencyMode(ctx, o, mode)
+		err := latencyMode(ctx, o, mode, func(r LatencyRow) error {
+			run.Rows = append(run.Rows, r)
+			return save()
+		})
 		if err != nil {
-			return rows, fmt.Errorf("mode %s: %w", mode, err)
-		}
-		rows = append(rows, r...)
-	}
-	if o.OutDir != "" {
-		if err := writeLatencyCSV(filepath.Join(o.OutDir, "latency.csv"), rows); err != nil {
-			return rows, err
+			run.Errors = append(run.Errors, fmt.Sprintf("mode %s: %v", mode, err))
+			fmt.Fprintf(o.Progress, "[%s] failed: %v\n", mode, err)
+			if ctx.Err() != nil {
+				break
+			}
 		}
 	}
-	return rows, nil
+	run.Finished = time.Now()
+	if err := save(); err != nil {
+		return run, err
+	}
+	if len(run.Errors) > 0 {
+		return run, fmt.Errorf("%s", strings.Join(run.Errors, "; "))
+	}
+	return run, nil
 }
 
-func latencyMode(ctx context.Context, o LatencyOptions, mode string) ([]LatencyRow, error) {
+// simLatency names E1's simulated services: sim-K in the default namespace,
+// 10 endpoints each on simulated remote nodes.
+var simLatency = simService{ns: benchNamespace, prefix: "sim", backends: 10, ready: true}
+
+func latencyMode(ctx context.Context, o LatencyOptions, mode string, emit func(LatencyRow) error) error {
 	say := func(f string, a ...any) { fmt.Fprintf(o.Progress, "[%s] "+f+"\n", append([]any{mode}, a...)...) }
 	dir, err := os.MkdirTemp("", "kpath-e1-")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	labDir := filepath.Join(dir, "lab")
 	_ = lab.Down(labDir, func(string, ...any) {})
@@ -104,58 +142,69 @@ func latencyMode(ctx context.Context, o LatencyOptions, mode string) ([]LatencyR
 	var st *lab.State
 	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
 		if st, err = lab.LoadState(labDir); err == nil && st.Error != "" {
-			return nil, fmt.Errorf("lab: %s", st.Error)
+			return fmt.Errorf("lab: %s", st.Error)
 		}
 		if err == nil && st.Ready {
 			break
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("lab not ready")
+			return fmt.Errorf("lab not ready after 2 minutes")
 		}
 	}
 	c, err := lab.Client(st)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	node := st.Nodes[0]
 	target, clientNS, echoIP, err := latencyTargets(ctx, c, node.Name)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	say("target %s, echo pod %s", target, echoIP)
 	cg, err := os.Open(node.Cgroup)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer cg.Close()
+	dp := dataplaneProbe{mode: mode, node: node}
 
-	var rows []LatencyRow
 	created := 0
 	for _, s := range o.Points {
+		base, err := dp.changes(ctx)
+		if err != nil {
+			return fmt.Errorf("dataplane before S=%d: %w", s, err)
+		}
+		added := 0
 		if s > created {
-			say("creating services %d..%d (10 simulated remote endpoints each)", created, s)
-			if err := createSimulated(ctx, c, created, s); err != nil {
-				return rows, err
+			say("S=%d: creating services %d..%d (10 simulated remote endpoints each)", s, created, s-1)
+			if _, err := simLatency.load(ctx, c, created, s, o.Progress); err != nil {
+				return err
 			}
-			created = s
+			added, created = s-created, s
 		}
 		start := time.Now()
-		if err := waitDataplane(ctx, mode, node, st, created+2, start); err != nil {
-			return rows, err
+		if err := dp.waitReady(ctx, created, base, added); err != nil {
+			return fmt.Errorf("S=%d: %w", created, err)
 		}
 		ready := time.Since(start)
-		say("dataplane ready %s after the last object", ready.Round(time.Millisecond))
+		say("S=%d: dataplane ready %s after the last object", created, ready.Round(time.Millisecond))
 		for _, scenario := range o.Scenarios {
 			conc, churn := 1, false
 			if scenario == "loaded" {
 				conc, churn = 16, created > 0
 			}
 			stop := make(chan struct{})
-			var wg sync.WaitGroup
+			var (
+				wg     sync.WaitGroup
+				rate   float64
+				cpu0   = dp.usage()
+				sample = map[string][]abResult{}
+			)
 			if churn {
-				wg.Go(func() { churnSlices(ctx, c, created, stop) })
+				wg.Go(func() { rate = churnSlices(ctx, c, created, stop) })
 			}
-			samples := map[string][]abResult{}
+			var abErr error
+		rounds:
 			for round := range o.Rounds {
 				for _, tg := range []struct{ name, url, ports string }{
 					{"direct", "http://" + echoIP + ":8080/", "20000 39999"},
@@ -166,29 +215,35 @@ func latencyMode(ctx context.Context, o LatencyOptions, mode string) ([]LatencyR
 					}
 					r, err := runAB(clientNS, cg, tg.url, tg.ports, o.Requests, conc)
 					if err != nil {
-						close(stop)
-						wg.Wait()
-						return rows, fmt.Errorf("ab %s round %d: %w", tg.name, round, err)
+						abErr = fmt.Errorf("S=%d %s ab %s round %d: %w", created, scenario, tg.name, round, err)
+						break rounds
 					}
-					samples[tg.name] = append(samples[tg.name], r)
+					sample[tg.name] = append(sample[tg.name], r)
 				}
 			}
 			close(stop)
 			wg.Wait()
-			rss, cpu := dataplaneUsage(mode, node)
+			if abErr != nil {
+				return abErr
+			}
+			use := dp.usage()
 			for _, tg := range []string{"direct", "service"} {
-				if len(samples[tg]) == 0 {
+				if len(sample[tg]) == 0 {
 					continue
 				}
-				row := medianRow(samples[tg])
-				row.Mode, row.Scenario, row.Services, row.Pods, row.Target = mode, scenario, created, created*10, tg
-				row.ReadyMs, row.RSSMiB, row.CPUSeconds = float64(ready.Microseconds())/1000, rss, cpu
-				rows = append(rows, row)
-				say("S=%d %s %s: total %.0f ms, mean %.3f ms, p50 %.2f ms, p99 %.2f ms", created, scenario, tg, row.TotalMs, row.MeanMs, row.P50Ms, row.P99Ms)
+				row := medianRow(sample[tg])
+				row.Mode, row.Scenario, row.Services, row.Pods, row.Target = mode, scenario, created, created*simLatency.backends, tg
+				row.ReadyMs, row.RSSMiB, row.CPUSeconds = float64(ready.Microseconds())/1000, use.rssMiB, use.cpuSeconds-cpu0.cpuSeconds
+				row.ChurnPerSec = rate
+				say("S=%d %s %s: total %.0f ms, mean %.3f ms, p50 %.2f ms, p99 %.2f ms, dataplane %.0f MiB %.1f CPU s, churn %.1f/s",
+					created, scenario, tg, row.TotalMs, row.MeanMs, row.P50Ms, row.P99Ms, row.RSSMiB, row.CPUSeconds, rate)
+				if err := emit(row); err != nil {
+					return err
+				}
 			}
 		}
 	}
-	return rows, nil
+	return nil
 }
 
 // latencyTargets creates the echo server and client pods on the measured
@@ -240,120 +295,171 @@ func latencyTargets(ctx context.Context, c kubernetes.Interface, node string) (s
 	return svc.Spec.ClusterIP, clientNS, echoIP, nil
 }
 
-func simulatedSlice(k int) *discoveryv1.EndpointSlice {
-	s := benchSlice(k, 10)
-	s.Namespace = benchNamespace
-	s.Name = fmt.Sprintf("sim-%d-1", k)
-	s.Labels[discoveryv1.LabelServiceName] = fmt.Sprintf("sim-%d", k)
-	s.Labels[discoveryv1.LabelManagedBy] = "kpath-bench"
-	return s
-}
-
-// createSimulated creates services from..to-1 without selectors and their
-// EndpointSlices, whose endpoints are on simulated remote nodes.
-func createSimulated(ctx context.Context, c kubernetes.Interface, from, to int) error {
-	jobs := make(chan int)
+// churnSlices makes 20 EndpointSlice updates per second to the simulated
+// services 0..n-1 (flipping the first endpoint's readiness, which changes
+// every dataplane's backend set) until stop, and returns the rate achieved.
+// Updates go out from four workers so a slow API server costs rate, not
+// the schedule; a tick that finds every worker busy is skipped.
+func churnSlices(ctx context.Context, c kubernetes.Interface, n int, stop <-chan struct{}) float64 {
+	work := make(chan *discoveryv1.EndpointSlice)
 	var (
-		wg       sync.WaitGroup
-		mu       sync.Mutex
-		firstErr error
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		done int
 	)
-	for range 16 {
+	for range 4 {
 		wg.Go(func() {
-			for k := range jobs {
-				_, err := c.CoreV1().Services(benchNamespace).Create(ctx, &corev1.Service{
-					ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("sim-%d", k)},
-					Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
-				}, metav1.CreateOptions{})
-				if err == nil {
-					_, err = c.DiscoveryV1().EndpointSlices(benchNamespace).Create(ctx, simulatedSlice(k), metav1.CreateOptions{})
-				}
-				if err != nil {
+			for s := range work {
+				// No resourceVersion: EndpointSlices allow unconditional
+				// updates, which saves a read per change.
+				if _, err := c.DiscoveryV1().EndpointSlices(s.Namespace).Update(ctx, s, metav1.UpdateOptions{}); err == nil {
 					mu.Lock()
-					if firstErr == nil {
-						firstErr = err
-					}
+					done++
 					mu.Unlock()
 				}
 			}
 		})
 	}
-	for k := from; k < to; k++ {
-		jobs <- k
-	}
-	close(jobs)
-	wg.Wait()
-	return firstErr
-}
-
-// churnSlices changes 20 simulated EndpointSlices per second until stop.
-func churnSlices(ctx context.Context, c kubernetes.Interface, n int, stop <-chan struct{}) {
+	start := time.Now()
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
+	notReady := map[int]bool{}
 	for i := 0; ; i++ {
 		select {
 		case <-stop:
-			return
+		case <-ctx.Done():
 		case <-t.C:
+			k := i % n
+			s := simLatency.slice(k)
+			flip := !notReady[k]
+			ready := !flip
+			s.Endpoints[0].Conditions.Ready = &ready
+			select {
+			case work <- s:
+				notReady[k] = flip
+			default:
+			}
+			continue
 		}
-		k := i % n
-		s, err := c.DiscoveryV1().EndpointSlices(benchNamespace).Get(ctx, fmt.Sprintf("sim-%d-1", k), metav1.GetOptions{})
+		break
+	}
+	close(work)
+	wg.Wait()
+	return float64(done) / time.Since(start).Seconds()
+}
+
+// dataplaneProbe reads the measured node's service dataplane: the agent's
+// status for kpath, kube-proxy's metrics for kube-proxy.
+type dataplaneProbe struct {
+	mode string
+	node lab.NodeInfo
+}
+
+// changeCounts are the dataplane's cumulative counts of service and
+// endpoint changes seen (kube-proxy); zero for kpath, whose status gives
+// absolute object counts instead.
+type changeCounts struct{ services, endpoints float64 }
+
+func (p dataplaneProbe) kubeProxy() bool { return strings.HasPrefix(p.mode, "kube-proxy") }
+
+// changes reads the change counters, waiting up to a minute for
+// kube-proxy's metrics to answer (it opens them after its first sync).
+func (p dataplaneProbe) changes(ctx context.Context) (changeCounts, error) {
+	if !p.kubeProxy() {
+		return changeCounts{}, nil
+	}
+	m, err := kubeProxyMetrics(p.node.Netns)
+	for deadline := time.Now().Add(time.Minute); err != nil && time.Now().Before(deadline) && ctx.Err() == nil; {
+		time.Sleep(200 * time.Millisecond)
+		m, err = kubeProxyMetrics(p.node.Netns)
+	}
+	if err != nil {
+		return changeCounts{}, err
+	}
+	return changeCounts{m["kubeproxy_sync_proxy_rules_service_changes_total"], m["kubeproxy_sync_proxy_rules_endpoint_changes_total"]}, nil
+}
+
+// waitReady waits until the dataplane holds every object created: for
+// kpath, the agent has seen all services and slices, none is pending and
+// none retrying; for kube-proxy, it has counted the added services and
+// slices as changes, none is pending, and its last completed sync is not
+// older than the last one queued.
+func (p dataplaneProbe) waitReady(ctx context.Context, services int, base changeCounts, added int) error {
+	if p.mode == "none" {
+		return nil
+	}
+	var last string
+	for deadline := time.Now().Add(15 * time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if !p.kubeProxy() {
+			var s agent.Status
+			if err := cniapi.NewClient(p.node.AgentSocket).Do("GET", "/v1/status", nil, &s); err != nil {
+				last = err.Error()
+				continue
+			}
+			// +2: the kubernetes and target services; +1: the target's slice.
+			if s.Services >= services+2 && s.Slices >= services+1 && s.Pending == 0 && s.Reconciler.Retrying == 0 &&
+				s.Reconciler.Frontends >= services+2 {
+				return nil
+			}
+			last = fmt.Sprintf("agent: %d services, %d slices, %d pending, %d retrying, %d frontends",
+				s.Services, s.Slices, s.Pending, s.Reconciler.Retrying, s.Reconciler.Frontends)
+			continue
+		}
+		m, err := kubeProxyMetrics(p.node.Netns)
+		if err != nil {
+			last = err.Error()
+			continue
+		}
+		svc, ep := m["kubeproxy_sync_proxy_rules_service_changes_total"], m["kubeproxy_sync_proxy_rules_endpoint_changes_total"]
+		pending := m["kubeproxy_sync_proxy_rules_service_changes_pending"] + m["kubeproxy_sync_proxy_rules_endpoint_changes_pending"]
+		synced, queued := m["kubeproxy_sync_proxy_rules_last_timestamp_seconds"], m["kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds"]
+		if svc >= base.services+float64(added) && ep >= base.endpoints+float64(added) && pending == 0 && synced > 0 && synced >= queued {
+			return nil
+		}
+		last = fmt.Sprintf("kube-proxy: %.0f/%.0f service and %.0f/%.0f endpoint changes, %.0f pending, last sync %.3f, last queued %.3f",
+			svc-base.services, float64(added), ep-base.endpoints, float64(added), pending, synced, queued)
+	}
+	return fmt.Errorf("dataplane not ready after 15 minutes (%s)", last)
+}
+
+// kubeProxyMetrics reads kube-proxy's metrics (IPv4 only where labelled by
+// family) from its metrics port inside the node's namespace.
+func kubeProxyMetrics(netns string) (map[string]float64, error) {
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: nsutil.Dialer(netns)}}
+	resp, err := client.Get("http://127.0.0.1:10249/metrics")
+	if err != nil {
+		return nil, fmt.Errorf("kube-proxy metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	m := map[string]float64{}
+	s := bufio.NewScanner(resp.Body)
+	s.Buffer(make([]byte, 64<<10), 1<<20)
+	for s.Scan() {
+		line := s.Text()
+		if !strings.HasPrefix(line, "kubeproxy_sync_proxy_rules_") {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) != 2 {
+			continue
+		}
+		name := f[0]
+		if i := strings.IndexByte(name, '{'); i >= 0 {
+			if strings.Contains(name, "ip_family=") && !strings.Contains(name, `ip_family="IPv4"`) {
+				continue
+			}
+			name = name[:i]
+		}
+		v, err := strconv.ParseFloat(f[1], 64)
 		if err != nil {
 			continue
 		}
-		ready := s.Endpoints[0].Conditions.Ready == nil || *s.Endpoints[0].Conditions.Ready
-		flip := !ready
-		s.Endpoints[0].Conditions.Ready = &flip
-		_, _ = c.DiscoveryV1().EndpointSlices(benchNamespace).Update(ctx, s, metav1.UpdateOptions{})
+		m[name] = v
 	}
-}
-
-// waitDataplane waits until the node's service dataplane holds the
-// objects created before since.
-func waitDataplane(ctx context.Context, mode string, node lab.NodeInfo, st *lab.State, frontends int, since time.Time) error {
-	deadline := time.Now().Add(10 * time.Minute)
-	for ; time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		switch {
-		case mode == "none":
-			return nil
-		case strings.HasPrefix(mode, "kpath"):
-			var s agent.Status
-			if err := cniapi.NewClient(node.AgentSocket).Do("GET", "/v1/status", nil, &s); err == nil &&
-				s.Reconciler.Frontends >= frontends && s.Reconciler.Retrying == 0 {
-				return nil
-			}
-		default:
-			if ts, err := kubeProxyLastSync(node.Netns); err == nil && ts.After(since) {
-				return nil
-			}
-		}
-	}
-	return fmt.Errorf("dataplane not ready after 10 minutes")
-}
-
-// kubeProxyLastSync reads kube-proxy's last successful rules sync.
-func kubeProxyLastSync(netns string) (time.Time, error) {
-	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: nsutil.Dialer(netns)}}
-	resp, err := client.Get("http://127.0.0.1:10249/metrics")
-	if err != nil {
-		return time.Time{}, err
-	}
-	defer resp.Body.Close()
-	s := bufio.NewScanner(resp.Body)
-	for s.Scan() {
-		line := s.Text()
-		if !strings.HasPrefix(line, "kubeproxy_sync_proxy_rules_last_timestamp_seconds") || !strings.Contains(line, `ip_family="IPv4"`) {
-			continue
-		}
-		if f := strings.Fields(line); len(f) == 2 {
-			f, err := strconv.ParseFloat(f[1], 64)
-			if err != nil {
-				return time.Time{}, err
-			}
-			return time.Unix(0, int64(f*1e9)), nil
-		}
-	}
-	return time.Time{}, fmt.Errorf("no sync timestamp yet")
+	return m, s.Err()
 }
 
 type abResult struct{ total, mean, p50, p99 float64 }
@@ -423,11 +529,14 @@ func medianRow(rs []abResult) LatencyRow {
 	}
 }
 
-// dataplaneUsage finds the node's service dataplane process (kpath-agent or
-// kube-proxy) and reports its RSS and CPU seconds, children included.
-func dataplaneUsage(mode string, node lab.NodeInfo) (float64, float64) {
+type usage struct{ rssMiB, cpuSeconds float64 }
+
+// usage finds the node's service dataplane process (kpath-agent or
+// kube-proxy) and reports its RSS and CPU seconds, waited-for children
+// (iptables-restore, nft) included.
+func (p dataplaneProbe) usage() usage {
 	name := "kpath-agent"
-	if strings.HasPrefix(mode, "kube-proxy") {
+	if p.kubeProxy() {
 		name = "kube-proxy"
 	}
 	ents, _ := os.ReadDir("/proc")
@@ -438,44 +547,27 @@ func dataplaneUsage(mode string, node lab.NodeInfo) (float64, float64) {
 		}
 		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		args := strings.Split(string(cmdline), "\x00")
-		if len(args) == 0 || filepath.Base(args[0]) != name || !strings.Contains(string(cmdline), node.Name) {
+		if len(args) == 0 || filepath.Base(args[0]) != name || !strings.Contains(string(cmdline), p.node.Name) {
 			continue
 		}
 		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		s := string(stat)
 		i := strings.LastIndexByte(s, ')')
+		if i < 0 || i+2 > len(s) {
+			continue
+		}
 		f := strings.Fields(s[i+2:])
 		if len(f) < 22 {
 			continue
 		}
-		tick := 100.0 // USER_HZ
+		const userHZ = 100
 		var cpu float64
 		for _, idx := range []int{11, 12, 13, 14} { // utime stime cutime cstime
 			v, _ := strconv.ParseFloat(f[idx], 64)
-			cpu += v / tick
+			cpu += v / userHZ
 		}
 		rssPages, _ := strconv.ParseFloat(f[21], 64)
-		return rssPages * float64(os.Getpagesize()) / (1 << 20), cpu
+		return usage{rssPages * float64(os.Getpagesize()) / (1 << 20), cpu}
 	}
-	return 0, 0
-}
-
-func writeLatencyCSV(path string, rows []LatencyRow) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	w := csv.NewWriter(f)
-	_ = w.Write([]string{"mode", "scenario", "services", "pods", "target", "total_ms", "mean_ms", "p50_ms", "p99_ms", "ready_ms", "rss_mib", "cpu_s"})
-	ff := func(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
-	for _, r := range rows {
-		_ = w.Write([]string{r.Mode, r.Scenario, strconv.Itoa(r.Services), strconv.Itoa(r.Pods), r.Target,
-			ff(r.TotalMs), ff(r.MeanMs), ff(r.P50Ms), ff(r.P99Ms), ff(r.ReadyMs), ff(r.RSSMiB), ff(r.CPUSeconds)})
-	}
-	w.Flush()
-	return w.Error()
+	return usage{}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -64,55 +65,99 @@ restarted over its pinned maps.`,
 func newLatencyCommand() *cobra.Command {
 	o := bench.LatencyOptions{}
 	var quick bool
+	var from, docs string
 	cmd := &cobra.Command{
 		Use:   "latency",
-		Short: "E1: service routing latency vs cluster size, every service dataplane in the same run (work in progress)",
-		Long: `E1 (BENCHMARKS.md): a one-node lab per service dataplane (kpath, kpath-tc,
-kube-proxy-iptables, kube-proxy-nftables, none); S simulated services of 10 endpoints on
+		Short: "E1: service routing latency vs cluster size, every service dataplane in the same run",
+		Long: `E1 (BENCHMARKS.md): a one-node lab per service dataplane (none, kpath, kpath-tc,
+kube-proxy-iptables, kube-proxy-nftables); S simulated services of 10 endpoints on
 remote nodes; ApacheBench from a client pod to the echo pod directly and through its
 ClusterIP, alternating, with disjoint client port ranges; loaded (-c 16, 20 EndpointSlice
-changes per second) and quiet (-c 1). Writes latency.csv to --out.`,
+changes per second) and quiet (-c 1).
+
+Writes latency.json, latency.csv, latency.svg and latency.md to --out after every
+point. --docs also writes the results section of a markdown file (between the
+"e1-latency" markers) and the chart next to it. --from re-renders the outputs of an
+earlier run's latency.json without measuring.`,
+		Example: `  kpath bench latency --quick
+  kpath bench latency --out out/e1 --docs docs/benchmarks.md
+  kpath bench latency --from out/e1/latency.json --docs docs/benchmarks.md`,
 		Args: cobra.NoArgs,
 	}
 	out := outputFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		if quick {
-			o.Points, o.Requests, o.Rounds = []int{0, 100, 500, 1600}, 10000, 2
-		}
-		if o.K8sBin == "" {
-			dir, err := testenv.BinDir()
+		var (
+			run    *bench.LatencyRun
+			runErr error
+		)
+		if from != "" {
+			r, err := bench.ReadLatencyRun(from)
 			if err != nil {
 				return err
 			}
-			o.K8sBin = dir
+			run = r
+			if o.OutDir != "" && o.OutDir != filepath.Dir(from) {
+				if err := bench.WriteLatencyResults(o.OutDir, run); err != nil {
+					return err
+				}
+			}
+		} else {
+			if quick {
+				o.Points, o.Requests, o.Rounds = []int{0, 100, 500, 1600}, 10000, 2
+			}
+			if o.K8sBin == "" {
+				dir, err := testenv.BinDir()
+				if err != nil {
+					return err
+				}
+				o.K8sBin = dir
+			}
+			if o.BinDir == "" {
+				self, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				o.BinDir = filepath.Dir(self)
+			}
+			o.Progress = cmd.ErrOrStderr()
+			o.Command = "kpath " + strings.Join(os.Args[1:], " ")
+			run, runErr = bench.Latency(cmd.Context(), o)
+			if run == nil {
+				return runErr
+			}
 		}
-		if o.BinDir == "" {
-			self, err := os.Executable()
-			if err != nil {
+		if docs != "" {
+			if err := bench.WriteLatencyDocs(docs, run); err != nil {
 				return err
 			}
-			o.BinDir = filepath.Dir(self)
 		}
-		o.Progress = cmd.ErrOrStderr()
-		rows, err := bench.Latency(cmd.Context(), o)
+		err := render(cmd.OutOrStdout(), *out, run, func(tw *tabwriter.Writer) {
+			fmt.Fprintln(tw, "MODE\tSCENARIO\tSERVICES\tPODS\tTARGET\tTOTAL ms\tMEAN ms\tP50 ms\tP99 ms\tREADY ms\tRSS MiB\tCPU s\tCHURN /s")
+			for _, r := range run.Rows {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%.0f\t%.3f\t%.2f\t%.2f\t%.0f\t%.0f\t%.1f\t%.1f\n", r.Mode, r.Scenario, r.Services, r.Pods,
+					r.Target, r.TotalMs, r.MeanMs, r.P50Ms, r.P99Ms, r.ReadyMs, r.RSSMiB, r.CPUSeconds, r.ChurnPerSec)
+			}
+			tw.Flush()
+			fmt.Fprintln(tw)
+			fmt.Fprintln(tw, "TARGET (BENCHMARKS.md E1)\tMEASURED\tMET")
+			for _, t := range bench.LatencyTargets(run) {
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", t.Name, t.Measured, t.Verdict())
+			}
+		})
 		if err != nil {
 			return err
 		}
-		return render(cmd.OutOrStdout(), *out, rows, func(tw *tabwriter.Writer) {
-			fmt.Fprintln(tw, "MODE\tSCENARIO\tSERVICES\tPODS\tTARGET\tTOTAL ms\tMEAN ms\tP50 ms\tP99 ms\tREADY ms\tRSS MiB\tCPU s")
-			for _, r := range rows {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%.0f\t%.3f\t%.2f\t%.2f\t%.0f\t%.0f\t%.1f\n", r.Mode, r.Scenario, r.Services, r.Pods,
-					r.Target, r.TotalMs, r.MeanMs, r.P50Ms, r.P99Ms, r.ReadyMs, r.RSSMiB, r.CPUSeconds)
-			}
-		})
+		return runErr
 	}
 	cmd.Flags().IntSliceVar(&o.Points, "points", []int{0, 100, 500, 1600, 5000, 10000}, "numbers of simulated services (10 endpoints each)")
 	cmd.Flags().IntVar(&o.Requests, "requests", 50000, "ab requests per run")
 	cmd.Flags().IntVar(&o.Rounds, "rounds", 3, "direct/service alternations per point")
 	cmd.Flags().StringSliceVar(&o.Modes, "modes", []string{"none", "kpath", "kpath-tc", "kube-proxy-iptables", "kube-proxy-nftables"}, "service dataplanes")
 	cmd.Flags().StringSliceVar(&o.Scenarios, "scenario", []string{"loaded", "quiet"}, "loaded and/or quiet")
-	cmd.Flags().StringVar(&o.OutDir, "out", "out/e1", "directory for latency.csv")
+	cmd.Flags().StringVar(&o.OutDir, "out", "out/e1", "directory for latency.{json,csv,svg,md}")
 	cmd.Flags().BoolVar(&quick, "quick", false, "S up to 1.6k, 10,000 requests, 2 rounds")
+	cmd.Flags().StringVar(&from, "from", "", "re-render this latency.json instead of measuring")
+	cmd.Flags().StringVar(&docs, "docs", "", "markdown file whose E1 section (and chart beside it) to rewrite, e.g. docs/benchmarks.md")
 	cmd.Flags().StringVar(&o.K8sBin, "k8s-bin", "", "directory with the Kubernetes binaries (default: make k8s-bins' cache)")
 	return cmd
 }

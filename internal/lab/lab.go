@@ -304,9 +304,7 @@ func startAgent(o Options, env *testenv.Env, n NodeInfo) error {
 		"--kubeconfig=" + env.Kubeconfig, "--node-name=" + n.Name, "--pin-dir=" + PinPrefix + n.Name,
 		"--device=eth0", "--routing=" + o.Routing, "--cluster-cidr=" + ClusterCIDR,
 		"--cgroup-root=" + n.Cgroup, "--api-socket=" + n.AgentSocket, "--ipam-dir=" + filepath.Join(dir, "ipam"),
-		"--metrics-addr=127.0.0.1:9964",
-		"--map-size-conntrack=65536", "--map-size-affinity=4096", "--map-size-frontends=16384",
-		"--map-size-backends=32768", "--map-size-slots=65536"}
+		"--metrics-addr=127.0.0.1:9964"}
 	switch o.Services {
 	case "kpath-tc":
 		args = append(args, "--socket-hook=false")

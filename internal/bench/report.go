@@ -1,0 +1,347 @@
+package bench
+
+import (
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// WriteLatencyResults writes a run's latency.json (everything, the input
+// of --from), latency.csv, latency.svg and latency.md to dir.
+func WriteLatencyResults(dir string, run *LatencyRun) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	data, err := json.MarshalIndent(run, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(dir, "latency.json"), data); err != nil {
+		return err
+	}
+	if err := writeLatencyCSV(filepath.Join(dir, "latency.csv"), run.Rows); err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(dir, "latency.svg"), latencyChart(run)); err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(dir, "latency.md"), []byte("# E1: service routing latency vs cluster size\n\n"+latencyMarkdown(run, "latency.svg", "latency.csv")))
+}
+
+// ReadLatencyRun reads a latency.json written by WriteLatencyResults.
+func ReadLatencyRun(path string) (*LatencyRun, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var run LatencyRun
+	if err := json.Unmarshal(data, &run); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &run, nil
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func writeLatencyCSV(path string, rows []LatencyRow) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	w := csv.NewWriter(f)
+	_ = w.Write([]string{"mode", "scenario", "services", "pods", "target", "total_ms", "mean_ms", "p50_ms", "p99_ms",
+		"ready_ms", "rss_mib", "cpu_s", "churn_per_s"})
+	ff := func(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
+	for _, r := range rows {
+		_ = w.Write([]string{r.Mode, r.Scenario, strconv.Itoa(r.Services), strconv.Itoa(r.Pods), r.Target,
+			ff(r.TotalMs), ff(r.MeanMs), ff(r.P50Ms), ff(r.P99Ms), ff(r.ReadyMs), ff(r.RSSMiB), ff(r.CPUSeconds), ff(r.ChurnPerSec)})
+	}
+	w.Flush()
+	if err := w.Error(); err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// latencyModes orders and names the modes in tables, chart and targets.
+var latencyModes = []struct{ mode, label, color string }{
+	{"none", "none (floor)", "#7f7f7f"},
+	{"kpath", "kpath", "#d62728"},
+	{"kpath-tc", "kpath-tc", "#ff9896"},
+	{"kube-proxy-iptables", "kube-proxy iptables", "#1f77b4"},
+	{"kube-proxy-nftables", "kube-proxy nftables", "#2ca02c"},
+}
+
+// rowIndex finds rows by (mode, scenario, services, target).
+type rowIndex map[string]LatencyRow
+
+func indexRows(rows []LatencyRow) rowIndex {
+	ix := rowIndex{}
+	for _, r := range rows {
+		ix[fmt.Sprint(r.Mode, "/", r.Scenario, "/", r.Services, "/", r.Target)] = r
+	}
+	return ix
+}
+
+func (ix rowIndex) get(mode, scenario string, services int, target string) (LatencyRow, bool) {
+	r, ok := ix[fmt.Sprint(mode, "/", scenario, "/", services, "/", target)]
+	return r, ok
+}
+
+// runPoints lists the measured numbers of services, ascending.
+func runPoints(rows []LatencyRow) []int {
+	seen := map[int]bool{}
+	var pts []int
+	for _, r := range rows {
+		if !seen[r.Services] {
+			seen[r.Services] = true
+			pts = append(pts, r.Services)
+		}
+	}
+	slices.Sort(pts)
+	return pts
+}
+
+// Target is one of E1's targets, evaluated on a run.
+type Target struct {
+	Name     string
+	Measured string  // the figures compared, in words
+	Ratio    float64 // measured ratio (worst case where "every point")
+	Limit    float64 // the ratio the target allows
+	Missing  bool    // the run lacks the rows to decide
+}
+
+// Verdict is "yes", "NO" or "n/a (...)".
+func (t Target) Verdict() string {
+	switch {
+	case t.Missing:
+		return "n/a"
+	case t.Ratio <= t.Limit:
+		return "yes"
+	}
+	return "NO"
+}
+
+// LatencyTargets evaluates BENCHMARKS.md's E1 targets for kpath (and, for
+// information, kpath-tc): loaded at the largest point, within 10% of the
+// none floor and at most 0.6x kube-proxy iptables; never slower than
+// kube-proxy nftables; quiet service latency within 5% of direct.
+func LatencyTargets(run *LatencyRun) []Target {
+	ix := indexRows(run.Rows)
+	pts := runPoints(run.Rows)
+	if len(pts) == 0 {
+		return nil
+	}
+	top := pts[len(pts)-1]
+	var out []Target
+	ratio := func(name string, a, b LatencyRow, okA, okB bool, limit float64) Target {
+		t := Target{Name: name, Limit: limit, Missing: !okA || !okB || b.TotalMs == 0}
+		if !t.Missing {
+			t.Ratio = a.TotalMs / b.TotalMs
+			t.Measured = fmt.Sprintf("%.2fx (%.2f s / %.2f s)", t.Ratio, a.TotalMs/1000, b.TotalMs/1000)
+		}
+		return t
+	}
+	for _, m := range []string{"kpath", "kpath-tc"} {
+		if !slices.Contains(run.Modes, m) {
+			continue
+		}
+		floor, okF := ix.get("none", "loaded", top, "direct")
+		for _, tg := range []string{"service", "direct"} {
+			r, ok := ix.get(m, "loaded", top, tg)
+			out = append(out, ratio(fmt.Sprintf("%s %s, loaded, S=%d: <= 1.10x none", m, tg, top), r, floor, ok, okF, 1.10))
+		}
+		for _, tg := range []string{"service", "direct"} {
+			r, ok := ix.get(m, "loaded", top, tg)
+			ipt, okI := ix.get("kube-proxy-iptables", "loaded", top, tg)
+			out = append(out, ratio(fmt.Sprintf("%s %s, loaded, S=%d: <= 0.6x kube-proxy iptables", m, tg, top), r, ipt, ok, okI, 0.6))
+		}
+		// Every point, both scenarios and targets: the worst ratio.
+		worst := Target{Name: m + " vs kube-proxy nftables, every point: never slower", Limit: 1, Missing: true}
+		for _, sc := range run.Scenarios {
+			for _, s := range pts {
+				for _, tg := range []string{"service", "direct"} {
+					r, ok := ix.get(m, sc, s, tg)
+					nft, okN := ix.get("kube-proxy-nftables", sc, s, tg)
+					if t := ratio("", r, nft, ok, okN, 1); !t.Missing && (worst.Missing || t.Ratio > worst.Ratio) {
+						worst.Missing, worst.Ratio = false, t.Ratio
+						worst.Measured = fmt.Sprintf("worst %.2fx (%s %s, S=%d)", t.Ratio, sc, tg, s)
+					}
+				}
+			}
+		}
+		out = append(out, worst)
+		worst = Target{Name: m + " quiet, every point: service <= 1.05x direct", Limit: 1.05, Missing: true}
+		for _, s := range pts {
+			svc, ok := ix.get(m, "quiet", s, "service")
+			dir, okD := ix.get(m, "quiet", s, "direct")
+			if t := ratio("", svc, dir, ok, okD, 1.05); !t.Missing && (worst.Missing || t.Ratio > worst.Ratio) {
+				worst.Missing, worst.Ratio = false, t.Ratio
+				worst.Measured = fmt.Sprintf("worst %.2fx (S=%d)", t.Ratio, s)
+			}
+		}
+		out = append(out, worst)
+	}
+	return out
+}
+
+// Markers delimiting the generated E1 section in a docs file.
+const (
+	docsBegin = "<!-- e1-latency:begin (generated by kpath bench latency --docs; edit outside the markers) -->"
+	docsEnd   = "<!-- e1-latency:end -->"
+)
+
+// WriteLatencyDocs rewrites the E1 section of the markdown file at path
+// (appending one when the markers are missing) and writes the chart and
+// CSV beside it as e1-latency.svg and e1-latency.csv.
+func WriteLatencyDocs(path string, run *LatencyRun) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(dir, "e1-latency.svg"), latencyChart(run)); err != nil {
+		return err
+	}
+	if err := writeLatencyCSV(filepath.Join(dir, "e1-latency.csv"), run.Rows); err != nil {
+		return err
+	}
+	old, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	section := docsBegin + "\n" + latencyMarkdown(run, "e1-latency.svg", "e1-latency.csv") + docsEnd
+	doc := string(old)
+	b, e := strings.Index(doc, docsBegin), strings.Index(doc, docsEnd)
+	switch {
+	case b >= 0 && e > b:
+		doc = doc[:b] + section + doc[e+len(docsEnd):]
+	case b >= 0 || e >= 0:
+		return fmt.Errorf("%s: only one of the e1-latency markers is present; restore both or remove both", path)
+	default:
+		if doc != "" && !strings.HasSuffix(doc, "\n\n") {
+			doc = strings.TrimRight(doc, "\n") + "\n\n"
+		}
+		doc += section + "\n"
+	}
+	return writeFileAtomic(path, []byte(doc))
+}
+
+// latencyMarkdown renders a run: where and how it ran, the targets, and
+// the tables behind the chart.
+func latencyMarkdown(run *LatencyRun, chart, csvName string) string {
+	var b strings.Builder
+	m := run.Machine
+	fmt.Fprintf(&b, "Run %s", run.Started.UTC().Format("2006-01-02 15:04 MST"))
+	if !run.Finished.IsZero() {
+		fmt.Fprintf(&b, ", took %s", run.Finished.Sub(run.Started).Round(time.Minute))
+	} else {
+		b.WriteString(" (unfinished: results so far)")
+	}
+	fmt.Fprintf(&b, ", kpath %s.\n\n", orDash(m.Kpath))
+	fmt.Fprintf(&b, "Machine: %s, %d CPUs, %d GiB, %s, kernel %s, %s; %s.\n\n", orDash(m.CPU), m.CPUs, m.MemoryGiB, orDash(m.OS), orDash(m.Kernel), m.Go, orDash(m.KubeProxy))
+	fmt.Fprintf(&b, "Command:\n\n```\n%s\n```\n\n", orDash(run.Command))
+	fmt.Fprintf(&b, "Each figure is the median over %d rounds of `ab -n %d` (a new connection per request) from the client pod, direct to the echo pod and through its ClusterIP, alternating. Raw rows: [%s](%s).\n\n", run.Rounds, run.Requests, csvName, csvName)
+	fmt.Fprintf(&b, "![E1 chart](%s)\n\n", chart)
+	for _, e := range run.Errors {
+		fmt.Fprintf(&b, "**Failed:** %s\n\n", e)
+	}
+
+	b.WriteString("#### Targets\n\n| target | measured | met |\n|---|---|---|\n")
+	for _, t := range LatencyTargets(run) {
+		fmt.Fprintf(&b, "| %s | %s | %s |\n", t.Name, orDash(t.Measured), t.Verdict())
+	}
+	b.WriteString("\n")
+
+	pts := runPoints(run.Rows)
+	ix := indexRows(run.Rows)
+	var modes []struct{ mode, label, color string }
+	for _, lm := range latencyModes {
+		if containsMode(run, lm.mode) {
+			modes = append(modes, lm)
+		}
+	}
+	for _, sc := range []string{"loaded", "quiet"} {
+		if !slices.Contains(run.Scenarios, sc) {
+			continue
+		}
+		desc := map[string]string{"loaded": "`-c 16`, 20 EndpointSlice updates/s", "quiet": "`-c 1`, no churn"}[sc]
+		for _, f := range []struct {
+			title string
+			get   func(LatencyRow) string
+		}{
+			{"total seconds", func(r LatencyRow) string { return fmt.Sprintf("%.2f", r.TotalMs/1000) }},
+			{"p50 / p99 ms", func(r LatencyRow) string { return fmt.Sprintf("%.2f / %.2f", r.P50Ms, r.P99Ms) }},
+		} {
+			fmt.Fprintf(&b, "#### %s (%s): %s, direct | service\n\n| services | pods |", sc, desc, f.title)
+			for _, lm := range modes {
+				fmt.Fprintf(&b, " %s |", lm.label)
+			}
+			b.WriteString("\n|---:|---:|")
+			for range modes {
+				b.WriteString("---|")
+			}
+			b.WriteString("\n")
+			for _, s := range pts {
+				fmt.Fprintf(&b, "| %d | %d |", s, s*simLatency.backends)
+				for _, lm := range modes {
+					var cells []string
+					for _, tg := range []string{"direct", "service"} {
+						if r, ok := ix.get(lm.mode, sc, s, tg); ok {
+							cells = append(cells, f.get(r))
+						}
+					}
+					fmt.Fprintf(&b, " %s |", orDash(strings.Join(cells, " \\| ")))
+				}
+				b.WriteString("\n")
+			}
+			b.WriteString("\n")
+		}
+	}
+
+	b.WriteString("#### Dataplane cost: ready after the last object (ms), RSS (MiB), CPU seconds during the loaded runs\n\n| services |")
+	for _, lm := range modes[min(1, len(modes)):] {
+		fmt.Fprintf(&b, " %s |", lm.label)
+	}
+	b.WriteString("\n|---:|")
+	for range modes[min(1, len(modes)):] {
+		b.WriteString("---|")
+	}
+	b.WriteString("\n")
+	for _, s := range pts {
+		fmt.Fprintf(&b, "| %d |", s)
+		for _, lm := range modes[min(1, len(modes)):] {
+			r, ok := ix.get(lm.mode, "loaded", s, "service")
+			if !ok {
+				r, ok = ix.get(lm.mode, "quiet", s, "service")
+			}
+			if !ok {
+				b.WriteString(" - |")
+				continue
+			}
+			fmt.Fprintf(&b, " %.0f ms, %.0f MiB, %.1f s |", r.ReadyMs, r.RSSMiB, r.CPUSeconds)
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("\n")
+	return b.String()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

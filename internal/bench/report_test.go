@@ -1,0 +1,110 @@
+package bench
+
+import (
+	"encoding/xml"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// fakeRun builds a run in which kube-proxy iptables grows with S and kpath
+// stays on the floor, except for one quiet point where kpath's service
+// path is 10% slower than direct.
+func fakeRun() *LatencyRun {
+	run := &LatencyRun{Command: "kpath bench latency", Requests: 100, Rounds: 3,
+		Modes: []string{"none", "kpath", "kube-proxy-iptables", "kube-proxy-nftables"}, Scenarios: []string{"loaded", "quiet"}}
+	for _, s := range []int{0, 100, 10000} {
+		for _, sc := range run.Scenarios {
+			for _, m := range run.Modes {
+				for _, tg := range []string{"direct", "service"} {
+					if m == "none" && tg == "service" {
+						continue
+					}
+					total := 1000.0
+					switch {
+					case m == "kube-proxy-iptables" && sc == "loaded":
+						total += float64(s) / 5 // 3000 at 10k
+					case m == "kube-proxy-nftables":
+						total += float64(s) / 20
+					case m == "kpath" && sc == "quiet" && s == 100 && tg == "service":
+						total = 1100
+					}
+					run.Rows = append(run.Rows, LatencyRow{Mode: m, Scenario: sc, Services: s, Pods: 10 * s, Target: tg,
+						TotalMs: total, MeanMs: total / 100, P50Ms: 0.2, P99Ms: 0.5})
+				}
+			}
+		}
+	}
+	return run
+}
+
+func TestLatencyTargets(t *testing.T) {
+	got := map[string]string{}
+	for _, tg := range LatencyTargets(fakeRun()) {
+		got[tg.Name] = tg.Verdict()
+	}
+	want := map[string]string{
+		"kpath service, loaded, S=10000: <= 1.10x none":               "yes",
+		"kpath direct, loaded, S=10000: <= 1.10x none":                "yes",
+		"kpath service, loaded, S=10000: <= 0.6x kube-proxy iptables": "yes",
+		"kpath direct, loaded, S=10000: <= 0.6x kube-proxy iptables":  "yes",
+		"kpath vs kube-proxy nftables, every point: never slower":     "NO", // the quiet S=100 service point: 1100 vs 1005
+		"kpath quiet, every point: service <= 1.05x direct":           "NO",
+	}
+	if len(got) != len(want) {
+		t.Fatalf("targets %v, want %v", got, want)
+	}
+	for name, v := range want {
+		if got[name] != v {
+			t.Errorf("%s: %q, want %q", name, got[name], v)
+		}
+	}
+}
+
+func TestLatencyChartIsSVGWithALinePerModeAndPanel(t *testing.T) {
+	svg := latencyChart(fakeRun())
+	if err := xml.Unmarshal(svg, new(struct{})); err != nil {
+		t.Fatalf("chart is not well-formed XML: %v", err)
+	}
+	// 4 panels (2 scenarios x 2 targets); none has no service line.
+	if n, want := strings.Count(string(svg), "<polyline"), 2*(4+3); n != want {
+		t.Errorf("%d lines, want %d", n, want)
+	}
+	for _, label := range []string{"loaded, via ClusterIP", "quiet, direct to pod IP", "kube-proxy iptables", ">100k<"} {
+		if !strings.Contains(string(svg), label) {
+			t.Errorf("chart lacks %q", label)
+		}
+	}
+}
+
+func TestWriteLatencyDocsReplacesOnlyItsSection(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "benchmarks.md")
+	before := "# Benchmarks\n\nhand-written\n\n" + docsBegin + "\nold\n" + docsEnd + "\n\n## E3\nkept\n"
+	if err := os.WriteFile(path, []byte(before), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // idempotent
+		if err := WriteLatencyDocs(path, fakeRun()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	doc, _ := os.ReadFile(path)
+	s := string(doc)
+	if strings.Contains(s, "\nold\n") || !strings.Contains(s, "hand-written") || !strings.Contains(s, "## E3\nkept") ||
+		strings.Count(s, docsBegin) != 1 || !strings.Contains(s, "| 10000 | 100000 |") {
+		t.Errorf("docs after rewrite:\n%s", s)
+	}
+	for _, f := range []string{"e1-latency.svg", "e1-latency.csv"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Error(err)
+		}
+	}
+	if err := os.WriteFile(path, []byte(docsBegin+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteLatencyDocs(path, fakeRun()); err == nil || !strings.Contains(err.Error(), "markers") {
+		t.Errorf("one marker: %v, want an error naming the markers", err)
+	}
+}
