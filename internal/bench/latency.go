@@ -18,7 +18,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
@@ -167,6 +166,7 @@ func latencyMode(ctx context.Context, o LatencyOptions, mode string, emit func(L
 	}
 	defer cg.Close()
 	dp := dataplaneProbe{mode: mode, node: node}
+	churn := &churner{c: c}
 
 	created := 0
 	for _, s := range o.Points {
@@ -189,9 +189,9 @@ func latencyMode(ctx context.Context, o LatencyOptions, mode string, emit func(L
 		ready := time.Since(start)
 		say("S=%d: dataplane ready %s after the last object", created, ready.Round(time.Millisecond))
 		for _, scenario := range o.Scenarios {
-			conc, churn := 1, false
+			conc, loaded := 1, false
 			if scenario == "loaded" {
-				conc, churn = 16, created > 0
+				conc, loaded = 16, created > 0
 			}
 			stop := make(chan struct{})
 			var (
@@ -200,8 +200,8 @@ func latencyMode(ctx context.Context, o LatencyOptions, mode string, emit func(L
 				cpu0   = dp.usage()
 				sample = map[string][]abResult{}
 			)
-			if churn {
-				wg.Go(func() { rate = churnSlices(ctx, c, created, stop) })
+			if loaded {
+				wg.Go(func() { rate = churn.run(ctx, created, stop) })
 			}
 			var abErr error
 		rounds:
@@ -295,49 +295,73 @@ func latencyTargets(ctx context.Context, c kubernetes.Interface, node string) (s
 	return svc.Spec.ClusterIP, clientNS, echoIP, nil
 }
 
-// churnSlices makes 20 EndpointSlice updates per second to the simulated
-// services 0..n-1 (flipping the first endpoint's readiness, which changes
-// every dataplane's backend set) until stop, and returns the rate achieved.
-// Updates go out from four workers so a slow API server costs rate, not
-// the schedule; a tick that finds every worker busy is skipped.
-func churnSlices(ctx context.Context, c kubernetes.Interface, n int, stop <-chan struct{}) float64 {
-	work := make(chan *discoveryv1.EndpointSlice)
+// churner changes the simulated services' EndpointSlices. It remembers
+// what it wrote across runs, so every update is a real change (an update
+// that changes nothing makes no watch event, and no dataplane sees it).
+type churner struct {
+	c        kubernetes.Interface
+	next     int
+	notReady map[int]bool // services whose first endpoint it made not ready
+}
+
+// run makes 20 EndpointSlice updates per second to the simulated services
+// 0..n-1, round robin (flipping the first endpoint's readiness, which
+// changes every dataplane's backend set) until stop, and returns the rate
+// achieved. Updates go out from four workers so a slow API server costs
+// rate, not the schedule; a tick that finds every worker busy is skipped.
+func (ch *churner) run(ctx context.Context, n int, stop <-chan struct{}) float64 {
+	type change struct {
+		k        int
+		notReady bool
+	}
+	work := make(chan change)
 	var (
 		wg   sync.WaitGroup
-		mu   sync.Mutex
+		mu   sync.Mutex // guards done and ch.notReady
 		done int
 	)
+	if ch.notReady == nil {
+		ch.notReady = map[int]bool{}
+	}
 	for range 4 {
 		wg.Go(func() {
-			for s := range work {
+			for w := range work {
+				s := simLatency.slice(w.k)
+				ready := !w.notReady
+				s.Endpoints[0].Conditions.Ready = &ready
 				// No resourceVersion: EndpointSlices allow unconditional
 				// updates, which saves a read per change.
-				if _, err := c.DiscoveryV1().EndpointSlices(s.Namespace).Update(ctx, s, metav1.UpdateOptions{}); err == nil {
-					mu.Lock()
+				_, err := ch.c.DiscoveryV1().EndpointSlices(s.Namespace).Update(ctx, s, metav1.UpdateOptions{})
+				mu.Lock()
+				if err == nil {
 					done++
-					mu.Unlock()
+				} else {
+					ch.notReady[w.k] = !w.notReady // not written: keep what the API holds
 				}
+				mu.Unlock()
 			}
 		})
 	}
 	start := time.Now()
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
-	notReady := map[int]bool{}
-	for i := 0; ; i++ {
+	for {
 		select {
 		case <-stop:
 		case <-ctx.Done():
 		case <-t.C:
-			k := i % n
-			s := simLatency.slice(k)
-			flip := !notReady[k]
-			ready := !flip
-			s.Endpoints[0].Conditions.Ready = &ready
+			k := ch.next % n
+			mu.Lock()
+			w := change{k, !ch.notReady[k]}
+			ch.notReady[k] = w.notReady
+			mu.Unlock()
 			select {
-			case work <- s:
-				notReady[k] = flip
-			default:
+			case work <- w:
+				ch.next++
+			default: // every writer busy: skip the tick
+				mu.Lock()
+				ch.notReady[k] = !w.notReady
+				mu.Unlock()
 			}
 			continue
 		}
