@@ -37,6 +37,12 @@ func TestLatencyBenchSmoke(t *testing.T) {
 		if r.TotalMs <= 0 || r.P50Ms <= 0 {
 			t.Errorf("row without figures: %+v", r)
 		}
+		if r.Scenario == "loaded" && r.Services > 0 && r.ChurnPerSec <= 0 {
+			t.Errorf("loaded row without EndpointSlice churn: %+v", r)
+		}
+		if r.Mode != "none" && r.RSSMiB <= 0 {
+			t.Errorf("dataplane process not found: %+v", r)
+		}
 	}
 	for _, m := range modes {
 		want := 8 // 2 points x 2 scenarios x (direct, service)

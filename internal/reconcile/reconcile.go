@@ -252,6 +252,9 @@ func (r *Reconciler) Sync(full bool) error {
 			r.applied[fe] = svc
 		}
 	}
+	if r.opts.Off {
+		problems = nil // not ours to report: another proxy serves services
+	}
 	r.report(problems, full)
 	if full {
 		r.prune(r.owners)
