@@ -117,7 +117,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
-	w, err := k8s.NewWatcher(client, a.cache, k8s.WatchOptions{ProxyName: a.cfg.ProxyName})
+	w, err := k8s.NewWatcher(client, a.cache, k8s.WatchOptions{ProxyName: a.cfg.ProxyName, NodesOnly: !a.cfg.KubeProxyReplacement})
 	if err != nil {
 		return err
 	}

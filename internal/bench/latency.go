@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -165,7 +166,7 @@ func latencyMode(ctx context.Context, o LatencyOptions, mode string, emit func(L
 		return err
 	}
 	defer cg.Close()
-	dp := dataplaneProbe{mode: mode, node: node}
+	dp := dataplaneProbe{mode: mode, node: node, kubeconfig: st.Kubeconfig}
 	churn := &churner{c: c}
 
 	created := 0
@@ -213,7 +214,7 @@ func latencyMode(ctx context.Context, o LatencyOptions, mode string, emit func(L
 					if mode == "none" && tg.name == "service" {
 						continue
 					}
-					r, err := runAB(clientNS, cg, tg.url, tg.ports, o.Requests, conc)
+					r, err := runAB(ctx, clientNS, cg, tg.url, tg.ports, o.Requests, conc)
 					if err != nil {
 						abErr = fmt.Errorf("S=%d %s ab %s round %d: %w", created, scenario, tg.name, round, err)
 						break rounds
@@ -375,8 +376,9 @@ func (ch *churner) run(ctx context.Context, n int, stop <-chan struct{}) float64
 // dataplaneProbe reads the measured node's service dataplane: the agent's
 // status for kpath, kube-proxy's metrics for kube-proxy.
 type dataplaneProbe struct {
-	mode string
-	node lab.NodeInfo
+	mode       string
+	node       lab.NodeInfo
+	kubeconfig string // this lab's: tells its processes from any other lab's
 }
 
 // changeCounts are the dataplane's cumulative counts of service and
@@ -490,13 +492,13 @@ type abResult struct{ total, mean, p50, p99 float64 }
 
 // runAB runs ApacheBench from the client pod (in the node's cgroup, where
 // the socket hook applies) with a client port range of its own.
-func runAB(netns string, cg *os.File, url, ports string, n, conc int) (abResult, error) {
+func runAB(ctx context.Context, netns string, cg *os.File, url, ports string, n, conc int) (abResult, error) {
 	if out, err := exec.Command("ip", "netns", "exec", netns, "sysctl", "-qw", "net.ipv4.ip_local_port_range="+ports).CombinedOutput(); err != nil {
 		return abResult{}, fmt.Errorf("port range: %v: %s", err, out)
 	}
 	csvPath := filepath.Join(os.TempDir(), fmt.Sprintf("kpath-ab-%d.csv", time.Now().UnixNano()))
 	defer os.Remove(csvPath)
-	cmd := exec.Command("ip", "netns", "exec", netns, "ab", "-q", "-r", "-n", strconv.Itoa(n), "-c", strconv.Itoa(conc), "-e", csvPath, url)
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", netns, "ab", "-q", "-r", "-n", strconv.Itoa(n), "-c", strconv.Itoa(conc), "-e", csvPath, url)
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -571,7 +573,8 @@ func (p dataplaneProbe) usage() usage {
 		}
 		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		args := strings.Split(string(cmdline), "\x00")
-		if len(args) == 0 || filepath.Base(args[0]) != name || !strings.Contains(string(cmdline), p.node.Name) {
+		if len(args) == 0 || filepath.Base(args[0]) != name || !slices.Contains(args, "--hostname-override="+p.node.Name) && !slices.Contains(args, "--node-name="+p.node.Name) ||
+			!slices.Contains(args, "--kubeconfig="+p.kubeconfig) {
 			continue
 		}
 		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))

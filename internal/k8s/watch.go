@@ -21,6 +21,10 @@ type WatchOptions struct {
 	// service.kubernetes.io/service-proxy-name are filtered out by the API
 	// server, as kube-proxy does.
 	ProxyName string
+	// NodesOnly watches Nodes alone: with kube-proxy serving services, the
+	// agent needs neither Services nor EndpointSlices, and holding them
+	// would cost memory and CPU on every change for nothing.
+	NodesOnly bool
 }
 
 // Watcher runs the informers that fill a Cache.
@@ -36,6 +40,27 @@ func NewWatcher(client kubernetes.Interface, c *Cache, opts WatchOptions) (*Watc
 	f := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(slimTransform))
 	w := &Watcher{factory: f}
 
+	if !opts.NodesOnly {
+		if err := w.watchServices(client, c, opts); err != nil {
+			return nil, err
+		}
+	}
+	nodes := f.Core().V1().Nodes().Informer()
+	if _, err := nodes.AddEventHandler(handler(func(obj any) {
+		n := obj.(*corev1.Node)
+		c.SetNode(n.Name, Node(n))
+	}, func(_, name string) {
+		c.SetNode(name, nil)
+	})); err != nil {
+		return nil, err
+	}
+	w.synced = append(w.synced, nodes.HasSynced)
+	return w, nil
+}
+
+// watchServices adds the Service informer (filtered by the proxy-name
+// label on the server) and the EndpointSlice informer.
+func (w *Watcher) watchServices(client kubernetes.Interface, c *Cache, opts WatchOptions) error {
 	svcSelector := "!" + LabelServiceProxyName
 	if opts.ProxyName != "" {
 		svcSelector = LabelServiceProxyName + "=" + opts.ProxyName
@@ -50,10 +75,10 @@ func NewWatcher(client kubernetes.Interface, c *Cache, opts WatchOptions) (*Watc
 	}, func(ns, name string) {
 		c.SetService(model.ServiceKey{Namespace: ns, Name: name}, nil)
 	})); err != nil {
-		return nil, err
+		return err
 	}
 
-	eps := f.Discovery().V1().EndpointSlices().Informer()
+	eps := w.factory.Discovery().V1().EndpointSlices().Informer()
 	// The service a slice belonged to, so a slice whose label changes or
 	// that is deleted leaves the right service.
 	owner := map[string]model.ServiceKey{}
@@ -76,20 +101,11 @@ func NewWatcher(client kubernetes.Interface, c *Cache, opts WatchOptions) (*Watc
 			delete(owner, id)
 		}
 	})); err != nil {
-		return nil, err
+		return err
 	}
 
-	nodes := f.Core().V1().Nodes().Informer()
-	if _, err := nodes.AddEventHandler(handler(func(obj any) {
-		n := obj.(*corev1.Node)
-		c.SetNode(n.Name, Node(n))
-	}, func(_, name string) {
-		c.SetNode(name, nil)
-	})); err != nil {
-		return nil, err
-	}
-	w.synced = []cache.InformerSynced{svc.HasSynced, eps.HasSynced, nodes.HasSynced}
-	return w, nil
+	w.synced = append(w.synced, svc.HasSynced, eps.HasSynced)
+	return nil
 }
 
 // handler adapts upsert and delete callbacks to client-go's handler. One

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -215,13 +216,15 @@ func Supervise(ctx context.Context, o Options) (err error) {
 		_ = st.save(o.Dir)
 	}
 
+	procs := &children{}
+	defer procs.stop(5 * time.Second)
 	for _, n := range st.Nodes {
 		o.Log("starting kpath-agent and the node runtime on %s", n.Name)
-		if err := startAgent(o, env, n); err != nil {
+		if err := startAgent(o, env, n, procs); err != nil {
 			return err
 		}
 		if mode, ok := strings.CutPrefix(o.Services, "kube-proxy-"); ok {
-			if err := startKubeProxy(o, env, n, mode); err != nil {
+			if err := startKubeProxy(o, env, n, mode, procs); err != nil {
 				return err
 			}
 		}
@@ -291,7 +294,7 @@ func registerNode(ctx context.Context, c kubernetes.Interface, n NodeInfo) (stri
 	return "", fmt.Errorf("kube-controller-manager gave %s no pod CIDR within 60s", n.Name)
 }
 
-func startAgent(o Options, env *testenv.Env, n NodeInfo) error {
+func startAgent(o Options, env *testenv.Env, n NodeInfo, procs *children) error {
 	dir := filepath.Join(o.Dir, n.Name)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -315,27 +318,27 @@ func startAgent(o Options, env *testenv.Env, n NodeInfo) error {
 	cmd := exec.Command("nsenter", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	exited, err := procs.start(cmd, func() { logf.Close() })
+	if err != nil {
 		return fmt.Errorf("start agent on %s: %w", n.Name, err)
 	}
-	go func() { _ = cmd.Wait(); logf.Close() }()
 	client := cniapi.NewClient(n.AgentSocket)
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		if client.Do("GET", "/v1/cni/status", nil, nil) == nil {
 			return nil
 		}
-		if cmd.ProcessState != nil {
-			break
+		select {
+		case <-exited:
+			return fmt.Errorf("kpath-agent on %s exited (log: %s)", n.Name, logf.Name())
+		default:
 		}
-		time.Sleep(100 * time.Millisecond)
 	}
 	return fmt.Errorf("kpath-agent on %s not ready within 60s (log: %s)", n.Name, logf.Name())
 }
 
 // startKubeProxy runs the real kube-proxy (iptables or nftables mode) in a
 // node's namespace, in place of kpath's service handling.
-func startKubeProxy(o Options, env *testenv.Env, n NodeInfo, mode string) error {
+func startKubeProxy(o Options, env *testenv.Env, n NodeInfo, mode string, procs *children) error {
 	logf, err := os.Create(filepath.Join(o.Dir, n.Name, "kube-proxy.log"))
 	if err != nil {
 		return err
@@ -348,11 +351,53 @@ func startKubeProxy(o Options, env *testenv.Env, n NodeInfo, mode string) error 
 		"--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=127.0.0.1:10256")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if _, err := procs.start(cmd, func() { logf.Close() }); err != nil {
 		return fmt.Errorf("start kube-proxy on %s: %w", n.Name, err)
 	}
-	go func() { _ = cmd.Wait(); logf.Close() }()
 	return nil
+}
+
+// children are the node processes a supervisor started (agents,
+// kube-proxy). They end when the supervisor returns: Pdeathsig covers a
+// supervisor process that dies, not one running as a goroutine of a
+// longer-lived command (kpath bench), whose labs come and go.
+type children struct {
+	mu    sync.Mutex
+	procs []*exec.Cmd
+	done  []chan struct{}
+}
+
+// start starts cmd; the channel closes when it has exited and onExit ran.
+func (c *children) start(cmd *exec.Cmd, onExit func()) (<-chan struct{}, error) {
+	if err := cmd.Start(); err != nil {
+		onExit()
+		return nil, err
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); onExit(); close(done) }()
+	c.mu.Lock()
+	c.procs, c.done = append(c.procs, cmd), append(c.done, done)
+	c.mu.Unlock()
+	return done, nil
+}
+
+// stop sends SIGTERM to every child still running, and SIGKILL to those
+// not gone after grace.
+func (c *children) stop(grace time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, p := range c.procs {
+		_ = p.Process.Signal(syscall.SIGTERM)
+	}
+	deadline := time.Now().Add(grace)
+	for i, done := range c.done {
+		select {
+		case <-done:
+		case <-time.After(time.Until(deadline)):
+			_ = c.procs[i].Process.Kill()
+			<-done
+		}
+	}
 }
 
 // Down stops a lab and removes everything it made: processes, namespaces,
