@@ -51,6 +51,8 @@ type LatencyRow struct {
 	Services, Pods int
 	Target         string // direct or service
 	TotalMs        float64
+	TotalMinMs     float64 // fastest and slowest round: the noise band
+	TotalMaxMs     float64
 	MeanMs         float64
 	P50Ms, P99Ms   float64
 	ReadyMs        float64 // last object created -> dataplane ready
@@ -541,17 +543,26 @@ func runAB(ctx context.Context, netns string, cg *os.File, url, ports string, n,
 }
 
 func medianRow(rs []abResult) LatencyRow {
-	med := func(get func(abResult) float64) float64 {
+	sorted := func(get func(abResult) float64) []float64 {
 		v := make([]float64, len(rs))
 		for i, r := range rs {
 			v[i] = get(r)
 		}
 		sort.Float64s(v)
+		return v
+	}
+	med := func(get func(abResult) float64) float64 {
+		v := sorted(get)
+		if len(v)%2 == 0 {
+			return (v[len(v)/2-1] + v[len(v)/2]) / 2
+		}
 		return v[len(v)/2]
 	}
+	totals := sorted(func(r abResult) float64 { return r.total })
 	return LatencyRow{
 		TotalMs: med(func(r abResult) float64 { return r.total }), MeanMs: med(func(r abResult) float64 { return r.mean }),
 		P50Ms: med(func(r abResult) float64 { return r.p50 }), P99Ms: med(func(r abResult) float64 { return r.p99 }),
+		TotalMinMs: totals[0], TotalMaxMs: totals[len(totals)-1],
 	}
 }
 

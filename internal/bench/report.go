@@ -264,6 +264,9 @@ func latencyMarkdown(run *LatencyRun, chart, csvName string) string {
 		fmt.Fprintf(&b, "| %s | %s | %s |\n", t.Name, orDash(t.Measured), t.Verdict())
 	}
 	b.WriteString("\n")
+	if n := latencyNoise(run); n != "" {
+		b.WriteString(n + "\n\n")
+	}
 
 	pts := runPoints(run.Rows)
 	ix := indexRows(run.Rows)
@@ -337,6 +340,44 @@ func latencyMarkdown(run *LatencyRun, chart, csvName string) string {
 	}
 	b.WriteString("\n")
 	return b.String()
+}
+
+// latencyNoise says how much the machine itself moved: the spread between
+// rounds of one row, and the drift of the none floor (which no dataplane
+// touches) from point to point. Ratios smaller than these are not
+// findings.
+func latencyNoise(run *LatencyRun) string {
+	var spreads []float64
+	for _, r := range run.Rows {
+		if r.TotalMinMs > 0 && r.TotalMaxMs > 0 {
+			spreads = append(spreads, r.TotalMaxMs/r.TotalMinMs-1)
+		}
+	}
+	var parts []string
+	if len(spreads) > 0 {
+		slices.Sort(spreads)
+		parts = append(parts, fmt.Sprintf("the slowest of a row's %d rounds was %.0f%% above its fastest (median over rows; worst %.0f%%)",
+			run.Rounds, 100*spreads[len(spreads)/2], 100*spreads[len(spreads)-1]))
+	}
+	for _, sc := range run.Scenarios {
+		lo, hi := 0.0, 0.0
+		for _, r := range run.Rows {
+			if r.Mode == "none" && r.Scenario == sc && r.Target == "direct" {
+				if lo == 0 || r.TotalMs < lo {
+					lo = r.TotalMs
+				}
+				hi = max(hi, r.TotalMs)
+			}
+		}
+		if lo > 0 {
+			parts = append(parts, fmt.Sprintf("the none floor (%s) moved between %.2f and %.2f s across points (%.0f%%) with nothing but time changing for its path",
+				sc, lo/1000, hi/1000, 100*(hi/lo-1)))
+		}
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return "Noise on this machine: " + strings.Join(parts, "; ") + ". Modes run one after another, so differences between modes smaller than this drift are not findings."
 }
 
 func orDash(s string) string {
