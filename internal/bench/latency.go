@@ -74,6 +74,8 @@ type LatencyRun struct {
 	Scenarios []string     `json:"scenarios"`
 	Rows      []LatencyRow `json:"rows"`
 	Errors    []string     `json:"errors,omitempty"`
+	// Notes say where a merged run's rows came from (MergeLatencyRuns).
+	Notes []string `json:"notes,omitempty"`
 }
 
 const benchNamespace = "default"

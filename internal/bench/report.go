@@ -47,6 +47,65 @@ func ReadLatencyRun(path string) (*LatencyRun, error) {
 	return &run, nil
 }
 
+// MergeLatencyRuns combines runs of the same experiment: each later run's
+// rows replace the earlier runs' rows of the modes it measured (a mode
+// re-measured after a fix), and a note records which run every mode came
+// from. Runs must share points, requests and rounds.
+func MergeLatencyRuns(runs ...*LatencyRun) (*LatencyRun, error) {
+	if len(runs) == 0 {
+		return nil, fmt.Errorf("no runs to merge")
+	}
+	if len(runs) == 1 {
+		return runs[0], nil
+	}
+	base := runs[0]
+	out := *base
+	out.Rows, out.Modes, out.Notes, out.Errors = nil, nil, nil, nil
+	var commands []string
+	from := map[string]int{}
+	for i, r := range runs {
+		if r.Requests != base.Requests || r.Rounds != base.Rounds || !slices.Equal(r.Points, base.Points) {
+			return nil, fmt.Errorf("run %d (%s) differs in points, requests or rounds from run 1; only like runs merge", i+1, r.Command)
+		}
+		commands = append(commands, r.Command)
+		for _, row := range r.Rows {
+			from[row.Mode] = i
+		}
+		if r.Finished.After(out.Finished) {
+			out.Finished = r.Finished
+		}
+		if r.Started.Before(out.Started) {
+			out.Started = r.Started
+		}
+	}
+	for i, r := range runs {
+		var modes []string
+		for _, m := range r.Modes {
+			if from[m] == i && !slices.Contains(modes, m) {
+				modes = append(modes, m)
+			}
+		}
+		for _, row := range r.Rows {
+			if from[row.Mode] == i {
+				out.Rows = append(out.Rows, row)
+			}
+		}
+		for _, m := range modes {
+			if !slices.Contains(out.Modes, m) {
+				out.Modes = append(out.Modes, m)
+			}
+		}
+		out.Errors = append(out.Errors, r.Errors...)
+		out.Notes = append(out.Notes, r.Notes...)
+		if len(modes) > 0 {
+			out.Notes = append(out.Notes, fmt.Sprintf("%s measured by run %d, started %s, kpath %s: `%s`",
+				strings.Join(modes, ", "), i+1, r.Started.UTC().Format("2006-01-02 15:04 MST"), orDash(r.Machine.Kpath), r.Command))
+		}
+	}
+	out.Command = strings.Join(commands, "\n")
+	return &out, nil
+}
+
 func writeFileAtomic(path string, data []byte) error {
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, data, 0o644); err != nil {
@@ -257,6 +316,9 @@ func latencyMarkdown(run *LatencyRun, chart, csvName string) string {
 	fmt.Fprintf(&b, "![E1 chart](%s)\n\n", chart)
 	for _, e := range run.Errors {
 		fmt.Fprintf(&b, "**Failed:** %s\n\n", e)
+	}
+	for _, n := range run.Notes {
+		fmt.Fprintf(&b, "Note: %s\n\n", n)
 	}
 
 	b.WriteString("#### Targets\n\n| target | measured | met |\n|---|---|---|\n")

@@ -4,6 +4,7 @@ import (
 	"encoding/xml"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -106,5 +107,33 @@ func TestWriteLatencyDocsReplacesOnlyItsSection(t *testing.T) {
 	}
 	if err := WriteLatencyDocs(path, fakeRun()); err == nil || !strings.Contains(err.Error(), "markers") {
 		t.Errorf("one marker: %v, want an error naming the markers", err)
+	}
+}
+
+func TestMergeLatencyRunsReplacesRemeasuredModes(t *testing.T) {
+	first, second := fakeRun(), fakeRun()
+	second.Command, second.Modes = "kpath bench latency --modes kpath", []string{"kpath"}
+	second.Rows = slices.DeleteFunc(second.Rows, func(r LatencyRow) bool { return r.Mode != "kpath" })
+	for i := range second.Rows {
+		second.Rows[i].TotalMs = 1
+	}
+	m, err := MergeLatencyRuns(first, second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Rows) != len(first.Rows) {
+		t.Fatalf("%d rows, want %d", len(m.Rows), len(first.Rows))
+	}
+	for _, r := range m.Rows {
+		if (r.Mode == "kpath") != (r.TotalMs == 1) {
+			t.Errorf("row from the wrong run: %+v", r)
+		}
+	}
+	if len(m.Notes) != 2 || !strings.Contains(m.Notes[1], "kpath measured by run 2") {
+		t.Errorf("notes %q", m.Notes)
+	}
+	second.Rounds = 1
+	if _, err := MergeLatencyRuns(first, second); err == nil {
+		t.Error("runs with different rounds merged")
 	}
 }

@@ -78,7 +78,8 @@ changes per second) and quiet (-c 1).
 Writes latency.json, latency.csv, latency.svg and latency.md to --out after every
 point. --docs also writes the results section of a markdown file (between the
 "e1-latency" markers) and the chart next to it. --from re-renders the outputs of an
-earlier run's latency.json without measuring.`,
+earlier run's latency.json without measuring; given several files, it merges them,
+each later run's modes replacing the earlier's (a mode re-measured after a fix).`,
 		Example: `  kpath bench latency --quick
   kpath bench latency --out out/e1 --docs docs/benchmarks.md
   kpath bench latency --from out/e1/latency.json --docs docs/benchmarks.md`,
@@ -91,12 +92,20 @@ earlier run's latency.json without measuring.`,
 			runErr error
 		)
 		if from != "" {
-			r, err := bench.ReadLatencyRun(from)
+			var runs []*bench.LatencyRun
+			for _, f := range strings.Split(from, ",") {
+				r, err := bench.ReadLatencyRun(f)
+				if err != nil {
+					return err
+				}
+				runs = append(runs, r)
+			}
+			r, err := bench.MergeLatencyRuns(runs...)
 			if err != nil {
 				return err
 			}
 			run = r
-			if o.OutDir != "" && o.OutDir != filepath.Dir(from) {
+			if o.OutDir != "" && (len(runs) > 1 || o.OutDir != filepath.Dir(from)) {
 				if err := bench.WriteLatencyResults(o.OutDir, run); err != nil {
 					return err
 				}
@@ -156,7 +165,7 @@ earlier run's latency.json without measuring.`,
 	cmd.Flags().StringSliceVar(&o.Scenarios, "scenario", []string{"loaded", "quiet"}, "loaded and/or quiet")
 	cmd.Flags().StringVar(&o.OutDir, "out", "out/e1", "directory for latency.{json,csv,svg,md}")
 	cmd.Flags().BoolVar(&quick, "quick", false, "S up to 1.6k, 10,000 requests, 2 rounds")
-	cmd.Flags().StringVar(&from, "from", "", "re-render this latency.json instead of measuring")
+	cmd.Flags().StringVar(&from, "from", "", "re-render this latency.json instead of measuring; A.json,B.json merges runs, B's modes replacing A's")
 	cmd.Flags().StringVar(&docs, "docs", "", "markdown file whose E1 section (and chart beside it) to rewrite, e.g. docs/benchmarks.md")
 	cmd.Flags().StringVar(&o.K8sBin, "k8s-bin", "", "directory with the Kubernetes binaries (default: make k8s-bins' cache)")
 	return cmd
