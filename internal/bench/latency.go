@@ -59,6 +59,11 @@ type LatencyRow struct {
 	RSSMiB         float64 // dataplane process, after the runs
 	CPUSeconds     float64 // dataplane process, children included, during this scenario's runs
 	ChurnPerSec    float64 // EndpointSlice updates per second achieved during the runs
+	// Failed counts requests that got no proper answer over all rounds
+	// (ab's failed requests and non-2xx responses); Failures is ab's
+	// breakdown of the last round with any.
+	Failed   int
+	Failures string
 }
 
 // LatencyRun is one invocation of E1: what ran, where, and the rows.
@@ -240,8 +245,8 @@ func latencyMode(ctx context.Context, o LatencyOptions, mode string, emit func(L
 				row.Mode, row.Scenario, row.Services, row.Pods, row.Target = mode, scenario, created, created*simLatency.backends, tg
 				row.ReadyMs, row.RSSMiB, row.CPUSeconds = float64(ready.Microseconds())/1000, use.rssMiB, use.cpuSeconds-cpu0.cpuSeconds
 				row.ChurnPerSec = rate
-				say("S=%d %s %s: total %.0f ms, mean %.3f ms, p50 %.2f ms, p99 %.2f ms, dataplane %.0f MiB %.1f CPU s, churn %.1f/s",
-					created, scenario, tg, row.TotalMs, row.MeanMs, row.P50Ms, row.P99Ms, row.RSSMiB, row.CPUSeconds, rate)
+				say("S=%d %s %s: total %.0f ms, mean %.3f ms, p50 %.2f ms, p99 %.2f ms, dataplane %.0f MiB %.1f CPU s, churn %.1f/s, failed %d %s",
+					created, scenario, tg, row.TotalMs, row.MeanMs, row.P50Ms, row.P99Ms, row.RSSMiB, row.CPUSeconds, rate, row.Failed, row.Failures)
 				if err := emit(row); err != nil {
 					return err
 				}
@@ -492,7 +497,11 @@ func kubeProxyMetrics(netns string) (map[string]float64, error) {
 	return m, s.Err()
 }
 
-type abResult struct{ total, mean, p50, p99 float64 }
+type abResult struct {
+	total, mean, p50, p99 float64
+	failed                int    // requests ab counted as failed, and non-2xx answers
+	failures              string // ab's breakdown: (Connect: 0, Receive: 0, Length: 0, Exceptions: 0)
+}
 
 // runAB runs ApacheBench from the client pod (in the node's cgroup, where
 // the socket hook applies) with a client port range of its own.
@@ -517,8 +526,15 @@ func runAB(ctx context.Context, netns string, cg *os.File, url, ports string, n,
 			r.total = v * 1000
 		case strings.HasPrefix(line, "Time per request:") && strings.Contains(line, "(mean)") && !strings.Contains(line, "across") && len(f) >= 4:
 			r.mean, _ = strconv.ParseFloat(f[3], 64)
-		case strings.HasPrefix(line, "Failed requests:") && len(f) >= 3 && f[2] != "0":
-			return r, fmt.Errorf("ab: %s", line)
+		case strings.HasPrefix(line, "Failed requests:") && len(f) >= 3:
+			n, _ := strconv.Atoi(f[2])
+			r.failed += n
+		case strings.HasPrefix(strings.TrimSpace(line), "(Connect:"):
+			r.failures = strings.TrimSpace(line)
+		case strings.HasPrefix(line, "Non-2xx responses:") && len(f) >= 3:
+			n, _ := strconv.Atoi(f[2])
+			r.failed += n
+			r.failures = strings.TrimSpace(r.failures + " non-2xx: " + f[2])
 		}
 	}
 	data, err := os.ReadFile(csvPath)
@@ -561,11 +577,18 @@ func medianRow(rs []abResult) LatencyRow {
 		return v[len(v)/2]
 	}
 	totals := sorted(func(r abResult) float64 { return r.total })
-	return LatencyRow{
+	row := LatencyRow{
 		TotalMs: med(func(r abResult) float64 { return r.total }), MeanMs: med(func(r abResult) float64 { return r.mean }),
 		P50Ms: med(func(r abResult) float64 { return r.p50 }), P99Ms: med(func(r abResult) float64 { return r.p99 }),
 		TotalMinMs: totals[0], TotalMaxMs: totals[len(totals)-1],
 	}
+	for _, r := range rs {
+		row.Failed += r.failed
+		if r.failed > 0 {
+			row.Failures = r.failures
+		}
+	}
+	return row
 }
 
 type usage struct{ rssMiB, cpuSeconds float64 }

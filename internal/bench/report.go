@@ -122,11 +122,12 @@ func writeLatencyCSV(path string, rows []LatencyRow) error {
 	defer f.Close()
 	w := csv.NewWriter(f)
 	_ = w.Write([]string{"mode", "scenario", "services", "pods", "target", "total_ms", "mean_ms", "p50_ms", "p99_ms",
-		"ready_ms", "rss_mib", "cpu_s", "churn_per_s"})
+		"ready_ms", "rss_mib", "cpu_s", "churn_per_s", "failed", "failures"})
 	ff := func(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
 	for _, r := range rows {
 		_ = w.Write([]string{r.Mode, r.Scenario, strconv.Itoa(r.Services), strconv.Itoa(r.Pods), r.Target,
-			ff(r.TotalMs), ff(r.MeanMs), ff(r.P50Ms), ff(r.P99Ms), ff(r.ReadyMs), ff(r.RSSMiB), ff(r.CPUSeconds), ff(r.ChurnPerSec)})
+			ff(r.TotalMs), ff(r.MeanMs), ff(r.P50Ms), ff(r.P99Ms), ff(r.ReadyMs), ff(r.RSSMiB), ff(r.CPUSeconds), ff(r.ChurnPerSec),
+			strconv.Itoa(r.Failed), r.Failures})
 	}
 	w.Flush()
 	if err := w.Error(); err != nil {
@@ -253,6 +254,15 @@ func LatencyTargets(run *LatencyRun) []Target {
 			}
 		}
 		out = append(out, worst)
+		failed, rows := 0, 0
+		for _, r := range run.Rows {
+			if r.Mode == m {
+				failed += r.Failed
+				rows++
+			}
+		}
+		out = append(out, Target{Name: m + ": every request answered", Limit: 0, Ratio: float64(failed), Missing: rows == 0,
+			Measured: fmt.Sprintf("%d failed of %d", failed, rows*run.Rounds*run.Requests)})
 	}
 	return out
 }
@@ -326,6 +336,11 @@ func latencyMarkdown(run *LatencyRun, chart, csvName string) string {
 		fmt.Fprintf(&b, "| %s | %s | %s |\n", t.Name, orDash(t.Measured), t.Verdict())
 	}
 	b.WriteString("\n")
+	for _, r := range run.Rows {
+		if r.Failed > 0 {
+			fmt.Fprintf(&b, "**Failed requests:** %s %s S=%d %s: %d over %d rounds %s\n\n", r.Mode, r.Scenario, r.Services, r.Target, r.Failed, run.Rounds, r.Failures)
+		}
+	}
 	if n := latencyNoise(run); n != "" {
 		b.WriteString(n + "\n\n")
 	}

@@ -141,10 +141,10 @@ each later run's modes replacing the earlier's (a mode re-measured after a fix).
 			}
 		}
 		err := render(cmd.OutOrStdout(), *out, run, func(tw *tabwriter.Writer) {
-			fmt.Fprintln(tw, "MODE\tSCENARIO\tSERVICES\tPODS\tTARGET\tTOTAL ms\tMEAN ms\tP50 ms\tP99 ms\tREADY ms\tRSS MiB\tCPU s\tCHURN /s")
+			fmt.Fprintln(tw, "MODE\tSCENARIO\tSERVICES\tPODS\tTARGET\tTOTAL ms\tMEAN ms\tP50 ms\tP99 ms\tREADY ms\tRSS MiB\tCPU s\tCHURN /s\tFAILED")
 			for _, r := range run.Rows {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%.0f\t%.3f\t%.2f\t%.2f\t%.0f\t%.0f\t%.1f\t%.1f\n", r.Mode, r.Scenario, r.Services, r.Pods,
-					r.Target, r.TotalMs, r.MeanMs, r.P50Ms, r.P99Ms, r.ReadyMs, r.RSSMiB, r.CPUSeconds, r.ChurnPerSec)
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%.0f\t%.3f\t%.2f\t%.2f\t%.0f\t%.0f\t%.1f\t%.1f\t%d\n", r.Mode, r.Scenario, r.Services, r.Pods,
+					r.Target, r.TotalMs, r.MeanMs, r.P50Ms, r.P99Ms, r.ReadyMs, r.RSSMiB, r.CPUSeconds, r.ChurnPerSec, r.Failed)
 			}
 			tw.Flush()
 			fmt.Fprintln(tw)
