@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/csv"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -64,6 +65,10 @@ type LatencyRow struct {
 	// breakdown of the last round with any.
 	Failed   int
 	Failures string
+	// Drops are packets kpath's programs on the node dropped during the
+	// scenario's runs (direct and service together), by reason.
+	Drops       uint64
+	DropReasons string
 }
 
 // LatencyRun is one invocation of E1: what ran, where, and the rows.
@@ -175,7 +180,7 @@ func latencyMode(ctx context.Context, o LatencyOptions, mode string, emit func(L
 		return err
 	}
 	defer cg.Close()
-	dp := dataplaneProbe{mode: mode, node: node, kubeconfig: st.Kubeconfig}
+	dp := dataplaneProbe{mode: mode, node: node, kubeconfig: st.Kubeconfig, kpathBin: filepath.Join(o.BinDir, "kpath")}
 	churn := &churner{c: c}
 
 	created := 0
@@ -208,6 +213,7 @@ func latencyMode(ctx context.Context, o LatencyOptions, mode string, emit func(L
 				wg     sync.WaitGroup
 				rate   float64
 				cpu0   = dp.usage()
+				drops0 = dp.drops(ctx)
 				sample = map[string][]abResult{}
 			)
 			if loaded {
@@ -237,6 +243,7 @@ func latencyMode(ctx context.Context, o LatencyOptions, mode string, emit func(L
 				return abErr
 			}
 			use := dp.usage()
+			dropped, dropDetail := dropsSince(drops0, dp.drops(ctx))
 			for _, tg := range []string{"direct", "service"} {
 				if len(sample[tg]) == 0 {
 					continue
@@ -244,9 +251,9 @@ func latencyMode(ctx context.Context, o LatencyOptions, mode string, emit func(L
 				row := medianRow(sample[tg])
 				row.Mode, row.Scenario, row.Services, row.Pods, row.Target = mode, scenario, created, created*simLatency.backends, tg
 				row.ReadyMs, row.RSSMiB, row.CPUSeconds = float64(ready.Microseconds())/1000, use.rssMiB, use.cpuSeconds-cpu0.cpuSeconds
-				row.ChurnPerSec = rate
-				say("S=%d %s %s: total %.0f ms, mean %.3f ms, p50 %.2f ms, p99 %.2f ms, dataplane %.0f MiB %.1f CPU s, churn %.1f/s, failed %d %s",
-					created, scenario, tg, row.TotalMs, row.MeanMs, row.P50Ms, row.P99Ms, row.RSSMiB, row.CPUSeconds, rate, row.Failed, row.Failures)
+				row.ChurnPerSec, row.Drops, row.DropReasons = rate, dropped, dropDetail
+				say("S=%d %s %s: total %.0f ms, mean %.3f ms, p50 %.2f ms, p99 %.2f ms, dataplane %.0f MiB %.1f CPU s, churn %.1f/s, failed %d %s, drops %d %s",
+					created, scenario, tg, row.TotalMs, row.MeanMs, row.P50Ms, row.P99Ms, row.RSSMiB, row.CPUSeconds, rate, row.Failed, row.Failures, row.Drops, row.DropReasons)
 				if err := emit(row); err != nil {
 					return err
 				}
@@ -388,6 +395,46 @@ type dataplaneProbe struct {
 	mode       string
 	node       lab.NodeInfo
 	kubeconfig string // this lab's: tells its processes from any other lab's
+	kpathBin   string
+}
+
+// drops reads the node datapath's drop counters by reason (kpath's
+// programs run in every mode: they wire the pods).
+func (p dataplaneProbe) drops(ctx context.Context) map[string]uint64 {
+	out, err := exec.CommandContext(ctx, "nsenter", "--net=/run/netns/"+p.node.Netns, p.kpathBin,
+		"dp", "counters", "--pin-dir", lab.PinPrefix+p.node.Name, "-o", "json").Output()
+	if err != nil {
+		return nil
+	}
+	var cs []struct {
+		Reason, Dir string
+		Drop        bool
+		Packets     uint64
+	}
+	if json.Unmarshal(out, &cs) != nil {
+		return nil
+	}
+	m := map[string]uint64{}
+	for _, c := range cs {
+		if c.Drop {
+			m[c.Dir+"/"+c.Reason] += c.Packets
+		}
+	}
+	return m
+}
+
+// dropsSince formats the drops counted after before, "" when none.
+func dropsSince(before, after map[string]uint64) (uint64, string) {
+	var total uint64
+	var parts []string
+	for k, v := range after {
+		if d := v - before[k]; d > 0 {
+			total += d
+			parts = append(parts, fmt.Sprintf("%s %d", k, d))
+		}
+	}
+	slices.Sort(parts)
+	return total, strings.Join(parts, ", ")
 }
 
 // changeCounts are the dataplane's cumulative counts of service and

@@ -122,12 +122,12 @@ func writeLatencyCSV(path string, rows []LatencyRow) error {
 	defer f.Close()
 	w := csv.NewWriter(f)
 	_ = w.Write([]string{"mode", "scenario", "services", "pods", "target", "total_ms", "mean_ms", "p50_ms", "p99_ms",
-		"ready_ms", "rss_mib", "cpu_s", "churn_per_s", "failed", "failures"})
+		"ready_ms", "rss_mib", "cpu_s", "churn_per_s", "failed", "failures", "drops", "drop_reasons"})
 	ff := func(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
 	for _, r := range rows {
 		_ = w.Write([]string{r.Mode, r.Scenario, strconv.Itoa(r.Services), strconv.Itoa(r.Pods), r.Target,
 			ff(r.TotalMs), ff(r.MeanMs), ff(r.P50Ms), ff(r.P99Ms), ff(r.ReadyMs), ff(r.RSSMiB), ff(r.CPUSeconds), ff(r.ChurnPerSec),
-			strconv.Itoa(r.Failed), r.Failures})
+			strconv.Itoa(r.Failed), r.Failures, strconv.FormatUint(r.Drops, 10), r.DropReasons})
 	}
 	w.Flush()
 	if err := w.Error(); err != nil {
@@ -338,7 +338,8 @@ func latencyMarkdown(run *LatencyRun, chart, csvName string) string {
 	b.WriteString("\n")
 	for _, r := range run.Rows {
 		if r.Failed > 0 {
-			fmt.Fprintf(&b, "**Failed requests:** %s %s S=%d %s: %d over %d rounds %s\n\n", r.Mode, r.Scenario, r.Services, r.Target, r.Failed, run.Rounds, r.Failures)
+			fmt.Fprintf(&b, "**Failed requests:** %s %s S=%d %s: %d over %d rounds %s; kpath drops during the scenario: %d %s\n\n",
+				r.Mode, r.Scenario, r.Services, r.Target, r.Failed, run.Rounds, r.Failures, r.Drops, r.DropReasons)
 		}
 	}
 	if n := latencyNoise(run); n != "" {
