@@ -65,7 +65,7 @@ func (h *healthChecks) sync(c *k8s.Cache) {
 		key   model.ServiceKey
 		local int
 	}{}
-	for _, k := range c.ServiceKeys() {
+	for _, k := range c.HealthCheckedServices() {
 		spec, slices := c.Service(k)
 		if spec == nil || !spec.ExternalLocal || spec.HealthCheckNodePort == 0 {
 			continue

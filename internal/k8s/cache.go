@@ -18,22 +18,26 @@ type Cache struct {
 	services map[model.ServiceKey]*model.ServiceSpec
 	slices   map[model.ServiceKey]map[string]*model.EndpointSlice
 	nodes    map[string]*model.Node
-	dirty    map[model.ServiceKey]time.Time
-	allDirty time.Time // a node change: every service must be recomputed
-	nodeGen  uint64    // bumped on every node change that matters to routing
-	notify   chan struct{}
-	now      func() time.Time
+	// healthChecked are the services with a health check node port
+	// (externalTrafficPolicy Local): few, and looked at every second.
+	healthChecked map[model.ServiceKey]bool
+	dirty         map[model.ServiceKey]time.Time
+	allDirty      time.Time // a node change: every service must be recomputed
+	nodeGen       uint64    // bumped on every node change that matters to routing
+	notify        chan struct{}
+	now           func() time.Time
 }
 
 // NewCache returns an empty cache.
 func NewCache() *Cache {
 	return &Cache{
-		services: map[model.ServiceKey]*model.ServiceSpec{},
-		slices:   map[model.ServiceKey]map[string]*model.EndpointSlice{},
-		nodes:    map[string]*model.Node{},
-		dirty:    map[model.ServiceKey]time.Time{},
-		notify:   make(chan struct{}, 1),
-		now:      time.Now,
+		services:      map[model.ServiceKey]*model.ServiceSpec{},
+		slices:        map[model.ServiceKey]map[string]*model.EndpointSlice{},
+		nodes:         map[string]*model.Node{},
+		dirty:         map[model.ServiceKey]time.Time{},
+		healthChecked: map[model.ServiceKey]bool{},
+		notify:        make(chan struct{}, 1),
+		now:           time.Now,
 	}
 }
 
@@ -66,7 +70,23 @@ func (c *Cache) SetService(k model.ServiceKey, spec *model.ServiceSpec) {
 	} else {
 		c.services[k] = spec
 	}
+	if spec != nil && spec.ExternalLocal && spec.HealthCheckNodePort != 0 {
+		c.healthChecked[k] = true
+	} else {
+		delete(c.healthChecked, k)
+	}
 	c.markLocked(k)
+}
+
+// HealthCheckedServices lists the services with a health check node port.
+func (c *Cache) HealthCheckedServices() []model.ServiceKey {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]model.ServiceKey, 0, len(c.healthChecked))
+	for k := range c.healthChecked {
+		out = append(out, k)
+	}
+	return out
 }
 
 // SetEndpointSlice stores or (with s nil) deletes a slice of service k.
