@@ -6,8 +6,9 @@ BIN := bin
 
 all: build
 
+# -buildvcs=auto stamps the revision (E1 records it) even where GOFLAGS turns it off.
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -buildvcs=auto -o $(BIN)/ ./cmd/...
 
 # Regenerates bpf/*.c -> internal/datapath/kpath_bpfel.{go,o} (needs clang).
 generate:
