@@ -261,8 +261,15 @@ func LatencyTargets(run *LatencyRun) []Target {
 				rows++
 			}
 		}
-		out = append(out, Target{Name: m + ": every request answered", Limit: 0, Ratio: float64(failed), Missing: rows == 0,
-			Measured: fmt.Sprintf("%d failed of %d", failed, rows*run.Rounds*run.Requests)})
+		answered := Target{Name: m + ": every request answered", Limit: 0, Ratio: float64(failed), Missing: rows == 0,
+			Measured: fmt.Sprintf("%d failed of %d", failed, rows*run.Rounds*run.Requests)}
+		for _, e := range run.Errors {
+			if strings.HasPrefix(e, "mode "+m+":") { // the mode stopped: a request went unanswered or ab gave up
+				answered.Missing, answered.Ratio = false, 1
+				answered.Measured += "; then stopped: " + strings.TrimSpace(strings.SplitN(e, "\n", 2)[0])
+			}
+		}
+		out = append(out, answered)
 	}
 	return out
 }
