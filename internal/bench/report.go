@@ -266,7 +266,7 @@ func LatencyTargets(run *LatencyRun) []Target {
 		for _, e := range run.Errors {
 			if strings.HasPrefix(e, "mode "+m+":") { // the mode stopped: a request went unanswered or ab gave up
 				answered.Missing, answered.Ratio = false, 1
-				answered.Measured += "; then stopped: " + strings.TrimSpace(strings.SplitN(e, "\n", 2)[0])
+				answered.Measured += "; stopped: " + oneLine(strings.TrimPrefix(e, "mode "+m+": "))
 			}
 		}
 		out = append(out, answered)
@@ -321,7 +321,9 @@ func latencyMarkdown(run *LatencyRun, chart, csvName string) string {
 	var b strings.Builder
 	m := run.Machine
 	fmt.Fprintf(&b, "Run %s", run.Started.UTC().Format("2006-01-02 15:04 MST"))
-	if !run.Finished.IsZero() {
+	if len(run.Notes) > 0 && !run.Finished.IsZero() {
+		fmt.Fprintf(&b, " to %s (merged runs)", run.Finished.UTC().Format("15:04 MST"))
+	} else if !run.Finished.IsZero() {
 		fmt.Fprintf(&b, ", took %s", run.Finished.Sub(run.Started).Round(time.Minute))
 	} else {
 		b.WriteString(" (unfinished: results so far)")
@@ -332,7 +334,7 @@ func latencyMarkdown(run *LatencyRun, chart, csvName string) string {
 	fmt.Fprintf(&b, "Each figure is the median over %d rounds of `ab -n %d` (a new connection per request) from the client pod, direct to the echo pod and through its ClusterIP, alternating. Raw rows: [%s](%s).\n\n", run.Rounds, run.Requests, csvName, csvName)
 	fmt.Fprintf(&b, "![E1 chart](%s)\n\n", chart)
 	for _, e := range run.Errors {
-		fmt.Fprintf(&b, "**Failed:** %s\n\n", e)
+		fmt.Fprintf(&b, "**Failed:** %s\n\n", oneLine(e))
 	}
 	for _, n := range run.Notes {
 		fmt.Fprintf(&b, "Note: %s\n\n", n)
@@ -463,6 +465,20 @@ func latencyNoise(run *LatencyRun) string {
 		return ""
 	}
 	return "Noise on this machine: " + strings.Join(parts, "; ") + ". Modes run one after another, so differences between modes smaller than this drift are not findings."
+}
+
+// oneLine folds an error (ab's output included) into one line for a table,
+// leaving out ab's banner.
+func oneLine(e string) string {
+	var keep []string
+	for _, l := range strings.Split(e, "\n") {
+		l = strings.TrimSpace(l)
+		if l == "" || strings.HasPrefix(l, "This is ApacheBench") || strings.HasPrefix(l, "Copyright") || strings.HasPrefix(l, "Licensed to") {
+			continue
+		}
+		keep = append(keep, strings.Join(strings.Fields(l), " "))
+	}
+	return strings.Join(keep, " / ")
 }
 
 func orDash(s string) string {
