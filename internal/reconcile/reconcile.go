@@ -8,7 +8,6 @@
 package reconcile
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -290,7 +289,7 @@ func (r *Reconciler) Sync(full bool) error {
 // claim records that service k's entries ask for address a.
 func (r *Reconciler) claim(a model.L4Addr, k model.ServiceKey) {
 	c := r.claims[a]
-	if i, found := slices.BinarySearchFunc(c, k, compareServiceKeys); !found {
+	if i, found := slices.BinarySearchFunc(c, k, model.ServiceKey.Compare); !found {
 		r.claims[a] = slices.Insert(c, i, k)
 	}
 }
@@ -298,7 +297,7 @@ func (r *Reconciler) claim(a model.L4Addr, k model.ServiceKey) {
 // unclaim drops service k's claim on address a.
 func (r *Reconciler) unclaim(a model.L4Addr, k model.ServiceKey) {
 	c := r.claims[a]
-	if i, found := slices.BinarySearchFunc(c, k, compareServiceKeys); found {
+	if i, found := slices.BinarySearchFunc(c, k, model.ServiceKey.Compare); found {
 		c = slices.Delete(c, i, i+1)
 	}
 	if len(c) == 0 {
@@ -317,10 +316,6 @@ func (r *Reconciler) entryAt(k model.ServiceKey, a model.L4Addr) (servicemap.Ent
 		}
 	}
 	return servicemap.Entry{}, false
-}
-
-func compareServiceKeys(a, b model.ServiceKey) int {
-	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 }
 
 // prune deletes frontends in the datapath that no service owns.
@@ -399,14 +394,6 @@ func (r *Reconciler) Entries() []servicemap.Entry {
 			out = append(out, e)
 		}
 	}
-	slices.SortFunc(out, func(a, b servicemap.Entry) int {
-		if c := a.Frontend.Addr.Compare(b.Frontend.Addr); c != 0 {
-			return c
-		}
-		if a.Frontend.Port != b.Frontend.Port {
-			return int(a.Frontend.Port) - int(b.Frontend.Port)
-		}
-		return int(a.Frontend.Proto) - int(b.Frontend.Proto)
-	})
+	slices.SortFunc(out, func(a, b servicemap.Entry) int { return a.Frontend.Compare(b.Frontend) })
 	return out
 }

@@ -9,7 +9,6 @@
 package servicemap
 
 import (
-	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -223,9 +222,7 @@ func Merge(perService map[model.ServiceKey][]Entry) ([]Entry, []Problem) {
 	for k := range perService {
 		keys = append(keys, k)
 	}
-	slices.SortFunc(keys, func(a, b model.ServiceKey) int {
-		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
-	})
+	slices.SortFunc(keys, model.ServiceKey.Compare)
 	owner := map[model.L4Addr]model.ServiceKey{}
 	var (
 		out      []Entry
