@@ -77,7 +77,7 @@ func ControlPlane(ctx context.Context, o ControlPlaneOptions) (*ControlPlaneResu
 	}
 	say("loading %d services x %d endpoints", o.Services, o.Backends)
 	start := time.Now()
-	sim := simService{ns: benchNS, prefix: "svc", backends: o.Backends, ready: true}
+	sim := simService{ns: benchNS, prefix: "svc", backends: o.Backends}
 	vips, err := sim.load(ctx, c, 0, o.Services, o.Progress)
 	if err != nil {
 		return nil, err
@@ -104,7 +104,7 @@ func ControlPlane(ctx context.Context, o ControlPlaneOptions) (*ControlPlaneResu
 	lat := make([]time.Duration, 0, o.Changes)
 	for i := range o.Changes {
 		k := i % o.Services
-		d, err := timeChange(ctx, c, a.Datapath(), k, vips[k], o.Backends, i/o.Services%2 == 0)
+		d, err := timeChange(ctx, c, a.Datapath(), sim, k, vips[k], i/o.Services%2 == 0)
 		if err != nil {
 			stop()
 			return nil, err
@@ -181,13 +181,12 @@ func endpointIP(k, j int) string {
 type simService struct {
 	ns, prefix string
 	backends   int
-	ready      bool // every endpoint's Ready condition
 }
 
 func (s simService) name(k int) string { return fmt.Sprintf("%s-%d", s.prefix, k) }
 
-// slice is service k's EndpointSlice: backends endpoints on a simulated
-// remote node, port "http" 8080.
+// slice is service k's EndpointSlice: backends ready endpoints on a
+// simulated remote node, port "http" 8080.
 func (s simService) slice(k int) *discoveryv1.EndpointSlice {
 	port, proto, pname := int32(8080), corev1.ProtocolTCP, "http"
 	es := &discoveryv1.EndpointSlice{
@@ -196,7 +195,7 @@ func (s simService) slice(k int) *discoveryv1.EndpointSlice {
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Ports:       []discoveryv1.EndpointPort{{Name: &pname, Protocol: &proto, Port: &port}},
 	}
-	ready, node := s.ready, "remote-node"
+	ready, node := true, "remote-node"
 	for j := range s.backends {
 		es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{Addresses: []string{endpointIP(k, j)}, NodeName: &node,
 			Conditions: discoveryv1.EndpointConditions{Ready: &ready}})
@@ -255,11 +254,11 @@ func (s simService) load(ctx context.Context, c kubernetes.Interface, from, to i
 
 // timeChange removes (or restores) service k's last endpoint and returns
 // the time from the API call to the datapath holding the new backend set.
-func timeChange(ctx context.Context, c kubernetes.Interface, d *datapath.Datapath, k int, vip netip.Addr, backends int, remove bool) (time.Duration, error) {
-	want := backends
-	s := simService{ns: benchNS, prefix: "svc", backends: backends, ready: true}.slice(k)
+func timeChange(ctx context.Context, c kubernetes.Interface, d *datapath.Datapath, sim simService, k int, vip netip.Addr, remove bool) (time.Duration, error) {
+	want := sim.backends
+	s := sim.slice(k)
 	if remove {
-		s.Endpoints = s.Endpoints[:backends-1]
+		s.Endpoints = s.Endpoints[:sim.backends-1]
 		want--
 	}
 	cur, err := c.DiscoveryV1().EndpointSlices(benchNS).Get(ctx, s.Name, metav1.GetOptions{})

@@ -130,7 +130,7 @@ func Latency(ctx context.Context, o LatencyOptions) (*LatencyRun, error) {
 
 // simLatency names E1's simulated services: sim-K in the default namespace,
 // 10 endpoints each on simulated remote nodes.
-var simLatency = simService{ns: benchNamespace, prefix: "sim", backends: 10, ready: true}
+var simLatency = simService{ns: benchNamespace, prefix: "sim", backends: 10}
 
 func latencyMode(ctx context.Context, o LatencyOptions, mode string, emit func(LatencyRow) error) error {
 	say := func(f string, a ...any) { fmt.Fprintf(o.Progress, "[%s] "+f+"\n", append([]any{mode}, a...)...) }

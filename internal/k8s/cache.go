@@ -1,6 +1,7 @@
 package k8s
 
 import (
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -82,11 +83,7 @@ func (c *Cache) SetService(k model.ServiceKey, spec *model.ServiceSpec) {
 func (c *Cache) HealthCheckedServices() []model.ServiceKey {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := make([]model.ServiceKey, 0, len(c.healthChecked))
-	for k := range c.healthChecked {
-		out = append(out, k)
-	}
-	return out
+	return slices.Collect(maps.Keys(c.healthChecked))
 }
 
 // SetEndpointSlice stores or (with s nil) deletes a slice of service k.
@@ -171,11 +168,7 @@ func (c *Cache) Service(k model.ServiceKey) (*model.ServiceSpec, []*model.Endpoi
 func (c *Cache) ServiceKeys() []model.ServiceKey {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := make([]model.ServiceKey, 0, len(c.services))
-	for k := range c.services {
-		out = append(out, k)
-	}
-	return out
+	return slices.Collect(maps.Keys(c.services))
 }
 
 // Node returns a node, or nil.
