@@ -401,18 +401,20 @@ func latencyMarkdown(run *LatencyRun, chart, csvName string) string {
 		}
 	}
 
+	// none has no service dataplane to cost.
+	costModes := slices.DeleteFunc(slices.Clone(modes), func(lm struct{ mode, label, color string }) bool { return lm.mode == "none" })
 	b.WriteString("#### Dataplane cost: ready after the last object (ms), RSS (MiB), CPU seconds during the loaded runs\n\n| services |")
-	for _, lm := range modes[min(1, len(modes)):] {
+	for _, lm := range costModes {
 		fmt.Fprintf(&b, " %s |", lm.label)
 	}
 	b.WriteString("\n|---:|")
-	for range modes[min(1, len(modes)):] {
+	for range costModes {
 		b.WriteString("---|")
 	}
 	b.WriteString("\n")
 	for _, s := range pts {
 		fmt.Fprintf(&b, "| %d |", s)
-		for _, lm := range modes[min(1, len(modes)):] {
+		for _, lm := range costModes {
 			r, ok := ix.get(lm.mode, "loaded", s, "service")
 			if !ok {
 				r, ok = ix.get(lm.mode, "quiet", s, "service")
