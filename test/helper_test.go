@@ -115,6 +115,9 @@ type clientResult struct {
 //	held          ask again on the held connection
 //	lines ADDR N  N new connections to the line server, asking once each
 //	peer ADDR     which backend answered and which client address it saw
+//	peers ADDR N  N new connections to the peer server, each read until the
+//	              server closes it (as ab's are: the server closes first, so
+//	              the client's ports are free again at once)
 func clientMain() {
 	var held net.Conn
 	var heldR *bufio.Reader
@@ -154,6 +157,23 @@ func clientMain() {
 				res.Answer, err = bufio.NewReader(c).ReadString('\n')
 				res.Answer = strings.TrimSpace(res.Answer)
 				c.Close()
+			}
+		case "peers":
+			n, _ := strconv.Atoi(f[2])
+			for range n {
+				var c net.Conn
+				if c, err = net.DialTimeout("tcp4", f[1], 3*time.Second); err != nil {
+					break
+				}
+				_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+				var b []byte
+				b, err = io.ReadAll(c)
+				c.Close()
+				if err != nil {
+					break
+				}
+				name, _, _ := strings.Cut(string(b), " ")
+				res.Counts[name]++
 			}
 		case "lines":
 			n, _ := strconv.Atoi(f[2])

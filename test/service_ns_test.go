@@ -24,11 +24,13 @@ type lab struct {
 	client             *helperProc
 	cgroup             *os.File
 	clientIP, be1, be2 string
-	clientIf           string
+	clientNS, clientIf string
 	hostIfs            []string
 }
 
-func openDatapath(t *testing.T, mode datapath.AttachMode) *datapath.Datapath {
+// openDatapath opens a datapath with small maps under a pin directory of
+// its own; tweaks adjust the configuration first.
+func openDatapath(t *testing.T, mode datapath.AttachMode, tweaks ...func(*datapath.Config)) *datapath.Datapath {
 	t.Helper()
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
@@ -38,6 +40,9 @@ func openDatapath(t *testing.T, mode datapath.AttachMode) *datapath.Datapath {
 		Affinity: 1024, Conntrack: 16384, SockRevNat: 1024, Fragments: 256}
 	cfg.MaglevTableSize = 251
 	cfg.TCAttach = mode
+	for _, f := range tweaks {
+		f(&cfg)
+	}
 	d, err := datapath.Open(cfg)
 	if err != nil {
 		_ = datapath.Reset(cfg)
@@ -116,7 +121,7 @@ func newTopology(t *testing.T, cg *os.File) *lab {
 		switch p.name {
 		case "c":
 			l.client = startHelper(t, ns, "client", "client", cg)
-			l.clientIf = hostIf
+			l.clientNS, l.clientIf = ns, hostIf
 		default:
 			startHelper(t, ns, "backend", p.addr, nil)
 		}
@@ -250,5 +255,65 @@ func TestServiceTrafficThroughNamespaces(t *testing.T) {
 				t.Errorf("direct traffic after detach: %v", direct)
 			}
 		})
+	}
+}
+
+// A client that opens many short connections reuses its source ports
+// seconds apart (ab does, so do busy HTTP clients). A reused port finds its
+// previous connection's entries expired but not yet collected, and the
+// per-packet path reopens them while the collector may be deleting what it
+// saw expired a moment before. The new connection's entries must survive:
+// without them the server's answer goes back untranslated, the client
+// resets it, and the request waits for an answer that never comes.
+func TestTCServicePortReuseWhileCollecting(t *testing.T) {
+	d := openDatapath(t, datapath.AttachAuto, func(c *datapath.Config) {
+		c.CT.Closing = time.Second
+		c.Sizes.Conntrack = 131072 // every port's two entries, no eviction
+	})
+	l := newTopology(t, nil)
+	l.attach(t, d)
+	if err := d.UpsertService(svc("10.96.0.10:80/TCP", peerPort, l.be1)); err != nil {
+		t.Fatal(err)
+	}
+	// Ports come back about every second at this range and rate: after
+	// the closing lifetime, so reopened entries are expired ones.
+	testutil.Run(t, "ip", "netns", "exec", l.clientNS, "sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 59999")
+
+	// The collector runs every so often, as the agent's does: expired
+	// entries pile up between passes, and a pass deletes many of them
+	// while the client keeps reopening theirs.
+	stop := make(chan struct{})
+	collected := make(chan int)
+	go func() {
+		total := 0
+		defer func() { collected <- total }()
+		tick := time.NewTicker(700 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			n, _, err := d.ConntrackGC()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			total += n
+		}
+	}()
+	const requests = 40000
+	start := time.Now()
+	r := l.client.try(t, fmt.Sprintf("peers 10.96.0.10:80 %d", requests))
+	close(stop)
+	deleted := <-collected
+	got := r.Counts[l.be1]
+	t.Logf("%d requests in %s; the collector deleted %d expired entries meanwhile", got, time.Since(start).Round(time.Millisecond), deleted)
+	if r.Err != "" {
+		t.Fatalf("request %d of %d failed: %s", got+1, requests, r.Err)
+	}
+	if deleted == 0 {
+		t.Fatalf("the collector deleted nothing: ports were not reused after their entries expired, the test proves nothing")
 	}
 }

@@ -58,6 +58,15 @@ static __always_inline void ct_sync_service(struct ct_entry *svc, const struct c
 		svc->expires = conn->expires;
 }
 
+/* Whether e's lifetime has passed. An expired entry is a dead connection
+ * whether or not the collector has deleted it yet: the datapath must not
+ * behave differently depending on when the collector last ran. Signed
+ * difference: the 32-bit seconds clock may wrap. */
+static __always_inline bool ct_expired(const struct ct_entry *e, __u32 now)
+{
+	return (__s32)(e->expires - now) < 0;
+}
+
 /* A SYN for a tuple whose connection is closing starts a new connection
  * (port reuse): it gets a fresh backend instead of the old one. */
 static __always_inline bool ct_is_reopen(const struct ct_entry *e, const struct pkt *p)

@@ -72,7 +72,7 @@ static __always_inline int lb4_forward(struct __sk_buff *skb, const __u32 dir, c
 	__be32 baddr;
 	__be16 bport;
 
-	if (svc && !ct_is_reopen(svc, &p)) {
+	if (svc && !ct_expired(svc, now) && !ct_is_reopen(svc, &p)) {
 		/* Established: the backend stays the one chosen at the start,
 		 * even if it has since left the service. */
 		baddr = svc->backend_addr;

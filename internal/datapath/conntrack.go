@@ -103,17 +103,28 @@ func (d *Datapath) Conntrack() ([]CTEntry, error) {
 	return out, nil
 }
 
+// testHookCTScanned, when set by a test, runs between ConntrackGC's scan
+// and its deletes.
+var testHookCTScanned func()
+
 // ConntrackGC deletes expired entries and returns how many it deleted and
 // how many remain. LRU eviction alone would keep dead connections until the
-// table fills and then evict live ones with them. The table is read and
-// pruned in batches (Linux 5.6+): one syscall per entry would cost a busy
-// node tens of millicores.
+// table fills and then evict live ones with them.
+//
+// The table is scanned in batches (Linux 5.6+; one syscall per entry would
+// cost a busy node tens of millicores), but each expired entry is read again
+// just before it is deleted: between the scan and the delete, a client that
+// reuses its source port reopens the entry with a new connection, and
+// deleting that one would send the server's answer back untranslated (the
+// client resets it and waits for an answer that never comes). What remains
+// is the microseconds between the second read and the delete.
 func (d *Datapath) ConntrackGC() (deleted, remaining int, err error) {
 	now, err := MonotonicNow()
 	if err != nil {
 		return 0, 0, err
 	}
-	// Signed difference: the clock is 32-bit seconds and may wrap.
+	// Signed difference, as the datapath's ct_expired: the clock is 32-bit
+	// seconds and may wrap.
 	expired := func(v *kpathCtEntry) bool { return int32(v.Expires-now) < 0 }
 	var dead []kpathCtKey
 	const batch = 4096
@@ -154,26 +165,26 @@ func (d *Datapath) ConntrackGC() (deleted, remaining int, err error) {
 			return 0, 0, fmt.Errorf("read conntrack: %w", err)
 		}
 	}
-	for len(dead) > 0 {
-		n, err := d.objs.KpCt.BatchDelete(dead, nil)
-		deleted += n
-		dead = dead[n:]
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, ebpf.ErrKeyNotExist) && !errors.Is(err, ebpf.ErrNotSupported) {
-			return deleted, remaining, fmt.Errorf("delete conntrack entries: %w", err)
-		}
-		// The batch stopped at a key already gone (evicted meanwhile), or
-		// batches are unsupported: finish one by one.
-		for _, k := range dead {
-			if err := d.objs.KpCt.Delete(k); err == nil {
-				deleted++
-			} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return deleted, remaining, fmt.Errorf("delete conntrack entry: %w", err)
+	if testHookCTScanned != nil {
+		testHookCTScanned()
+	}
+	var v kpathCtEntry
+	for _, k := range dead {
+		if err := d.objs.KpCt.Lookup(&k, &v); err != nil {
+			if errors.Is(err, ebpf.ErrKeyNotExist) {
+				continue // evicted meanwhile
 			}
+			return deleted, remaining, fmt.Errorf("read conntrack entry: %w", err)
 		}
-		break
+		if !expired(&v) {
+			remaining++ // reopened since the scan
+			continue
+		}
+		if err := d.objs.KpCt.Delete(&k); err == nil {
+			deleted++
+		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return deleted, remaining, fmt.Errorf("delete conntrack entry: %w", err)
+		}
 	}
 	return deleted, remaining, nil
 }

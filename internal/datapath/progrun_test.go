@@ -415,6 +415,19 @@ func TestConntrackGC(t *testing.T) {
 		runProg(t, d.objs.KpFromPod, syn.bytes())
 	}
 	// Age one connection's two entries into the past.
+	ageCT(t, d, 40000)
+	deleted, remaining, err := d.ConntrackGC()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if deleted != 2 || remaining != 4 {
+		t.Fatalf("GC deleted %d, kept %d; want 2 and 4", deleted, remaining)
+	}
+}
+
+// ageCT moves the expiry of every entry of client port sport into the past.
+func ageCT(t *testing.T, d *Datapath, sport uint16) {
+	t.Helper()
 	now, err := MonotonicNow()
 	if err != nil {
 		t.Fatal(err)
@@ -426,7 +439,7 @@ func TestConntrackGC(t *testing.T) {
 	)
 	it := d.objs.KpCt.Iterate()
 	for it.Next(&k, &v) {
-		if portFromBPF(k.Sport) == 40000 {
+		if portFromBPF(k.Sport) == sport {
 			stale = append(stale, k)
 		}
 	}
@@ -439,12 +452,47 @@ func TestConntrackGC(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// An established connection whose entries expired is gone, collected or
+// not: a new SYN on its tuple chooses again instead of following the dead
+// connection's backend.
+func TestTCExpiredEntryChoosesAgain(t *testing.T) {
+	d := openTest(t, testConfig(t))
+	mustUpsert(t, d, svcOf("10.96.0.10:80", "10.244.1.5:8080"))
+	syn := testPkt{src: ap("10.244.0.2:40000"), dst: ap("10.96.0.10:80"), proto: 6, tcpFlags: tcpSYN}
+	runProg(t, d.objs.KpFromPod, syn.bytes())
+	synAck := testPkt{src: ap("10.244.1.5:8080"), dst: ap("10.244.0.2:40000"), proto: 6, tcpFlags: tcpSYN | tcpACK}
+	runProg(t, d.objs.KpToPod, synAck.bytes())
+	ageCT(t, d, 40000)
+	mustUpsert(t, d, svcOf("10.96.0.10:80", "10.244.1.6:8080"))
+	_, out := runProg(t, d.objs.KpFromPod, syn.bytes())
+	if got := parsePkt(t, out).dst; got != ap("10.244.1.6:8080") {
+		t.Fatalf("SYN on an expired connection went to %s, want the service's current backend", got)
+	}
+}
+
+// A connection reopened between the collector's scan and its deletes (a
+// client reusing its port) keeps its entries.
+func TestConntrackGCSparesReopened(t *testing.T) {
+	d := openTest(t, testConfig(t))
+	mustUpsert(t, d, svcOf("10.96.0.10:80", "10.244.1.5:8080"))
+	syn := testPkt{src: ap("10.244.0.2:40000"), dst: ap("10.96.0.10:80"), proto: 6, tcpFlags: tcpSYN}
+	runProg(t, d.objs.KpFromPod, syn.bytes())
+	ageCT(t, d, 40000)
+	testHookCTScanned = func() { runProg(t, d.objs.KpFromPod, syn.bytes()) }
+	t.Cleanup(func() { testHookCTScanned = nil })
 	deleted, remaining, err := d.ConntrackGC()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if deleted != 2 || remaining != 4 {
-		t.Fatalf("GC deleted %d, kept %d; want 2 and 4", deleted, remaining)
+	if deleted != 0 || remaining != 2 {
+		t.Fatalf("GC deleted %d, kept %d; want the reopened connection's 2 entries kept", deleted, remaining)
+	}
+	synAck := testPkt{src: ap("10.244.1.5:8080"), dst: ap("10.244.0.2:40000"), proto: 6, tcpFlags: tcpSYN | tcpACK}
+	_, out := runProg(t, d.objs.KpToPod, synAck.bytes())
+	if got := parsePkt(t, out).src; got != ap("10.96.0.10:80") {
+		t.Fatalf("reply of the reopened connection left as %s, want it translated to the frontend", got)
 	}
 }
 
