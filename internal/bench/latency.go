@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -230,6 +232,17 @@ func latencyMode(ctx context.Context, o LatencyOptions, mode string, emit func(L
 						continue
 					}
 					r, err := runAB(ctx, clientNS, cg, tg.url, tg.ports, o.Requests, conc)
+					var stall *abStalled
+					if errors.As(err, &stall) {
+						// ab gives up on the whole run when one request
+						// goes unanswered: count that request as failed
+						// and measure the round again, once.
+						say("S=%d %s %s round %d: %v; running the round again", created, scenario, tg.name, round, err)
+						if r, err = runAB(ctx, clientNS, cg, tg.url, tg.ports, o.Requests, conc); err == nil {
+							r.failed++
+							r.failures = strings.TrimSpace(r.failures + " " + stall.Error() + " (round run again)")
+						}
+					}
 					if err != nil {
 						abErr = fmt.Errorf("S=%d %s ab %s round %d: %w", created, scenario, tg.name, round, err)
 						break rounds
@@ -550,6 +563,26 @@ type abResult struct {
 	failures              string // ab's breakdown: (Connect: 0, Receive: 0, Length: 0, Exceptions: 0)
 }
 
+// abStalled is ab stopping a run because one request went unanswered for
+// its timeout (30 s).
+type abStalled struct{ completed int }
+
+func (e *abStalled) Error() string {
+	return fmt.Sprintf("ab stopped: a request unanswered for 30 s after %d completed", e.completed)
+}
+
+// abStallRE matches ab's words when its timeout ends a run.
+var abStallRE = regexp.MustCompile(`(?s)The timeout specified has expired.*Total of (\d+) requests completed`)
+
+// abFailure is the error for an ab that exited with err and printed out.
+func abFailure(err error, out []byte) error {
+	if m := abStallRE.FindSubmatch(out); m != nil {
+		n, _ := strconv.Atoi(string(m[1]))
+		return &abStalled{completed: n}
+	}
+	return fmt.Errorf("%w: %s", err, out)
+}
+
 // runAB runs ApacheBench from the client pod (in the node's cgroup, where
 // the socket hook applies) with a client port range of its own.
 func runAB(ctx context.Context, netns string, cg *os.File, url, ports string, n, conc int) (abResult, error) {
@@ -562,7 +595,7 @@ func runAB(ctx context.Context, netns string, cg *os.File, url, ports string, n,
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return abResult{}, fmt.Errorf("%v: %s", err, out)
+		return abResult{}, abFailure(err, out)
 	}
 	var r abResult
 	for _, line := range strings.Split(string(out), "\n") {
