@@ -50,7 +50,7 @@ func ReadLatencyRun(path string) (*LatencyRun, error) {
 // MergeLatencyRuns combines runs of the same experiment: each later run's
 // rows replace the earlier runs' rows of the modes it measured (a mode
 // re-measured after a fix), and a note records which run every mode came
-// from. Runs must share points, requests and rounds.
+// from. A failure of a mode a later run measured again becomes a note. Runs must share points, requests and rounds.
 func MergeLatencyRuns(runs ...*LatencyRun) (*LatencyRun, error) {
 	if len(runs) == 0 {
 		return nil, fmt.Errorf("no runs to merge")
@@ -95,7 +95,16 @@ func MergeLatencyRuns(runs ...*LatencyRun) (*LatencyRun, error) {
 				out.Modes = append(out.Modes, m)
 			}
 		}
-		out.Errors = append(out.Errors, r.Errors...)
+		for _, e := range r.Errors {
+			m, _, _ := strings.Cut(strings.TrimPrefix(e, "mode "), ":")
+			if j, ok := from[m]; ok && j != i {
+				// A later run measured the mode again: its failure is
+				// history, not a result of the merged run.
+				out.Notes = append(out.Notes, fmt.Sprintf("run %d, superseded by run %d for %s: %s", i+1, j+1, m, oneLine(e)))
+				continue
+			}
+			out.Errors = append(out.Errors, e)
+		}
 		out.Notes = append(out.Notes, r.Notes...)
 		if len(modes) > 0 {
 			out.Notes = append(out.Notes, fmt.Sprintf("%s measured by run %d, started %s, kpath %s: `%s`",

@@ -126,9 +126,18 @@ func TestMergeLatencyRunsReplacesRemeasuredModes(t *testing.T) {
 	for i := range second.Rows {
 		second.Rows[i].TotalMs = 1
 	}
+	first.Errors = []string{"mode kpath: S=100 quiet ab service round 1: ab stopped", "mode none: S=0 boom"}
 	m, err := MergeLatencyRuns(first, second)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !slices.Equal(m.Errors, []string{"mode none: S=0 boom"}) {
+		t.Errorf("errors %q, want only the failure of the mode not measured again", m.Errors)
+	}
+	if !slices.ContainsFunc(m.Notes, func(n string) bool {
+		return strings.HasPrefix(n, "run 1, superseded by run 2 for kpath: mode kpath: S=100")
+	}) {
+		t.Errorf("notes %q lack the superseded failure", m.Notes)
 	}
 	if len(m.Rows) != len(first.Rows) {
 		t.Fatalf("%d rows, want %d", len(m.Rows), len(first.Rows))
@@ -138,7 +147,7 @@ func TestMergeLatencyRunsReplacesRemeasuredModes(t *testing.T) {
 			t.Errorf("row from the wrong run: %+v", r)
 		}
 	}
-	if len(m.Notes) != 2 || !strings.Contains(m.Notes[1], "kpath measured by run 2") {
+	if len(m.Notes) != 3 || !strings.Contains(m.Notes[2], "kpath measured by run 2") {
 		t.Errorf("notes %q", m.Notes)
 	}
 	second.Rounds = 1
