@@ -68,11 +68,13 @@ func TestLab(t *testing.T) {
 
 func labScenario(t *testing.T, bin, k8sBin, mode, services string) {
 	dir := filepath.Join(t.TempDir(), "lab")
-	_ = klab.Down(dir, t.Logf) // what an earlier run may have left
+	// A named lab, as kpath bench runs them side by side.
+	const name = "test"
+	_ = klab.Down(dir, name, t.Logf) // what an earlier run may have left
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- klab.Supervise(ctx, klab.Options{Dir: dir, Nodes: 2, Routing: mode, Services: services, BinDir: bin, K8sBin: k8sBin, Log: t.Logf})
+		done <- klab.Supervise(ctx, klab.Options{Name: name, Dir: dir, Nodes: 2, Routing: mode, Services: services, BinDir: bin, K8sBin: k8sBin, Log: t.Logf})
 	}()
 	stopped := false
 	down := func() {
@@ -84,7 +86,7 @@ func labScenario(t *testing.T, bin, k8sBin, mode, services string) {
 		if err := <-done; err != nil {
 			t.Errorf("supervise: %v", err)
 		}
-		if err := klab.Down(dir, t.Logf); err != nil {
+		if err := klab.Down(dir, name, t.Logf); err != nil {
 			t.Errorf("down: %v", err)
 		}
 	}
@@ -143,7 +145,7 @@ func labScenario(t *testing.T, bin, k8sBin, mode, services string) {
 		t.Fatal(err)
 	}
 	defer cg.Close()
-	clientNS := klab.PodNetns("node-2", pods["client"].UID)
+	clientNS := st.PodNetns("node-2", pods["client"].UID)
 	probe := func(netns string, cgroup *os.File, url string, n int) workload.ProbeResult {
 		t.Helper()
 		var r workload.ProbeResult
@@ -179,7 +181,7 @@ func labScenario(t *testing.T, bin, k8sBin, mode, services string) {
 	if services != "kpath" {
 		// kube-proxy translated everything: kpath's datapath saw no service.
 		out, _ := exec.Command("nsenter", "--net=/run/netns/"+node2.Netns, filepath.Join(bin, "kpath"), "dp",
-			"--pin-dir", klab.PinPrefix+node2.Name, "counters", "-o", "json").Output()
+			"--pin-dir", node2.PinDir, "counters", "-o", "json").Output()
 		if strings.Contains(string(out), "service translated") {
 			t.Errorf("%s: kpath translated services with kube-proxy replacement off: %s", services, out)
 		}
@@ -187,11 +189,11 @@ func labScenario(t *testing.T, bin, k8sBin, mode, services string) {
 	both("pod -> ClusterIP (tc)", probe(clientNS, nil, "http://"+svc.Spec.ClusterIP+"/", 40))
 	np := svc.Spec.Ports[0].NodePort
 	for _, n := range st.Nodes {
-		both("vnet -> NodePort on "+n.Name, probe(klab.VnetNetns, nil, fmt.Sprintf("http://%s:%d/", n.IP, np), 40))
+		both("vnet -> NodePort on "+n.Name, probe(st.Vnet, nil, fmt.Sprintf("http://%s:%d/", n.IP, np), 40))
 	}
 
 	// Pod traffic leaving the cluster is masqueraded to the node address.
-	startHelper(t, klab.VnetNetns, "backend", "outside", nil)
+	startHelper(t, st.Vnet, "backend", "outside", nil)
 	client := startHelper(t, clientNS, "client", "client", nil)
 	if a := strings.Fields(client.do(t, fmt.Sprintf("peer 192.168.200.1:%d", peerPort)).Answer); len(a) != 2 || a[1] != node2.IP {
 		t.Errorf("pod -> outside: the server saw %q, want the node address %s", a, node2.IP)
@@ -214,22 +216,22 @@ func labScenario(t *testing.T, bin, k8sBin, mode, services string) {
 		t.Errorf("deleted pod's address %s still allocated", chk.Addr)
 	}
 	hostIf := cniplugin.HostIfName(string(e2.UID), "eth0")
-	if m, _ := filepath.Glob(filepath.Join(datapath.DefaultConfig().BPFFS, klab.PinPrefix+"node-1", "links", "tcx_"+hostIf+"_*")); len(m) != 0 {
+	if m, _ := filepath.Glob(filepath.Join(datapath.DefaultConfig().BPFFS, st.Nodes[0].PinDir, "links", "tcx_"+hostIf+"_*")); len(m) != 0 {
 		t.Errorf("deleted pod's programs still attached: %v", m)
 	}
 
 	// down leaves nothing behind.
 	down()
 	out, _ := exec.Command("ip", "netns", "list").Output()
-	if strings.Contains(string(out), klab.NetnsPrefix) {
+	if strings.Contains(string(out), st.NetnsPrefix) {
 		t.Errorf("namespaces left after down:\n%s", out)
 	}
-	if m, _ := filepath.Glob(filepath.Join(datapath.DefaultConfig().BPFFS, klab.PinPrefix+"*")); len(m) != 0 {
-		t.Errorf("pinned datapaths left after down: %v", m)
-	}
-	if root, err := datapath.CgroupV2Root(); err == nil {
-		if _, err := os.Stat(filepath.Join(root, "kpath-lab")); err == nil {
-			t.Error("cgroups left after down")
+	for _, n := range st.Nodes {
+		if _, err := os.Stat(filepath.Join(datapath.DefaultConfig().BPFFS, n.PinDir)); err == nil {
+			t.Errorf("pinned datapath %s left after down", n.PinDir)
+		}
+		if _, err := os.Stat(filepath.Dir(n.Cgroup)); err == nil {
+			t.Errorf("cgroup %s left after down", filepath.Dir(n.Cgroup))
 		}
 	}
 	if _, err := os.Stat(dir); err == nil {
@@ -238,29 +240,40 @@ func labScenario(t *testing.T, bin, k8sBin, mode, services string) {
 }
 
 // TestLabDownAfterFailedUp: an up that fails half way (here: no Kubernetes
-// binaries, after the vnet exists) leaves nothing once down has run.
+// binaries, after the vnet exists) leaves nothing once down has run, and
+// down of one lab leaves a lab of another name alone.
 func TestLabDownAfterFailedUp(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.RequireTool(t, "ip", "nsenter")
-	dir := filepath.Join(t.TempDir(), "lab")
-	_ = klab.Down(dir, t.Logf)
-	err := klab.Supervise(context.Background(), klab.Options{Dir: dir, Nodes: 2, Routing: "native",
-		BinDir: t.TempDir(), K8sBin: t.TempDir(), Log: t.Logf})
-	if err == nil || !strings.Contains(err.Error(), "kube-apiserver not found") {
-		t.Fatalf("supervise without binaries: %v", err)
+	failedUp := func(name string) (string, *klab.State) {
+		dir := filepath.Join(t.TempDir(), "lab")
+		_ = klab.Down(dir, name, t.Logf)
+		t.Cleanup(func() { _ = klab.Down(dir, name, t.Logf) })
+		err := klab.Supervise(context.Background(), klab.Options{Name: name, Dir: dir, Nodes: 2, Routing: "native",
+			BinDir: t.TempDir(), K8sBin: t.TempDir(), Log: t.Logf})
+		if err == nil || !strings.Contains(err.Error(), "kube-apiserver not found") {
+			t.Fatalf("supervise without binaries: %v", err)
+		}
+		st, err := klab.LoadState(dir)
+		if err != nil || st.Error == "" {
+			t.Fatalf("state after failure: %+v %v, want the error recorded", st, err)
+		}
+		if _, err := os.Stat("/run/netns/" + st.Vnet); err != nil {
+			t.Fatalf("the failed up should have got as far as the vnet: %v", err)
+		}
+		return dir, st
 	}
-	if st, err := klab.LoadState(dir); err != nil || st.Error == "" {
-		t.Errorf("state after failure: %+v %v, want the error recorded", st, err)
-	}
-	if _, err := os.Stat("/run/netns/" + klab.VnetNetns); err != nil {
-		t.Fatalf("the failed up should have got as far as the vnet: %v", err)
-	}
-	if err := klab.Down(dir, t.Logf); err != nil {
+	// Named labs only: the unnamed one may be a user's running lab.
+	dir, st := failedUp("test-one")
+	_, other := failedUp("test-other")
+	if err := klab.Down(dir, "test-one", t.Logf); err != nil {
 		t.Fatal(err)
 	}
-	out, _ := exec.Command("ip", "netns", "list").Output()
-	if strings.Contains(string(out), klab.NetnsPrefix) {
-		t.Errorf("namespaces left:\n%s", out)
+	if _, err := os.Stat("/run/netns/" + st.Vnet); err == nil {
+		t.Errorf("namespace %s left", st.Vnet)
+	}
+	if _, err := os.Stat("/run/netns/" + other.Vnet); err != nil {
+		t.Errorf("down of one lab removed the other lab's %s", other.Vnet)
 	}
 	if _, err := os.Stat(dir); err == nil {
 		t.Error("state directory left")

@@ -26,6 +26,10 @@ import (
 	"github.com/kpath/kpath/internal/workload"
 )
 
+// podNetnsPrefix starts the names of the namespaces the runtime makes for
+// pods: the test's own, apart from any lab's.
+const podNetnsPrefix = "kpt-rt-"
+
 // TestNodeRuntime runs the lab's node runtime against a real control plane
 // (with kube-controller-manager: node pod CIDRs and EndpointSlices) and a
 // real agent process: pods bound to the node get namespaces through the
@@ -56,7 +60,7 @@ func TestNodeRuntime(t *testing.T) {
 		t.Fatal(err)
 	}
 	rt := &klab.Runtime{
-		Client: c, Node: agentNode, NodeNetns: node,
+		Client: c, Node: agentNode, NodeNetns: node, NetnsPrefix: podNetnsPrefix,
 		CNI: libcni.NewCNIConfigWithCacheDir([]string{bin}, t.TempDir(), nil), NetConf: netconf,
 		Cgroup: cg, KpathBin: filepath.Join(bin, "cli", "kpath"),
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -123,7 +127,7 @@ func TestNodeRuntime(t *testing.T) {
 		var r workload.ProbeResult
 		deadline := time.Now().Add(15 * time.Second)
 		for {
-			cmd := exec.Command("ip", "netns", "exec", klab.PodNetns(agentNode, client.UID), rt.KpathBin,
+			cmd := exec.Command("ip", "netns", "exec", klab.PodNetns(podNetnsPrefix, agentNode, client.UID), rt.KpathBin,
 				"workload", "probe", "http://"+svc.Spec.ClusterIP+"/", "-n", fmt.Sprint(n), "--timeout", "2s", "-o", "json")
 			cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
 			out, _ := cmd.Output()
@@ -149,7 +153,7 @@ func TestNodeRuntime(t *testing.T) {
 		_, err := c.CoreV1().Pods(testNS).Get(ctx, "echo-a", metav1.GetOptions{})
 		return err != nil
 	})
-	if _, err := os.Stat("/run/netns/" + klab.PodNetns(agentNode, a.UID)); err == nil {
+	if _, err := os.Stat("/run/netns/" + klab.PodNetns(podNetnsPrefix, agentNode, a.UID)); err == nil {
 		t.Error("deleted pod's namespace still exists")
 	}
 	waitFor(t, 15*time.Second, "only echo-b answering", func() bool {

@@ -3,6 +3,7 @@ package bench
 import (
 	"errors"
 	"os/exec"
+	"slices"
 	"testing"
 )
 
@@ -17,5 +18,20 @@ func TestABFailure(t *testing.T) {
 	err := abFailure(exit, []byte(other))
 	if errors.As(err, &stall) || !errors.Is(err, exit) {
 		t.Fatalf("refused run: got %v, want the exit error, not a stall", err)
+	}
+}
+
+func TestProcessesNaming(t *testing.T) {
+	mark := t.TempDir() + "/lab/"
+	cmd := exec.Command("sleep", "30", mark+"x")
+	if err := cmd.Start(); err != nil {
+		t.Skipf("no sleep to run: %v", err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	if got := processesNaming(mark); !slices.Equal(got, []int{cmd.Process.Pid}) {
+		t.Fatalf("processes naming %s: %v, want only %d", mark, got, cmd.Process.Pid)
+	}
+	if got := processesNaming(t.TempDir() + "/other/"); len(got) != 0 {
+		t.Fatalf("processes naming a fresh directory: %v", got)
 	}
 }

@@ -86,37 +86,104 @@ type LatencyRun struct {
 	Scenarios []string     `json:"scenarios"`
 	Rows      []LatencyRow `json:"rows"`
 	Errors    []string     `json:"errors,omitempty"`
+	// Interleaved: the modes' labs ran side by side, measured in turn
+	// round by round (runs before this field ran modes one after another).
+	Interleaved bool `json:"interleaved,omitempty"`
 	// Notes say where a merged run's rows came from (MergeLatencyRuns).
 	Notes []string `json:"notes,omitempty"`
 }
 
 const benchNamespace = "default"
 
-// Latency runs E1: every mode in its own one-node lab, one after another.
-// A mode that fails is recorded and the others still run; the results so
-// far are written to OutDir after every point.
+// Latency runs E1. Every mode gets its own one-node lab, and the labs run
+// side by side: a round measures every mode in turn (in an order that
+// rotates with the round), while the labs not being measured are frozen
+// (SIGSTOP), so the machine's drift falls on all modes alike and an idle
+// kube-proxy's periodic resync does not land in another mode's run. A
+// mode that fails is recorded and the others go on; the results so far are
+// written to OutDir after every scenario.
 func Latency(ctx context.Context, o LatencyOptions) (*LatencyRun, error) {
 	if _, err := exec.LookPath("ab"); err != nil {
 		return nil, fmt.Errorf("ab not found: install apache2-utils")
 	}
 	run := &LatencyRun{Command: o.Command, Machine: DescribeMachine(o.K8sBin), Started: time.Now(),
-		Points: o.Points, Requests: o.Requests, Rounds: o.Rounds, Modes: o.Modes, Scenarios: o.Scenarios}
+		Points: o.Points, Requests: o.Requests, Rounds: o.Rounds, Modes: o.Modes, Scenarios: o.Scenarios, Interleaved: true}
 	save := func() error {
 		if o.OutDir == "" {
 			return nil
 		}
 		return WriteLatencyResults(o.OutDir, run)
 	}
+	fail := func(m *modeLab, err error) {
+		m.err = err
+		run.Errors = append(run.Errors, fmt.Sprintf("mode %s: %v", m.mode, err))
+		fmt.Fprintf(o.Progress, "[%s] failed: %v\n", m.mode, err)
+		m.close()
+	}
+	var labs []*modeLab
+	defer func() {
+		for _, m := range labs {
+			m.close()
+		}
+	}()
+	live := func() []*modeLab {
+		return slices.DeleteFunc(slices.Clone(labs), func(m *modeLab) bool { return m.err != nil })
+	}
 	for _, mode := range o.Modes {
-		err := latencyMode(ctx, o, mode, func(r LatencyRow) error {
-			run.Rows = append(run.Rows, r)
-			return save()
-		})
-		if err != nil {
-			run.Errors = append(run.Errors, fmt.Sprintf("mode %s: %v", mode, err))
-			fmt.Fprintf(o.Progress, "[%s] failed: %v\n", mode, err)
-			if ctx.Err() != nil {
+		m := &modeLab{mode: mode, progress: o.Progress}
+		labs = append(labs, m)
+		if err := m.start(ctx, o); err != nil {
+			fail(m, err)
+		}
+		m.freeze(true)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	for _, s := range o.Points {
+		if ctx.Err() != nil {
+			break
+		}
+		for _, m := range live() {
+			// One lab at a time, the others frozen: the time to ready is
+			// the dataplane's own, not shared with another's creation.
+			m.freeze(false)
+			if err := m.grow(ctx, s); err != nil {
+				fail(m, err)
+				continue
+			}
+			m.freeze(true)
+		}
+		for _, scenario := range o.Scenarios {
+			ms := live()
+			if len(ms) == 0 {
 				break
+			}
+			acc := make([]*scenarioAcc, len(ms))
+			for i, m := range ms {
+				acc[i] = &scenarioAcc{drops0: m.dp.drops(ctx), samples: map[string][]abResult{}}
+			}
+			for round := range o.Rounds {
+				for k := range ms {
+					i := (k + round) % len(ms)
+					if ms[i].err != nil {
+						continue
+					}
+					if err := ms[i].measure(ctx, o, scenario, round, acc[i]); err != nil {
+						fail(ms[i], err)
+					}
+				}
+			}
+			for i, m := range ms {
+				if m.err != nil {
+					continue
+				}
+				for _, r := range acc[i].rows(ctx, m, scenario) {
+					run.Rows = append(run.Rows, r)
+				}
+			}
+			if err := save(); err != nil {
+				return run, err
 			}
 		}
 	}
@@ -134,152 +201,253 @@ func Latency(ctx context.Context, o LatencyOptions) (*LatencyRun, error) {
 // 10 endpoints each on simulated remote nodes.
 var simLatency = simService{ns: benchNamespace, prefix: "sim", backends: 10}
 
-func latencyMode(ctx context.Context, o LatencyOptions, mode string, emit func(LatencyRow) error) error {
-	say := func(f string, a ...any) { fmt.Fprintf(o.Progress, "[%s] "+f+"\n", append([]any{mode}, a...)...) }
+// modeLab is one mode's lab during an E1 run.
+type modeLab struct {
+	mode     string
+	progress io.Writer
+	labDir   string
+	stop     func() // ends the lab and removes it
+	st       *lab.State
+	c        kubernetes.Interface
+	target   string // the ClusterIP service's address
+	clientNS string
+	echoIP   string
+	cg       *os.File // the node's cgroup, where ab runs (the socket hook applies)
+	dp       dataplaneProbe
+	churn    *churner
+	created  int           // simulated services so far
+	ready    time.Duration // last object created -> dataplane ready, at the current point
+	frozen   []int         // processes stopped by freeze
+	err      error         // the mode stopped
+}
+
+func (m *modeLab) say(f string, a ...any) {
+	fmt.Fprintf(m.progress, "[%s] "+f+"\n", append([]any{m.mode}, a...)...)
+}
+
+// labNames are the names of E1's labs, one per mode, short enough for
+// lab names.
+var labNames = map[string]string{"none": "e1-none", "kpath": "e1-kpath", "kpath-tc": "e1-kpath-tc",
+	"kube-proxy-iptables": "e1-iptables", "kube-proxy-nftables": "e1-nftables"}
+
+// start brings the mode's lab up with the echo and client pods and the
+// target service.
+func (m *modeLab) start(ctx context.Context, o LatencyOptions) error {
+	name := labNames[m.mode]
 	dir, err := os.MkdirTemp("", "kpath-e1-")
 	if err != nil {
 		return err
 	}
-	labDir := filepath.Join(dir, "lab")
-	_ = lab.Down(labDir, func(string, ...any) {})
+	m.labDir = filepath.Join(dir, "lab")
+	_ = lab.Down(m.labDir, name, func(string, ...any) {})
 	lctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- lab.Supervise(lctx, lab.Options{Dir: labDir, Nodes: 1, Routing: "native", Services: mode,
+		done <- lab.Supervise(lctx, lab.Options{Name: name, Dir: m.labDir, Nodes: 1, Routing: "native", Services: m.mode,
 			BinDir: o.BinDir, K8sBin: o.K8sBin, Log: func(string, ...any) {}})
 	}()
-	defer func() {
+	m.stop = func() {
 		cancel()
 		<-done
-		_ = lab.Down(labDir, func(string, ...any) {})
+		_ = lab.Down(m.labDir, name, func(string, ...any) {})
 		os.RemoveAll(dir)
-	}()
-	say("lab up")
-	var st *lab.State
+	}
+	m.say("lab up")
 	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
-		if st, err = lab.LoadState(labDir); err == nil && st.Error != "" {
-			return fmt.Errorf("lab: %s", st.Error)
+		if m.st, err = lab.LoadState(m.labDir); err == nil && m.st.Error != "" {
+			return fmt.Errorf("lab: %s", m.st.Error)
 		}
-		if err == nil && st.Ready {
+		if err == nil && m.st.Ready {
 			break
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("lab not ready after 2 minutes")
 		}
 	}
-	c, err := lab.Client(st)
-	if err != nil {
+	if m.c, err = lab.Client(m.st); err != nil {
 		return err
 	}
-	node := st.Nodes[0]
-	target, clientNS, echoIP, err := latencyTargets(ctx, c, node.Name)
-	if err != nil {
+	node := m.st.Nodes[0]
+	if m.target, m.clientNS, m.echoIP, err = latencyTargets(ctx, m.c, m.st, node.Name); err != nil {
 		return err
 	}
-	say("target %s, echo pod %s", target, echoIP)
-	cg, err := os.Open(node.Cgroup)
-	if err != nil {
+	m.say("target %s, echo pod %s", m.target, m.echoIP)
+	if m.cg, err = os.Open(node.Cgroup); err != nil {
 		return err
 	}
-	defer cg.Close()
-	dp := dataplaneProbe{mode: mode, node: node, kubeconfig: st.Kubeconfig, kpathBin: filepath.Join(o.BinDir, "kpath")}
-	churn := &churner{c: c}
+	m.dp = dataplaneProbe{mode: m.mode, node: node, kubeconfig: m.st.Kubeconfig, kpathBin: filepath.Join(o.BinDir, "kpath")}
+	m.churn = &churner{c: m.c}
+	return nil
+}
 
-	created := 0
-	for _, s := range o.Points {
-		base, err := dp.changes(ctx)
+// close thaws and ends the lab; it is safe to call twice.
+func (m *modeLab) close() {
+	m.freeze(false)
+	if m.cg != nil {
+		m.cg.Close()
+		m.cg = nil
+	}
+	if m.stop != nil {
+		m.stop()
+		m.stop = nil
+	}
+}
+
+// freeze stops (SIGSTOP) or continues every process of the lab: its control
+// plane, kpath-agent and kube-proxy, all of which name the lab's directory
+// on their command lines. The pods are idle between runs and stay as they
+// are. Continuing waits a moment for the processes to catch up with the
+// timers that fired while they were stopped.
+func (m *modeLab) freeze(stop bool) {
+	if m.stop == nil || stop == (m.frozen != nil) {
+		return
+	}
+	if !stop {
+		for _, pid := range m.frozen {
+			_ = syscall.Kill(pid, syscall.SIGCONT)
+		}
+		m.frozen = nil
+		time.Sleep(2 * time.Second)
+		return
+	}
+	m.frozen = processesNaming(m.labDir + "/")
+	for _, pid := range m.frozen {
+		_ = syscall.Kill(pid, syscall.SIGSTOP)
+	}
+}
+
+// processesNaming lists the processes with an argument containing s.
+func processesNaming(s string) []int {
+	pids := []int{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if strings.Contains(string(cmdline), s) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// grow creates the simulated services up to s and waits for the dataplane
+// to hold them.
+func (m *modeLab) grow(ctx context.Context, s int) error {
+	base, err := m.dp.changes(ctx)
+	if err != nil {
+		return fmt.Errorf("dataplane before S=%d: %w", s, err)
+	}
+	added := 0
+	if s > m.created {
+		m.say("S=%d: creating services %d..%d (10 simulated remote endpoints each)", s, m.created, s-1)
+		if _, err := simLatency.load(ctx, m.c, m.created, s, m.progress); err != nil {
+			return err
+		}
+		added, m.created = s-m.created, s
+	}
+	start := time.Now()
+	if err := m.dp.waitReady(ctx, m.created, base, added); err != nil {
+		return fmt.Errorf("S=%d: %w", m.created, err)
+	}
+	m.ready = time.Since(start)
+	m.say("S=%d: dataplane ready %s after the last object", m.created, m.ready.Round(time.Millisecond))
+	return nil
+}
+
+// scenarioAcc gathers one mode's measurements of one scenario at one point
+// across rounds.
+type scenarioAcc struct {
+	cpu       float64 // CPU seconds while the lab was measured
+	drops0    map[string]uint64
+	samples   map[string][]abResult
+	churned   int
+	churnTime time.Duration
+}
+
+// measure runs one round of the scenario on the lab: direct to the echo
+// pod, then through the ClusterIP (disjoint client port ranges), with churn
+// on the simulated services when loaded. The lab is thawed for the round
+// only.
+func (m *modeLab) measure(ctx context.Context, o LatencyOptions, scenario string, round int, acc *scenarioAcc) error {
+	conc, loaded := 1, false
+	if scenario == "loaded" {
+		conc, loaded = 16, m.created > 0
+	}
+	m.freeze(false)
+	defer m.freeze(true)
+	cpu0 := m.dp.usage()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	if loaded {
+		wg.Go(func() {
+			start := time.Now()
+			acc.churned += m.churn.run(ctx, m.created, stop)
+			acc.churnTime += time.Since(start)
+		})
+	}
+	defer func() {
+		close(stop)
+		wg.Wait()
+		acc.cpu += m.dp.usage().cpuSeconds - cpu0.cpuSeconds
+	}()
+	for _, tg := range []struct{ name, url, ports string }{
+		{"direct", "http://" + m.echoIP + ":8080/", "20000 39999"},
+		{"service", "http://" + m.target + "/", "40000 59999"},
+	} {
+		if m.mode == "none" && tg.name == "service" {
+			continue
+		}
+		r, err := runAB(ctx, m.clientNS, m.cg, tg.url, tg.ports, o.Requests, conc)
+		var stall *abStalled
+		if errors.As(err, &stall) {
+			// ab gives up on the whole run when one request goes
+			// unanswered: count that request as failed and measure the
+			// round again, once.
+			m.say("S=%d %s %s round %d: %v; running the round again", m.created, scenario, tg.name, round, err)
+			if r, err = runAB(ctx, m.clientNS, m.cg, tg.url, tg.ports, o.Requests, conc); err == nil {
+				r.failed++
+				r.failures = strings.TrimSpace(r.failures + " " + stall.Error() + " (round run again)")
+			}
+		}
 		if err != nil {
-			return fmt.Errorf("dataplane before S=%d: %w", s, err)
+			return fmt.Errorf("S=%d %s ab %s round %d: %w", m.created, scenario, tg.name, round, err)
 		}
-		added := 0
-		if s > created {
-			say("S=%d: creating services %d..%d (10 simulated remote endpoints each)", s, created, s-1)
-			if _, err := simLatency.load(ctx, c, created, s, o.Progress); err != nil {
-				return err
-			}
-			added, created = s-created, s
-		}
-		start := time.Now()
-		if err := dp.waitReady(ctx, created, base, added); err != nil {
-			return fmt.Errorf("S=%d: %w", created, err)
-		}
-		ready := time.Since(start)
-		say("S=%d: dataplane ready %s after the last object", created, ready.Round(time.Millisecond))
-		for _, scenario := range o.Scenarios {
-			conc, loaded := 1, false
-			if scenario == "loaded" {
-				conc, loaded = 16, created > 0
-			}
-			stop := make(chan struct{})
-			var (
-				wg     sync.WaitGroup
-				rate   float64
-				cpu0   = dp.usage()
-				drops0 = dp.drops(ctx)
-				sample = map[string][]abResult{}
-			)
-			if loaded {
-				wg.Go(func() { rate = churn.run(ctx, created, stop) })
-			}
-			var abErr error
-		rounds:
-			for round := range o.Rounds {
-				for _, tg := range []struct{ name, url, ports string }{
-					{"direct", "http://" + echoIP + ":8080/", "20000 39999"},
-					{"service", "http://" + target + "/", "40000 59999"},
-				} {
-					if mode == "none" && tg.name == "service" {
-						continue
-					}
-					r, err := runAB(ctx, clientNS, cg, tg.url, tg.ports, o.Requests, conc)
-					var stall *abStalled
-					if errors.As(err, &stall) {
-						// ab gives up on the whole run when one request
-						// goes unanswered: count that request as failed
-						// and measure the round again, once.
-						say("S=%d %s %s round %d: %v; running the round again", created, scenario, tg.name, round, err)
-						if r, err = runAB(ctx, clientNS, cg, tg.url, tg.ports, o.Requests, conc); err == nil {
-							r.failed++
-							r.failures = strings.TrimSpace(r.failures + " " + stall.Error() + " (round run again)")
-						}
-					}
-					if err != nil {
-						abErr = fmt.Errorf("S=%d %s ab %s round %d: %w", created, scenario, tg.name, round, err)
-						break rounds
-					}
-					sample[tg.name] = append(sample[tg.name], r)
-				}
-			}
-			close(stop)
-			wg.Wait()
-			if abErr != nil {
-				return abErr
-			}
-			use := dp.usage()
-			dropped, dropDetail := dropsSince(drops0, dp.drops(ctx))
-			for _, tg := range []string{"direct", "service"} {
-				if len(sample[tg]) == 0 {
-					continue
-				}
-				row := medianRow(sample[tg])
-				row.Mode, row.Scenario, row.Services, row.Pods, row.Target = mode, scenario, created, created*simLatency.backends, tg
-				row.ReadyMs, row.RSSMiB, row.CPUSeconds = float64(ready.Microseconds())/1000, use.rssMiB, use.cpuSeconds-cpu0.cpuSeconds
-				row.ChurnPerSec, row.Drops, row.DropReasons = rate, dropped, dropDetail
-				say("S=%d %s %s: total %.0f ms, mean %.3f ms, p50 %.2f ms, p99 %.2f ms, dataplane %.0f MiB %.1f CPU s, churn %.1f/s, failed %d %s, drops %d %s",
-					created, scenario, tg, row.TotalMs, row.MeanMs, row.P50Ms, row.P99Ms, row.RSSMiB, row.CPUSeconds, rate, row.Failed, row.Failures, row.Drops, row.DropReasons)
-				if err := emit(row); err != nil {
-					return err
-				}
-			}
-		}
+		acc.samples[tg.name] = append(acc.samples[tg.name], r)
 	}
 	return nil
+}
+
+// rows turns a scenario's rounds into its rows (medians), and reports them.
+func (acc *scenarioAcc) rows(ctx context.Context, m *modeLab, scenario string) []LatencyRow {
+	use := m.dp.usage()
+	dropped, dropDetail := dropsSince(acc.drops0, m.dp.drops(ctx))
+	var rate float64
+	if acc.churnTime > 0 {
+		rate = float64(acc.churned) / acc.churnTime.Seconds()
+	}
+	var out []LatencyRow
+	for _, tg := range []string{"direct", "service"} {
+		if len(acc.samples[tg]) == 0 {
+			continue
+		}
+		row := medianRow(acc.samples[tg])
+		row.Mode, row.Scenario, row.Services, row.Pods, row.Target = m.mode, scenario, m.created, m.created*simLatency.backends, tg
+		row.ReadyMs, row.RSSMiB, row.CPUSeconds = float64(m.ready.Microseconds())/1000, use.rssMiB, acc.cpu
+		row.ChurnPerSec, row.Drops, row.DropReasons = rate, dropped, dropDetail
+		m.say("S=%d %s %s: total %.0f ms, mean %.3f ms, p50 %.2f ms, p99 %.2f ms, dataplane %.0f MiB %.1f CPU s, churn %.1f/s, failed %d %s, drops %d %s",
+			m.created, scenario, tg, row.TotalMs, row.MeanMs, row.P50Ms, row.P99Ms, row.RSSMiB, row.CPUSeconds, rate, row.Failed, row.Failures, row.Drops, row.DropReasons)
+		out = append(out, row)
+	}
+	return out
 }
 
 // latencyTargets creates the echo server and client pods on the measured
 // node and the target Service; it returns the ClusterIP, the client's
 // namespace and the echo pod's address.
-func latencyTargets(ctx context.Context, c kubernetes.Interface, node string) (string, string, string, error) {
+func latencyTargets(ctx context.Context, c kubernetes.Interface, st *lab.State, node string) (string, string, string, error) {
 	svc, err := c.CoreV1().Services(benchNamespace).Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "target"},
 		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "target"},
@@ -318,7 +486,7 @@ func latencyTargets(ctx context.Context, c kubernetes.Interface, node string) (s
 			if p.Name == "echo" {
 				echoIP = p.Status.PodIP
 			} else {
-				clientNS = lab.PodNetns(node, p.UID)
+				clientNS = st.PodNetns(node, p.UID)
 			}
 		}
 	}
@@ -336,10 +504,10 @@ type churner struct {
 
 // run makes 20 EndpointSlice updates per second to the simulated services
 // 0..n-1, round robin (flipping the first endpoint's readiness, which
-// changes every dataplane's backend set) until stop, and returns the rate
-// achieved. Updates go out from four workers so a slow API server costs
+// changes every dataplane's backend set) until stop, and returns how many
+// it made. Updates go out from four workers so a slow API server costs
 // rate, not the schedule; a tick that finds every worker busy is skipped.
-func (ch *churner) run(ctx context.Context, n int, stop <-chan struct{}) float64 {
+func (ch *churner) run(ctx context.Context, n int, stop <-chan struct{}) int {
 	type change struct {
 		k        int
 		notReady bool
@@ -372,7 +540,6 @@ func (ch *churner) run(ctx context.Context, n int, stop <-chan struct{}) float64
 			}
 		})
 	}
-	start := time.Now()
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -399,7 +566,7 @@ func (ch *churner) run(ctx context.Context, n int, stop <-chan struct{}) float64
 	}
 	close(work)
 	wg.Wait()
-	return float64(done) / time.Since(start).Seconds()
+	return done
 }
 
 // dataplaneProbe reads the measured node's service dataplane: the agent's
@@ -415,7 +582,7 @@ type dataplaneProbe struct {
 // programs run in every mode: they wire the pods).
 func (p dataplaneProbe) drops(ctx context.Context) map[string]uint64 {
 	out, err := exec.CommandContext(ctx, "nsenter", "--net=/run/netns/"+p.node.Netns, p.kpathBin,
-		"dp", "counters", "--pin-dir", lab.PinPrefix+p.node.Name, "-o", "json").Output()
+		"dp", "counters", "--pin-dir", p.node.PinDir, "-o", "json").Output()
 	if err != nil {
 		return nil
 	}

@@ -63,6 +63,10 @@ func MergeLatencyRuns(runs ...*LatencyRun) (*LatencyRun, error) {
 	out.Rows, out.Modes, out.Notes, out.Errors = nil, nil, nil, nil
 	var commands []string
 	from := map[string]int{}
+	out.Interleaved = true
+	for _, r := range runs {
+		out.Interleaved = out.Interleaved && r.Interleaved
+	}
 	for i, r := range runs {
 		if r.Requests != base.Requests || r.Rounds != base.Rounds || !slices.Equal(r.Points, base.Points) {
 			return nil, fmt.Errorf("run %d (%s) differs in points, requests or rounds from run 1; only like runs merge", i+1, r.Command)
@@ -475,7 +479,11 @@ func latencyNoise(run *LatencyRun) string {
 	if len(parts) == 0 {
 		return ""
 	}
-	return "Noise on this machine: " + strings.Join(parts, "; ") + ". Modes run one after another, so differences between modes smaller than this drift are not findings."
+	how := "Modes ran one after another, so differences between modes smaller than this drift are not findings."
+	if run.Interleaved {
+		how = "Modes ran interleaved, each round measuring every mode in turn with the other labs frozen, so the drift between points falls on all modes alike; compare modes within a point, and read changes across points against the floor's drift."
+	}
+	return "Noise on this machine: " + strings.Join(parts, "; ") + ". " + how
 }
 
 // oneLine folds an error (ab's output included) into one line for a table,

@@ -73,10 +73,12 @@ func newLatencyCommand() *cobra.Command {
 kube-proxy-iptables, kube-proxy-nftables); S simulated services of 10 endpoints on
 remote nodes; ApacheBench from a client pod to the echo pod directly and through its
 ClusterIP, alternating, with disjoint client port ranges; loaded (-c 16, 20 EndpointSlice
-changes per second) and quiet (-c 1).
+changes per second) and quiet (-c 1). The labs run side by side: every round measures
+each mode in turn while the other labs are frozen (SIGSTOP), so the machine's drift
+falls on all modes alike. Five labs at 10k services need about 8 GiB of memory.
 
 Writes latency.json, latency.csv, latency.svg and latency.md to --out after every
-point. --docs also writes the results section of a markdown file (between the
+scenario. --docs also writes the results section of a markdown file (between the
 "e1-latency" markers) and the chart next to it. --from re-renders the outputs of an
 earlier run's latency.json without measuring; given several files, it merges them,
 each later run's modes replacing the earlier's (a mode re-measured after a fix).`,

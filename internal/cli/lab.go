@@ -60,7 +60,7 @@ run an idle process to exec commands in.`,
 			if st, err := lab.LoadState(dir); err == nil && lab.ProcessAlive(st.Pid) {
 				return fmt.Errorf("a lab is already running (pid %d); run kpath lab down first", st.Pid)
 			}
-			_ = lab.Down(dir, func(string, ...any) {}) // leftovers of a crashed lab
+			_ = lab.Down(dir, "", func(string, ...any) {}) // leftovers of a crashed lab
 			if err := os.MkdirAll(dir, 0o700); err != nil {
 				return err
 			}
@@ -92,7 +92,7 @@ run an idle process to exec commands in.`,
 					return fmt.Errorf("lab failed: %s (run kpath lab down to clean up)", st.Error)
 				}
 				if err == nil && st.Ready {
-					fmt.Fprintf(out, "\nready. The API server %s lives in the lab's vnet namespace; use it with:\n  kpath lab kubectl get nodes,pods -A\n  ip netns exec %s kubectl --kubeconfig %s ...\n", st.APIServer, lab.VnetNetns, st.Kubeconfig)
+					fmt.Fprintf(out, "\nready. The API server %s lives in the lab's vnet namespace; use it with:\n  kpath lab kubectl get nodes,pods -A\n  ip netns exec %s kubectl --kubeconfig %s ...\n", st.APIServer, st.Vnet, st.Kubeconfig)
 					return nil
 				}
 				if !lab.ProcessAlive(sup.Process.Pid) {
@@ -139,7 +139,7 @@ run an idle process to exec commands in.`,
 		Short: "Stop the lab and remove everything it made",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			err := lab.Down(dir, func(f string, a ...any) { fmt.Fprintf(cmd.OutOrStdout(), f+"\n", a...) })
+			err := lab.Down(dir, "", func(f string, a ...any) { fmt.Fprintf(cmd.OutOrStdout(), f+"\n", a...) })
 			if err == nil {
 				fmt.Fprintln(cmd.OutOrStdout(), "lab removed")
 			}
@@ -158,7 +158,7 @@ run an idle process to exec commands in.`,
 			return fmt.Errorf("the lab in %s is not running (supervisor pid %d gone); run kpath lab down", dir, st.Pid)
 		}
 		return render(cmd.OutOrStdout(), *statusOut, st, func(tw *tabwriter.Writer) {
-			fmt.Fprintf(tw, "API server:\t%s in namespace %s (kubeconfig %s)\n", st.APIServer, lab.VnetNetns, st.Kubeconfig)
+			fmt.Fprintf(tw, "API server:\t%s in namespace %s (kubeconfig %s)\n", st.APIServer, st.Vnet, st.Kubeconfig)
 			fmt.Fprintf(tw, "Routing:\t%s\n", st.Routing)
 			fmt.Fprintf(tw, "Services:\t%s\n\n", st.Services)
 			fmt.Fprintln(tw, "NODE\tNETNS\tADDRESS\tPOD CIDR\tAGENT")
@@ -192,7 +192,7 @@ run an idle process to exec commands in.`,
 				return err
 			}
 			// The API server is reachable only inside the vnet namespace.
-			c := exec.Command("nsenter", append([]string{"--net=/run/netns/" + lab.VnetNetns, filepath.Join(bin, "kubectl"), "--kubeconfig", st.Kubeconfig}, args...)...)
+			c := exec.Command("nsenter", append([]string{"--net=/run/netns/" + st.Vnet, filepath.Join(bin, "kubectl"), "--kubeconfig", st.Kubeconfig}, args...)...)
 			c.Stdin, c.Stdout, c.Stderr = os.Stdin, cmd.OutOrStdout(), cmd.ErrOrStderr()
 			return c.Run()
 		},
@@ -227,7 +227,7 @@ run an idle process to exec commands in.`,
 				return fmt.Errorf("pod %s is not on a lab node: %w", args[0], err)
 			}
 			defer f.Close()
-			c2 := exec.Command("ip", append([]string{"netns", "exec", lab.PodNetns(p.Spec.NodeName, p.UID)}, args[1:]...)...)
+			c2 := exec.Command("ip", append([]string{"netns", "exec", st.PodNetns(p.Spec.NodeName, p.UID)}, args[1:]...)...)
 			c2.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(f.Fd())}
 			c2.Stdin, c2.Stdout, c2.Stderr = os.Stdin, cmd.OutOrStdout(), cmd.ErrOrStderr()
 			return c2.Run()

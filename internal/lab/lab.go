@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -19,6 +20,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/util/retry"
@@ -31,22 +33,52 @@ import (
 
 // Names and addresses the lab uses. Every address lives in namespaces the
 // lab creates; the control plane listens on loopback and is relayed into
-// each node's namespace.
+// each node's namespace, so labs with different names run side by side
+// (kpath bench latency runs one per service dataplane).
 const (
 	DefaultDir  = "/var/lib/kpath-lab"
-	NetnsPrefix = "kplab-"
-	PinPrefix   = "kpath-lab-"
-	VnetNetns   = NetnsPrefix + "vnet"
 	ClusterCIDR = "10.244.0.0/16"
 	ServiceCIDR = "10.96.0.0/16"
 	vnetAddr    = "192.168.200.1"
-	cgroupName  = "kpath-lab"
 )
+
+// names are what one lab instance calls its namespaces, pinned datapaths
+// and cgroup. The unnamed lab (kpath lab up) has the short names.
+type names struct {
+	netns  string // prefix of its namespaces: vnet, node-N, node-N-<pod hash>
+	pin    string // prefix of its nodes' pin directories under the bpffs
+	cgroup string // its cgroup under the cgroup2 root, one child per node
+}
+
+var labName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,18}[a-z0-9])?$`)
+
+func namesFor(name string) (names, error) {
+	if name == "" {
+		return names{netns: "kplab-", pin: "kpath-lab-", cgroup: "kpath-lab"}, nil
+	}
+	if !labName.MatchString(name) {
+		return names{}, fmt.Errorf("lab name %q: want at most 20 lowercase letters, digits and inner dashes", name)
+	}
+	return names{netns: "kplab-" + name + "-", pin: "kpath-lab-" + name + "-", cgroup: "kpath-lab-" + name}, nil
+}
+
+func (n names) vnet() string { return n.netns + "vnet" }
+
+// ownedName matches what follows an instance's prefix in the names it
+// makes, so the unnamed lab's prefix ("kplab-") does not claim a named
+// lab's "kplab-NAME-node-1".
+var ownedName = regexp.MustCompile(`^(vnet|node-[0-9]+(-[0-9a-f]{8})?)$`)
+
+func owns(prefix, name string) bool {
+	rest, ok := strings.CutPrefix(name, prefix)
+	return ok && ownedName.MatchString(rest)
+}
 
 // NodeInfo describes one lab node.
 type NodeInfo struct {
 	Name        string `json:"name"`
 	Netns       string `json:"netns"`
+	PinDir      string `json:"pinDir"` // the node datapath's, under the bpffs
 	IP          string `json:"ip"`
 	PodCIDR     string `json:"podCIDR"`
 	AgentSocket string `json:"agentSocket"`
@@ -60,7 +92,12 @@ var ServiceModes = []string{"kpath", "kpath-tc", "kube-proxy-iptables", "kube-pr
 
 // State is what a running lab records in its directory.
 type State struct {
-	Pid        int        `json:"pid"`
+	Pid  int    `json:"pid"`
+	Name string `json:"name,omitempty"`
+	// NetnsPrefix starts the name of every namespace of the lab.
+	NetnsPrefix string `json:"netnsPrefix"`
+	// Vnet is the namespace of the cloud network and the control plane.
+	Vnet       string     `json:"vnet"`
 	Routing    string     `json:"routing"`
 	Services   string     `json:"services"`
 	Kubeconfig string     `json:"kubeconfig"`
@@ -72,6 +109,8 @@ type State struct {
 
 // Options configure a lab.
 type Options struct {
+	// Name tells labs running side by side apart ("" for kpath lab's own).
+	Name    string
 	Dir     string
 	Nodes   int
 	Routing string
@@ -127,7 +166,12 @@ func Supervise(ctx context.Context, o Options) (err error) {
 	if !slices.Contains(ServiceModes, o.Services) {
 		return fmt.Errorf("service dataplane %q: want one of %v", o.Services, ServiceModes)
 	}
-	st := &State{Pid: os.Getpid(), Routing: o.Routing, Services: o.Services}
+	nm, err := namesFor(o.Name)
+	if err != nil {
+		return err
+	}
+	st := &State{Pid: os.Getpid(), Name: o.Name, NetnsPrefix: nm.netns, Vnet: nm.vnet(), Routing: o.Routing, Services: o.Services}
+	vnet := st.Vnet
 	defer func() {
 		if err != nil {
 			st.Error = err.Error()
@@ -138,14 +182,14 @@ func Supervise(ctx context.Context, o Options) (err error) {
 		return err
 	}
 	_ = st.save(o.Dir)
-	o.Log("creating the vnet namespace (the cloud network, %s)", vnetAddr)
+	o.Log("creating the vnet namespace %s (the cloud network, %s)", vnet, vnetAddr)
 	for _, c := range [][]string{
-		{"ip", "netns", "add", VnetNetns},
-		{"ip", "-n", VnetNetns, "link", "set", "lo", "up"},
-		{"ip", "netns", "exec", VnetNetns, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
-		{"ip", "-n", VnetNetns, "link", "add", "br0", "type", "bridge"},
-		{"ip", "-n", VnetNetns, "addr", "add", vnetAddr + "/24", "dev", "br0"},
-		{"ip", "-n", VnetNetns, "link", "set", "br0", "up"},
+		{"ip", "netns", "add", vnet},
+		{"ip", "-n", vnet, "link", "set", "lo", "up"},
+		{"ip", "netns", "exec", vnet, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
+		{"ip", "-n", vnet, "link", "add", "br0", "type", "bridge"},
+		{"ip", "-n", vnet, "addr", "add", vnetAddr + "/24", "dev", "br0"},
+		{"ip", "-n", vnet, "link", "set", "br0", "up"},
 	} {
 		if err := run(c[0], c[1:]...); err != nil {
 			return err
@@ -159,7 +203,7 @@ func Supervise(ctx context.Context, o Options) (err error) {
 	// reach it through their default route, and nothing listens outside
 	// the lab's namespaces.
 	env, err := testenv.Start(ctx, testenv.Options{Dir: filepath.Join(o.Dir, "control-plane"), BinDir: o.K8sBin,
-		ServiceCIDR: ServiceCIDR, ClusterCIDR: ClusterCIDR, Log: o.Log, Netns: VnetNetns, BindAddress: vnetAddr})
+		ServiceCIDR: ServiceCIDR, ClusterCIDR: ClusterCIDR, Log: o.Log, Netns: vnet, BindAddress: vnetAddr})
 	if err != nil {
 		return err
 	}
@@ -181,8 +225,8 @@ func Supervise(ctx context.Context, o Options) (err error) {
 
 	for i := 1; i <= o.Nodes; i++ {
 		n := NodeInfo{Name: fmt.Sprintf("node-%d", i), IP: fmt.Sprintf("192.168.200.%d", 10+i)}
-		n.Netns = NetnsPrefix + n.Name
-		n.Cgroup = filepath.Join(cgRoot, cgroupName, n.Name)
+		n.Netns, n.PinDir = nm.netns+n.Name, nm.pin+n.Name
+		n.Cgroup = filepath.Join(cgRoot, nm.cgroup, n.Name)
 		n.AgentSocket = filepath.Join(o.Dir, n.Name, "agent.sock")
 		o.Log("creating %s (%s)", n.Name, n.IP)
 		if err := os.MkdirAll(n.Cgroup, 0o755); err != nil {
@@ -192,8 +236,8 @@ func Supervise(ctx context.Context, o Options) (err error) {
 			{"ip", "netns", "add", n.Netns},
 			{"ip", "-n", n.Netns, "link", "set", "lo", "up"},
 			{"ip", "netns", "exec", n.Netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
-			{"ip", "-n", n.Netns, "link", "add", "eth0", "type", "veth", "peer", "name", n.Name, "netns", VnetNetns},
-			{"ip", "-n", VnetNetns, "link", "set", n.Name, "master", "br0", "up"},
+			{"ip", "-n", n.Netns, "link", "add", "eth0", "type", "veth", "peer", "name", n.Name, "netns", vnet},
+			{"ip", "-n", vnet, "link", "set", n.Name, "master", "br0", "up"},
 			{"ip", "-n", n.Netns, "addr", "add", n.IP + "/24", "dev", "eth0"},
 			{"ip", "-n", n.Netns, "link", "set", "eth0", "up"},
 			{"ip", "-n", n.Netns, "route", "add", "default", "via", vnetAddr},
@@ -208,7 +252,7 @@ func Supervise(ctx context.Context, o Options) (err error) {
 		}
 		n.PodCIDR = cidr
 		if o.Routing == "native" {
-			if err := run("ip", "-n", VnetNetns, "route", "replace", cidr, "via", n.IP); err != nil {
+			if err := run("ip", "-n", vnet, "route", "replace", cidr, "via", n.IP); err != nil {
 				return err
 			}
 		}
@@ -237,7 +281,7 @@ func Supervise(ctx context.Context, o Options) (err error) {
 		if err != nil {
 			return err
 		}
-		rt := &Runtime{Client: env.Client, Node: n.Name, NodeNetns: n.Netns, NetConf: netconf, Cgroup: cg,
+		rt := &Runtime{Client: env.Client, Node: n.Name, NodeNetns: n.Netns, NetnsPrefix: nm.netns, NetConf: netconf, Cgroup: cg,
 			CNI:      libcni.NewCNIConfigWithCacheDir([]string{cniBin}, filepath.Join(o.Dir, n.Name, "cni-cache"), nil),
 			KpathBin: filepath.Join(o.BinDir, "kpath"), Log: slog.New(slog.NewTextHandler(logWriter(o.Log), nil))}
 		go func() { _ = rt.Run(ctx) }()
@@ -304,7 +348,7 @@ func startAgent(o Options, env *testenv.Env, n NodeInfo, procs *children) error 
 		return err
 	}
 	args := []string{"--net=/run/netns/" + n.Netns, filepath.Join(o.BinDir, "kpath-agent"),
-		"--kubeconfig=" + env.Kubeconfig, "--node-name=" + n.Name, "--pin-dir=" + PinPrefix + n.Name,
+		"--kubeconfig=" + env.Kubeconfig, "--node-name=" + n.Name, "--pin-dir=" + n.PinDir,
 		"--device=eth0", "--routing=" + o.Routing, "--cluster-cidr=" + ClusterCIDR,
 		"--cgroup-root=" + n.Cgroup, "--api-socket=" + n.AgentSocket, "--ipam-dir=" + filepath.Join(dir, "ipam"),
 		"--metrics-addr=127.0.0.1:9964"}
@@ -400,10 +444,15 @@ func (c *children) stop(grace time.Duration) {
 	}
 }
 
-// Down stops a lab and removes everything it made: processes, namespaces,
-// pinned maps, cgroups and its directory. It also cleans up after a lab
-// whose setup crashed half way, by name prefix.
-func Down(dir string, log func(string, ...any)) error {
+// Down stops the lab named name whose directory is dir and removes
+// everything it made: processes, namespaces, pinned maps, cgroups and its
+// directory. It also cleans up after a lab whose setup crashed half way,
+// by the names a lab of that name uses; other labs are left alone.
+func Down(dir, name string, log func(string, ...any)) error {
+	nm, err := namesFor(name)
+	if err != nil {
+		return err
+	}
 	var errs []error
 	// (A supervisor running in this very process, as in tests, has
 	// already been stopped by its caller.)
@@ -418,7 +467,7 @@ func Down(dir string, log func(string, ...any)) error {
 	// Namespaces: pods, nodes, vnet.
 	out, _ := exec.Command("ip", "netns", "list").Output()
 	for _, line := range strings.Split(string(out), "\n") {
-		if f := strings.Fields(line); len(f) > 0 && strings.HasPrefix(f[0], NetnsPrefix) {
+		if f := strings.Fields(line); len(f) > 0 && owns(nm.netns, f[0]) {
 			if err := run("ip", "netns", "del", f[0]); err != nil {
 				errs = append(errs, err)
 			}
@@ -428,7 +477,7 @@ func Down(dir string, log func(string, ...any)) error {
 	cfg := datapath.DefaultConfig()
 	if ents, err := os.ReadDir(cfg.BPFFS); err == nil {
 		for _, e := range ents {
-			if strings.HasPrefix(e.Name(), PinPrefix) {
+			if owns(nm.pin, e.Name()) {
 				c := cfg
 				c.PinDir = e.Name()
 				if err := datapath.Reset(c); err != nil {
@@ -439,7 +488,7 @@ func Down(dir string, log func(string, ...any)) error {
 	}
 	// Cgroups: kill what is left in them, then remove them.
 	if root, err := datapath.CgroupV2Root(); err == nil {
-		base := filepath.Join(root, cgroupName)
+		base := filepath.Join(root, nm.cgroup)
 		ents, _ := os.ReadDir(base)
 		for _, e := range ents {
 			if e.IsDir() {
@@ -507,6 +556,11 @@ func Client(st *State) (kubernetes.Interface, error) {
 		return nil, err
 	}
 	cfg.QPS, cfg.Burst = 500, 1000
-	cfg.Dial = nsutil.Dialer(VnetNetns)
+	cfg.Dial = nsutil.Dialer(st.Vnet)
 	return kubernetes.NewForConfig(cfg)
+}
+
+// PodNetns is the network namespace of a pod of this lab's node.
+func (s *State) PodNetns(node string, uid types.UID) string {
+	return PodNetns(s.NetnsPrefix, node, uid)
 }

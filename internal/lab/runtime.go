@@ -47,8 +47,10 @@ type Runtime struct {
 	// NodeNetns is the node's network namespace, where the CNI plugin must
 	// run ("": the current one).
 	NodeNetns string
-	CNI       *libcni.CNIConfig
-	NetConf   *libcni.NetworkConfigList
+	// NetnsPrefix starts the names of the pods' namespaces (the lab's).
+	NetnsPrefix string
+	CNI         *libcni.CNIConfig
+	NetConf     *libcni.NetworkConfigList
 	// Cgroup is an open cgroup v2 directory for workloads (the node's, so
 	// its socket hook applies); nil for none.
 	Cgroup *os.File
@@ -66,10 +68,11 @@ type podState struct {
 	ip    netip.Addr
 }
 
-// PodNetns is the network namespace name of a pod of node.
-func PodNetns(node string, uid types.UID) string {
+// PodNetns is the network namespace name of a pod of node, in the lab
+// whose namespaces start with prefix.
+func PodNetns(prefix, node string, uid types.UID) string {
 	h := sha256.Sum256([]byte(uid))
-	return "kplab-" + node + "-" + hex.EncodeToString(h[:4])
+	return prefix + node + "-" + hex.EncodeToString(h[:4])
 }
 
 // Run handles the node's pods until ctx ends.
@@ -134,7 +137,7 @@ func (r *Runtime) handle(ctx context.Context, p *corev1.Pod) {
 }
 
 func (r *Runtime) start(ctx context.Context, p *corev1.Pod) error {
-	ns := PodNetns(r.Node, p.UID)
+	ns := PodNetns(r.NetnsPrefix, r.Node, p.UID)
 	st := &podState{netns: ns}
 	r.mu.Lock()
 	r.pods[p.UID] = st
