@@ -178,9 +178,7 @@ func Latency(ctx context.Context, o LatencyOptions) (*LatencyRun, error) {
 				if m.err != nil {
 					continue
 				}
-				for _, r := range acc[i].rows(ctx, m, scenario) {
-					run.Rows = append(run.Rows, r)
-				}
+				run.Rows = append(run.Rows, acc[i].rows(ctx, m, scenario)...)
 			}
 			if err := save(); err != nil {
 				return run, err
