@@ -294,8 +294,8 @@ func (m *modeLab) close() {
 // freeze stops (SIGSTOP) or continues every process of the lab: its control
 // plane, kpath-agent and kube-proxy, all of which name the lab's directory
 // on their command lines. The pods are idle between runs and stay as they
-// are. Continuing waits a moment for the processes to catch up with the
-// timers that fired while they were stopped.
+// are. Continuing waits a moment for the processes to run the timers that
+// fell due while they were stopped (nothing else changed meanwhile).
 func (m *modeLab) freeze(stop bool) {
 	if m.stop == nil || stop == (m.frozen != nil) {
 		return
@@ -305,7 +305,7 @@ func (m *modeLab) freeze(stop bool) {
 			_ = syscall.Kill(pid, syscall.SIGCONT)
 		}
 		m.frozen = nil
-		time.Sleep(2 * time.Second)
+		time.Sleep(500 * time.Millisecond)
 		return
 	}
 	m.frozen = processesNaming(m.labDir + "/")
@@ -366,7 +366,7 @@ type scenarioAcc struct {
 }
 
 // measure runs one round of the scenario on the lab: direct to the echo
-// pod, then through the ClusterIP (disjoint client port ranges), with churn
+// pod and through the ClusterIP (disjoint client port ranges), with churn
 // on the simulated services when loaded. The lab is thawed for the round
 // only.
 func (m *modeLab) measure(ctx context.Context, o LatencyOptions, scenario string, round int, acc *scenarioAcc) error {
@@ -391,10 +391,16 @@ func (m *modeLab) measure(ctx context.Context, o LatencyOptions, scenario string
 		wg.Wait()
 		acc.cpu += m.dp.usage().cpuSeconds - cpu0.cpuSeconds
 	}()
-	for _, tg := range []struct{ name, url, ports string }{
+	targets := []struct{ name, url, ports string }{
 		{"direct", "http://" + m.echoIP + ":8080/", "20000 39999"},
 		{"service", "http://" + m.target + "/", "40000 59999"},
-	} {
+	}
+	if round%2 == 1 {
+		// Odd rounds go service first, so neither target always runs
+		// after the other (behind its TIME_WAIT sockets, say).
+		slices.Reverse(targets)
+	}
+	for _, tg := range targets {
 		if m.mode == "none" && tg.name == "service" {
 			continue
 		}

@@ -476,6 +476,28 @@ func latencyNoise(run *LatencyRun) string {
 				sc, lo/1000, hi/1000, 100*(hi/lo-1)))
 		}
 	}
+	// With no services, direct traffic costs every dataplane the same
+	// (nothing to translate): how far the modes' direct totals still spread
+	// there is the noise between modes at one point.
+	if len(run.Points) > 0 && run.Points[0] == 0 {
+		for _, sc := range run.Scenarios {
+			lo, hi := 0.0, 0.0
+			n := 0
+			for _, r := range run.Rows {
+				if r.Services == 0 && r.Scenario == sc && r.Target == "direct" {
+					if lo == 0 || r.TotalMs < lo {
+						lo = r.TotalMs
+					}
+					hi = max(hi, r.TotalMs)
+					n++
+				}
+			}
+			if n > 1 {
+				parts = append(parts, fmt.Sprintf("at S=0 (%s), where direct traffic costs every dataplane the same, the %d modes' direct totals spread %.0f%% (%.2f-%.2f s)",
+					sc, n, 100*(hi/lo-1), lo/1000, hi/1000))
+			}
+		}
+	}
 	if len(parts) == 0 {
 		return ""
 	}

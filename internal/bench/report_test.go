@@ -155,3 +155,27 @@ func TestMergeLatencyRunsReplacesRemeasuredModes(t *testing.T) {
 		t.Error("runs with different rounds merged")
 	}
 }
+
+func TestLatencyNoise(t *testing.T) {
+	run := fakeRun()
+	run.Points = []int{0, 100, 10000}
+	for i, r := range run.Rows {
+		if r.Mode == "kpath" && r.Scenario == "quiet" && r.Services == 0 && r.Target == "direct" {
+			run.Rows[i].TotalMs = 1200
+		}
+	}
+	got := latencyNoise(run)
+	for _, want := range []string{
+		"at S=0 (quiet), where direct traffic costs every dataplane the same, the 4 modes' direct totals spread 20% (1.00-1.20 s)",
+		"at S=0 (loaded), where direct traffic costs every dataplane the same, the 4 modes' direct totals spread 0%",
+		"Modes ran one after another",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("noise report lacks %q:\n%s", want, got)
+		}
+	}
+	run.Interleaved = true
+	if got := latencyNoise(run); !strings.Contains(got, "Modes ran interleaved") {
+		t.Errorf("interleaved run reported as %q", got)
+	}
+}

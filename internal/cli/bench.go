@@ -8,7 +8,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/spf13/cobra"
+	"k8s.io/klog/v2"
 
 	"github.com/kpath/kpath/internal/bench"
 	"github.com/kpath/kpath/internal/testenv"
@@ -132,6 +134,10 @@ each later run's modes replacing the earlier's (a mode re-measured after a fix).
 			}
 			o.Progress = cmd.ErrOrStderr()
 			o.Command = "kpath " + strings.Join(os.Args[1:], " ")
+			// The labs' node runtimes run in this process; their watches
+			// fail while their lab is frozen and resume after. client-go
+			// says so through klog, which would bury the progress lines.
+			klog.SetLogger(logr.Discard())
 			run, runErr = bench.Latency(cmd.Context(), o)
 			if run == nil {
 				return runErr

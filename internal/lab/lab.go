@@ -32,9 +32,9 @@ import (
 )
 
 // Names and addresses the lab uses. Every address lives in namespaces the
-// lab creates; the control plane listens on loopback and is relayed into
-// each node's namespace, so labs with different names run side by side
-// (kpath bench latency runs one per service dataplane).
+// lab creates (the control plane in the vnet's), so labs with different
+// names run side by side with the same addresses (kpath bench latency runs
+// one per service dataplane).
 const (
 	DefaultDir  = "/var/lib/kpath-lab"
 	ClusterCIDR = "10.244.0.0/16"
