@@ -131,6 +131,9 @@ func Latency(ctx context.Context, o LatencyOptions) (*LatencyRun, error) {
 	}
 	for _, mode := range o.Modes {
 		m := &modeLab{mode: mode, progress: o.Progress}
+		if o.OutDir != "" {
+			m.logDir = filepath.Join(o.OutDir, "logs")
+		}
 		labs = append(labs, m)
 		if err := m.start(ctx, o); err != nil {
 			fail(m, err)
@@ -201,22 +204,24 @@ var simLatency = simService{ns: benchNamespace, prefix: "sim", backends: 10}
 
 // modeLab is one mode's lab during an E1 run.
 type modeLab struct {
-	mode     string
-	progress io.Writer
-	labDir   string
-	stop     func() // ends the lab and removes it
-	st       *lab.State
-	c        kubernetes.Interface
-	target   string // the ClusterIP service's address
-	clientNS string
-	echoIP   string
-	cg       *os.File // the node's cgroup, where ab runs (the socket hook applies)
-	dp       dataplaneProbe
-	churn    *churner
-	created  int           // simulated services so far
-	ready    time.Duration // last object created -> dataplane ready, at the current point
-	frozen   []int         // processes stopped by freeze
-	err      error         // the mode stopped
+	mode      string
+	progress  io.Writer
+	logDir    string // where close keeps the node's dataplane logs; "" for none
+	labDir    string
+	stop      func() // ends the lab and removes it
+	stopProcs func() // ends the lab's processes, leaving its files
+	st        *lab.State
+	c         kubernetes.Interface
+	target    string // the ClusterIP service's address
+	clientNS  string
+	echoIP    string
+	cg        *os.File // the node's cgroup, where ab runs (the socket hook applies)
+	dp        dataplaneProbe
+	churn     *churner
+	created   int           // simulated services so far
+	ready     time.Duration // last object created -> dataplane ready, at the current point
+	frozen    []int         // processes stopped by freeze
+	err       error         // the mode stopped
 }
 
 func (m *modeLab) say(f string, a ...any) {
@@ -244,9 +249,10 @@ func (m *modeLab) start(ctx context.Context, o LatencyOptions) error {
 		done <- lab.Supervise(lctx, lab.Options{Name: name, Dir: m.labDir, Nodes: 1, Routing: "native", Services: m.mode,
 			BinDir: o.BinDir, K8sBin: o.K8sBin, Log: func(string, ...any) {}})
 	}()
+	var once sync.Once
+	m.stopProcs = func() { once.Do(func() { cancel(); <-done }) }
 	m.stop = func() {
-		cancel()
-		<-done
+		m.stopProcs()
 		_ = lab.Down(m.labDir, name, func(string, ...any) {})
 		os.RemoveAll(dir)
 	}
@@ -278,16 +284,41 @@ func (m *modeLab) start(ctx context.Context, o LatencyOptions) error {
 	return nil
 }
 
-// close thaws and ends the lab; it is safe to call twice.
+// close thaws and ends the lab, keeping the node's kpath-agent and
+// kube-proxy logs as logs/<mode>-<file> beside the results (a figure that
+// looks wrong can be read against what the dataplane did); it is safe to
+// call twice.
 func (m *modeLab) close() {
 	m.freeze(false)
 	if m.cg != nil {
 		m.cg.Close()
 		m.cg = nil
 	}
-	if m.stop != nil {
-		m.stop()
-		m.stop = nil
+	if m.stop == nil {
+		return
+	}
+	m.stop = m.stopAndKeepLogs()
+	m.stop()
+	m.stop = nil
+}
+
+// stopAndKeepLogs wraps m.stop: the lab's processes end first (their logs
+// are complete), then the logs are copied before the lab is removed.
+func (m *modeLab) stopAndKeepLogs() func() {
+	stop := m.stop
+	if m.logDir == "" || m.st == nil || len(m.st.Nodes) == 0 {
+		return stop
+	}
+	return func() {
+		m.stopProcs()
+		if err := os.MkdirAll(m.logDir, 0o755); err == nil {
+			for _, f := range []string{"agent.log", "kube-proxy.log"} {
+				if b, err := os.ReadFile(filepath.Join(m.labDir, m.st.Nodes[0].Name, f)); err == nil {
+					_ = os.WriteFile(filepath.Join(m.logDir, m.mode+"-"+f), b, 0o644)
+				}
+			}
+		}
+		stop()
 	}
 }
 
