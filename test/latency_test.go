@@ -58,6 +58,12 @@ func TestLatencyBenchSmoke(t *testing.T) {
 			t.Errorf("%s: %v", f, err)
 		}
 	}
+	// The dataplanes' logs are kept beside the results.
+	for _, f := range []string{"kpath-agent.log", "kube-proxy-iptables-kube-proxy.log", "kube-proxy-nftables-kube-proxy.log"} {
+		if st, err := os.Stat(filepath.Join(out, "logs", f)); err != nil || st.Size() == 0 {
+			t.Errorf("logs/%s: %v", f, err)
+		}
+	}
 	if back, err := bench.ReadLatencyRun(filepath.Join(out, "latency.json")); err != nil || len(back.Rows) != len(run.Rows) {
 		t.Errorf("latency.json read back: %v", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"slices"
 	"testing"
+	"time"
 )
 
 func TestABFailure(t *testing.T) {
@@ -23,12 +24,24 @@ func TestABFailure(t *testing.T) {
 
 func TestProcessesNaming(t *testing.T) {
 	mark := t.TempDir() + "/lab/"
-	cmd := exec.Command("sleep", "30", mark+"x")
+	// sh names the mark as its $0 and waits in a builtin, without a child
+	// (sleep would reject the extra argument and exit).
+	cmd := exec.Command("sh", "-c", "read line", mark+"x")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
 	if err := cmd.Start(); err != nil {
-		t.Skipf("no sleep to run: %v", err)
+		t.Skipf("no sh to run: %v", err)
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	if got := processesNaming(mark); !slices.Equal(got, []int{cmd.Process.Pid}) {
+	// Until the child has exec'd, its command line is still the test's.
+	got := processesNaming(mark)
+	for deadline := time.Now().Add(5 * time.Second); len(got) == 0 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		got = processesNaming(mark)
+	}
+	if !slices.Equal(got, []int{cmd.Process.Pid}) {
 		t.Fatalf("processes naming %s: %v, want only %d", mark, got, cmd.Process.Pid)
 	}
 	if got := processesNaming(t.TempDir() + "/other/"); len(got) != 0 {

@@ -40,7 +40,7 @@ type LatencyOptions struct {
 	Rounds    int      // direct/service alternations per point
 	Modes     []string // lab.ServiceModes
 	Scenarios []string // "loaded" (-c 16 with churn), "quiet" (-c 1)
-	OutDir    string   // latency.json, latency.csv, latency.svg, latency.md; rewritten after every point
+	OutDir    string   // latency.json, latency.csv, latency.svg, latency.md, rewritten after every scenario; logs/ at the end
 	BinDir    string   // kpath, kpath-agent, kpath-cni
 	K8sBin    string
 	Command   string // the command line, recorded to reproduce the run
@@ -61,7 +61,13 @@ type LatencyRow struct {
 	ReadyMs        float64 // last object created -> dataplane ready
 	RSSMiB         float64 // dataplane process, after the runs
 	CPUSeconds     float64 // dataplane process, children included, during this scenario's runs
-	ChurnPerSec    float64 // EndpointSlice updates per second achieved during the runs
+	// FullSyncs and FullSyncSeconds are kube-proxy's full resyncs (all
+	// rules rewritten; it forces one an hour) from the point's first object
+	// created to the end of the scenario, and the time they took: a full
+	// resync holds back every change queued behind it.
+	FullSyncs       int     `json:",omitempty"`
+	FullSyncSeconds float64 `json:",omitempty"`
+	ChurnPerSec     float64 // EndpointSlice updates per second achieved during the runs
 	// Failed counts requests that got no proper answer over all rounds
 	// (ab's failed requests and non-2xx responses); Failures is ab's
 	// breakdown of the last round with any.
@@ -219,6 +225,7 @@ type modeLab struct {
 	dp        dataplaneProbe
 	churn     *churner
 	created   int           // simulated services so far
+	syncBase  changeCounts  // the dataplane's counters before the current point's objects
 	ready     time.Duration // last object created -> dataplane ready, at the current point
 	frozen    []int         // processes stopped by freeze
 	err       error         // the mode stopped
@@ -369,6 +376,7 @@ func (m *modeLab) grow(ctx context.Context, s int) error {
 	if err != nil {
 		return fmt.Errorf("dataplane before S=%d: %w", s, err)
 	}
+	m.syncBase = base
 	added := 0
 	if s > m.created {
 		m.say("S=%d: creating services %d..%d (10 simulated remote endpoints each)", s, m.created, s-1)
@@ -459,6 +467,10 @@ func (m *modeLab) measure(ctx context.Context, o LatencyOptions, scenario string
 func (acc *scenarioAcc) rows(ctx context.Context, m *modeLab, scenario string) []LatencyRow {
 	use := m.dp.usage()
 	dropped, dropDetail := dropsSince(acc.drops0, m.dp.drops(ctx))
+	var syncs changeCounts
+	if m.dp.kubeProxy() {
+		syncs, _ = m.dp.changes(ctx)
+	}
 	var rate float64
 	if acc.churnTime > 0 {
 		rate = float64(acc.churned) / acc.churnTime.Seconds()
@@ -472,6 +484,10 @@ func (acc *scenarioAcc) rows(ctx context.Context, m *modeLab, scenario string) [
 		row.Mode, row.Scenario, row.Services, row.Pods, row.Target = m.mode, scenario, m.created, m.created*simLatency.backends, tg
 		row.ReadyMs, row.RSSMiB, row.CPUSeconds = float64(m.ready.Microseconds())/1000, use.rssMiB, acc.cpu
 		row.ChurnPerSec, row.Drops, row.DropReasons = rate, dropped, dropDetail
+		if syncs.fullSyncs > m.syncBase.fullSyncs {
+			row.FullSyncs = int(syncs.fullSyncs - m.syncBase.fullSyncs)
+			row.FullSyncSeconds = syncs.fullSyncSeconds - m.syncBase.fullSyncSeconds
+		}
 		m.say("S=%d %s %s: total %.0f ms, mean %.3f ms, p50 %.2f ms, p99 %.2f ms, dataplane %.0f MiB %.1f CPU s, churn %.1f/s, failed %d %s, drops %d %s",
 			m.created, scenario, tg, row.TotalMs, row.MeanMs, row.P50Ms, row.P99Ms, row.RSSMiB, row.CPUSeconds, rate, row.Failed, row.Failures, row.Drops, row.DropReasons)
 		out = append(out, row)
@@ -653,9 +669,10 @@ func dropsSince(before, after map[string]uint64) (uint64, string) {
 }
 
 // changeCounts are the dataplane's cumulative counts of service and
-// endpoint changes seen (kube-proxy); zero for kpath, whose status gives
-// absolute object counts instead.
-type changeCounts struct{ services, endpoints float64 }
+// endpoint changes seen, and of full resyncs and their seconds
+// (kube-proxy); zero for kpath, whose status gives absolute object counts
+// instead.
+type changeCounts struct{ services, endpoints, fullSyncs, fullSyncSeconds float64 }
 
 func (p dataplaneProbe) kubeProxy() bool { return strings.HasPrefix(p.mode, "kube-proxy") }
 
@@ -673,7 +690,8 @@ func (p dataplaneProbe) changes(ctx context.Context) (changeCounts, error) {
 	if err != nil {
 		return changeCounts{}, err
 	}
-	return changeCounts{m["kubeproxy_sync_proxy_rules_service_changes_total"], m["kubeproxy_sync_proxy_rules_endpoint_changes_total"]}, nil
+	return changeCounts{m["kubeproxy_sync_proxy_rules_service_changes_total"], m["kubeproxy_sync_proxy_rules_endpoint_changes_total"],
+		m["kubeproxy_sync_full_proxy_rules_duration_seconds_count"], m["kubeproxy_sync_full_proxy_rules_duration_seconds_sum"]}, nil
 }
 
 // waitReady waits until the dataplane holds every object created: for
@@ -736,7 +754,7 @@ func kubeProxyMetrics(netns string) (map[string]float64, error) {
 	s.Buffer(make([]byte, 64<<10), 1<<20)
 	for s.Scan() {
 		line := s.Text()
-		if !strings.HasPrefix(line, "kubeproxy_sync_proxy_rules_") {
+		if !strings.HasPrefix(line, "kubeproxy_sync_") || strings.Contains(line, "_bucket{") {
 			continue
 		}
 		f := strings.Fields(line)

@@ -135,12 +135,12 @@ func writeLatencyCSV(path string, rows []LatencyRow) error {
 	defer f.Close()
 	w := csv.NewWriter(f)
 	_ = w.Write([]string{"mode", "scenario", "services", "pods", "target", "total_ms", "mean_ms", "p50_ms", "p99_ms",
-		"ready_ms", "rss_mib", "cpu_s", "churn_per_s", "failed", "failures", "drops", "drop_reasons"})
+		"ready_ms", "rss_mib", "cpu_s", "churn_per_s", "failed", "failures", "drops", "drop_reasons", "full_syncs", "full_sync_s"})
 	ff := func(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
 	for _, r := range rows {
 		_ = w.Write([]string{r.Mode, r.Scenario, strconv.Itoa(r.Services), strconv.Itoa(r.Pods), r.Target,
 			ff(r.TotalMs), ff(r.MeanMs), ff(r.P50Ms), ff(r.P99Ms), ff(r.ReadyMs), ff(r.RSSMiB), ff(r.CPUSeconds), ff(r.ChurnPerSec),
-			strconv.Itoa(r.Failed), r.Failures, strconv.FormatUint(r.Drops, 10), r.DropReasons})
+			strconv.Itoa(r.Failed), r.Failures, strconv.FormatUint(r.Drops, 10), r.DropReasons, strconv.Itoa(r.FullSyncs), ff(r.FullSyncSeconds)})
 	}
 	w.Flush()
 	if err := w.Error(); err != nil {
@@ -436,12 +436,21 @@ func latencyMarkdown(run *LatencyRun, chart, csvName string) string {
 				b.WriteString(" - |")
 				continue
 			}
-			fmt.Fprintf(&b, " %.0f ms, %.0f MiB, %.1f s |", r.ReadyMs, r.RSSMiB, r.CPUSeconds)
+			fmt.Fprintf(&b, " %.0f ms, %.0f MiB, %.1f s%s |", r.ReadyMs, r.RSSMiB, r.CPUSeconds, fullSyncNote(r))
 		}
 		b.WriteString("\n")
 	}
 	b.WriteString("\n")
 	return b.String()
+}
+
+// fullSyncNote names kube-proxy's full resyncs during a point, which
+// explain a ready time far above its neighbours'.
+func fullSyncNote(r LatencyRow) string {
+	if r.FullSyncs == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (%d full resync, %.0f s)", r.FullSyncs, r.FullSyncSeconds)
 }
 
 // latencyNoise says how much the machine itself moved: the spread between

@@ -179,3 +179,19 @@ func TestLatencyNoise(t *testing.T) {
 		t.Errorf("interleaved run reported as %q", got)
 	}
 }
+
+func TestCostTableNamesKubeProxyFullResyncs(t *testing.T) {
+	run := fakeRun()
+	for i, r := range run.Rows {
+		if r.Mode == "kube-proxy-iptables" && r.Services == 10000 {
+			run.Rows[i].ReadyMs, run.Rows[i].FullSyncs, run.Rows[i].FullSyncSeconds = 360000, 1, 352
+		}
+	}
+	md := latencyMarkdown(run, "chart.svg", "rows.csv")
+	if !strings.Contains(md, "360000 ms, 0 MiB, 0.0 s (1 full resync, 352 s)") {
+		t.Errorf("cost table does not name the full resync:\n%s", md)
+	}
+	if strings.Count(md, "full resync") != 1 {
+		t.Errorf("full resync named for rows without one:\n%s", md)
+	}
+}
