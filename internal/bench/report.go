@@ -436,7 +436,11 @@ func latencyMarkdown(run *LatencyRun, chart, csvName string) string {
 				b.WriteString(" - |")
 				continue
 			}
-			fmt.Fprintf(&b, " %.0f ms, %.0f MiB, %.1f s%s |", r.ReadyMs, r.RSSMiB, r.CPUSeconds, fullSyncNote(r))
+			ready := fmt.Sprintf("%.0f ms", r.ReadyMs)
+			if r.ReadyMs < 0 {
+				ready = fmt.Sprintf("not ready after %s", readyWait)
+			}
+			fmt.Fprintf(&b, " %s, %.0f MiB, %.1f s%s |", ready, r.RSSMiB, r.CPUSeconds, fullSyncNote(r))
 		}
 		b.WriteString("\n")
 	}

@@ -180,7 +180,7 @@ func TestLatencyNoise(t *testing.T) {
 	}
 }
 
-func TestCostTableNamesKubeProxyFullResyncs(t *testing.T) {
+func TestCostTableNamesFullResyncsAndNotReady(t *testing.T) {
 	run := fakeRun()
 	for i, r := range run.Rows {
 		if r.Mode == "kube-proxy-iptables" && r.Services == 10000 {
@@ -193,5 +193,13 @@ func TestCostTableNamesKubeProxyFullResyncs(t *testing.T) {
 	}
 	if strings.Count(md, "full resync") != 1 {
 		t.Errorf("full resync named for rows without one:\n%s", md)
+	}
+	for i, r := range run.Rows {
+		if r.Mode == "kube-proxy-nftables" && r.Services == 10000 {
+			run.Rows[i].ReadyMs = -1
+		}
+	}
+	if md := latencyMarkdown(run, "chart.svg", "rows.csv"); !strings.Contains(md, "not ready after 15m0s, 0 MiB") {
+		t.Errorf("cost table does not say the dataplane was not ready:\n%s", md)
 	}
 }
