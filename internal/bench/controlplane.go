@@ -17,9 +17,12 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/kpath/kpath/internal/agent"
 	"github.com/kpath/kpath/internal/datapath"
@@ -218,13 +221,26 @@ func (s simService) load(ctx context.Context, c kubernetes.Interface, from, to i
 	for range 16 {
 		wg.Go(func() {
 			for k := range jobs {
-				svc, err := c.CoreV1().Services(s.ns).Create(ctx, &corev1.Service{
-					ObjectMeta: metav1.ObjectMeta{Name: s.name(k), Namespace: s.ns},
-					Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}}},
-				}, metav1.CreateOptions{})
+				var svc *corev1.Service
+				err := retry.OnError(apiBackoff, transientAPIError, func() (err error) {
+					svc, err = c.CoreV1().Services(s.ns).Create(ctx, &corev1.Service{
+						ObjectMeta: metav1.ObjectMeta{Name: s.name(k), Namespace: s.ns},
+						Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}}},
+					}, metav1.CreateOptions{})
+					if apierrors.IsAlreadyExists(err) { // an earlier try timed out but was written
+						svc, err = c.CoreV1().Services(s.ns).Get(ctx, s.name(k), metav1.GetOptions{})
+					}
+					return err
+				})
 				if err == nil {
 					vips[k-from] = netip.MustParseAddr(svc.Spec.ClusterIP)
-					_, err = c.DiscoveryV1().EndpointSlices(s.ns).Create(ctx, s.slice(k), metav1.CreateOptions{})
+					err = retry.OnError(apiBackoff, transientAPIError, func() error {
+						_, err := c.DiscoveryV1().EndpointSlices(s.ns).Create(ctx, s.slice(k), metav1.CreateOptions{})
+						if apierrors.IsAlreadyExists(err) {
+							return nil
+						}
+						return err
+					})
 				}
 				if err != nil {
 					mu.Lock()
@@ -250,6 +266,19 @@ func (s simService) load(ctx context.Context, c kubernetes.Interface, from, to i
 		firstErr = ctx.Err()
 	}
 	return vips, firstErr
+}
+
+// apiBackoff retries a create the API server could not complete (about 30 s
+// in all): under load at 10k services, one lab's etcd timed out a request
+// and the whole mode was lost with it.
+var apiBackoff = wait.Backoff{Steps: 6, Duration: time.Second, Factor: 2}
+
+// transientAPIError is an error the API server may not give again: a
+// timeout (its own, or etcd's, which it reports as an internal error),
+// throttling or unavailability.
+func transientAPIError(err error) bool {
+	return apierrors.IsServerTimeout(err) || apierrors.IsTimeout(err) || apierrors.IsTooManyRequests(err) ||
+		apierrors.IsInternalError(err) || apierrors.IsServiceUnavailable(err)
 }
 
 // timeChange removes (or restores) service k's last endpoint and returns
