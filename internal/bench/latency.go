@@ -410,6 +410,7 @@ type scenarioAcc struct {
 	samples   map[string][]abResult
 	churned   int
 	churnTime time.Duration
+	syncs     changeCounts // the dataplane's counters after the last round, read while it ran
 }
 
 // measure runs one round of the scenario on the lab: direct to the echo
@@ -437,6 +438,13 @@ func (m *modeLab) measure(ctx context.Context, o LatencyOptions, scenario string
 		close(stop)
 		wg.Wait()
 		acc.cpu += m.dp.usage().cpuSeconds - cpu0.cpuSeconds
+		// Before the lab is frozen again: a stopped kube-proxy does not
+		// answer its metrics.
+		if m.dp.kubeProxy() {
+			if c, err := m.dp.changes(ctx); err == nil {
+				acc.syncs = c
+			}
+		}
 	}()
 	targets := []struct{ name, url, ports string }{
 		{"direct", "http://" + m.echoIP + ":8080/", "20000 39999"},
@@ -475,10 +483,6 @@ func (m *modeLab) measure(ctx context.Context, o LatencyOptions, scenario string
 func (acc *scenarioAcc) rows(ctx context.Context, m *modeLab, scenario string) []LatencyRow {
 	use := m.dp.usage()
 	dropped, dropDetail := dropsSince(acc.drops0, m.dp.drops(ctx))
-	var syncs changeCounts
-	if m.dp.kubeProxy() {
-		syncs, _ = m.dp.changes(ctx)
-	}
 	var rate float64
 	if acc.churnTime > 0 {
 		rate = float64(acc.churned) / acc.churnTime.Seconds()
@@ -495,9 +499,9 @@ func (acc *scenarioAcc) rows(ctx context.Context, m *modeLab, scenario string) [
 			row.ReadyMs = -1
 		}
 		row.ChurnPerSec, row.Drops, row.DropReasons = rate, dropped, dropDetail
-		if syncs.fullSyncs > m.syncBase.fullSyncs {
-			row.FullSyncs = int(syncs.fullSyncs - m.syncBase.fullSyncs)
-			row.FullSyncSeconds = syncs.fullSyncSeconds - m.syncBase.fullSyncSeconds
+		if acc.syncs.fullSyncs > m.syncBase.fullSyncs {
+			row.FullSyncs = int(acc.syncs.fullSyncs - m.syncBase.fullSyncs)
+			row.FullSyncSeconds = acc.syncs.fullSyncSeconds - m.syncBase.fullSyncSeconds
 		}
 		m.say("S=%d %s %s: total %.0f ms, mean %.3f ms, p50 %.2f ms, p99 %.2f ms, dataplane %.0f MiB %.1f CPU s, churn %.1f/s, failed %d %s, drops %d %s",
 			m.created, scenario, tg, row.TotalMs, row.MeanMs, row.P50Ms, row.P99Ms, row.RSSMiB, row.CPUSeconds, rate, row.Failed, row.Failures, row.Drops, row.DropReasons)
