@@ -210,25 +210,24 @@ var simLatency = simService{ns: benchNamespace, prefix: "sim", backends: 10}
 
 // modeLab is one mode's lab during an E1 run.
 type modeLab struct {
-	mode      string
-	progress  io.Writer
-	logDir    string // where close keeps the node's dataplane logs; "" for none
-	labDir    string
-	stop      func() // ends the lab and removes it
-	stopProcs func() // ends the lab's processes, leaving its files
-	st        *lab.State
-	c         kubernetes.Interface
-	target    string // the ClusterIP service's address
-	clientNS  string
-	echoIP    string
-	cg        *os.File // the node's cgroup, where ab runs (the socket hook applies)
-	dp        dataplaneProbe
-	churn     *churner
-	created   int           // simulated services so far
-	syncBase  changeCounts  // the dataplane's counters before the current point's objects
-	ready     time.Duration // last object created -> dataplane ready, at the current point
-	frozen    []int         // processes stopped by freeze
-	err       error         // the mode stopped
+	mode     string
+	progress io.Writer
+	logDir   string // where close keeps the node's dataplane logs; "" for none
+	labDir   string
+	stop     func() // ends the lab, keeps its logs and removes it
+	st       *lab.State
+	c        kubernetes.Interface
+	target   string // the ClusterIP service's address
+	clientNS string
+	echoIP   string
+	cg       *os.File // the node's cgroup, where ab runs (the socket hook applies)
+	dp       dataplaneProbe
+	churn    *churner
+	created  int           // simulated services so far
+	syncBase changeCounts  // the dataplane's counters before the current point's objects
+	ready    time.Duration // last object created -> dataplane ready, at the current point
+	frozen   []int         // processes stopped by freeze
+	err      error         // the mode stopped
 }
 
 func (m *modeLab) say(f string, a ...any) {
@@ -256,10 +255,10 @@ func (m *modeLab) start(ctx context.Context, o LatencyOptions) error {
 		done <- lab.Supervise(lctx, lab.Options{Name: name, Dir: m.labDir, Nodes: 1, Routing: "native", Services: m.mode,
 			BinDir: o.BinDir, K8sBin: o.K8sBin, Log: func(string, ...any) {}})
 	}()
-	var once sync.Once
-	m.stopProcs = func() { once.Do(func() { cancel(); <-done }) }
 	m.stop = func() {
-		m.stopProcs()
+		cancel()
+		<-done
+		m.keepLogs() // the processes have ended: their logs are complete
 		_ = lab.Down(m.labDir, name, func(string, ...any) {})
 		os.RemoveAll(dir)
 	}
@@ -291,41 +290,30 @@ func (m *modeLab) start(ctx context.Context, o LatencyOptions) error {
 	return nil
 }
 
-// close thaws and ends the lab, keeping the node's kpath-agent and
-// kube-proxy logs as logs/<mode>-<file> beside the results (a figure that
-// looks wrong can be read against what the dataplane did); it is safe to
-// call twice.
+// close thaws and ends the lab; it is safe to call twice.
 func (m *modeLab) close() {
 	m.freeze(false)
 	if m.cg != nil {
 		m.cg.Close()
 		m.cg = nil
 	}
-	if m.stop == nil {
-		return
+	if m.stop != nil {
+		m.stop()
+		m.stop = nil
 	}
-	m.stop = m.stopAndKeepLogs()
-	m.stop()
-	m.stop = nil
 }
 
-// stopAndKeepLogs wraps m.stop: the lab's processes end first (their logs
-// are complete), then the logs are copied before the lab is removed.
-func (m *modeLab) stopAndKeepLogs() func() {
-	stop := m.stop
-	if m.logDir == "" || m.st == nil || len(m.st.Nodes) == 0 {
-		return stop
+// keepLogs copies the node's kpath-agent and kube-proxy logs to
+// logDir/<mode>-<file>, so a figure that looks wrong can be read against
+// what the dataplane did after the lab is gone.
+func (m *modeLab) keepLogs() {
+	if m.logDir == "" || m.st == nil || len(m.st.Nodes) == 0 || os.MkdirAll(m.logDir, 0o755) != nil {
+		return
 	}
-	return func() {
-		m.stopProcs()
-		if err := os.MkdirAll(m.logDir, 0o755); err == nil {
-			for _, f := range []string{"agent.log", "kube-proxy.log"} {
-				if b, err := os.ReadFile(filepath.Join(m.labDir, m.st.Nodes[0].Name, f)); err == nil {
-					_ = os.WriteFile(filepath.Join(m.logDir, m.mode+"-"+f), b, 0o644)
-				}
-			}
+	for _, f := range []string{"agent.log", "kube-proxy.log"} {
+		if b, err := os.ReadFile(filepath.Join(m.labDir, m.st.Nodes[0].Name, f)); err == nil {
+			_ = os.WriteFile(filepath.Join(m.logDir, m.mode+"-"+f), b, 0o644)
 		}
-		stop()
 	}
 }
 

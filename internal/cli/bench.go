@@ -80,7 +80,8 @@ each mode in turn while the other labs are frozen (SIGSTOP), so the machine's dr
 falls on all modes alike. Five labs at 10k services need about 8 GiB of memory.
 
 Writes latency.json, latency.csv, latency.svg and latency.md to --out after every
-scenario, and each mode's kpath-agent and kube-proxy logs to --out/logs at the end. --docs also writes the results section of a markdown file (between the
+scenario, and each mode's kpath-agent and kube-proxy logs to --out/logs at the end.
+--docs also writes the results section of a markdown file (between the
 "e1-latency" markers) and the chart next to it. --from re-renders the outputs of an
 earlier run's latency.json without measuring; given several files, it merges them,
 each later run's modes replacing the earlier's (a mode re-measured after a fix).`,
