@@ -24,8 +24,10 @@ func TestLatencyBenchSmoke(t *testing.T) {
 	}
 	out := t.TempDir()
 	modes := []string{"none", "kpath", "kpath-tc", "kube-proxy-iptables", "kube-proxy-nftables"}
+	// 1000 requests: a run must outlast the churner's first 50 ms tick, or
+	// a loaded row (none has only its direct run) shows no churn at all.
 	run, err := bench.Latency(context.Background(), bench.LatencyOptions{
-		Points: []int{0, 20}, Requests: 200, Rounds: 1, Modes: modes, Scenarios: []string{"loaded", "quiet"},
+		Points: []int{0, 20}, Requests: 1000, Rounds: 1, Modes: modes, Scenarios: []string{"loaded", "quiet"},
 		OutDir: out, BinDir: buildLabBinaries(t), K8sBin: k8sBin, Progress: io.Discard,
 	})
 	if err != nil {
