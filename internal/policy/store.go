@@ -1,0 +1,307 @@
+package policy
+
+import (
+	"maps"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"github.com/kpath/kpath/internal/model"
+)
+
+// view is what the evaluator reads; Store implements it under its lock.
+type view interface {
+	Namespace(name string) *model.Namespace
+	Policies(namespace string) []*compiled
+}
+
+type podEntry struct {
+	pod   *model.Pod
+	ident *IdentityInfo // nil for pods without an identity (hostNetwork, terminal)
+}
+
+// Store holds the cluster state policy depends on: every pod, namespace,
+// NetworkPolicy and node address, and the node-local identities of the pods.
+// The informers write it (it implements k8s.PolicySink); the policy
+// reconciler and the evaluator read it. It records what changed since the
+// reconciler last looked, so a label change touches only what it changes.
+type Store struct {
+	mu         sync.RWMutex
+	pods       map[model.PodKey]*podEntry
+	byIP       map[netip.Addr]model.PodKey
+	namespaces map[string]*model.Namespace
+	policies   map[string]map[string]*compiled
+	nodeIPs    map[netip.Addr]string // node address -> node name
+	nodeAddrs  map[string][]netip.Addr
+	ids        *identities
+
+	changes Changes
+	notify  chan struct{}
+}
+
+// Changes is what changed since the last TakeChanges.
+type Changes struct {
+	// IPs whose ipcache identity may have changed.
+	IPs map[netip.Addr]struct{}
+	// Pods whose labels, addresses or existence changed.
+	Pods map[model.PodKey]struct{}
+	// Identities added or removed.
+	Identities bool
+	// Policies or namespace labels changed: which pods a rule selects.
+	Selection bool
+}
+
+func (c *Changes) any() bool {
+	return len(c.IPs) > 0 || len(c.Pods) > 0 || c.Identities || c.Selection
+}
+
+// NewStore returns an empty store.
+func NewStore() *Store {
+	s := &Store{
+		pods:       map[model.PodKey]*podEntry{},
+		byIP:       map[netip.Addr]model.PodKey{},
+		namespaces: map[string]*model.Namespace{},
+		policies:   map[string]map[string]*compiled{},
+		nodeIPs:    map[netip.Addr]string{},
+		nodeAddrs:  map[string][]netip.Addr{},
+		ids:        newIdentities(),
+		notify:     make(chan struct{}, 1),
+	}
+	s.resetChanges()
+	return s
+}
+
+func (s *Store) resetChanges() {
+	s.changes = Changes{IPs: map[netip.Addr]struct{}{}, Pods: map[model.PodKey]struct{}{}}
+}
+
+func (s *Store) signal() {
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+}
+
+// Changed is signalled (coalesced, never blocking) after every change.
+func (s *Store) Changed() <-chan struct{} { return s.notify }
+
+// TakeChanges returns what changed since the last call and forgets it.
+func (s *Store) TakeChanges() Changes {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.changes
+	s.resetChanges()
+	return c
+}
+
+// hasIdentity: pods that hold their own address. hostNetwork pods are their
+// node, terminal pods hold nothing.
+func hasIdentity(p *model.Pod) bool {
+	return !p.HostNetwork && !p.Terminal
+}
+
+// SetPod stores or (p nil) deletes a pod.
+func (s *Store) SetPod(k model.PodKey, p *model.Pod) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.pods[k]
+	if old != nil {
+		for _, ip := range old.pod.IPs {
+			if s.byIP[ip] == k {
+				delete(s.byIP, ip)
+				s.changes.IPs[ip] = struct{}{}
+			}
+		}
+		if old.ident != nil && s.ids.release(old.ident) {
+			s.changes.Identities = true
+		}
+		delete(s.pods, k)
+	}
+	s.changes.Pods[k] = struct{}{}
+	defer s.signal()
+	if p == nil {
+		return
+	}
+	e := &podEntry{pod: p}
+	if hasIdentity(p) {
+		info, added, err := s.ids.acquire(p)
+		if err == nil {
+			e.ident = info
+			s.changes.Identities = s.changes.Identities || added
+		}
+		// Without an identity the pod's IPs stay out of the ipcache: its
+		// traffic is "world", which no selector allows.
+		for _, ip := range p.IPs {
+			s.byIP[ip] = k
+			s.changes.IPs[ip] = struct{}{}
+		}
+	}
+	s.pods[k] = e
+}
+
+// SetNamespace stores or (n nil) deletes a namespace.
+func (s *Store) SetNamespace(name string, n *model.Namespace) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.namespaces[name]
+	if n == nil {
+		delete(s.namespaces, name)
+	} else {
+		s.namespaces[name] = n
+	}
+	if old == nil || n == nil || !maps.Equal(old.Labels, n.Labels) {
+		s.changes.Selection = true
+		s.signal()
+	}
+}
+
+// SetPolicy stores or (p nil) deletes a NetworkPolicy.
+func (s *Store) SetPolicy(k model.PolicyKey, p *model.NetworkPolicy) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.policies[k.Namespace]
+	if p == nil {
+		delete(m, k.Name)
+		if len(m) == 0 {
+			delete(s.policies, k.Namespace)
+		}
+	} else {
+		if m == nil {
+			m = map[string]*compiled{}
+			s.policies[k.Namespace] = m
+		}
+		if p.Key != k {
+			cp := *p
+			cp.Key = k
+			p = &cp
+		}
+		m[k.Name] = compilePolicy(p)
+	}
+	s.changes.Selection = true
+	s.signal()
+}
+
+// SetNode stores or (addrs nil) deletes a node's addresses.
+func (s *Store) SetNode(name string, addrs []netip.Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if slices.Equal(s.nodeAddrs[name], addrs) && (addrs != nil) == (s.nodeAddrs[name] != nil) {
+		return
+	}
+	for _, a := range s.nodeAddrs[name] {
+		if s.nodeIPs[a] == name {
+			delete(s.nodeIPs, a)
+			s.changes.IPs[a] = struct{}{}
+		}
+	}
+	delete(s.nodeAddrs, name)
+	if addrs != nil {
+		s.nodeAddrs[name] = addrs
+		for _, a := range addrs {
+			s.nodeIPs[a] = name
+			s.changes.IPs[a] = struct{}{}
+		}
+	}
+	s.signal()
+}
+
+// Namespace returns a namespace (nil: unknown). Callers hold the lock.
+func (s *Store) Namespace(name string) *model.Namespace { return s.namespaces[name] }
+
+// Policies returns a namespace's policies in name order. Callers hold the lock.
+func (s *Store) Policies(namespace string) []*compiled {
+	m := s.policies[namespace]
+	out := make([]*compiled, 0, len(m))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, m[k])
+	}
+	return out
+}
+
+// peerLocked resolves an address to what policy sees there.
+func (s *Store) peerLocked(ip netip.Addr) Peer {
+	if k, ok := s.byIP[ip]; ok {
+		return Peer{IP: ip, Pod: s.pods[k].pod}
+	}
+	if n, ok := s.nodeIPs[ip]; ok {
+		return Peer{IP: ip, Node: n}
+	}
+	return Peer{IP: ip}
+}
+
+// Peer resolves an address to a pod, a node or neither.
+func (s *Store) Peer(ip netip.Addr) Peer {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.peerLocked(ip)
+}
+
+// Pod returns a pod, or nil.
+func (s *Store) Pod(k model.PodKey) *model.Pod {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if e := s.pods[k]; e != nil {
+		return e.pod
+	}
+	return nil
+}
+
+// Evaluate decides a flow with the reference evaluator.
+func (s *Store) Evaluate(f Flow) Verdict {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return evaluate(s, f)
+}
+
+// EvaluateIPs resolves both addresses, then evaluates.
+func (s *Store) EvaluateIPs(src, dst netip.Addr, proto model.Protocol, port uint16) Verdict {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return evaluate(s, Flow{Src: s.peerLocked(src), Dst: s.peerLocked(dst), Proto: proto, Port: port})
+}
+
+// Identities lists every identity in use, by number.
+func (s *Store) Identities() []IdentityInfo {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]IdentityInfo, 0, len(s.ids.byID))
+	for _, id := range slices.Sorted(maps.Keys(s.ids.byID)) {
+		out = append(out, *s.ids.byID[id])
+	}
+	return out
+}
+
+// Counts reports pods, namespaces, policies and identities held.
+func (s *Store) Counts() (pods, namespaces, policies, identities int) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, m := range s.policies {
+		policies += len(m)
+	}
+	return len(s.pods), len(s.namespaces), policies, len(s.ids.byID)
+}
+
+// IdentityOf is the identity the datapath's ipcache gives ip on node
+// localNode: a pod's identity, host for localNode's own addresses,
+// remote-node for other nodes', world for anything else.
+func (s *Store) IdentityOf(ip netip.Addr, localNode string) Identity {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.identityOfLocked(ip, localNode)
+}
+
+func (s *Store) identityOfLocked(ip netip.Addr, localNode string) Identity {
+	if k, ok := s.byIP[ip]; ok {
+		if e := s.pods[k]; e.ident != nil {
+			return e.ident.ID
+		}
+		return IdentityWorld
+	}
+	if n, ok := s.nodeIPs[ip]; ok {
+		if n == localNode {
+			return IdentityHost
+		}
+		return IdentityRemoteNode
+	}
+	return IdentityWorld
+}
