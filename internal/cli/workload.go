@@ -23,7 +23,12 @@ func newWorkloadCommand() *cobra.Command {
 	echo := &cobra.Command{
 		Use:   "echo",
 		Short: "Serve HTTP and UDP, answering every request with --name",
-		Args:  cobra.NoArgs,
+		Long: `Serve HTTP and UDP, answering every request with --name: an HTTP
+response body, or a UDP datagram back to every datagram.
+
+--http and --udp take a listen address each and may be repeated or hold a
+comma-separated list, e.g. --http :8080,:80,:81 --udp :8080 --udp :80.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
@@ -35,22 +40,34 @@ func newWorkloadCommand() *cobra.Command {
 		},
 	}
 	echo.Flags().StringVar(&cfg.Name, "name", "echo", "the answer")
-	echo.Flags().StringVar(&cfg.HTTPAddr, "http", ":8080", `HTTP listen address ("" for none)`)
-	echo.Flags().StringVar(&cfg.UDPAddr, "udp", ":5353", `UDP listen address ("" for none)`)
+	echo.Flags().StringSliceVar(&cfg.HTTPAddrs, "http", []string{":8080"}, `HTTP listen addresses, repeated or comma-separated ("" for none)`)
+	echo.Flags().StringSliceVar(&cfg.UDPAddrs, "udp", []string{":5353"}, `UDP listen addresses, repeated or comma-separated ("" for none)`)
 
 	var (
-		n       int
-		timeout time.Duration
+		n     int
+		popts workload.ProbeOptions
 	)
 	probe := &cobra.Command{
-		Use:   "probe URL",
-		Short: "Send GET requests, each on a new connection, and report who answered and how fast",
-		Args:  cobra.ExactArgs(1),
+		Use:   "probe http://HOST[:PORT][/PATH] | tcp://HOST:PORT | udp://HOST:PORT",
+		Short: "Send requests, each on a new connection or socket, and report who answered and how fast",
+		Long: `Send requests, each on a new connection or socket, and report who answered
+and how fast.
+
+http:// and tcp:// (the same) send HTTP GET requests, each on a new TCP
+connection; the answer is the response body. udp:// sends datagrams, each
+from a new socket (a new source port, so a flow of its own), and waits up
+to --timeout for a reply datagram: the answer is its content. The socket is
+connected unless --udp-unconnected, which sends with sendto from an
+unconnected socket and counts a reply from any other address as a failure.`,
+		Args: cobra.ExactArgs(1),
 	}
 	out := outputFlag(probe)
 	probe.RunE = func(cmd *cobra.Command, args []string) error {
-		r := workload.ProbeHTTP(context.Background(), args[0], n, timeout)
-		err := render(cmd.OutOrStdout(), *out, r, func(tw *tabwriter.Writer) {
+		r, err := workload.Probe(context.Background(), args[0], n, popts)
+		if err != nil {
+			return err
+		}
+		err = render(cmd.OutOrStdout(), *out, r, func(tw *tabwriter.Writer) {
 			names := make([]string, 0, len(r.Backends))
 			for b := range r.Backends {
 				names = append(names, b)
@@ -72,7 +89,8 @@ func newWorkloadCommand() *cobra.Command {
 		return nil
 	}
 	probe.Flags().IntVarP(&n, "requests", "n", 100, "number of requests")
-	probe.Flags().DurationVar(&timeout, "timeout", 3*time.Second, "timeout per request")
+	probe.Flags().DurationVar(&popts.Timeout, "timeout", 3*time.Second, "timeout per request")
+	probe.Flags().BoolVar(&popts.UDPUnconnected, "udp-unconnected", false, "udp://: send from an unconnected socket (sendto) instead of a connected one")
 	idle := &cobra.Command{
 		Use:   "idle",
 		Short: "Do nothing until stopped (a pod to run commands in)",

@@ -37,9 +37,10 @@ import (
 // API server. Deleting a pod stops its workload, calls CNI DEL and removes
 // the namespace.
 //
-// Workloads by image: an image whose name contains "echo" runs an HTTP
-// echo server (`kpath workload echo`) on the first container port (8080
-// if none) answering with the pod's name; any other image runs an idle
+// Workloads by image: an image whose name contains "echo", "agnhost" or
+// "netpol" runs the echo server (`kpath workload echo`), HTTP and UDP, on
+// the first container port (8080 if none) and on 80 and 81, answering with
+// the pod's name; any other image runs an idle
 // process, and `kpath lab exec` runs commands in the pod.
 type Runtime struct {
 	Client kubernetes.Interface
@@ -167,12 +168,23 @@ func (r *Runtime) start(ctx context.Context, p *corev1.Pod) error {
 	st.ip, _ = netip.AddrFromSlice(res.IPs[0].Address.IP.To4())
 
 	args := []string{"netns", "exec", ns, r.KpathBin, "workload"}
-	if c := p.Spec.Containers; len(c) > 0 && strings.Contains(c[0].Image, "echo") {
-		port := 8080
-		if len(c[0].Ports) > 0 {
-			port = int(c[0].Ports[0].ContainerPort)
+	// Echo images, and the upstream e2e suites' (agnhost, netpol), run the
+	// echo server on the first container port (8080 if none) and, as the
+	// e2e network policy suite's pods do, on 80 and 81: TCP and UDP each.
+	if c := p.Spec.Containers; len(c) > 0 && (strings.Contains(c[0].Image, "echo") ||
+		strings.Contains(c[0].Image, "agnhost") || strings.Contains(c[0].Image, "netpol")) {
+		first := 8080
+		if len(c[0].Ports) > 0 && c[0].Ports[0].ContainerPort > 0 {
+			first = int(c[0].Ports[0].ContainerPort)
 		}
-		args = append(args, "echo", "--name", p.Name, "--http", ":"+strconv.Itoa(port), "--udp", ":"+strconv.Itoa(port))
+		listen := []string{":" + strconv.Itoa(first)}
+		for _, port := range []int{80, 81} {
+			if port != first {
+				listen = append(listen, ":"+strconv.Itoa(port))
+			}
+		}
+		ports := strings.Join(listen, ",")
+		args = append(args, "echo", "--name", p.Name, "--http", ports, "--udp", ports)
 	} else {
 		args = append(args, "idle")
 	}

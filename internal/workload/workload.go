@@ -1,7 +1,7 @@
 // Package workload holds the small programs kpath runs inside pods of its
-// demo and lab: an echo server that answers with its name over HTTP, UDP
-// and TCP, and a probe that sends requests and reports which backends
-// answered and how fast.
+// demo and lab: an echo server that answers with its name over HTTP and
+// UDP on any number of ports, and a probe that sends requests over HTTP
+// (TCP) or UDP and reports which backends answered and how fast.
 package workload
 
 import (
@@ -12,7 +12,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -20,60 +23,146 @@ import (
 // EchoConfig says where the echo server listens and what it answers.
 type EchoConfig struct {
 	Name     string // the answer; e.g. the pod's name or address
-	HTTPAddr string // e.g. ":8080"; empty: no HTTP
-	UDPAddr  string // e.g. ":5353"; empty: no UDP
+	HTTPAddr string // e.g. ":8080"; empty: none (besides HTTPAddrs)
+	UDPAddr  string // e.g. ":5353"; empty: none (besides UDPAddrs)
+	// HTTPAddrs and UDPAddrs are more addresses to serve, e.g. ":80",
+	// ":81". The server listens on HTTPAddr and every HTTPAddrs (likewise
+	// for UDP); an address given twice is served once, except that every
+	// one with port 0 gets a port of its own.
+	HTTPAddrs []string
+	UDPAddrs  []string
 }
 
-// RunEcho serves until ctx ends. HTTP answers every request with Name;
-// UDP answers every datagram with Name.
-func RunEcho(ctx context.Context, cfg EchoConfig, ready func()) error {
-	var wg sync.WaitGroup
-	errc := make(chan error, 2)
-	if cfg.HTTPAddr != "" {
-		ln, err := net.Listen("tcp", cfg.HTTPAddr)
+// addrs is single (if set) then more, without empty strings or repeats
+// (but every address with port 0 asks for a port of its own).
+func addrs(single string, more []string) []string {
+	var out []string
+	for _, a := range append([]string{single}, more...) {
+		a = strings.TrimSpace(a)
+		if a == "" {
+			continue
+		}
+		if _, port, err := net.SplitHostPort(a); (err == nil && port == "0") || !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// Echo is a running echo server (see StartEcho).
+type Echo struct {
+	// HTTP and UDP are the addresses the server is bound to, in the order
+	// of the configuration (with ports chosen by the kernel where the
+	// configuration said 0).
+	HTTP []net.Addr
+	UDP  []net.Addr
+
+	wg     sync.WaitGroup
+	ctx    context.Context
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	err    error
+}
+
+func (e *Echo) fail(err error) {
+	e.mu.Lock()
+	if e.err == nil {
+		e.err = err
+	}
+	e.mu.Unlock()
+	e.cancel()
+}
+
+// StartEcho binds every address of cfg and serves in the background until
+// ctx ends or a server fails. HTTP answers every request with cfg.Name;
+// UDP answers every datagram with a datagram holding cfg.Name. If an
+// address cannot be bound, StartEcho closes what it bound and fails.
+func StartEcho(ctx context.Context, cfg EchoConfig) (*Echo, error) {
+	e := &Echo{}
+	e.ctx, e.cancel = context.WithCancel(ctx)
+	var closers []io.Closer
+	bail := func(err error) (*Echo, error) {
+		e.cancel()
+		for _, c := range closers {
+			_ = c.Close()
+		}
+		return nil, err
+	}
+	var lns []net.Listener
+	for _, a := range addrs(cfg.HTTPAddr, cfg.HTTPAddrs) {
+		ln, err := net.Listen("tcp", a)
 		if err != nil {
-			return fmt.Errorf("echo http: %w", err)
+			return bail(fmt.Errorf("echo http: %w", err))
 		}
-		srv := &http.Server{
-			Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-				_, _ = io.WriteString(w, cfg.Name)
-			}),
-			ReadHeaderTimeout: 5 * time.Second,
+		closers = append(closers, ln)
+		lns = append(lns, ln)
+		e.HTTP = append(e.HTTP, ln.Addr())
+	}
+	var pcs []net.PacketConn
+	for _, a := range addrs(cfg.UDPAddr, cfg.UDPAddrs) {
+		pc, err := net.ListenPacket("udp", a)
+		if err != nil {
+			return bail(fmt.Errorf("echo udp: %w", err))
 		}
-		wg.Go(func() {
+		closers = append(closers, pc)
+		pcs = append(pcs, pc)
+		e.UDP = append(e.UDP, pc.LocalAddr())
+	}
+	answer := []byte(cfg.Name)
+	handler := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write(answer)
+	})
+	for _, ln := range lns {
+		srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
+		e.wg.Go(func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				errc <- err
+				e.fail(fmt.Errorf("echo http %s: %w", ln.Addr(), err))
 			}
 		})
-		go func() { <-ctx.Done(); _ = srv.Close() }()
+		e.wg.Go(func() { <-e.ctx.Done(); _ = srv.Close() })
 	}
-	if cfg.UDPAddr != "" {
-		pc, err := net.ListenPacket("udp", cfg.UDPAddr)
-		if err != nil {
-			return fmt.Errorf("echo udp: %w", err)
-		}
-		go func() { <-ctx.Done(); _ = pc.Close() }()
-		wg.Go(func() {
+	for _, pc := range pcs {
+		e.wg.Go(func() { <-e.ctx.Done(); _ = pc.Close() })
+		e.wg.Go(func() {
 			buf := make([]byte, 65536)
 			for {
 				_, from, err := pc.ReadFrom(buf)
 				if err != nil {
+					if e.ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
+						e.fail(fmt.Errorf("echo udp %s: %w", pc.LocalAddr(), err))
+					}
 					return
 				}
-				_, _ = pc.WriteTo([]byte(cfg.Name), from)
+				_, _ = pc.WriteTo(answer, from)
 			}
 		})
+	}
+	return e, nil
+}
+
+// Wait waits until every server has stopped and returns the first server
+// failure, or else the reason ctx ended.
+func (e *Echo) Wait() error {
+	e.wg.Wait()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.err != nil {
+		return e.err
+	}
+	return e.ctx.Err()
+}
+
+// RunEcho serves until ctx ends (see StartEcho), calling ready once every
+// address is bound.
+func RunEcho(ctx context.Context, cfg EchoConfig, ready func()) error {
+	e, err := StartEcho(ctx, cfg)
+	if err != nil {
+		return err
 	}
 	if ready != nil {
 		ready()
 	}
-	wg.Wait()
-	select {
-	case err := <-errc:
-		return err
-	default:
-		return ctx.Err()
-	}
+	return e.Wait()
 }
 
 // ProbeResult summarises a probe run.
@@ -86,6 +175,62 @@ type ProbeResult struct {
 	P99      time.Duration  `json:"p99_ns"`
 	Total    time.Duration  `json:"total_ns"`
 	LastErr  string         `json:"last_error,omitempty"`
+}
+
+// ProbeOptions tune Probe.
+type ProbeOptions struct {
+	Timeout time.Duration // per request; 0: 3s
+	// UDPUnconnected sends udp:// requests with WriteTo from an
+	// unconnected socket (as many DNS resolvers do) instead of from a
+	// connected one; a reply must then come from the target address.
+	UDPUnconnected bool
+}
+
+// Probe sends n requests to target, each on a new connection (TCP) or a
+// new socket (UDP, so a new flow each), and reports who answered:
+//
+//	http://HOST[:PORT][/PATH]  an HTTP GET (ProbeHTTP)
+//	tcp://HOST:PORT[/PATH]     the same: a TCP connect and an HTTP GET
+//	udp://HOST:PORT            a datagram, answered by one (ProbeUDP)
+//
+// The error is for a target Probe does not understand; failed requests
+// are counted in the result.
+func Probe(ctx context.Context, target string, n int, opts ProbeOptions) (ProbeResult, error) {
+	if opts.Timeout <= 0 {
+		opts.Timeout = 3 * time.Second
+	}
+	u, err := url.Parse(target)
+	if err != nil {
+		return ProbeResult{}, fmt.Errorf("probe target %q: %w", target, err)
+	}
+	switch u.Scheme {
+	case "http":
+		return ProbeHTTP(ctx, target, n, opts.Timeout), nil
+	case "tcp":
+		if _, _, err := net.SplitHostPort(u.Host); err != nil {
+			return ProbeResult{}, fmt.Errorf("probe target %q: want tcp://HOST:PORT: %w", target, err)
+		}
+		h := *u
+		h.Scheme = "http"
+		if h.Path == "" {
+			h.Path = "/"
+		}
+		r := ProbeHTTP(ctx, h.String(), n, opts.Timeout)
+		r.URL = target
+		return r, nil
+	case "udp":
+		if _, _, err := net.SplitHostPort(u.Host); err != nil {
+			return ProbeResult{}, fmt.Errorf("probe target %q: want udp://HOST:PORT: %w", target, err)
+		}
+		if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+			return ProbeResult{}, fmt.Errorf("probe target %q: want udp://HOST:PORT", target)
+		}
+		r := ProbeUDP(ctx, u.Host, n, opts.Timeout, opts.UDPUnconnected)
+		r.URL = target
+		return r, nil
+	default:
+		return ProbeResult{}, fmt.Errorf("probe target %q: want http://, tcp:// or udp://", target)
+	}
 }
 
 // ProbeHTTP sends n GET requests to url, each on a new connection.
@@ -114,10 +259,104 @@ func ProbeHTTP(ctx context.Context, url string, n int, timeout time.Duration) Pr
 		r.Backends[string(body)]++
 	}
 	r.Total = time.Since(start)
+	r.percentiles(lat)
+	return r
+}
+
+// ProbeUDP sends n datagrams to addr (HOST:PORT), each from a new socket
+// (a new source port, so a flow of its own), and waits up to timeout for
+// each reply: its content is the answering backend. With unconnected, the
+// socket stays unconnected and sends with WriteTo, and a reply from any
+// address but addr's counts as a failure; otherwise the socket is
+// connected to addr (so the kernel drops replies from other addresses,
+// and an ICMP port unreachable fails the request at once).
+func ProbeUDP(ctx context.Context, addr string, n int, timeout time.Duration, unconnected bool) ProbeResult {
+	r := ProbeResult{URL: "udp://" + addr, Requests: n, Backends: map[string]int{}}
+	lat := make([]time.Duration, 0, n)
+	start := time.Now()
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		r.Failures, r.LastErr = n, err.Error()
+		r.Total = time.Since(start)
+		return r
+	}
+	network := "udp6"
+	if ua.IP.To4() != nil {
+		network = "udp4"
+	}
+	buf := make([]byte, 65536)
+	for i := range n {
+		t0 := time.Now()
+		answer, err := udpRequest(ctx, network, ua, buf, []byte(fmt.Sprintf("kpath probe %d", i)), timeout, unconnected)
+		if err != nil {
+			r.Failures++
+			r.LastErr = err.Error()
+			continue
+		}
+		lat = append(lat, time.Since(t0))
+		r.Backends[answer]++
+	}
+	r.Total = time.Since(start)
+	r.percentiles(lat)
+	return r
+}
+
+// udpRequest sends one datagram from a new socket and reads the reply.
+func udpRequest(ctx context.Context, network string, to *net.UDPAddr, buf, msg []byte, timeout time.Duration, unconnected bool) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	var (
+		sock *net.UDPConn
+		err  error
+	)
+	if unconnected {
+		sock, err = net.ListenUDP(network, nil)
+	} else {
+		sock, err = net.DialUDP(network, nil, to)
+	}
+	if err != nil {
+		return "", err
+	}
+	defer sock.Close()
+	deadline := time.Now().Add(timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = sock.SetDeadline(deadline)
+	// A cancelled ctx ends the wait at once.
+	defer context.AfterFunc(ctx, func() { _ = sock.SetDeadline(time.Now()) })()
+	if !unconnected {
+		if _, err := sock.Write(msg); err != nil {
+			return "", err
+		}
+		m, err := sock.Read(buf)
+		if err != nil {
+			return "", err
+		}
+		return string(buf[:m]), nil
+	}
+	if _, err := sock.WriteToUDP(msg, to); err != nil {
+		return "", err
+	}
+	m, from, err := sock.ReadFromUDP(buf)
+	if err != nil {
+		return "", err
+	}
+	if got, want := unmapped(from.AddrPort()), unmapped(to.AddrPort()); got != want {
+		return "", fmt.Errorf("reply %q from %s, not from %s", buf[:m], got, want)
+	}
+	return string(buf[:m]), nil
+}
+
+func unmapped(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+func (r *ProbeResult) percentiles(lat []time.Duration) {
 	if len(lat) > 0 {
 		slices.Sort(lat)
 		r.P50 = lat[len(lat)/2]
 		r.P99 = lat[min(len(lat)-1, len(lat)*99/100)]
 	}
-	return r
 }
