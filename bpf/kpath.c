@@ -14,5 +14,9 @@ const enum lb_flags *kp_unused_lb_flags __attribute__((unused));
 const enum lb_scope *kp_unused_lb_scope __attribute__((unused));
 const enum ct_state *kp_unused_ct_state __attribute__((unused));
 const enum ct_key_flags *kp_unused_ct_key_flags __attribute__((unused));
+const enum ct_pol *kp_unused_ct_pol __attribute__((unused));
+const enum pol_dir *kp_unused_pol_dir __attribute__((unused));
+const enum ep_flags *kp_unused_ep_flags __attribute__((unused));
+const enum kp_identity *kp_unused_kp_identity __attribute__((unused));
 
 char __license[] SEC("license") = "Dual BSD/GPL";

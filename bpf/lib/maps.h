@@ -113,3 +113,53 @@ struct {
 	__uint(max_entries, KP_REASON_MAX * KP_DIR_MAX);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } kp_metrics SEC(".maps");
+
+/* ipcache: every pod address of the cluster and every node address ->
+ * identity (node-local numbers). A miss is KP_ID_WORLD. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __be32);
+	__type(value, struct ipcache_entry);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} kp_ipcache SEC(".maps");
+
+/* Local endpoints: pod address -> policy set and isolation. A pod of this
+ * node that is not here is not under policy (kpath did not create it). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __be32);
+	__type(value, struct endpoint);
+	__uint(max_entries, 16384);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} kp_endpoint SEC(".maps");
+
+/* Policy allow entries of every policy set (struct policy_key). Allocated
+ * on demand (an LPM trie is never preallocated). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct policy_key);
+	__type(value, struct policy_entry);
+	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} kp_policy SEC(".maps");
+
+/* ipBlock prefixes of every policy set -> rule group (struct policy_cidr_key). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct policy_cidr_key);
+	__type(value, struct policy_cidr);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} kp_policy_cidr SEC(".maps");
+
+/* Global policy state: the revision (one entry). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct policy_state);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} kp_policy_state SEC(".maps");

@@ -13,6 +13,8 @@
 #include <linux/pkt_cls.h>
 #include "common.h"
 
+#define ICMP_ECHOREPLY 0
+#define ICMP_ECHO 8
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 #define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
@@ -35,15 +37,21 @@ struct pkt {
 	__u8 tcp_flags;
 	__u8 has_l4;  /* the L4 header is in this packet (not a later fragment) */
 	__u8 is_frag; /* MF set or a non-zero fragment offset */
+	__u8 portless; /* a protocol without ports (not TCP, UDP or SCTP) */
+	__u8 frag_ports; /* a later fragment whose ports kp_frag recorded */
+	__u8 echo_reply; /* an ICMP echo reply */
+	__u8 pad;
 	__u32 l4off;
 };
 
 enum {
-	PARSE_OK = 0,   /* IPv4 TCP/UDP: a candidate for translation */
-	PARSE_PASS = 1, /* anything else: not ours to touch */
+	PARSE_OK = 0,   /* IPv4: TCP, UDP and SCTP with ports, others portless */
+	PARSE_PASS = 1, /* anything else (not IPv4): not ours to touch */
 };
 
-/* Fills p from skb. Returns PARSE_OK, PARSE_PASS, or a negative drop reason. */
+/* Fills p from skb. Returns PARSE_OK, PARSE_PASS, or a negative drop reason.
+ * Only TCP and UDP are candidates for service translation; SCTP and the
+ * portless protocols matter to policy alone. */
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 {
 	void *data = (void *)(long)skb->data;
@@ -69,8 +77,6 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	ip = data + ETH_HLEN;
 	if (ip->version != 4 || ip->ihl < 5)
 		return -KP_DROP_MALFORMED;
-	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
-		return PARSE_PASS;
 
 	p->saddr = ip->saddr;
 	p->daddr = ip->daddr;
@@ -79,6 +85,26 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	p->l4off = ETH_HLEN + ip->ihl * 4;
 	frag = bpf_ntohs(ip->frag_off);
 	p->is_frag = (frag & (IP_MF | IP_OFFSET)) != 0;
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP &&
+	    ip->protocol != IPPROTO_SCTP) {
+		/* No ports (ICMP and the rest): only policy looks at these. An
+		 * ICMP echo's identifier stands in for both ports, so that
+		 * conntrack tells pings apart and knows a reply (a request the
+		 * other way is a connection of its own). */
+		p->portless = 1;
+		if (ip->protocol == IPPROTO_ICMP && !(frag & IP_OFFSET)) {
+			__u8 icmp[6];
+
+			if (bpf_skb_load_bytes(skb, p->l4off, icmp, sizeof(icmp)))
+				return -KP_DROP_MALFORMED;
+			if (icmp[0] == ICMP_ECHO || icmp[0] == ICMP_ECHOREPLY) {
+				__builtin_memcpy(&p->sport, &icmp[4], 2);
+				p->dport = p->sport;
+				p->echo_reply = icmp[0] == ICMP_ECHOREPLY;
+			}
+		}
+		return PARSE_OK;
+	}
 	if (frag & IP_OFFSET)
 		return PARSE_OK; /* later fragment: ports come from kp_frag */
 	p->has_l4 = 1;
@@ -122,6 +148,7 @@ static __always_inline bool frag_lookup(struct pkt *p)
 		return false;
 	p->sport = fp->sport;
 	p->dport = fp->dport;
+	p->frag_ports = 1;
 	return true;
 }
 

@@ -29,7 +29,8 @@ enum kp_reason {
 	KP_DROP_FRAG_NO_FIRST = 5, /* later fragment of a translated datagram whose connection state is gone */
 	KP_DROP_CT_CREATE = 6,   /* connection tracking entry could not be written */
 	KP_DROP_REWRITE = 7,     /* header rewrite or checksum update failed */
-	KP_REASON_MAX = 8,
+	KP_DROP_POLICY = 8,      /* denied by NetworkPolicy (egress on FROM_POD, ingress on TO_POD) */
+	KP_REASON_MAX = 9,
 };
 
 /* lb_frontend.flags */
@@ -137,6 +138,19 @@ struct ct_entry {
 	__u8 state;         /* enum ct_state */
 	__u8 tcp_flags;     /* union of TCP flags seen, both directions */
 	__u32 created;      /* monotonic seconds */
+	/* Policy verdicts cached for the connection, each with the policy
+	 * revision that made it (0: not evaluated): the source's egress and the
+	 * destination's ingress, which may be decided on different nodes. */
+	__u32 egress_rev;
+	__u32 ingress_rev;
+	__u8 pol;           /* enum ct_pol */
+	__u8 pad[3];
+};
+
+/* ct_entry.pol: the cached verdicts. */
+enum ct_pol {
+	CT_POL_EGRESS_DENY = 1 << 0,
+	CT_POL_INGRESS_DENY = 1 << 1,
 };
 
 /* Socket-level reverse translation: (socket, backend) -> frontend. */
@@ -174,4 +188,83 @@ struct frag_ports {
 struct kp_counter {
 	__u64 packets;
 	__u64 bytes;
+};
+
+/* Policy directions: the local endpoint's egress (what it sends) or
+ * ingress (what it receives). */
+enum pol_dir {
+	POL_EGRESS = 0,
+	POL_INGRESS = 1,
+};
+
+/* kp_endpoint.flags */
+enum ep_flags {
+	EP_F_INGRESS_ISOLATED = 1 << 0, /* a policy selects it for ingress */
+	EP_F_EGRESS_ISOLATED = 1 << 1,  /* a policy selects it for egress */
+};
+
+/* Reserved identities (internal/policy has the same numbers). */
+enum kp_identity {
+	KP_ID_HOST = 1,        /* this node's own addresses */
+	KP_ID_WORLD = 2,       /* any address not in the ipcache */
+	KP_ID_REMOTE_NODE = 3, /* another node's addresses */
+};
+
+/* A local endpoint (a pod on this node), keyed by its address. */
+struct endpoint {
+	__u32 set;      /* policy set whose entries apply */
+	__u32 identity; /* the pod's own identity */
+	__u8 flags;     /* enum ep_flags */
+	__u8 pad[3];
+};
+
+/* ipcache value: the identity of an address of the cluster. */
+struct ipcache_entry {
+	__u32 identity;
+	__u32 pad;
+};
+
+/* Key of kp_policy, a longest-prefix-match trie: set, peer and direction
+ * are always matched whole (prefixlen >= 72); then the protocol (80) and
+ * the leading bits of the destination port (up to 96). A rule for every
+ * protocol is a 72-bit prefix, every port of one protocol an 80-bit one, a
+ * port range a few aligned blocks. dport is in network byte order, so its
+ * leading bits are its most significant ones, as the trie reads them. */
+struct policy_key {
+	__u32 prefixlen;
+	__u32 set;
+	__u32 peer;     /* identity, or POL_CIDR_GROUP | group of the set */
+	__u8 dir;       /* enum pol_dir */
+	__u8 proto;
+	__be16 dport;
+};
+
+/* An allow entry: which rule of the set allowed (index + 1), for traces
+ * and flows. */
+struct policy_entry {
+	__u32 rule;
+};
+
+/* Key of kp_policy_cidr: a set's ipBlock prefixes for a direction; set and
+ * direction always whole (prefixlen >= 64), then the address. */
+struct policy_cidr_key {
+	__u32 prefixlen;
+	__u32 set;
+	__u8 dir;
+	__u8 pad[3];
+	__be32 addr;
+};
+
+/* The group of rules that applies where a prefix is the longest match (0:
+ * none, the address is excepted). */
+struct policy_cidr {
+	__u32 group;
+};
+
+/* Global policy state, one entry. */
+struct policy_state {
+	/* Bumped by the agent after every change it writes: a connection whose
+	 * cached verdict has another revision is evaluated again. Never 0. */
+	__u32 revision;
+	__u32 pad;
 };

@@ -20,15 +20,9 @@ static __always_inline int drop(struct __sk_buff *skb, __u32 reason, __u32 dir)
 	return TC_ACT_SHOT;
 }
 
-static __always_inline int xlate_done(struct __sk_buff *skb, const struct pkt *p,
-				      __u32 reason, __u32 dir)
-{
-	frag_store(p);
-	count(reason, dir, skb->len);
-	return TC_ACT_OK;
-}
-
 #define XLATE_CONTINUE (-128)
+#define XLATE_PASS (-129) /* not service traffic */
+#define XLATE_DONE (-130) /* translated */
 
 /* Parses skb for translation. Returns XLATE_CONTINUE, or the verdict for a
  * packet that is not a candidate (counted as passed or dropped). */
@@ -40,26 +34,44 @@ static __always_inline int xlate_parse(struct __sk_buff *skb, struct pkt *p, __u
 		return pass(skb, dir);
 	if (r < 0)
 		return drop(skb, -r, dir);
-	if (!p->has_l4 && !frag_lookup(p))
+	if (p->portless || (!p->has_l4 && !frag_lookup(p)))
 		return pass(skb, dir);
 	return XLATE_CONTINUE;
 }
 
-/* Translates traffic to a frontend of the given scope into traffic to one
- * of its backends, through connection tracking. */
-static __always_inline int lb4_forward(struct __sk_buff *skb, const __u32 dir, const __u8 scope)
+/* Parses skb for a pod's programs: like xlate_parse, but portless packets
+ * and later fragments without a record continue too, for policy to see. */
+static __always_inline int pod_parse(struct __sk_buff *skb, struct pkt *p, __u32 dir)
 {
-	struct pkt p = {};
-	int r = xlate_parse(skb, &p, dir);
+	int r = parse(skb, p);
 
-	if (r != XLATE_CONTINUE)
-		return r;
+	if (r == PARSE_PASS)
+		return pass(skb, dir);
+	if (r < 0)
+		return drop(skb, -r, dir);
+	if (!p->portless && !p->has_l4)
+		frag_lookup(p);
+	return XLATE_CONTINUE;
+}
+
+/* Translates traffic to a frontend of the given scope into traffic to one
+ * of its backends, through connection tracking. Returns XLATE_PASS for
+ * traffic that is not to a frontend, XLATE_DONE after translating (pp then
+ * holds the backend as destination, as the packet does), or a verdict
+ * (a drop, counted). */
+static __always_inline int lb4_xlate(struct __sk_buff *skb, struct pkt *pp, const __u32 dir,
+				     const __u8 scope)
+{
+	struct pkt p = *pp;
+
+	if (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP)
+		return XLATE_PASS;
 
 	struct lb_frontend_key fk = { .addr = p.daddr, .port = p.dport, .proto = p.proto, .scope = scope };
 	struct lb_frontend *fe = bpf_map_lookup_elem(&kp_lb_frontend, &fk);
 
 	if (!fe)
-		return pass(skb, dir);
+		return XLATE_PASS;
 
 	__u32 now = now_sec();
 	struct ct_key sk = {
@@ -138,17 +150,35 @@ static __always_inline int lb4_forward(struct __sk_buff *skb, const __u32 dir, c
 		return drop(skb, KP_DROP_REWRITE, dir);
 	if (scope == LB_SCOPE_EXTERNAL && cfg_masq_mark)
 		skb->mark |= cfg_masq_mark;
-	return xlate_done(skb, &p, KP_SVC_XLATE, dir);
+	frag_store(&p); /* keyed by the headers before translation */
+	count(KP_SVC_XLATE, dir, skb->len);
+	pp->daddr = baddr;
+	pp->dport = bport;
+	return XLATE_DONE;
 }
 
-/* Translates replies of translated connections back to their frontend. */
-static __always_inline int lb4_reverse(struct __sk_buff *skb, const __u32 dir)
+/* Parses and translates: the whole of the uplink's ingress program. */
+static __always_inline int lb4_forward(struct __sk_buff *skb, const __u32 dir, const __u8 scope)
 {
 	struct pkt p = {};
 	int r = xlate_parse(skb, &p, dir);
 
 	if (r != XLATE_CONTINUE)
 		return r;
+	r = lb4_xlate(skb, &p, dir, scope);
+	if (r == XLATE_PASS)
+		return pass(skb, dir);
+	return r == XLATE_DONE ? TC_ACT_OK : r;
+}
+
+/* Translates replies of translated connections back to their frontend.
+ * Returns XLATE_PASS, XLATE_DONE or a verdict (a drop, counted). */
+static __always_inline int lb4_unxlate(struct __sk_buff *skb, const struct pkt *pp, const __u32 dir)
+{
+	struct pkt p = *pp;
+
+	if (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP)
+		return XLATE_PASS;
 
 	/* A reply travels against the connection entry's tuple. */
 	struct ct_key ck = {
@@ -159,12 +189,12 @@ static __always_inline int lb4_reverse(struct __sk_buff *skb, const __u32 dir)
 	struct ct_entry *conn = bpf_map_lookup_elem(&kp_ct, &ck);
 
 	if (!conn || !conn->rev_nat_id)
-		return pass(skb, dir);
+		return XLATE_PASS;
 
 	struct lb_rev_nat *rn = bpf_map_lookup_elem(&kp_lb_revnat, &conn->rev_nat_id);
 
 	if (!rn)
-		return pass(skb, dir); /* the service is gone; nothing to map back to */
+		return XLATE_PASS; /* the service is gone; nothing to map back to */
 	if (ct_refresh(conn, &p, true, now_sec())) {
 		/* Replies alone must keep the service entry alive too (a UDP
 		 * stream from the backend), and carry it to established. */
@@ -180,5 +210,22 @@ static __always_inline int lb4_reverse(struct __sk_buff *skb, const __u32 dir)
 	}
 	if (rewrite(skb, &p, true, p.saddr, rn->addr, p.sport, rn->port))
 		return drop(skb, KP_DROP_REWRITE, dir);
-	return xlate_done(skb, &p, KP_REV_XLATE, dir);
+	frag_store(&p);
+	count(KP_REV_XLATE, dir, skb->len);
+	return XLATE_DONE;
+}
+
+/* Parses and translates replies back: the whole of the uplink's egress
+ * program. */
+static __always_inline int lb4_reverse(struct __sk_buff *skb, const __u32 dir)
+{
+	struct pkt p = {};
+	int r = xlate_parse(skb, &p, dir);
+
+	if (r != XLATE_CONTINUE)
+		return r;
+	r = lb4_unxlate(skb, &p, dir);
+	if (r == XLATE_PASS)
+		return pass(skb, dir);
+	return r == XLATE_DONE ? TC_ACT_OK : r;
 }

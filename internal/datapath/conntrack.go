@@ -208,6 +208,7 @@ var reasonNames = map[kpathKpReason]string{
 	kpathKpReasonKP_DROP_FRAG_NO_FIRST: "fragment without state",
 	kpathKpReasonKP_DROP_CT_CREATE:     "conntrack write failed",
 	kpathKpReasonKP_DROP_REWRITE:       "header rewrite failed",
+	kpathKpReasonKP_DROP_POLICY:        "policy denied",
 }
 
 var dirNames = map[kpathKpDir]string{

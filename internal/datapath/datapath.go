@@ -32,19 +32,31 @@ type MapSizes struct {
 	Conntrack  uint32 `json:"conntrack"`  // tracked connections (two entries per translated one)
 	SockRevNat uint32 `json:"sockRevNat"` // (socket, backend) pairs translated by the socket hook
 	Fragments  uint32 `json:"fragments"`  // fragmented datagrams in flight
+	// IPCache holds every pod and node address of the cluster.
+	IPCache uint32 `json:"ipcache"`
+	// Endpoints are this node's pods.
+	Endpoints uint32 `json:"endpoints"`
+	// PolicyEntries and PolicyCIDRs are the policy sets' allow entries and
+	// ipBlock prefixes, all sets together.
+	PolicyEntries uint32 `json:"policyEntries"`
+	PolicyCIDRs   uint32 `json:"policyCIDRs"`
 }
 
 // DefaultMapSizes suits a cluster of 100,000 backends.
 func DefaultMapSizes() MapSizes {
 	return MapSizes{
-		Frontends:  65536,
-		Backends:   131072,
-		Slots:      262144,
-		Maglev:     8192,
-		Affinity:   65536,
-		Conntrack:  524288,
-		SockRevNat: 131072,
-		Fragments:  8192,
+		Frontends:     65536,
+		Backends:      131072,
+		Slots:         262144,
+		Maglev:        8192,
+		Affinity:      65536,
+		Conntrack:     524288,
+		SockRevNat:    131072,
+		Fragments:     8192,
+		IPCache:       262144,
+		Endpoints:     16384,
+		PolicyEntries: 1 << 20,
+		PolicyCIDRs:   262144,
 	}
 }
 
@@ -117,6 +129,7 @@ func (c Config) Validate() error {
 	}{
 		{"frontends", s.Frontends}, {"backends", s.Backends}, {"slots", s.Slots}, {"maglev", s.Maglev},
 		{"affinity", s.Affinity}, {"conntrack", s.Conntrack}, {"sock-revnat", s.SockRevNat}, {"fragments", s.Fragments},
+		{"ipcache", s.IPCache}, {"endpoints", s.Endpoints}, {"policy-entries", s.PolicyEntries}, {"policy-cidrs", s.PolicyCIDRs},
 	} {
 		if f.v < 16 {
 			return fmt.Errorf("map size %s = %d: must be at least 16", f.name, f.v)
@@ -187,6 +200,13 @@ func Open(cfg Config) (*Datapath, error) {
 		d.objs.Close()
 		return nil, fmt.Errorf("restore service state from pinned maps: %w", err)
 	}
+	if rev, err := d.PolicyRevision(); err == nil && rev == 0 {
+		// 0 is "never decided": a fresh datapath starts at 1.
+		if _, err := d.BumpPolicyRevision(); err != nil {
+			d.objs.Close()
+			return nil, err
+		}
+	}
 	return d, nil
 }
 
@@ -229,6 +249,10 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 		kpathMapKpCt:         s.Conntrack,
 		kpathMapKpSockRevnat: s.SockRevNat,
 		kpathMapKpFrag:       s.Fragments,
+		kpathMapKpIpcache:    s.IPCache,
+		kpathMapKpEndpoint:   s.Endpoints,
+		kpathMapKpPolicy:     s.PolicyEntries,
+		kpathMapKpPolicyCidr: s.PolicyCIDRs,
 	}
 	for name, n := range sizes {
 		m, ok := spec.Maps[name]
@@ -290,6 +314,7 @@ func checkKernel() error {
 		{ebpf.LRUHash, "LRU hash maps (Linux 4.10)"},
 		{ebpf.HashOfMaps, "hash-of-maps (Linux 4.12)"},
 		{ebpf.PerCPUArray, "per-CPU arrays (Linux 4.6)"},
+		{ebpf.LPMTrie, "longest-prefix-match tries (Linux 4.11), for NetworkPolicy"},
 	}
 	for _, m := range maps {
 		if err := features.HaveMapType(m.t); err != nil {

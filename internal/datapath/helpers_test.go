@@ -18,6 +18,7 @@ func testConfig(t testing.TB) Config {
 	cfg.Sizes = MapSizes{
 		Frontends: 1024, Backends: 4096, Slots: 8192, Maglev: 64,
 		Affinity: 1024, Conntrack: 16384, SockRevNat: 1024, Fragments: 256,
+		IPCache: 1024, Endpoints: 256, PolicyEntries: 65536, PolicyCIDRs: 4096,
 	}
 	cfg.MaglevTableSize = 251
 	return cfg

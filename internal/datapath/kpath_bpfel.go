@@ -23,6 +23,10 @@ type kpathCtEntry struct {
 	State       uint8
 	TcpFlags    uint8
 	Created     uint32
+	EgressRev   uint32
+	IngressRev  uint32
+	Pol         uint8
+	Pad         [3]uint8
 }
 
 type kpathCtKey struct {
@@ -42,12 +46,34 @@ const (
 	kpathCtKeyFlagsCT_KEY_SERVICE kpathCtKeyFlags = 1
 )
 
+type kpathCtPol uint32
+
+const (
+	kpathCtPolCT_POL_EGRESS_DENY  kpathCtPol = 1
+	kpathCtPolCT_POL_INGRESS_DENY kpathCtPol = 2
+)
+
 type kpathCtState uint32
 
 const (
 	kpathCtStateCT_NEW         kpathCtState = 0
 	kpathCtStateCT_ESTABLISHED kpathCtState = 1
 	kpathCtStateCT_CLOSING     kpathCtState = 2
+)
+
+type kpathEndpoint struct {
+	_        structs.HostLayout
+	Set      uint32
+	Identity uint32
+	Flags    uint8
+	Pad      [3]uint8
+}
+
+type kpathEpFlags uint32
+
+const (
+	kpathEpFlagsEP_F_INGRESS_ISOLATED kpathEpFlags = 1
+	kpathEpFlagsEP_F_EGRESS_ISOLATED  kpathEpFlags = 2
 )
 
 type kpathFragKey struct {
@@ -63,6 +89,12 @@ type kpathFragPorts struct {
 	_     structs.HostLayout
 	Sport uint16
 	Dport uint16
+}
+
+type kpathIpcacheEntry struct {
+	_        structs.HostLayout
+	Identity uint32
+	Pad      uint32
 }
 
 type kpathKpCounter struct {
@@ -82,6 +114,14 @@ const (
 	kpathKpDirKP_DIR_MAX      kpathKpDir = 5
 )
 
+type kpathKpIdentity uint32
+
+const (
+	kpathKpIdentityKP_ID_HOST        kpathKpIdentity = 1
+	kpathKpIdentityKP_ID_WORLD       kpathKpIdentity = 2
+	kpathKpIdentityKP_ID_REMOTE_NODE kpathKpIdentity = 3
+)
+
 type kpathKpReason uint32
 
 const (
@@ -93,7 +133,8 @@ const (
 	kpathKpReasonKP_DROP_FRAG_NO_FIRST kpathKpReason = 5
 	kpathKpReasonKP_DROP_CT_CREATE     kpathKpReason = 6
 	kpathKpReasonKP_DROP_REWRITE       kpathKpReason = 7
-	kpathKpReasonKP_REASON_MAX         kpathKpReason = 8
+	kpathKpReasonKP_DROP_POLICY        kpathKpReason = 8
+	kpathKpReasonKP_REASON_MAX         kpathKpReason = 9
 )
 
 type kpathLbAffinity struct {
@@ -162,6 +203,48 @@ type kpathLbSlotKey struct {
 	Slot uint32
 }
 
+type kpathPolDir uint32
+
+const (
+	kpathPolDirPOL_EGRESS  kpathPolDir = 0
+	kpathPolDirPOL_INGRESS kpathPolDir = 1
+)
+
+type kpathPolicyCidr struct {
+	_     structs.HostLayout
+	Group uint32
+}
+
+type kpathPolicyCidrKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Set       uint32
+	Dir       uint8
+	Pad       [3]uint8
+	Addr      uint32
+}
+
+type kpathPolicyEntry struct {
+	_    structs.HostLayout
+	Rule uint32
+}
+
+type kpathPolicyKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Set       uint32
+	Peer      uint32
+	Dir       uint8
+	Proto     uint8
+	Dport     uint16
+}
+
+type kpathPolicyState struct {
+	_        structs.HostLayout
+	Revision uint32
+	Pad      uint32
+}
+
 type kpathSockRevnat struct {
 	_    structs.HostLayout
 	Addr uint32
@@ -183,7 +266,9 @@ type kpathSockRevnatKey struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	kpathMapKpCt                = "kp_ct"
+	kpathMapKpEndpoint          = "kp_endpoint"
 	kpathMapKpFrag              = "kp_frag"
+	kpathMapKpIpcache           = "kp_ipcache"
 	kpathMapKpLbAffinity        = "kp_lb_affinity"
 	kpathMapKpLbBackend         = "kp_lb_backend"
 	kpathMapKpLbFrontend        = "kp_lb_frontend"
@@ -191,6 +276,9 @@ const (
 	kpathMapKpLbRevnat          = "kp_lb_revnat"
 	kpathMapKpLbSlot            = "kp_lb_slot"
 	kpathMapKpMetrics           = "kp_metrics"
+	kpathMapKpPolicy            = "kp_policy"
+	kpathMapKpPolicyCidr        = "kp_policy_cidr"
+	kpathMapKpPolicyState       = "kp_policy_state"
 	kpathMapKpSockRevnat        = "kp_sock_revnat"
 	kpathProgKpFromPod          = "kp_from_pod"
 	kpathProgKpHostIn           = "kp_host_in"
@@ -207,10 +295,14 @@ const (
 	kpathVarCfgMaglevSize       = "cfg_maglev_size"
 	kpathVarCfgMasqMark         = "cfg_masq_mark"
 	kpathVarKpUnusedCtKeyFlags  = "kp_unused_ct_key_flags"
+	kpathVarKpUnusedCtPol       = "kp_unused_ct_pol"
 	kpathVarKpUnusedCtState     = "kp_unused_ct_state"
 	kpathVarKpUnusedDir         = "kp_unused_dir"
+	kpathVarKpUnusedEpFlags     = "kp_unused_ep_flags"
+	kpathVarKpUnusedKpIdentity  = "kp_unused_kp_identity"
 	kpathVarKpUnusedLbFlags     = "kp_unused_lb_flags"
 	kpathVarKpUnusedLbScope     = "kp_unused_lb_scope"
+	kpathVarKpUnusedPolDir      = "kp_unused_pol_dir"
 	kpathVarKpUnusedReason      = "kp_unused_reason"
 )
 
@@ -270,16 +362,21 @@ type kpathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type kpathMapSpecs struct {
-	KpCt         *ebpf.MapSpec `ebpf:"kp_ct"`
-	KpFrag       *ebpf.MapSpec `ebpf:"kp_frag"`
-	KpLbAffinity *ebpf.MapSpec `ebpf:"kp_lb_affinity"`
-	KpLbBackend  *ebpf.MapSpec `ebpf:"kp_lb_backend"`
-	KpLbFrontend *ebpf.MapSpec `ebpf:"kp_lb_frontend"`
-	KpLbMaglev   *ebpf.MapSpec `ebpf:"kp_lb_maglev"`
-	KpLbRevnat   *ebpf.MapSpec `ebpf:"kp_lb_revnat"`
-	KpLbSlot     *ebpf.MapSpec `ebpf:"kp_lb_slot"`
-	KpMetrics    *ebpf.MapSpec `ebpf:"kp_metrics"`
-	KpSockRevnat *ebpf.MapSpec `ebpf:"kp_sock_revnat"`
+	KpCt          *ebpf.MapSpec `ebpf:"kp_ct"`
+	KpEndpoint    *ebpf.MapSpec `ebpf:"kp_endpoint"`
+	KpFrag        *ebpf.MapSpec `ebpf:"kp_frag"`
+	KpIpcache     *ebpf.MapSpec `ebpf:"kp_ipcache"`
+	KpLbAffinity  *ebpf.MapSpec `ebpf:"kp_lb_affinity"`
+	KpLbBackend   *ebpf.MapSpec `ebpf:"kp_lb_backend"`
+	KpLbFrontend  *ebpf.MapSpec `ebpf:"kp_lb_frontend"`
+	KpLbMaglev    *ebpf.MapSpec `ebpf:"kp_lb_maglev"`
+	KpLbRevnat    *ebpf.MapSpec `ebpf:"kp_lb_revnat"`
+	KpLbSlot      *ebpf.MapSpec `ebpf:"kp_lb_slot"`
+	KpMetrics     *ebpf.MapSpec `ebpf:"kp_metrics"`
+	KpPolicy      *ebpf.MapSpec `ebpf:"kp_policy"`
+	KpPolicyCidr  *ebpf.MapSpec `ebpf:"kp_policy_cidr"`
+	KpPolicyState *ebpf.MapSpec `ebpf:"kp_policy_state"`
+	KpSockRevnat  *ebpf.MapSpec `ebpf:"kp_sock_revnat"`
 }
 
 // kpathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -293,10 +390,14 @@ type kpathVariableSpecs struct {
 	CfgMaglevSize      *ebpf.VariableSpec `ebpf:"cfg_maglev_size"`
 	CfgMasqMark        *ebpf.VariableSpec `ebpf:"cfg_masq_mark"`
 	KpUnusedCtKeyFlags *ebpf.VariableSpec `ebpf:"kp_unused_ct_key_flags"`
+	KpUnusedCtPol      *ebpf.VariableSpec `ebpf:"kp_unused_ct_pol"`
 	KpUnusedCtState    *ebpf.VariableSpec `ebpf:"kp_unused_ct_state"`
 	KpUnusedDir        *ebpf.VariableSpec `ebpf:"kp_unused_dir"`
+	KpUnusedEpFlags    *ebpf.VariableSpec `ebpf:"kp_unused_ep_flags"`
+	KpUnusedKpIdentity *ebpf.VariableSpec `ebpf:"kp_unused_kp_identity"`
 	KpUnusedLbFlags    *ebpf.VariableSpec `ebpf:"kp_unused_lb_flags"`
 	KpUnusedLbScope    *ebpf.VariableSpec `ebpf:"kp_unused_lb_scope"`
+	KpUnusedPolDir     *ebpf.VariableSpec `ebpf:"kp_unused_pol_dir"`
 	KpUnusedReason     *ebpf.VariableSpec `ebpf:"kp_unused_reason"`
 }
 
@@ -320,22 +421,29 @@ func (o *kpathObjects) Close() error {
 //
 // It can be passed to loadKpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type kpathMaps struct {
-	KpCt         *ebpf.Map `ebpf:"kp_ct"`
-	KpFrag       *ebpf.Map `ebpf:"kp_frag"`
-	KpLbAffinity *ebpf.Map `ebpf:"kp_lb_affinity"`
-	KpLbBackend  *ebpf.Map `ebpf:"kp_lb_backend"`
-	KpLbFrontend *ebpf.Map `ebpf:"kp_lb_frontend"`
-	KpLbMaglev   *ebpf.Map `ebpf:"kp_lb_maglev"`
-	KpLbRevnat   *ebpf.Map `ebpf:"kp_lb_revnat"`
-	KpLbSlot     *ebpf.Map `ebpf:"kp_lb_slot"`
-	KpMetrics    *ebpf.Map `ebpf:"kp_metrics"`
-	KpSockRevnat *ebpf.Map `ebpf:"kp_sock_revnat"`
+	KpCt          *ebpf.Map `ebpf:"kp_ct"`
+	KpEndpoint    *ebpf.Map `ebpf:"kp_endpoint"`
+	KpFrag        *ebpf.Map `ebpf:"kp_frag"`
+	KpIpcache     *ebpf.Map `ebpf:"kp_ipcache"`
+	KpLbAffinity  *ebpf.Map `ebpf:"kp_lb_affinity"`
+	KpLbBackend   *ebpf.Map `ebpf:"kp_lb_backend"`
+	KpLbFrontend  *ebpf.Map `ebpf:"kp_lb_frontend"`
+	KpLbMaglev    *ebpf.Map `ebpf:"kp_lb_maglev"`
+	KpLbRevnat    *ebpf.Map `ebpf:"kp_lb_revnat"`
+	KpLbSlot      *ebpf.Map `ebpf:"kp_lb_slot"`
+	KpMetrics     *ebpf.Map `ebpf:"kp_metrics"`
+	KpPolicy      *ebpf.Map `ebpf:"kp_policy"`
+	KpPolicyCidr  *ebpf.Map `ebpf:"kp_policy_cidr"`
+	KpPolicyState *ebpf.Map `ebpf:"kp_policy_state"`
+	KpSockRevnat  *ebpf.Map `ebpf:"kp_sock_revnat"`
 }
 
 func (m *kpathMaps) Close() error {
 	return _KpathClose(
 		m.KpCt,
+		m.KpEndpoint,
 		m.KpFrag,
+		m.KpIpcache,
 		m.KpLbAffinity,
 		m.KpLbBackend,
 		m.KpLbFrontend,
@@ -343,6 +451,9 @@ func (m *kpathMaps) Close() error {
 		m.KpLbRevnat,
 		m.KpLbSlot,
 		m.KpMetrics,
+		m.KpPolicy,
+		m.KpPolicyCidr,
+		m.KpPolicyState,
 		m.KpSockRevnat,
 	)
 }
@@ -358,10 +469,14 @@ type kpathVariables struct {
 	CfgMaglevSize      *ebpf.Variable `ebpf:"cfg_maglev_size"`
 	CfgMasqMark        *ebpf.Variable `ebpf:"cfg_masq_mark"`
 	KpUnusedCtKeyFlags *ebpf.Variable `ebpf:"kp_unused_ct_key_flags"`
+	KpUnusedCtPol      *ebpf.Variable `ebpf:"kp_unused_ct_pol"`
 	KpUnusedCtState    *ebpf.Variable `ebpf:"kp_unused_ct_state"`
 	KpUnusedDir        *ebpf.Variable `ebpf:"kp_unused_dir"`
+	KpUnusedEpFlags    *ebpf.Variable `ebpf:"kp_unused_ep_flags"`
+	KpUnusedKpIdentity *ebpf.Variable `ebpf:"kp_unused_kp_identity"`
 	KpUnusedLbFlags    *ebpf.Variable `ebpf:"kp_unused_lb_flags"`
 	KpUnusedLbScope    *ebpf.Variable `ebpf:"kp_unused_lb_scope"`
+	KpUnusedPolDir     *ebpf.Variable `ebpf:"kp_unused_pol_dir"`
 	KpUnusedReason     *ebpf.Variable `ebpf:"kp_unused_reason"`
 }
 

@@ -31,6 +31,10 @@ func (d *Datapath) MapUsages() ([]MapUsage, error) {
 		{kpathMapKpCt, d.objs.KpCt, countBatch[kpathCtKey, kpathCtEntry]},
 		{kpathMapKpSockRevnat, d.objs.KpSockRevnat, countBatch[kpathSockRevnatKey, kpathSockRevnat]},
 		{kpathMapKpFrag, d.objs.KpFrag, countBatch[kpathFragKey, kpathFragPorts]},
+		{kpathMapKpIpcache, d.objs.KpIpcache, countBatch[uint32, kpathIpcacheEntry]},
+		{kpathMapKpEndpoint, d.objs.KpEndpoint, countBatch[uint32, kpathEndpoint]},
+		{kpathMapKpPolicy, d.objs.KpPolicy, countKeys},
+		{kpathMapKpPolicyCidr, d.objs.KpPolicyCidr, countKeys},
 	}
 	out := make([]MapUsage, 0, len(maps))
 	for _, m := range maps {

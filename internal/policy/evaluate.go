@@ -112,10 +112,15 @@ func evalDirection(s view, f Flow, ingress bool) Direction {
 		return d
 	}
 	d.Applies = true
-	if ingress && peer.Pod == nil && peer.Node != "" && peer.Node == self.Pod.NodeName {
-		// Not from the API: kubelet's probes come from the node, and the node
-		// must always reach its pods (as every implementation allows).
-		d.Allowed, d.Reason = true, "from the pod's own node: always allowed"
+	switch {
+	case peer.Pod == nil && peer.Node != "" && peer.Node == self.Pod.NodeName:
+		// "traffic to and from the node where a Pod is running is always
+		// allowed, regardless of the IP address of the Pod or the node"
+		// (kubelet's probes come from there).
+		d.Allowed, d.Reason = true, "to or from the pod's own node: always allowed"
+	case peer.Pod != nil && peer.Pod.Key == self.Pod.Key:
+		// "a pod cannot block access to itself"
+		d.Allowed, d.Reason = true, "the pod itself: always allowed"
 	}
 	for _, c := range s.Policies(self.Pod.Key.Namespace) {
 		if !policyAppliesTo(c, ingress) || !selectsPod(c, self.Pod) {
