@@ -57,4 +57,3 @@ func TestCompilerMatchesEvaluator(t *testing.T) {
 		}
 	}
 }
-

@@ -124,4 +124,3 @@ func RandomPolicy(r *rand.Rand) *model.NetworkPolicy {
 	p.Ingress, p.Egress = rules(), rules()
 	return p
 }
-
