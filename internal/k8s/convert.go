@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kpath/kpath/internal/model"
@@ -171,10 +172,31 @@ func slimMeta(m *metav1.ObjectMeta, keepLabels ...string) {
 			labels[k] = v
 		}
 	}
+	keepMeta(m, labels)
+}
+
+// slimMetaAllLabels is slimMeta keeping every label: NetworkPolicy
+// selectors may read any of them.
+func slimMetaAllLabels(m *metav1.ObjectMeta) { keepMeta(m, m.Labels) }
+
+func keepMeta(m *metav1.ObjectMeta, labels map[string]string) {
 	*m = metav1.ObjectMeta{
 		Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion,
 		DeletionTimestamp: m.DeletionTimestamp, Labels: labels,
 	}
+}
+
+// slimContainers keeps what Pod reads of containers: their named ports and,
+// for init containers, whether they are sidecars.
+func slimContainers(cs []corev1.Container) []corev1.Container {
+	if len(cs) == 0 {
+		return nil
+	}
+	out := make([]corev1.Container, len(cs))
+	for i, c := range cs {
+		out[i] = corev1.Container{Name: c.Name, Ports: c.Ports, RestartPolicy: c.RestartPolicy}
+	}
+	return out
 }
 
 // slimTransform is the informers' transform: it drops fields kpath does not
@@ -195,6 +217,18 @@ func slimTransform(obj any) (any, error) {
 		slimMeta(&o.ObjectMeta)
 		o.Spec = corev1.NodeSpec{PodCIDR: o.Spec.PodCIDR, PodCIDRs: o.Spec.PodCIDRs}
 		o.Status = corev1.NodeStatus{Addresses: o.Status.Addresses}
+	case *corev1.Pod:
+		slimMetaAllLabels(&o.ObjectMeta)
+		o.Spec = corev1.PodSpec{
+			NodeName: o.Spec.NodeName, HostNetwork: o.Spec.HostNetwork,
+			Containers: slimContainers(o.Spec.Containers), InitContainers: slimContainers(o.Spec.InitContainers),
+		}
+		o.Status = corev1.PodStatus{Phase: o.Status.Phase, PodIP: o.Status.PodIP, PodIPs: o.Status.PodIPs}
+	case *corev1.Namespace:
+		slimMetaAllLabels(&o.ObjectMeta)
+		o.Spec, o.Status = corev1.NamespaceSpec{}, corev1.NamespaceStatus{}
+	case *networkingv1.NetworkPolicy:
+		o.ObjectMeta = metav1.ObjectMeta{Name: o.Name, Namespace: o.Namespace, ResourceVersion: o.ResourceVersion}
 	}
 	return obj, nil
 }

@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -25,6 +26,9 @@ type WatchOptions struct {
 	// agent needs neither Services nor EndpointSlices, and holding them
 	// would cost memory and CPU on every change for nothing.
 	NodesOnly bool
+	// Policy, when set, receives Pods (of every namespace and node),
+	// Namespaces and NetworkPolicies; nil: these kinds are not watched.
+	Policy PolicySink
 }
 
 // Watcher runs the informers that fill a Cache.
@@ -35,7 +39,8 @@ type Watcher struct {
 }
 
 // NewWatcher sets up informers for Services, EndpointSlices and Nodes that
-// feed c. Call Start, then WaitForSync.
+// feed c, and, with opts.Policy set, for Pods, Namespaces and
+// NetworkPolicies that feed it. Call Start, then WaitForSync.
 func NewWatcher(client kubernetes.Interface, c *Cache, opts WatchOptions) (*Watcher, error) {
 	f := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(slimTransform))
 	w := &Watcher{factory: f}
@@ -55,7 +60,49 @@ func NewWatcher(client kubernetes.Interface, c *Cache, opts WatchOptions) (*Watc
 		return nil, err
 	}
 	w.synced = append(w.synced, nodes.HasSynced)
+	if opts.Policy != nil {
+		if err := w.watchPolicy(opts.Policy); err != nil {
+			return nil, err
+		}
+	}
 	return w, nil
+}
+
+// watchPolicy adds the Pod, Namespace and NetworkPolicy informers that feed
+// sink.
+func (w *Watcher) watchPolicy(sink PolicySink) error {
+	pods := w.factory.Core().V1().Pods().Informer()
+	if _, err := pods.AddEventHandler(handler(func(obj any) {
+		p := obj.(*corev1.Pod)
+		sink.SetPod(model.PodKey{Namespace: p.Namespace, Name: p.Name}, Pod(p))
+	}, func(ns, name string) {
+		sink.SetPod(model.PodKey{Namespace: ns, Name: name}, nil)
+	})); err != nil {
+		return fmt.Errorf("pod informer: %w", err)
+	}
+
+	namespaces := w.factory.Core().V1().Namespaces().Informer()
+	if _, err := namespaces.AddEventHandler(handler(func(obj any) {
+		n := obj.(*corev1.Namespace)
+		sink.SetNamespace(n.Name, Namespace(n))
+	}, func(_, name string) {
+		sink.SetNamespace(name, nil)
+	})); err != nil {
+		return fmt.Errorf("namespace informer: %w", err)
+	}
+
+	policies := w.factory.Networking().V1().NetworkPolicies().Informer()
+	if _, err := policies.AddEventHandler(handler(func(obj any) {
+		np := obj.(*networkingv1.NetworkPolicy)
+		sink.SetPolicy(model.PolicyKey{Namespace: np.Namespace, Name: np.Name}, NetworkPolicy(np))
+	}, func(ns, name string) {
+		sink.SetPolicy(model.PolicyKey{Namespace: ns, Name: name}, nil)
+	})); err != nil {
+		return fmt.Errorf("network policy informer: %w", err)
+	}
+
+	w.synced = append(w.synced, pods.HasSynced, namespaces.HasSynced, policies.HasSynced)
+	return nil
 }
 
 // watchServices adds the Service informer (filtered by the proxy-name

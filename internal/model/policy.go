@@ -162,9 +162,10 @@ type NetworkPolicy struct {
 	// PolicyIngress and PolicyEgress are policyTypes: the directions in which
 	// the selected pods are isolated by this policy.
 	PolicyIngress, PolicyEgress bool
-	// Invalid explains a policy kpath could not convert faithfully (say, a
-	// selector it cannot parse). Such a policy still isolates the pods it may
-	// select in both directions and allows nothing: kpath never opens what a
-	// policy closes.
+	// Invalid explains what of the policy kpath could not convert faithfully
+	// (a selector it cannot parse, an IPv6 block). The converter fails
+	// closed: a bad peer or port is dropped (with its rule when nothing of
+	// it is left), never widened; a bad podSelector selects every pod of the
+	// namespace and allows nothing. The rest of the policy applies as is.
 	Invalid string
 }
