@@ -23,18 +23,24 @@ import (
 	"github.com/kpath/kpath/internal/k8s"
 	"github.com/kpath/kpath/internal/masq"
 	"github.com/kpath/kpath/internal/model"
+	"github.com/kpath/kpath/internal/policy"
+	"github.com/kpath/kpath/internal/policysync"
 	"github.com/kpath/kpath/internal/reconcile"
 	"github.com/kpath/kpath/internal/routing"
 )
 
 // Agent is a running kpath-agent.
 type Agent struct {
-	cfg     Config
-	log     *slog.Logger
-	dp      *datapath.Datapath
-	cache   *k8s.Cache
-	rec     *reconcile.Reconciler
-	reg     *prometheus.Registry
+	cfg   Config
+	log   *slog.Logger
+	dp    *datapath.Datapath
+	cache *k8s.Cache
+	rec   *reconcile.Reconciler
+	reg   *prometheus.Registry
+	// store and psync enforce NetworkPolicy (nil with networkPolicy off).
+	store   *policy.Store
+	psync   *policysync.Syncer
+	cni     *endpoints
 	ready   atomic.Bool
 	started time.Time
 	readyAt atomic.Int64 // unix nanos
@@ -93,6 +99,19 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	sel, _ := model.ParseSelection(cfg.Selection)
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.reg.MustRegister(newDatapathCollector(dp))
+	if cfg.NetworkPolicy {
+		a.store = policy.NewStore()
+		ms := cfg.MapSizes
+		a.psync, err = policysync.New(a.store, dp, policysync.Options{
+			Node: cfg.NodeName, Log: log, Metrics: policysync.NewMetrics(a.reg),
+			Capacity: policysync.Capacity{Entries: int(ms.PolicyEntries), CIDRs: int(ms.PolicyCIDRs), Endpoints: int(ms.Endpoints), IPCache: int(ms.IPCache)},
+		})
+		if err != nil {
+			dp.Close()
+			return nil, fmt.Errorf("read pinned policy state: %w", err)
+		}
+	}
+	a.cni = &endpoints{a: a}
 	a.rec = reconcile.New(a.cache, dp, reconcile.Options{
 		NodeName: cfg.NodeName, ProxyName: cfg.ProxyName, Selection: sel, Off: !cfg.KubeProxyReplacement,
 		Metrics: reconcile.NewMetrics(a.reg), Log: log,
@@ -117,7 +136,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
-	w, err := k8s.NewWatcher(client, a.cache, k8s.WatchOptions{ProxyName: a.cfg.ProxyName, NodesOnly: !a.cfg.KubeProxyReplacement})
+	wo := k8s.WatchOptions{ProxyName: a.cfg.ProxyName, NodesOnly: !a.cfg.KubeProxyReplacement}
+	if a.store != nil {
+		wo.Policy = a.store
+	}
+	w, err := k8s.NewWatcher(client, a.cache, wo)
 	if err != nil {
 		return err
 	}
@@ -151,6 +174,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if err := a.rec.Sync(true); err != nil {
 		a.log.Error("initial sync incomplete; retrying", "error", err)
+	}
+	if a.psync != nil {
+		// Until now the pinned policy kept enforcing; the pods this node
+		// has are known before the first sync, so theirs is adopted.
+		go a.nodeAddresses(ctx)
+		a.waitNodeAddresses(ctx)
+		a.restoreEndpoints(a.cni)
+		if err := a.psync.Sync(true); err != nil {
+			a.log.Error("initial policy sync incomplete; retrying", "error", err)
+		}
+		go a.policyLoop(ctx)
 	}
 	a.ready.Store(true)
 	a.readyAt.Store(time.Now().UnixNano())

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/kpath/kpath/internal/policysync"
 	"github.com/kpath/kpath/internal/reconcile"
 )
 
@@ -29,6 +30,8 @@ type Status struct {
 	// the datapath.
 	Pending    int              `json:"pending_changes"`
 	Reconciler reconcile.Status `json:"reconciler"`
+	// Policy is NetworkPolicy enforcement (absent when it is off).
+	Policy *policysync.Stats `json:"policy,omitempty"`
 }
 
 // ServiceEntry is one frontend as GET /v1/services returns it.
@@ -68,7 +71,8 @@ func (a *Agent) serveAPI(path string) (*http.Server, error) {
 		s, err := a.dp.Conntrack()
 		writeResult(w, s, err)
 	})
-	(&endpoints{a: a}).register(mux)
+	a.cni.register(mux)
+	a.registerPolicyAPI(mux)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	return srv, nil
@@ -88,6 +92,7 @@ func (a *Agent) Status() Status {
 		s.StartToReady = time.Unix(0, r).Sub(a.started).Round(time.Millisecond).String()
 	}
 	s.Services, s.Slices, s.Nodes = a.cache.Counts()
+	s.Policy = a.policyStats()
 	return s
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/kpath/kpath/internal/cniapi"
 	"github.com/kpath/kpath/internal/ipam"
+	"github.com/kpath/kpath/internal/model"
 	"github.com/kpath/kpath/internal/routing"
 )
 
@@ -94,8 +95,11 @@ func (e *endpoints) register(mux *http.ServeMux) {
 			apiError(w, http.StatusServiceUnavailable, err)
 			return
 		}
-		a, err := al.Allocate(ipam.Owner{ContainerID: req.ContainerID, IfName: req.IfName},
-			map[string]string{"hostIf": req.HostIf, "netns": req.Netns})
+		extra := map[string]string{"hostIf": req.HostIf, "netns": req.Netns}
+		if req.PodNamespace != "" && req.PodName != "" {
+			extra[podExtraKey] = req.PodNamespace + "/" + req.PodName
+		}
+		a, err := al.Allocate(ipam.Owner{ContainerID: req.ContainerID, IfName: req.IfName}, extra)
 		if err != nil {
 			code := http.StatusInternalServerError
 			if errors.Is(err, ipam.ErrExhausted) {
@@ -110,6 +114,13 @@ func (e *endpoints) register(mux *http.ServeMux) {
 		var req cniapi.AttachRequest
 		if !decode(w, r, &req) {
 			return
+		}
+		// Policy first: the pod's programs enforce from their first packet.
+		if req.Addr.IsValid() && req.PodNamespace != "" && req.PodName != "" {
+			if err := e.a.registerEndpoint(r.Context(), req.Addr, model.PodKey{Namespace: req.PodNamespace, Name: req.PodName}); err != nil {
+				apiError(w, http.StatusInternalServerError, err)
+				return
+			}
 		}
 		if err := e.a.dp.AttachPod(req.HostIf); err != nil {
 			apiError(w, http.StatusInternalServerError, err)
@@ -189,6 +200,9 @@ func (e *endpoints) register(mux *http.ServeMux) {
 // and frees its address.
 func (e *endpoints) release(al ipam.Allocator, o ipam.Owner) (ipam.Allocation, bool, error) {
 	for _, a := range al.Allocations() {
+		if a.Owner == o {
+			e.a.unregisterEndpoint(a.Addr)
+		}
 		if a.Owner == o && a.Extra["hostIf"] != "" {
 			if err := e.a.dp.DetachPod(a.Extra["hostIf"]); err != nil {
 				e.a.log.Warn("detach pod programs", "hostIf", a.Extra["hostIf"], "error", err)

@@ -49,6 +49,7 @@ func NewCommand() *cobra.Command {
 	f.StringVar(&cfg.BPFFS, "bpffs", cfg.BPFFS, "bpffs mount point")
 	f.StringVar(&cfg.PinDir, "pin-dir", cfg.PinDir, "directory under the bpffs for kpath's maps and links")
 	f.BoolVar(&cfg.SocketHook, "socket-hook", cfg.SocketHook, "translate services at connect() with cgroup hooks")
+	f.BoolVar(&cfg.NetworkPolicy, "network-policy", cfg.NetworkPolicy, "enforce NetworkPolicy on this node's pods")
 	f.BoolVar(&cfg.KubeProxyReplacement, "kube-proxy-replacement", cfg.KubeProxyReplacement, "handle Services (off: kube-proxy does; kpath keeps pod networking)")
 	f.StringVar(&cfg.CgroupRoot, "cgroup-root", cfg.CgroupRoot, `cgroup v2 directory for the socket hook ("auto")`)
 	f.StringVar(&cfg.TCAttach, "tc-attach", cfg.TCAttach, "auto, tcx or legacy")
@@ -70,6 +71,8 @@ func NewCommand() *cobra.Command {
 	f.Uint32Var(&cfg.MapSizes.Slots, "map-size-slots", cfg.MapSizes.Slots, "backend slot map size")
 	f.Uint32Var(&cfg.MapSizes.Conntrack, "map-size-conntrack", cfg.MapSizes.Conntrack, "conntrack map size")
 	f.Uint32Var(&cfg.MapSizes.Affinity, "map-size-affinity", cfg.MapSizes.Affinity, "session affinity map size")
+	f.Uint32Var(&cfg.MapSizes.IPCache, "map-size-ipcache", cfg.MapSizes.IPCache, "ipcache map size (pod and node addresses of the cluster)")
+	f.Uint32Var(&cfg.MapSizes.PolicyEntries, "map-size-policy-entries", cfg.MapSizes.PolicyEntries, "policy entries map size (all policy sets)")
 	return cmd
 }
 
@@ -86,6 +89,12 @@ func applyFlag(dst, src *Config, name string) {
 		dst.PinDir = src.PinDir
 	case "socket-hook":
 		dst.SocketHook = src.SocketHook
+	case "network-policy":
+		dst.NetworkPolicy = src.NetworkPolicy
+	case "map-size-ipcache":
+		dst.MapSizes.IPCache = src.MapSizes.IPCache
+	case "map-size-policy-entries":
+		dst.MapSizes.PolicyEntries = src.MapSizes.PolicyEntries
 	case "kube-proxy-replacement":
 		dst.KubeProxyReplacement = src.KubeProxyReplacement
 	case "cgroup-root":

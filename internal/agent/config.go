@@ -35,6 +35,8 @@ type Config struct {
 	KubeProxyReplacement bool `json:"kubeProxyReplacement"`
 	// SocketHook attaches the socket-level translation to CgroupRoot.
 	SocketHook bool `json:"socketHook"`
+	// NetworkPolicy enforces Kubernetes NetworkPolicy on this node's pods.
+	NetworkPolicy bool `json:"networkPolicy"`
 	// CgroupRoot is the cgroup v2 directory for the socket hook ("auto":
 	// where the unified hierarchy is mounted).
 	CgroupRoot string `json:"cgroupRoot,omitempty"`
@@ -81,6 +83,7 @@ func DefaultConfig() Config {
 		BPFFS:                dp.BPFFS,
 		PinDir:               dp.PinDir,
 		SocketHook:           true,
+		NetworkPolicy:        true,
 		KubeProxyReplacement: true,
 		CgroupRoot:           "auto",
 		TCAttach:             string(dp.TCAttach),

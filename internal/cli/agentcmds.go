@@ -63,6 +63,9 @@ func addAgentCommands(root *cobra.Command) {
 			fmt.Fprintf(tw, "Datapath:\t%s (socket hook %v)\n", s.PinPath, s.SocketHook)
 			fmt.Fprintf(tw, "Watching:\t%d services, %d endpoint slices, %d nodes\n", s.Services, s.Slices, s.Nodes)
 			fmt.Fprintf(tw, "Frontends:\t%d applied, %d services pending, %d retrying, %d syncs\n", s.Reconciler.Frontends, s.Pending, s.Reconciler.Retrying, s.Reconciler.Syncs)
+			if p := s.Policy; p != nil {
+				fmt.Fprintf(tw, "Policy:\t%d endpoints, %d policy sets, %d entries, %d prefixes, %d ipcache addresses\n", p.Endpoints, p.Sets, p.Entries, p.CIDRs, p.IPCache)
+			}
 			if s.Reconciler.LastError != "" {
 				fmt.Fprintf(tw, "Last error:\t%s\n", s.Reconciler.LastError)
 			}
@@ -115,4 +118,5 @@ func addAgentCommands(root *cobra.Command) {
 	ct.AddCommand(ctList)
 	bpf.AddCommand(lb, ct)
 	root.AddCommand(status, service, bpf)
+	addPolicyCommands(root, &socket)
 }

@@ -19,6 +19,11 @@ type AllocateRequest struct {
 	IfName      string `json:"ifName"`
 	Netns       string `json:"netns"`
 	HostIf      string `json:"hostIf"`
+	// PodNamespace and PodName come from the runtime's K8S_POD_NAMESPACE and
+	// K8S_POD_NAME arguments; the agent keeps them with the address so that
+	// it finds the pod's policy, also after a restart.
+	PodNamespace string `json:"podNamespace,omitempty"`
+	PodName      string `json:"podName,omitempty"`
 }
 
 // AllocateResponse is the pod's network.
@@ -29,11 +34,16 @@ type AllocateResponse struct {
 	MTU     int          `json:"mtu"`
 }
 
-// AttachRequest asks the agent to attach the pod programs to HostIf.
+// AttachRequest asks the agent to put the pod under policy and attach the
+// pod programs to HostIf. The agent answers once the pod's policy is in the
+// datapath, so the workload never runs unprotected.
 type AttachRequest struct {
-	ContainerID string `json:"containerID"`
-	IfName      string `json:"ifName"`
-	HostIf      string `json:"hostIf"`
+	ContainerID  string     `json:"containerID"`
+	IfName       string     `json:"ifName"`
+	HostIf       string     `json:"hostIf"`
+	Addr         netip.Addr `json:"addr,omitzero"`
+	PodNamespace string     `json:"podNamespace,omitempty"`
+	PodName      string     `json:"podName,omitempty"`
 }
 
 // ReleaseRequest frees a pod's address and detaches its programs.

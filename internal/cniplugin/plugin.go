@@ -97,16 +97,31 @@ func Main() {
 
 var gateway = netip.MustParseAddr("169.254.1.1")
 
+// k8sArgs are the CNI_ARGS a Kubernetes runtime passes (others, such as
+// K8S_POD_UID, are ignored).
+type k8sArgs struct {
+	types.CommonArgs
+	K8S_POD_NAMESPACE types.UnmarshallableString // spelled as the runtime does
+	K8S_POD_NAME      types.UnmarshallableString
+}
+
 func cmdAdd(args *skel.CmdArgs) error {
 	conf, err := parseConf(args.StdinData)
 	if err != nil {
 		return err
 	}
+	var ka k8sArgs
+	ka.IgnoreUnknown = true
+	if err := types.LoadArgs(args.Args, &ka); err != nil {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, "cannot parse CNI_ARGS", err.Error())
+	}
+	podNS, podName := string(ka.K8S_POD_NAMESPACE), string(ka.K8S_POD_NAME)
 	client := cniapi.NewClient(conf.AgentSocket)
 	hostIf := HostIfName(args.ContainerID, args.IfName)
 	var alloc cniapi.AllocateResponse
 	if err := client.Do("POST", "/v1/cni/allocate", cniapi.AllocateRequest{
 		ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns, HostIf: hostIf,
+		PodNamespace: podNS, PodName: podName,
 	}, &alloc); err != nil {
 		return agentError(err)
 	}
@@ -189,7 +204,10 @@ func cmdAdd(args *skel.CmdArgs) error {
 		Dst: &net.IPNet{IP: podIP, Mask: net.CIDRMask(32, 32)}}); err != nil {
 		return types.NewError(types.ErrInternal, "route to the pod", err.Error())
 	}
-	if err := client.Do("POST", "/v1/cni/attach", cniapi.AttachRequest{ContainerID: args.ContainerID, IfName: args.IfName, HostIf: hostIf}, nil); err != nil {
+	if err := client.Do("POST", "/v1/cni/attach", cniapi.AttachRequest{
+		ContainerID: args.ContainerID, IfName: args.IfName, HostIf: hostIf,
+		Addr: alloc.Addr, PodNamespace: podNS, PodName: podName,
+	}, nil); err != nil {
 		return agentError(err)
 	}
 

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/kpath/kpath/internal/model"
 )
@@ -49,6 +50,8 @@ type Changes struct {
 	Identities bool
 	// Policies or namespace labels changed: which pods a rule selects.
 	Selection bool
+	// Since is when the first of these changes arrived.
+	Since time.Time
 }
 
 func (c *Changes) any() bool {
@@ -76,6 +79,9 @@ func (s *Store) resetChanges() {
 }
 
 func (s *Store) signal() {
+	if s.changes.Since.IsZero() {
+		s.changes.Since = time.Now()
+	}
 	select {
 	case s.notify <- struct{}{}:
 	default:
@@ -304,4 +310,22 @@ func (s *Store) identityOfLocked(ip netip.Addr, localNode string) Identity {
 		return IdentityRemoteNode
 	}
 	return IdentityWorld
+}
+
+// IPCacheEntries is the whole ipcache as node localNode must hold it:
+// every pod address with an identity and every node address. Addresses
+// that are world are left out (a miss is world).
+func (s *Store) IPCacheEntries(localNode string) map[netip.Addr]Identity {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make(map[netip.Addr]Identity, len(s.byIP)+len(s.nodeIPs))
+	for ip := range s.byIP {
+		if id := s.identityOfLocked(ip, localNode); id != IdentityWorld {
+			out[ip] = id
+		}
+	}
+	for ip := range s.nodeIPs {
+		out[ip] = s.identityOfLocked(ip, localNode)
+	}
+	return out
 }
