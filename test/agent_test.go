@@ -56,7 +56,8 @@ func agentConfig(t *testing.T, env *testenv.Env) agent.Config {
 	cfg.MetricsAddr = l.Addr().String()
 	l.Close()
 	cfg.MapSizes = datapath.MapSizes{Frontends: 4096, Backends: 8192, Slots: 16384, Maglev: 64,
-		Affinity: 1024, Conntrack: 16384, SockRevNat: 1024, Fragments: 256}
+		Affinity: 1024, Conntrack: 16384, SockRevNat: 1024, Fragments: 256,
+		IPCache: 1024, Endpoints: 256, PolicyEntries: 65536, PolicyCIDRs: 4096}
 	cfg.MaglevTableSize = 251
 	t.Cleanup(func() { _ = datapath.Reset(cfg.Datapath()) })
 	return cfg

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -102,9 +103,10 @@ func backendMain(name string) {
 
 // clientResult answers one client command.
 type clientResult struct {
-	Counts map[string]int `json:"counts,omitempty"`
-	Answer string         `json:"answer,omitempty"`
-	Err    string         `json:"err,omitempty"`
+	Counts map[string]int    `json:"counts,omitempty"`
+	Answer string            `json:"answer,omitempty"`
+	Matrix map[string]string `json:"matrix,omitempty"`
+	Err    string            `json:"err,omitempty"`
 }
 
 // clientMain reads commands, one per line, and answers each with a JSON line:
@@ -121,7 +123,9 @@ type clientResult struct {
 func clientMain() {
 	var held net.Conn
 	var heldR *bufio.Reader
+	var keep *http.Client
 	in := bufio.NewScanner(os.Stdin)
+	in.Buffer(make([]byte, 1<<16), 1<<20)
 	out := json.NewEncoder(os.Stdout)
 	for in.Scan() {
 		f := strings.Fields(in.Text())
@@ -143,6 +147,25 @@ func clientMain() {
 		case "udp":
 			n, _ := strconv.Atoi(f[2])
 			err = udpRequests(f[1], n, res.Counts)
+		case "matrix":
+			// matrix TIMEOUT URL...: one new connection (TCP: an HTTP GET;
+			// UDP: a datagram from a new socket) to each target at once;
+			// the answer maps each target to who replied ("" for nothing).
+			timeout, _ := time.ParseDuration(f[1])
+			res.Matrix = matrix(timeout, f[2:])
+		case "keepalive":
+			// keepalive URL: a GET on the client's one kept-alive
+			// connection (opened by the first), so later requests travel an
+			// established connection.
+			if keep == nil {
+				keep = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{MaxConnsPerHost: 1, MaxIdleConnsPerHost: 1}}
+			}
+			var resp *http.Response
+			if resp, err = keep.Get(f[1]); err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				res.Answer = string(b)
+			}
 		case "hold":
 			if held, err = net.DialTimeout("tcp4", f[1], 3*time.Second); err == nil {
 				heldR = bufio.NewReader(held)
@@ -196,6 +219,43 @@ func clientMain() {
 		}
 		_ = out.Encode(res)
 	}
+}
+
+// matrix probes every target (tcp://IP:PORT or udp://IP:PORT) at once.
+func matrix(timeout time.Duration, targets []string) map[string]string {
+	out := make(map[string]string, len(targets))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, target := range targets {
+		wg.Go(func() {
+			answer := ""
+			switch {
+			case strings.HasPrefix(target, "tcp://"):
+				client := &http.Client{Timeout: timeout, Transport: &http.Transport{DisableKeepAlives: true}}
+				if resp, err := client.Get("http://" + strings.TrimPrefix(target, "tcp://") + "/"); err == nil {
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					answer = string(b)
+				}
+			case strings.HasPrefix(target, "udp://"):
+				if c, err := net.Dial("udp4", strings.TrimPrefix(target, "udp://")); err == nil {
+					_ = c.SetDeadline(time.Now().Add(timeout))
+					buf := make([]byte, 512)
+					if _, err := c.Write([]byte("q")); err == nil {
+						if n, err := c.Read(buf); err == nil {
+							answer = string(buf[:n])
+						}
+					}
+					c.Close()
+				}
+			}
+			mu.Lock()
+			out[target] = answer
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return out
 }
 
 func ask(c net.Conn, r *bufio.Reader) (string, error) {

@@ -37,7 +37,8 @@ func openDatapath(t *testing.T, mode datapath.AttachMode, tweaks ...func(*datapa
 	cfg := datapath.DefaultConfig()
 	cfg.PinDir = "kpath-test-" + hex.EncodeToString(b)
 	cfg.Sizes = datapath.MapSizes{Frontends: 1024, Backends: 4096, Slots: 8192, Maglev: 64,
-		Affinity: 1024, Conntrack: 16384, SockRevNat: 1024, Fragments: 256}
+		Affinity: 1024, Conntrack: 16384, SockRevNat: 1024, Fragments: 256,
+		IPCache: 1024, Endpoints: 256, PolicyEntries: 65536, PolicyCIDRs: 4096}
 	cfg.MaglevTableSize = 251
 	cfg.TCAttach = mode
 	for _, f := range tweaks {

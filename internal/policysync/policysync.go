@@ -41,6 +41,7 @@ type Datapath interface {
 	Endpoints() (map[netip.Addr]datapath.Endpoint, error)
 	ApplyPolicy(changes []datapath.PolicyChange) error
 	PolicyEntries() (map[uint32]map[policy.Entry]uint32, map[uint32]map[policy.CIDREntry]uint32, error)
+	PolicyRevision() (uint32, error)
 	BumpPolicyRevision() (uint32, error)
 }
 
@@ -56,6 +57,7 @@ type set struct {
 	ps      policy.PolicySet
 	entries *policy.SetEntries
 	users   int
+	err     string // why the set's latest entries could not be written
 }
 
 // EndpointStatus is a local endpoint as `kpath policy list` shows it.
@@ -150,6 +152,10 @@ func New(store *policy.Store, dp Datapath, o Options) (*Syncer, error) {
 	}
 	for _, e := range s.written {
 		s.nextID = max(s.nextID, e.Set+1)
+	}
+	// The maps are as they were left: nothing to re-decide until a change.
+	if s.lastRevision, err = dp.PolicyRevision(); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
@@ -370,6 +376,7 @@ func (s *Syncer) syncEndpointLocked(ip netip.Addr) error {
 		case err == nil:
 			want = datapath.Endpoint{Set: next.id, IngressIsolated: next.entries.IngressIsolated, EgressIsolated: next.entries.EgressIsolated}
 			st.Entries = len(next.entries.Entries)
+			st.Error = next.err
 		case ep.set != nil:
 			// Keep the last good set: never fail open, never empty.
 			st.Error = err.Error()
@@ -482,15 +489,16 @@ func (s *Syncer) recompileLocked(st *set) error {
 		}
 	}
 	if len(c.Delete)+len(c.Add)+len(c.DelCIDR)+len(c.AddCIDR) == 0 && next.IngressIsolated == st.entries.IngressIsolated && next.EgressIsolated == st.entries.EgressIsolated {
-		st.entries = next
+		st.entries, st.err = next, ""
 		return nil
 	}
 	grow := len(next.Entries) - len(st.entries.Entries)
 	growCIDR := len(next.CIDRs) - len(st.entries.CIDRs)
 	if err := s.fits(max(grow, 0), max(growCIDR, 0)); err != nil {
+		st.err = err.Error() + "; the last good policy stays"
 		for _, ep := range s.endpoints {
 			if ep.set == st {
-				ep.status.Error = err.Error()
+				ep.status.Error = st.err
 			}
 		}
 		s.m.endpointError()
@@ -506,6 +514,7 @@ func (s *Syncer) recompileLocked(st *set) error {
 	s.entries += grow
 	s.cidrs += growCIDR
 	st.entries = next
+	st.err = ""
 	s.dirty()
 	return nil
 }
