@@ -2,8 +2,10 @@
 # kpath demo: a two-node lab cluster (real etcd, kube-apiserver,
 # kube-controller-manager; a real kpath-agent and CNI plugin on each node),
 # echo pods behind a Service, requests through the ClusterIP from a pod on
-# the other node and to a NodePort from outside the nodes, a summary, and
-# the lab removed again.
+# the other node and to a NodePort from outside the nodes; then a
+# NetworkPolicy: a denied request, why (kpath policy trace), the same
+# request allowed once the client carries the allowed label; and the lab
+# removed again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KPATH=$(realpath "${KPATH:-bin/kpath}")
@@ -38,3 +40,22 @@ ip netns exec kplab-vnet "$KPATH" workload probe "http://$NODE1:$NP/" -n 100
 
 log "datapath counters on node-1 (uplink and pods)"
 nsenter --net=/run/netns/kplab-node-1 "$KPATH" dp --pin-dir kpath-lab-node-1 counters
+
+log "NetworkPolicy: the echo pods accept only role=frontend, on 8080/TCP (hack/demo-policy.yaml)"
+lab kubectl apply -f hack/demo-policy.yaml
+ECHO_A=$(lab kubectl get pod echo-a -o jsonpath='{.status.podIP}')
+sleep 1
+
+log "the client pod (no role label) -> echo-a http://$ECHO_A:8080/: denied"
+lab exec client -- "$KPATH" workload probe "http://$ECHO_A:8080/" -n 3 --timeout 1s || true
+
+log "why (kpath policy trace, asked of node-1's agent, where echo-a runs)"
+"$KPATH" --socket "$DIR/node-1/agent.sock" policy trace --from default/client --to default/echo-a --port 8080/TCP
+
+log "label the client role=frontend: the same request is allowed"
+lab kubectl label pod client role=frontend >/dev/null
+sleep 1
+lab exec client -- "$KPATH" workload probe "http://$ECHO_A:8080/" -n 5 --timeout 2s
+
+log "node-1's endpoints under policy (kpath policy list)"
+"$KPATH" --socket "$DIR/node-1/agent.sock" policy list

@@ -158,7 +158,7 @@ func clientMain() {
 			// connection (opened by the first), so later requests travel an
 			// established connection.
 			if keep == nil {
-				keep = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{MaxConnsPerHost: 1, MaxIdleConnsPerHost: 1}}
+				keep = &http.Client{Timeout: 500 * time.Millisecond, Transport: &http.Transport{MaxConnsPerHost: 1, MaxIdleConnsPerHost: 1}}
 			}
 			var resp *http.Response
 			if resp, err = keep.Get(f[1]); err == nil {

@@ -5,6 +5,9 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+
+	"github.com/kpath/kpath/internal/model"
+	"github.com/kpath/kpath/internal/policy"
 )
 
 // Per-packet cost of each program path, measured with BPF_PROG_TEST_RUN
@@ -52,7 +55,7 @@ type benchCase struct {
 }
 
 func benchCases() []benchCase {
-	client := ap("10.244.0.2:40000")
+	client := ap(benchClient)
 	return []benchCase{
 		{
 			name: "non-service", prog: func(d *Datapath) *ebpf.Program { return d.objs.KpFromPod },
@@ -89,8 +92,66 @@ func benchCases() []benchCase {
 	}
 }
 
+// underEgressPolicy makes the client an endpoint isolated for egress whose
+// set allows TCP to identity 300, which the peers have.
+func underEgressPolicy(t testing.TB, d *Datapath, peers ...string) {
+	t.Helper()
+	for _, p := range peers {
+		if err := d.SetIPCache(ap(p).Addr(), 300); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.ApplyPolicy([]PolicyChange{{Set: 1, Add: map[policy.Entry]uint32{
+		{Peer: 300, Proto: model.TCP}: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetEndpoint(ap(benchClient).Addr(), Endpoint{Set: 1, Identity: 301, EgressIsolated: true, IngressIsolated: true}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+const benchClient = "10.244.0.2:40000"
+
+// policyCases are the paths with the client under policy.
+func policyCases() []benchCase {
+	client := ap(benchClient)
+	plain := testPkt{src: client, dst: ap("10.244.3.3:80"), proto: 6, tcpFlags: tcpACK, payload: make([]byte, 64)}.bytes()
+	return []benchCase{
+		{
+			name: "policy-ct-hit", prog: func(d *Datapath) *ebpf.Program { return d.objs.KpFromPod },
+			pkt: plain,
+			setup: func(t testing.TB, d *Datapath) {
+				underEgressPolicy(t, d, "10.244.3.3:80")
+				runProg(t, d.objs.KpFromPod, plain) // the connection's entry, verdict cached
+			},
+			reason: "pass", dir: "from-pod",
+		},
+		{
+			// The full pod egress path: service translation (conntrack
+			// hit) and policy (conntrack hit, verdict cached).
+			name: "service-policy-ct-hit", prog: func(d *Datapath) *ebpf.Program { return d.objs.KpFromPod },
+			pkt: testPkt{src: client, dst: ap(cycleA), proto: 6, tcpFlags: tcpACK, payload: make([]byte, 64)}.bytes(),
+			setup: func(t testing.TB, d *Datapath) {
+				cyclePair(t, d)
+				underEgressPolicy(t, d, cycleA, cycleB)
+				runProg(t, d.objs.KpFromPod, testPkt{src: client, dst: ap(cycleA), proto: 6, tcpFlags: tcpACK}.bytes())
+				runProg(t, d.objs.KpFromPod, testPkt{src: client, dst: ap(cycleB), proto: 6, tcpFlags: tcpACK}.bytes())
+			},
+			reason: "service translated", dir: "from-pod",
+		},
+		{
+			// SYN|FIN: every repetition reopens the closing connection, so
+			// policy is decided anew (two LPM lookups) and the entry rewritten.
+			name: "policy-new-connection", prog: func(d *Datapath) *ebpf.Program { return d.objs.KpFromPod },
+			pkt:    testPkt{src: client, dst: ap("10.244.3.3:80"), proto: 6, tcpFlags: tcpSYN | tcpFIN, payload: make([]byte, 64)}.bytes(),
+			setup:  func(t testing.TB, d *Datapath) { underEgressPolicy(t, d, "10.244.3.3:80") },
+			reason: "pass", dir: "from-pod",
+		},
+	}
+}
+
 func TestBenchmarkCycles(t *testing.T) {
-	for _, bc := range benchCases() {
+	for _, bc := range append(benchCases(), policyCases()...) {
 		t.Run(bc.name, func(t *testing.T) {
 			d := openTest(t, testConfig(t))
 			if bc.setup != nil {
@@ -119,7 +180,7 @@ func BenchmarkDatapath(b *testing.B) {
 		p := referenceProg(b)
 		benchProg(b, p, testPkt{src: ap("10.0.0.1:1"), dst: ap("10.0.0.2:2"), proto: 6, payload: make([]byte, 64)}.bytes())
 	})
-	for _, bc := range benchCases() {
+	for _, bc := range append(benchCases(), policyCases()...) {
 		b.Run(bc.name, func(b *testing.B) {
 			d := openTest(b, testConfig(b))
 			if bc.setup != nil {
