@@ -47,7 +47,8 @@ func startAgent(t *testing.T, env *testenv.Env, mutate func(*Config)) *Agent {
 	cfg.APISocket = filepath.Join(t.TempDir(), "agent.sock")
 	cfg.HealthCheckBind = "127.0.0.1"
 	cfg.MapSizes = datapath.MapSizes{Frontends: 4096, Backends: 8192, Slots: 16384, Maglev: 64,
-		Affinity: 1024, Conntrack: 16384, SockRevNat: 1024, Fragments: 256}
+		Affinity: 1024, Conntrack: 16384, SockRevNat: 1024, Fragments: 256,
+		IPCache: 1024, Endpoints: 256, PolicyEntries: 65536, PolicyCIDRs: 4096}
 	cfg.MaglevTableSize = 251
 	if mutate != nil {
 		mutate(&cfg)

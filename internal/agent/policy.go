@@ -348,3 +348,12 @@ func (a *Agent) policyStats() *policysync.Stats {
 	st := a.psync.Stats()
 	return &st
 }
+
+// PutUnderPolicy registers a pod of this node as CNI ADD does, without an
+// interface: for benchmarks that measure enforcement on API objects alone.
+func (a *Agent) PutUnderPolicy(ctx context.Context, ip netip.Addr, pod model.PodKey) error {
+	if a.psync == nil {
+		return fmt.Errorf("network policy enforcement is off")
+	}
+	return a.registerEndpoint(ctx, ip, pod)
+}

@@ -35,8 +35,11 @@ type ControlPlaneOptions struct {
 	Services int // services loaded (1000)
 	Backends int // endpoints per service (60)
 	Changes  int // EndpointSlice changes timed
-	BinDir   string
-	Progress io.Writer
+	// Policies loaded (0: no policy part); PolicyChanges timed.
+	Policies      int
+	PolicyChanges int
+	BinDir        string
+	Progress      io.Writer
 }
 
 // ControlPlaneResult is what E3 measured.
@@ -53,6 +56,8 @@ type ControlPlaneResult struct {
 	P99ms          float64       `json:"change_to_datapath_p99_ms"`
 	LostOnRestart  int           `json:"frontends_lost_on_restart"`
 	FrontendsAfter int           `json:"frontends_in_datapath"`
+	// Policy is the NetworkPolicy part (nil without policies).
+	Policy *PolicyResult `json:"policy,omitempty"`
 }
 
 const benchNS = "kpath-bench"
@@ -86,6 +91,18 @@ func ControlPlane(ctx context.Context, o ControlPlaneOptions) (*ControlPlaneResu
 		return nil, err
 	}
 	res.LoadTime = time.Since(start)
+	var local []model.PodKey
+	if o.Policies > 0 {
+		pr := &PolicyResult{Policies: o.Policies, Namespaces: (o.Policies + 3) / 4, LocalPods: 100, Changes: o.PolicyChanges}
+		pr.Pods = pr.Namespaces * len(benchTiers)
+		say("loading %d policies in %d namespaces with %d pods (%d on the measured node)", pr.Namespaces*4, pr.Namespaces, pr.Pods, pr.LocalPods)
+		start := time.Now()
+		if local, err = loadPolicies(ctx, c, pr.Namespaces, pr.LocalPods, "bench-node", o.Progress); err != nil {
+			return nil, err
+		}
+		pr.LoadTime = time.Since(start)
+		res.Policy = pr
+	}
 
 	cfg := agent.DefaultConfig()
 	cfg.Kubeconfig = env.Kubeconfig
@@ -118,6 +135,32 @@ func ControlPlane(ctx context.Context, o ControlPlaneOptions) (*ControlPlaneResu
 	pct := func(p int) time.Duration { return lat[min(len(lat)-1, len(lat)*p/100)] }
 	res.P50, res.P90, res.P99, res.Max = pct(50), pct(90), pct(99), lat[len(lat)-1]
 	res.P50ms, res.P99ms = float64(res.P50.Microseconds())/1000, float64(res.P99.Microseconds())/1000
+
+	if res.Policy != nil {
+		ips := map[model.PodKey]netip.Addr{}
+		for _, k := range local {
+			p, err := c.CoreV1().Pods(k.Namespace).Get(ctx, k.Name, metav1.GetOptions{})
+			if err != nil {
+				stop()
+				return nil, err
+			}
+			ip := netip.MustParseAddr(p.Status.PodIP)
+			ips[k] = ip
+			if err := a.PutUnderPolicy(ctx, ip, k); err != nil {
+				stop()
+				return nil, err
+			}
+		}
+		say("timing %d NetworkPolicy changes", o.PolicyChanges)
+		lat, err := timePolicyChanges(ctx, c, a, local, ips, o.PolicyChanges)
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		pr := res.Policy
+		pr.P50, pr.P90, pr.P99, pr.Max = percentiles(lat)
+		pr.P50ms, pr.P99ms = float64(pr.P50.Microseconds())/1000, float64(pr.P99.Microseconds())/1000
+	}
 
 	before, _ := a.Datapath().Frontends()
 	stop()

@@ -54,11 +54,20 @@ restarted over its pinned maps.`,
 			fmt.Fprintf(tw, "agent start -> ready, cold\t%s\t\n", ms(r.ColdReady))
 			fmt.Fprintf(tw, "agent restart -> ready, pinned maps\t%s\t\n", ms(r.RestartReady))
 			fmt.Fprintf(tw, "frontends lost on restart\t%d (of %d)\t0\n", r.LostOnRestart, r.FrontendsAfter)
+			if p := r.Policy; p != nil {
+				fmt.Fprintf(tw, "policies loaded (%d namespaces, %d pods, %d local)\t%d in %s\t\n", p.Namespaces, p.Pods, p.LocalPods, p.Policies, p.LoadTime.Round(time.Millisecond))
+				fmt.Fprintf(tw, "policy change -> enforced p50 (%d changes)\t%s\t\n", p.Changes, ms(p.P50))
+				fmt.Fprintf(tw, "policy change -> enforced p90\t%s\t\n", ms(p.P90))
+				fmt.Fprintf(tw, "policy change -> enforced p99\t%s\t<= 250 ms\n", ms(p.P99))
+				fmt.Fprintf(tw, "policy change -> enforced max\t%s\t\n", ms(p.Max))
+			}
 		})
 	}
 	cp.Flags().IntVar(&o.Services, "services", 1000, "services to load")
 	cp.Flags().IntVar(&o.Backends, "backends", 60, "endpoints per service")
 	cp.Flags().IntVar(&o.Changes, "changes", 200, "EndpointSlice changes to time")
+	cp.Flags().IntVar(&o.Policies, "policies", 2000, "NetworkPolicies to load (four per namespace; 0: no policy part)")
+	cp.Flags().IntVar(&o.PolicyChanges, "policy-changes", 200, "NetworkPolicy changes to time")
 	cp.Flags().StringVar(&o.BinDir, "k8s-bin", "", "directory with kube-apiserver (default: make k8s-bins' cache)")
 	cmd.AddCommand(cp, newLatencyCommand())
 	return cmd
