@@ -30,9 +30,10 @@ func newLabCommand() *cobra.Command {
 		Long: `kpath lab builds a cluster on one machine: a real etcd, kube-apiserver and
 kube-controller-manager; a "vnet" namespace that is the cloud network; node namespaces,
 each running a real kpath-agent and a node runtime that runs the pods bound to it,
-wired by the real CNI plugin. Pods whose image name contains "echo" run an HTTP echo
-server (first container port, default 8080) answering with the pod's name; other images
-run an idle process to exec commands in.`,
+wired by the real CNI plugin. Pods whose image name contains "echo", "agnhost" or
+"netpol" run an echo server, HTTP and UDP, on the first container port (default 8080)
+and on 80 and 81, answering with the pod's name; other images run an idle process to
+exec commands in.`,
 	}
 	defDir := lab.DefaultDir
 	if d := os.Getenv("KPATH_LAB_DIR"); d != "" {
