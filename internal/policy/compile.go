@@ -229,6 +229,13 @@ func (s *Store) compileBlocks(out *SetEntries, ingress bool, blocks []blockRule,
 			}
 		}
 	}
+	// Blocks by CIDR, so each prefix looks only at the blocks of the (at
+	// most 33) prefixes that contain it: 10,000 ipBlocks stay cheap.
+	byCIDR := map[netip.Prefix][]blockRule{}
+	for _, b := range blocks {
+		c := b.block.CIDR.Masked()
+		byCIDR[c] = append(byCIDR[c], b)
+	}
 	groups := map[string]uint32{}
 	var groupEntries []map[Entry]uint32
 	for _, q := range slices.SortedFunc(maps.Keys(prefixes), comparePrefix) {
@@ -237,13 +244,16 @@ func (s *Store) compileBlocks(out *SetEntries, ingress bool, blocks []blockRule,
 			dst = prefixes[q] // nil unless q is a pod's own prefix
 		}
 		entries := map[Entry]uint32{}
-		for _, b := range blocks {
-			if !coversPrefix(b.block, q) {
-				continue
-			}
-			for _, pe := range portEntries(b.ports, dst) {
-				pe.Ingress = ingress
-				addEntry(entries, pe, b.ref)
+		for bits := q.Bits(); bits >= 0; bits-- {
+			anc, _ := q.Addr().Prefix(bits)
+			for _, b := range byCIDR[anc] {
+				if !coversPrefix(b.block, q) {
+					continue
+				}
+				for _, pe := range portEntries(b.ports, dst) {
+					pe.Ingress = ingress
+					addEntry(entries, pe, b.ref)
+				}
 			}
 		}
 		g := uint32(0)
