@@ -22,10 +22,12 @@ int kp_from_pod(struct __sk_buff *skb)
 
 	if (r != XLATE_CONTINUE)
 		return r;
-	r = lb4_xlate(skb, &p, KP_DIR_FROM_POD, LB_SCOPE_INTERNAL);
+	struct ct_entry *svc = NULL;
+
+	r = lb4_xlate(skb, &p, KP_DIR_FROM_POD, LB_SCOPE_INTERNAL, &svc);
 	if (r != XLATE_PASS && r != XLATE_DONE)
 		return r;
-	if (pol_enforce(skb, &p, POL_EGRESS, KP_DIR_FROM_POD) != TC_ACT_OK)
+	if (pol_enforce(skb, &p, POL_EGRESS, KP_DIR_FROM_POD, svc) != TC_ACT_OK)
 		return TC_ACT_SHOT;
 	if (r == XLATE_PASS)
 		count(KP_PASS, KP_DIR_FROM_POD, skb->len);
@@ -40,7 +42,7 @@ int kp_to_pod(struct __sk_buff *skb)
 
 	if (r != XLATE_CONTINUE)
 		return r;
-	if (pol_enforce(skb, &p, POL_INGRESS, KP_DIR_TO_POD) != TC_ACT_OK)
+	if (pol_enforce(skb, &p, POL_INGRESS, KP_DIR_TO_POD, NULL) != TC_ACT_OK)
 		return TC_ACT_SHOT;
 	r = lb4_unxlate(skb, &p, KP_DIR_TO_POD);
 	if (r == XLATE_PASS)

@@ -11,8 +11,7 @@
  * now denied stops. Replies of an allowed connection pass. */
 #pragma once
 
-#include "pkt.h"
-#include "ct.h"
+#include "xlate.h"
 
 /* Peer numbers at or above this are CIDR groups of a set, not identities. */
 #define POL_CIDR_GROUP (1U << 31)
@@ -84,17 +83,44 @@ static __always_inline bool pol_decide(const struct endpoint *ep, __u8 dir, cons
  * or destination (ingress). Returns TC_ACT_OK, or TC_ACT_SHOT counted as
  * KP_DROP_POLICY for cdir. Packets of addresses that are not local
  * endpoints pass untouched. */
+/* svc_cache copies an egress verdict into the service entry of the
+ * connection (it pins the backend the verdict is about). */
+static __always_inline void svc_cache(struct ct_entry *svc, __u32 rev, bool denied)
+{
+	__u8 pol;
+
+	if (!svc)
+		return;
+	pol = denied ? svc->pol | CT_POL_EGRESS_DENY : svc->pol & ~CT_POL_EGRESS_DENY;
+	if (pol != svc->pol)
+		svc->pol = pol;
+	if (svc->egress_rev != rev)
+		svc->egress_rev = rev;
+}
+
 static __always_inline int pol_enforce(struct __sk_buff *skb, const struct pkt *p,
-				       const __u8 dir, const __u32 cdir)
+				       const __u8 dir, const __u32 cdir, struct ct_entry *svc)
 {
 	__be32 self = dir == POL_INGRESS ? p->daddr : p->saddr;
+	__u32 rev = pol_revision();
+
+	/* An established service connection's verdict, cached in its service
+	 * entry at this revision: no endpoint or connection lookup. */
+	if (svc && svc->egress_rev == rev) {
+		if (svc->pol & CT_POL_EGRESS_DENY)
+			return drop(skb, KP_DROP_POLICY, cdir);
+		return TC_ACT_OK;
+	}
+
 	struct endpoint *ep = bpf_map_lookup_elem(&kp_endpoint, &self);
 
-	if (!ep)
+	if (!ep) {
+		svc_cache(svc, rev, false);
 		return TC_ACT_OK;
+	}
 
 	__u8 deny = dir == POL_INGRESS ? CT_POL_INGRESS_DENY : CT_POL_EGRESS_DENY;
-	__u32 now = now_sec(), rev = pol_revision();
+	__u32 now = now_sec();
 	struct ct_key k = {
 		.saddr = p->saddr, .daddr = p->daddr,
 		.sport = p->sport, .dport = p->dport, .proto = p->proto,
@@ -115,6 +141,7 @@ static __always_inline int pol_enforce(struct __sk_buff *skb, const struct pkt *
 			else
 				e->egress_rev = rev;
 		}
+		svc_cache(svc, rev, e->pol & deny);
 		if (e->pol & deny)
 			goto denied;
 		frag_store(p);
@@ -137,8 +164,11 @@ static __always_inline int pol_enforce(struct __sk_buff *skb, const struct pkt *
 		return TC_ACT_OK;
 	}
 
-	if (!pol_decide(ep, dir, p))
+	if (!pol_decide(ep, dir, p)) {
+		svc_cache(svc, rev, true);
 		goto denied;
+	}
+	svc_cache(svc, rev, false);
 
 	struct ct_entry n = { .created = now };
 

@@ -58,9 +58,10 @@ static __always_inline int pod_parse(struct __sk_buff *skb, struct pkt *p, __u32
  * of its backends, through connection tracking. Returns XLATE_PASS for
  * traffic that is not to a frontend, XLATE_DONE after translating (pp then
  * holds the backend as destination, as the packet does), or a verdict
- * (a drop, counted). */
+ * (a drop, counted). For an established connection *svcp (when given) is
+ * its service entry, where policy caches its verdict too. */
 static __always_inline int lb4_xlate(struct __sk_buff *skb, struct pkt *pp, const __u32 dir,
-				     const __u8 scope)
+				     const __u8 scope, struct ct_entry **svcp)
 {
 	struct pkt p = *pp;
 
@@ -89,6 +90,8 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, struct pkt *pp, cons
 		 * even if it has since left the service. */
 		baddr = svc->backend_addr;
 		bport = svc->backend_port;
+		if (svcp)
+			*svcp = svc;
 		/* The connection entry is refreshed when the service entry's
 		 * state or expiry moves (about once a second), not per packet. */
 		if (ct_refresh(svc, &p, false, now)) {
@@ -165,7 +168,7 @@ static __always_inline int lb4_forward(struct __sk_buff *skb, const __u32 dir, c
 
 	if (r != XLATE_CONTINUE)
 		return r;
-	r = lb4_xlate(skb, &p, dir, scope);
+	r = lb4_xlate(skb, &p, dir, scope, NULL);
 	if (r == XLATE_PASS)
 		return pass(skb, dir);
 	return r == XLATE_DONE ? TC_ACT_OK : r;

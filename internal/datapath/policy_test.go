@@ -234,3 +234,53 @@ func TestPolicyFromNodeAndSelf(t *testing.T) {
 		t.Errorf("stray later fragment to an isolated pod: verdict %d, want dropped", r)
 	}
 }
+
+// TestPolicyServiceConnectionCut: the egress verdict of an established
+// service connection is cached in its service entry; a change that denies
+// the backend stops the connection, one that allows it again resumes it.
+func TestPolicyServiceConnectionCut(t *testing.T) {
+	d := openTest(t, testConfig(t))
+	mustUpsert(t, d, svcOf("10.96.0.10:80", "10.0.2.5:8080"))
+	client := netip.MustParseAddr("10.0.1.2")
+	if err := d.SetIPCache(netip.MustParseAddr("10.0.2.5"), 302); err != nil {
+		t.Fatal(err)
+	}
+	allow := func() {
+		if err := d.ApplyPolicy([]PolicyChange{{Set: 4, Add: map[policy.Entry]uint32{{Peer: 302, Proto: model.TCP, Port: 8080, PortBits: 16}: 1}}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.BumpPolicyRevision(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.SetEndpoint(client, Endpoint{Set: 4, Identity: 301, EgressIsolated: true}); err != nil {
+		t.Fatal(err)
+	}
+	allow()
+	cp := netip.AddrPortFrom(client, 40000)
+	run := func(flags uint8) uint32 {
+		r, _ := runProg(t, d.objs.KpFromPod, testPkt{src: cp, dst: ap("10.96.0.10:80"), proto: 6, tcpFlags: flags}.bytes())
+		return r
+	}
+	for i, f := range []uint8{tcpSYN, tcpACK, tcpACK} {
+		if r := run(f); r != tcActOK {
+			t.Fatalf("packet %d of an allowed service connection: verdict %d", i, r)
+		}
+	}
+	if err := d.ApplyPolicy([]PolicyChange{{Set: 4, DeleteAll: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.BumpPolicyRevision(); err != nil {
+		t.Fatal(err)
+	}
+	if r := run(tcpACK); r != tcActShot {
+		t.Fatalf("established service connection after a change that denies its backend: verdict %d", r)
+	}
+	if r := run(tcpACK); r != tcActShot {
+		t.Fatalf("second packet after the deny (cached): verdict %d", r)
+	}
+	allow()
+	if r := run(tcpACK); r != tcActOK {
+		t.Fatalf("after the policy allows again: verdict %d", r)
+	}
+}
