@@ -22,6 +22,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
@@ -111,6 +112,11 @@ const benchNamespace = "default"
 func Latency(ctx context.Context, o LatencyOptions) (*LatencyRun, error) {
 	if _, err := exec.LookPath("ab"); err != nil {
 		return nil, fmt.Errorf("ab not found: install apache2-utils")
+	}
+	for _, m := range o.Modes {
+		if labNames[m] == "" {
+			return nil, fmt.Errorf("mode %q: want one of none, kpath, kpath-tc, %s, kube-proxy-iptables, kube-proxy-nftables", m, PolicyMode)
+		}
 	}
 	run := &LatencyRun{Command: o.Command, Machine: DescribeMachine(o.K8sBin), Started: time.Now(),
 		Points: o.Points, Requests: o.Requests, Rounds: o.Rounds, Modes: o.Modes, Scenarios: o.Scenarios, Interleaved: true}
@@ -236,8 +242,47 @@ func (m *modeLab) say(f string, a ...any) {
 
 // labNames are the names of E1's labs, one per mode, short enough for
 // lab names.
-var labNames = map[string]string{"none": "e1-none", "kpath": "e1-kpath", "kpath-tc": "e1-kpath-tc",
+var labNames = map[string]string{"none": "e1-none", "kpath": "e1-kpath", "kpath-tc": "e1-kpath-tc", "kpath-policy": "e1-kpath-pol",
 	"kube-proxy-iptables": "e1-iptables", "kube-proxy-nftables": "e1-nftables"}
+
+// PolicyMode is E1's kpath mode with NetworkPolicy in place: every pod of
+// the namespace isolated both ways, the client allowed to the echo pod and
+// the echo pod to be reached by the client (what the BENCHMARKS.md target
+// "E1 with a policy allowing the client" compares with kpath alone).
+const PolicyMode = "kpath-policy"
+
+// labServices is the lab's service dataplane for an E1 mode.
+func labServices(mode string) string {
+	if mode == PolicyMode {
+		return "kpath"
+	}
+	return mode
+}
+
+// latencyPolicies isolates E1's namespace and allows the client <-> echo
+// connections on 8080/TCP in both directions' policies.
+func latencyPolicies(ctx context.Context, c kubernetes.Interface) error {
+	tcp := corev1.ProtocolTCP
+	port := intstr.FromInt32(8080)
+	ports := []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &port}}
+	role := func(r string) *metav1.LabelSelector {
+		return &metav1.LabelSelector{MatchLabels: map[string]string{"role": r}}
+	}
+	for _, p := range []*networkingv1.NetworkPolicy{
+		{ObjectMeta: metav1.ObjectMeta{Name: "e1-isolate"}, Spec: networkingv1.NetworkPolicySpec{
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress}}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "e1-echo-from-client"}, Spec: networkingv1.NetworkPolicySpec{PodSelector: *role("e1-echo"),
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{PodSelector: role("e1-client")}}, Ports: ports}}}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "e1-client-to-echo"}, Spec: networkingv1.NetworkPolicySpec{PodSelector: *role("e1-client"),
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress},
+			Egress:      []networkingv1.NetworkPolicyEgressRule{{To: []networkingv1.NetworkPolicyPeer{{PodSelector: role("e1-echo")}}, Ports: ports}}}},
+	} {
+		if _, err := c.NetworkingV1().NetworkPolicies(benchNamespace).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("e1 policy %s: %w", p.Name, err)
+		}
+	}
+	return nil
+}
 
 // start brings the mode's lab up with the echo and client pods and the
 // target service.
@@ -252,7 +297,7 @@ func (m *modeLab) start(ctx context.Context, o LatencyOptions) error {
 	lctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- lab.Supervise(lctx, lab.Options{Name: name, Dir: m.labDir, Nodes: 1, Routing: "native", Services: m.mode,
+		done <- lab.Supervise(lctx, lab.Options{Name: name, Dir: m.labDir, Nodes: 1, Routing: "native", Services: labServices(m.mode),
 			BinDir: o.BinDir, K8sBin: o.K8sBin, Log: func(string, ...any) {}})
 	}()
 	m.stop = func() {
@@ -280,6 +325,11 @@ func (m *modeLab) start(ctx context.Context, o LatencyOptions) error {
 	node := m.st.Nodes[0]
 	if m.target, m.clientNS, m.echoIP, err = latencyTargets(ctx, m.c, m.st, node.Name); err != nil {
 		return err
+	}
+	if m.mode == PolicyMode {
+		if err := latencyPolicies(ctx, m.c); err != nil {
+			return err
+		}
 	}
 	m.say("target %s, echo pod %s", m.target, m.echoIP)
 	if m.cg, err = os.Open(node.Cgroup); err != nil {
@@ -511,7 +561,7 @@ func latencyTargets(ctx context.Context, c kubernetes.Interface, st *lab.State, 
 		return "", "", "", err
 	}
 	for _, p := range []struct{ name, image string }{{"echo", "kpath/echo"}, {"client", "kpath/client"}} {
-		labels := map[string]string{}
+		labels := map[string]string{"role": "e1-" + p.name}
 		if p.name == "echo" {
 			labels["app"] = "target"
 		}

@@ -154,6 +154,7 @@ var latencyModes = []struct{ mode, label, color string }{
 	{"none", "none (floor)", "#7f7f7f"},
 	{"kpath", "kpath", "#d62728"},
 	{"kpath-tc", "kpath-tc", "#ff9896"},
+	{"kpath-policy", "kpath + NetworkPolicy", "#9467bd"},
 	{"kube-proxy-iptables", "kube-proxy iptables", "#1f77b4"},
 	{"kube-proxy-nftables", "kube-proxy nftables", "#2ca02c"},
 }
@@ -283,6 +284,24 @@ func LatencyTargets(run *LatencyRun) []Target {
 			}
 		}
 		out = append(out, answered)
+	}
+	// NetworkPolicy in place costs kpath (almost) nothing: every point,
+	// both scenarios and targets, within 5% of kpath alone.
+	if slices.Contains(run.Modes, PolicyMode) && slices.Contains(run.Modes, "kpath") {
+		worst := Target{Name: PolicyMode + " vs kpath, every point: <= 1.05x", Limit: 1.05, Missing: true}
+		for _, sc := range run.Scenarios {
+			for _, s := range pts {
+				for _, tg := range []string{"service", "direct"} {
+					r, ok := ix.get(PolicyMode, sc, s, tg)
+					k, okK := ix.get("kpath", sc, s, tg)
+					if t := ratio("", r, k, ok, okK, 1.05); !t.Missing && (worst.Missing || t.Ratio > worst.Ratio) {
+						worst.Missing, worst.Ratio = false, t.Ratio
+						worst.Measured = fmt.Sprintf("worst %.2fx (%s %s, S=%d)", t.Ratio, sc, tg, s)
+					}
+				}
+			}
+		}
+		out = append(out, worst)
 	}
 	return out
 }
