@@ -40,6 +40,7 @@ type Agent struct {
 	// store and psync enforce NetworkPolicy (nil with networkPolicy off).
 	store   *policy.Store
 	psync   *policysync.Syncer
+	events  atomic.Pointer[podEvents] // set once the API client exists
 	cni     *endpoints
 	ready   atomic.Bool
 	started time.Time
@@ -104,6 +105,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		ms := cfg.MapSizes
 		a.psync, err = policysync.New(a.store, dp, policysync.Options{
 			Node: cfg.NodeName, Log: log, Metrics: policysync.NewMetrics(a.reg),
+			OnError:  func(pod model.PodKey, err error) { a.events.Load().policyNotApplied(pod, err) },
 			Capacity: policysync.Capacity{Entries: int(ms.PolicyEntries), CIDRs: int(ms.PolicyCIDRs), Endpoints: int(ms.Endpoints), IPCache: int(ms.IPCache)},
 		})
 		if err != nil {
@@ -136,6 +138,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
+	ev, stopEvents := newPodEvents(client, a.cfg.NodeName)
+	defer stopEvents()
+	a.events.Store(ev)
 	wo := k8s.WatchOptions{ProxyName: a.cfg.ProxyName, NodesOnly: !a.cfg.KubeProxyReplacement}
 	if a.store != nil {
 		wo.Policy = a.store

@@ -19,6 +19,7 @@ type Metrics struct {
 	entries   prometheus.Gauge
 	cidrs     prometheus.Gauge
 	ipcache   prometheus.Gauge
+	idents    prometheus.Gauge
 }
 
 // NewMetrics registers the metrics with reg.
@@ -43,8 +44,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		entries:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "kpath_policy_entries", Help: "Allow entries of all policy sets."}),
 		cidrs:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "kpath_policy_cidr_prefixes", Help: "ipBlock prefixes of all policy sets."}),
 		ipcache:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "kpath_ipcache_entries", Help: "Addresses with an identity in the ipcache."}),
+		idents:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "kpath_identities", Help: "Pod identities (distinct namespace, labels and named ports) this node has numbered."}),
 	}
-	reg.MustRegister(m.enforced, m.duration, m.errors, m.endpoints, m.sets, m.entries, m.cidrs, m.ipcache)
+	reg.MustRegister(m.enforced, m.duration, m.errors, m.endpoints, m.sets, m.entries, m.cidrs, m.ipcache, m.idents)
 	return m
 }
 
@@ -71,4 +73,6 @@ func (m *Metrics) observeSync(d time.Duration, s *Syncer) {
 	m.entries.Set(float64(st.Entries))
 	m.cidrs.Set(float64(st.CIDRs))
 	m.ipcache.Set(float64(st.IPCache))
+	_, _, _, ids := s.store.Counts()
+	m.idents.Set(float64(ids))
 }

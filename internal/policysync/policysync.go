@@ -90,6 +90,7 @@ type Syncer struct {
 	cap   Capacity
 	log   *slog.Logger
 	m     *Metrics
+	onErr func(model.PodKey, error)
 
 	mu        sync.Mutex
 	endpoints map[netip.Addr]*endpoint
@@ -115,18 +116,25 @@ type Options struct {
 	Capacity Capacity
 	Log      *slog.Logger
 	Metrics  *Metrics
+	// OnError is told when an endpoint's policy could not be applied (the
+	// agent records a Kubernetes Event on the pod). Called with the
+	// syncer's lock held: it must not call back into the syncer.
+	OnError func(pod model.PodKey, err error)
 }
 
 // New reads what the datapath holds (pinned maps survive the agent) and
 // returns a syncer that changes nothing until Sync.
 func New(store *policy.Store, dp Datapath, o Options) (*Syncer, error) {
 	s := &Syncer{
-		store: store, dp: dp, node: o.Node, cap: o.Capacity, log: o.Log, m: o.Metrics,
+		store: store, dp: dp, node: o.Node, cap: o.Capacity, log: o.Log, m: o.Metrics, onErr: o.OnError,
 		endpoints: map[netip.Addr]*endpoint{}, sets: map[string]*set{}, byID: map[uint32]*set{},
 		orphans: map[uint32]struct{}{}, adopt: map[uint32]*policy.SetEntries{}, nextID: 1,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.onErr == nil {
+		s.onErr = func(model.PodKey, error) {}
 	}
 	var err error
 	if s.ipcache, err = dp.IPCache(); err != nil {
@@ -383,11 +391,13 @@ func (s *Syncer) syncEndpointLocked(ip netip.Addr) error {
 			ep.status = st
 			ep.status.Set = ep.set.id
 			s.m.endpointError()
+			s.onErr(ep.pod, err)
 			s.log.Error("policy set not applied; the endpoint keeps its last good policy", "pod", ep.pod, "error", err)
 			return fmt.Errorf("endpoint %s: %w", ep.pod, err)
 		default:
 			st.Error = err.Error()
 			s.m.endpointError()
+			s.onErr(ep.pod, err)
 			s.log.Error("policy set not applied; the endpoint allows nothing until it can be", "pod", ep.pod, "error", err)
 		}
 	}
@@ -499,6 +509,7 @@ func (s *Syncer) recompileLocked(st *set) error {
 		for _, ep := range s.endpoints {
 			if ep.set == st {
 				ep.status.Error = st.err
+				s.onErr(ep.pod, errors.New(st.err))
 			}
 		}
 		s.m.endpointError()

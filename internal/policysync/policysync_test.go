@@ -245,7 +245,12 @@ func TestSyncerFullMapKeepsLastGoodState(t *testing.T) {
 	s.SetPod(model.PodKey{Namespace: "x", Name: "client"}, pod("client", "client", ipR, "n2"))
 	s.SetPod(model.PodKey{Namespace: "x", Name: "a"}, pod("a", "web", ipA, "n1"))
 	s.SetPolicy(model.PolicyKey{Namespace: "x", Name: "web"}, allowFrom("web", "web", "client"))
-	sy := newSyncer(t, s, d, policysync.Capacity{Entries: 3})
+	reported := map[model.PodKey]int{}
+	sy, err := policysync.New(s, d, policysync.Options{Node: "n1", Capacity: policysync.Capacity{Entries: 3},
+		OnError: func(pod model.PodKey, _ error) { reported[pod]++ }})
+	if err != nil {
+		t.Fatal(err)
+	}
 	sy.Restore(map[netip.Addr]model.PodKey{ipA: {Namespace: "x", Name: "a"}})
 	if err := sy.Sync(true); err != nil {
 		t.Fatal(err)
@@ -272,6 +277,9 @@ func TestSyncerFullMapKeepsLastGoodState(t *testing.T) {
 	}
 	if st.Error == "" {
 		t.Errorf("no error reported on the endpoint: %+v", st)
+	}
+	if reported[model.PodKey{Namespace: "x", Name: "a"}] == 0 {
+		t.Error("the overflow was not reported for an event")
 	}
 	// A new pod in a set that cannot be written: isolated, nothing allowed.
 	s.SetPolicy(model.PolicyKey{Namespace: "x", Name: "web"}, allowFrom("web", "web", "client"))
