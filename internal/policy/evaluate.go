@@ -145,7 +145,11 @@ func evalDirection(s view, f Flow, ingress bool) Direction {
 	case len(d.AllowedBy) > 0:
 		d.Allowed, d.Reason = true, "allowed by "+d.AllowedBy[0].String()
 	default:
-		d.Reason = fmt.Sprintf("isolated by %d policies, none of whose rules matches", len(d.Policies))
+		if len(d.Policies) == 1 {
+			d.Reason = "isolated by " + d.Policies[0].String() + ", whose rules do not match"
+		} else {
+			d.Reason = fmt.Sprintf("isolated by %d policies, none of whose rules matches", len(d.Policies))
+		}
 	}
 	return d
 }

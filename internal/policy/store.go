@@ -35,6 +35,10 @@ type Store struct {
 	nodeIPs    map[netip.Addr]string // node address -> node name
 	nodeAddrs  map[string][]netip.Addr
 	ids        *identities
+	// hints are addresses this node gave its own pods (CNI ADD), used
+	// until the pod's status reports them, so a new pod has its identity
+	// in the ipcache from its first packet.
+	hints map[model.PodKey]netip.Addr
 
 	changes Changes
 	notify  chan struct{}
@@ -68,6 +72,7 @@ func NewStore() *Store {
 		nodeIPs:    map[netip.Addr]string{},
 		nodeAddrs:  map[string][]netip.Addr{},
 		ids:        newIdentities(),
+		hints:      map[model.PodKey]netip.Addr{},
 		notify:     make(chan struct{}, 1),
 	}
 	s.resetChanges()
@@ -110,6 +115,32 @@ func hasIdentity(p *model.Pod) bool {
 func (s *Store) SetPod(k model.PodKey, p *model.Pod) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.setPodLocked(k, p)
+}
+
+// HintIP records the address this node gave pod k, which stands in for
+// the pod's status until that reports its addresses.
+func (s *Store) HintIP(k model.PodKey, ip netip.Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hints[k] = ip
+	if e := s.pods[k]; e != nil && len(e.pod.IPs) == 0 {
+		s.setPodLocked(k, e.pod)
+	}
+}
+
+func (s *Store) setPodLocked(k model.PodKey, p *model.Pod) {
+	if p == nil {
+		delete(s.hints, k)
+	} else if ip, ok := s.hints[k]; ok {
+		if len(p.IPs) == 0 {
+			cp := *p
+			cp.IPs = []netip.Addr{ip}
+			p = &cp
+		} else {
+			delete(s.hints, k) // the status has it now
+		}
+	}
 	old := s.pods[k]
 	if old != nil {
 		for _, ip := range old.pod.IPs {

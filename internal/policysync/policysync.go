@@ -185,8 +185,14 @@ func (s *Syncer) Register(ip netip.Addr, pod model.PodKey) error {
 	if !ip.Is4() {
 		return fmt.Errorf("endpoint %s of %s: only IPv4 is supported", ip, pod)
 	}
+	s.store.HintIP(pod, ip)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if id := s.store.IdentityOf(ip, s.node); id != policy.IdentityWorld {
+		if err := s.setIPCache(ip, id); err != nil {
+			return err
+		}
+	}
 	if old, ok := s.endpoints[ip]; ok && old.pod != pod {
 		s.log.Warn("endpoint address reused: the old pod's registration is replaced", "ip", ip, "old", old.pod, "new", pod)
 	}

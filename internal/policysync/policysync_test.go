@@ -297,3 +297,41 @@ func TestSyncerFullMapKeepsLastGoodState(t *testing.T) {
 		t.Errorf("new pod with an unwritable set: %+v (%v), want isolated, deny-all", e, ok)
 	}
 }
+
+// TestRegisterBeforeStatus: a pod registered at CNI ADD, whose status does
+// not show its address yet, has its identity in the ipcache at once, so
+// its first connections to its node's pods are not "world".
+func TestRegisterBeforeStatus(t *testing.T) {
+	d, _ := openDatapath(t)
+	s := policy.NewStore()
+	p := pod("a", "web", ipA, "n1")
+	p.IPs = nil
+	s.SetPod(p.Key, p)
+	sy := newSyncer(t, s, d, policysync.Capacity{})
+	if err := sy.Register(ipA, p.Key); err != nil {
+		t.Fatal(err)
+	}
+	ic, err := d.IPCache()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, ok := ic[ipA]; !ok || id < uint32(policy.FirstPodIdentity) {
+		t.Fatalf("ipcache %v for a registered pod without status IPs, want its identity", ic)
+	}
+	// The status arrives with the same address: nothing changes; the pod
+	// goes: the address leaves the ipcache.
+	s.SetPod(p.Key, pod("a", "web", ipA, "n1"))
+	if err := sy.Sync(true); err != nil {
+		t.Fatal(err)
+	}
+	if ic, _ := d.IPCache(); ic[ipA] < uint32(policy.FirstPodIdentity) {
+		t.Fatalf("ipcache %v after the status arrived", ic)
+	}
+	s.SetPod(p.Key, nil)
+	if err := sy.Sync(false); err != nil {
+		t.Fatal(err)
+	}
+	if ic, _ := d.IPCache(); len(ic) != 0 {
+		t.Fatalf("ipcache %v after the pod went", ic)
+	}
+}
