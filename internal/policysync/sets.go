@@ -173,4 +173,3 @@ func (s *Syncer) inUse(id uint32) bool {
 func deleteChange(id uint32, e *policy.SetEntries) datapath.PolicyChange {
 	return datapath.PolicyChange{Set: id, Delete: slices.Collect(maps.Keys(e.Entries)), DelCIDR: slices.Collect(maps.Keys(e.CIDRs))}
 }
-
