@@ -55,6 +55,10 @@ type SetEntries struct {
 	// CIDRs maps prefixes to their group (0: no rule applies there).
 	CIDRs map[CIDREntry]uint32
 	Rules []RuleRef
+	// NeedsPodIPs: an egress named port on an ipBlock (or on a rule
+	// without peers) resolves per pod address, so the entries change when
+	// pod addresses do.
+	NeedsPodIPs bool
 }
 
 // PolicySet is the set of policies selecting an endpoint.
@@ -170,26 +174,58 @@ func addEntry(m map[Entry]uint32, e Entry, ref uint32) {
 	}
 }
 
+// SetSelectsAny reports whether a selector peer of a policy of ps selects
+// one of ids: only then does a new or vanished identity change the set's
+// entries.
+func (s *Store) SetSelectsAny(ps PolicySet, ids []IdentityInfo) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, keys := range [][]model.PolicyKey{ps.Ingress, ps.Egress} {
+		for _, k := range keys {
+			c := s.policies[k.Namespace][k.Name]
+			if c == nil {
+				return true // gone: the set changes anyway
+			}
+			for _, rules := range [][]compiledRule{c.ingress, c.egress} {
+				for _, r := range rules {
+					for _, p := range r.peers {
+						if p.broken || p.block != nil {
+							continue
+						}
+						for i := range ids {
+							if s.peerSelectsLocked(c, p, &ids[i]) {
+								return true
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+	return false
+}
+
+// peerSelectsLocked: selector peer p of c selects identity id.
+func (s *Store) peerSelectsLocked(c *compiled, p compiledPeer, id *IdentityInfo) bool {
+	if p.namespaces == nil {
+		return id.Namespace == c.Key.Namespace && p.pods.Matches(labels.Set(id.Labels))
+	}
+	var nsLabels labels.Set
+	if ns := s.namespaces[id.Namespace]; ns != nil {
+		nsLabels = ns.Labels
+	} else {
+		nsLabels = labels.Set{"kubernetes.io/metadata.name": id.Namespace}
+	}
+	return p.namespaces.Matches(nsLabels) && (p.pods == nil || p.pods.Matches(labels.Set(id.Labels)))
+}
+
 // matchIdentitiesLocked lists the identities a selector peer of c selects.
 func (s *Store) matchIdentitiesLocked(c *compiled, p compiledPeer) []*IdentityInfo {
 	var out []*IdentityInfo
 	for _, id := range s.ids.byID {
-		if p.namespaces == nil {
-			if id.Namespace != c.Key.Namespace || !p.pods.Matches(labels.Set(id.Labels)) {
-				continue
-			}
-		} else {
-			var nsLabels labels.Set
-			if ns := s.namespaces[id.Namespace]; ns != nil {
-				nsLabels = ns.Labels
-			} else {
-				nsLabels = labels.Set{"kubernetes.io/metadata.name": id.Namespace}
-			}
-			if !p.namespaces.Matches(nsLabels) || (p.pods != nil && !p.pods.Matches(labels.Set(id.Labels))) {
-				continue
-			}
+		if s.peerSelectsLocked(c, p, id) {
+			out = append(out, id)
 		}
-		out = append(out, id)
 	}
 	return out
 }
@@ -221,6 +257,7 @@ func (s *Store) compileBlocks(out *SetEntries, ingress bool, blocks []blockRule,
 		named = named || slices.ContainsFunc(b.ports, func(pp model.PolicyPort) bool { return pp.Name != "" })
 	}
 	if named && !ingress {
+		out.NeedsPodIPs = true
 		// An egress named port resolves on the destination pod: give every
 		// pod that declares a named port its own prefix.
 		for ip, k := range s.byIP {

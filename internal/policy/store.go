@@ -50,8 +50,9 @@ type Changes struct {
 	IPs map[netip.Addr]struct{}
 	// Pods whose labels, addresses or existence changed.
 	Pods map[model.PodKey]struct{}
-	// Identities added or removed.
-	Identities bool
+	// Identities added or removed, and which (copies, as they were).
+	Identities        bool
+	ChangedIdentities []IdentityInfo
 	// Policies or namespace labels changed: which pods a rule selects.
 	Selection bool
 	// Since is when the first of these changes arrived.
@@ -151,6 +152,7 @@ func (s *Store) setPodLocked(k model.PodKey, p *model.Pod) {
 		}
 		if old.ident != nil && s.ids.release(old.ident) {
 			s.changes.Identities = true
+			s.changes.ChangedIdentities = append(s.changes.ChangedIdentities, *old.ident)
 		}
 		delete(s.pods, k)
 	}
@@ -164,7 +166,10 @@ func (s *Store) setPodLocked(k model.PodKey, p *model.Pod) {
 		info, added, err := s.ids.acquire(p)
 		if err == nil {
 			e.ident = info
-			s.changes.Identities = s.changes.Identities || added
+			if added {
+				s.changes.Identities = true
+				s.changes.ChangedIdentities = append(s.changes.ChangedIdentities, *info)
+			}
 		}
 		// Without an identity the pod's IPs stay out of the ipcache: its
 		// traffic is "world", which no selector allows.

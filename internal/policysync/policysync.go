@@ -270,18 +270,23 @@ func (s *Syncer) Sync(full bool) error {
 			errs = append(errs, s.setIPCache(ip, s.store.IdentityOf(ip, s.node)))
 		}
 	}
-	// Sets depend on which identities exist and on which policies select
-	// what; a relabel onto an existing identity changes neither.
-	recompile := full || changes.Identities || changes.Selection || len(changes.IPs) > 0 && s.anyNeedsPodIPs()
-	if recompile {
-		for _, st := range s.sets {
+	// A set depends on which policies select what (recompiled on any such
+	// change), on the identities its selector peers select (recompiled
+	// when one of those comes or goes) and, with egress named ports on
+	// ipBlocks, on pod addresses. A relabel onto an existing identity
+	// changes none of them: only the ipcache.
+	all := full || changes.Selection
+	podIPs := len(changes.IPs) > 0
+	for _, st := range s.sets {
+		if all || podIPs && needsPodIPs(st) || changes.Identities && s.store.SetSelectsAny(st.ps, changes.ChangedIdentities) {
 			if err := s.recompileLocked(st); err != nil {
 				errs = append(errs, err)
 			}
 		}
 	}
+	// An endpoint's set changes with the policies or its own pod.
 	for ip, ep := range s.endpoints {
-		if full || recompile || changedPod(changes, ep.pod) {
+		if all || changedPod(changes, ep.pod) {
 			errs = append(errs, s.syncEndpointLocked(ip))
 		}
 	}
@@ -317,17 +322,11 @@ func changedPod(c policy.Changes, k model.PodKey) bool {
 	return ok
 }
 
-// anyNeedsPodIPs: a set with an egress named port on an ipBlock peer has a
-// prefix per pod address, so pod addresses changing changes it.
-func (s *Syncer) anyNeedsPodIPs() bool {
-	for _, st := range s.sets {
-		for c := range st.entries.CIDRs {
-			if !c.Ingress && c.Prefix.Bits() == 32 {
-				return true
-			}
-		}
-	}
-	return false
+// needsPodIPs: a set with an egress named port on an ipBlock peer (or on a
+// rule without peers) has a prefix per pod address where the name
+// resolves, so pod addresses changing may change it.
+func needsPodIPs(st *set) bool {
+	return st.entries.NeedsPodIPs
 }
 
 func (s *Syncer) setIPCache(ip netip.Addr, id policy.Identity) error {

@@ -1,13 +1,16 @@
 package policysync_test
 
 import (
+	"fmt"
 	"maps"
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 
 	"github.com/kpath/kpath/internal/datapath"
 	"github.com/kpath/kpath/internal/model"
 	"github.com/kpath/kpath/internal/policy"
+	"github.com/kpath/kpath/internal/policy/policytest"
 	"github.com/kpath/kpath/internal/policysync"
 	"github.com/kpath/kpath/internal/testutil"
 )
@@ -333,5 +336,118 @@ func TestRegisterBeforeStatus(t *testing.T) {
 	}
 	if ic, _ := d.IPCache(); len(ic) != 0 {
 		t.Fatalf("ipcache %v after the pod went", ic)
+	}
+}
+
+// TestIncrementalSyncMatchesEvaluator: after every one of a random
+// sequence of changes (relabels onto new and existing identities, pods
+// coming and going, namespace relabels, policies added and deleted), each
+// applied by an incremental Sync, the maps decide every (local endpoint,
+// peer, protocol, port) as the reference evaluator does.
+func TestIncrementalSyncMatchesEvaluator(t *testing.T) {
+	d, _ := openDatapath(t)
+	r := rand.New(rand.NewPCG(11, 3))
+	s, addrs := policytest.RandomCluster(r, 4)
+	sy := newSyncer(t, s, d, policysync.Capacity{})
+	local := map[netip.Addr]model.PodKey{}
+	for _, ip := range addrs {
+		if p := s.Peer(ip).Pod; p != nil && p.NodeName == "n1" {
+			local[ip] = p.Key
+		}
+	}
+	sy.Restore(local)
+	if err := sy.Sync(true); err != nil {
+		t.Fatal(err)
+	}
+	check := func(step string) {
+		t.Helper()
+		for ip := range local {
+			for _, peer := range addrs {
+				if peer == ip {
+					continue
+				}
+				for _, c := range []struct {
+					proto model.Protocol
+					port  uint16
+				}{{model.TCP, 80}, {model.TCP, 81}, {model.UDP, 81}, {model.SCTP, 1080}} {
+					for _, ingress := range []bool{true, false} {
+						src, dst := peer, ip
+						if !ingress {
+							src, dst = ip, peer
+						}
+						want := s.EvaluateIPs(src, dst, c.proto, c.port)
+						wd := want.Egress
+						if ingress {
+							wd = want.Ingress
+						}
+						got, err := d.DecidePolicy(ip, peer, ingress, c.proto, c.port)
+						if err != nil {
+							t.Fatal(err)
+						}
+						if got.Allowed != wd.Allowed {
+							t.Fatalf("after %s: %s -> %s %s/%d (ingress %v): maps %v (%s), evaluator %v (%s)",
+								step, src, dst, c.proto, c.port, ingress, got.Allowed, got.Reason, wd.Allowed, wd.Reason)
+						}
+					}
+				}
+			}
+		}
+	}
+	check("the first sync")
+	pods := func() []*model.Pod {
+		var out []*model.Pod
+		for _, ip := range addrs {
+			if p := s.Peer(ip).Pod; p != nil {
+				out = append(out, p)
+			}
+		}
+		return out
+	}
+	vals := []string{"a", "b", "c", "d"}
+	var gone []*model.Pod
+	for step := range 60 {
+		var what string
+		switch r.IntN(5) {
+		case 0, 1: // relabel a pod: onto an existing identity or a new one
+			ps := pods()
+			p := *ps[r.IntN(len(ps))]
+			p.Labels = map[string]string{"pod": p.Labels["pod"], "app": vals[r.IntN(len(vals))]}
+			s.SetPod(p.Key, &p)
+			what = "relabel " + p.Key.String()
+		case 2: // a pod goes, or one that went comes back
+			if len(gone) > 0 && r.IntN(2) == 0 {
+				p := gone[len(gone)-1]
+				gone = gone[:len(gone)-1]
+				s.SetPod(p.Key, p)
+				what = "recreate " + p.Key.String()
+			} else {
+				ps := pods()
+				p := ps[r.IntN(len(ps))]
+				if p.NodeName == "n1" {
+					continue // local pods stay: the syncer's endpoints are fixed here
+				}
+				gone = append(gone, p)
+				s.SetPod(p.Key, nil)
+				what = "delete " + p.Key.String()
+			}
+		case 3:
+			ns := []string{"x", "y", "z"}[r.IntN(3)]
+			s.SetNamespace(ns, &model.Namespace{Name: ns, Labels: map[string]string{
+				"kubernetes.io/metadata.name": ns, "team": vals[r.IntN(2)], "env": vals[r.IntN(3)]}})
+			what = "relabel namespace " + ns
+		case 4:
+			k := model.PolicyKey{Namespace: []string{"x", "y", "z"}[r.IntN(3)], Name: fmt.Sprint("p", r.IntN(8))}
+			if r.IntN(3) == 0 {
+				s.SetPolicy(k, nil)
+				what = "delete policy " + k.String()
+			} else {
+				s.SetPolicy(k, policytest.RandomPolicy(r))
+				what = "set policy " + k.String()
+			}
+		}
+		if err := sy.Sync(false); err != nil {
+			t.Fatalf("step %d (%s): %v", step, what, err)
+		}
+		check(fmt.Sprintf("step %d (%s)", step, what))
 	}
 }
