@@ -431,7 +431,17 @@ func (s *Syncer) Endpoints() []EndpointStatus {
 	defer s.mu.Unlock()
 	out := make([]EndpointStatus, 0, len(s.endpoints))
 	for _, ip := range slices.SortedFunc(maps.Keys(s.endpoints), netip.Addr.Compare) {
-		out = append(out, s.endpoints[ip].status)
+		ep := s.endpoints[ip]
+		st := ep.status
+		// The set's entries move with identities without the endpoint
+		// being revisited: read them now.
+		if ep.set != nil && st.Set == ep.set.id {
+			st.Entries = len(ep.set.entries.Entries)
+			if ep.set.err != "" {
+				st.Error = ep.set.err
+			}
+		}
+		out = append(out, st)
 	}
 	return out
 }

@@ -140,6 +140,11 @@ func TestSyncerLifecycle(t *testing.T) {
 	if st := sy.Stats(); st.Sets != 1 {
 		t.Errorf("%d sets, want 1", st.Sets)
 	}
+	for _, e := range sy.Endpoints() {
+		if e.Entries != 1 || !e.IngressIsolated || len(e.Ingress) != 1 {
+			t.Errorf("endpoint status %+v, want isolated by x/web with 1 entry", e)
+		}
+	}
 	entries, _, err := d.PolicyEntries()
 	if err != nil {
 		t.Fatal(err)
