@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/kpath/kpath/internal/agent"
 	"github.com/kpath/kpath/internal/cniapi"
 	"github.com/kpath/kpath/internal/k8s"
 	klab "github.com/kpath/kpath/internal/lab"
@@ -452,6 +454,7 @@ func netpolScenario(t *testing.T, bin, k8sBin, services string) {
 
 	n.apply(netpol("x", "named", sel("pod", "a"), ingressOnly, inRule(nil, npPort(udp, intstr.FromString("serve-81-udp"))), nil))
 	n.expect("named port serve-81-udp")
+	n.traces()
 
 	n.apply(netpol("y", "endport", sel("pod", "b"), ingressOnly, inRule(nil, npPort(tcp, intstr.FromInt32(79), 80)), nil))
 	n.expect("endPort 79-80 allows 80, not 81")
@@ -460,12 +463,14 @@ func netpolScenario(t *testing.T, bin, k8sBin, services string) {
 	n.apply(netpol("z", "ipblock", sel("pod", "c"), ingressOnly, inRule([]networkingv1.NetworkPolicyPeer{
 		{IPBlock: &networkingv1.IPBlock{CIDR: cluster.String(), Except: []string{nodeCIDRs[1].String()}}}}), nil))
 	n.expect("ipBlock with except covering pod IPs")
+	n.traces()
 
 	n.apply(
 		netpol("x", "stack-1", sel("pod", "a"), ingressOnly, inRule([]networkingv1.NetworkPolicyPeer{{NamespaceSelector: sel("ns", "y")}}, npPort(tcp, intstr.FromInt32(80))), nil),
 		netpol("x", "stack-2", sel("pod", "a"), ingressOnly, inRule([]networkingv1.NetworkPolicyPeer{{NamespaceSelector: sel("ns", "z")}}, npPort(udp, intstr.FromInt32(81))), nil),
 	)
 	n.expect("stacked policies are a union")
+	n.traces()
 
 	toA := netpol("x", "egress-to-a", sel("pod", "b"), egressOnly, nil, []networkingv1.NetworkPolicyEgressRule{{
 		To: []networkingv1.NetworkPolicyPeer{{PodSelector: sel("pod", "a")}}, Ports: []networkingv1.NetworkPolicyPort{npPort(tcp, intstr.FromInt32(80))}}})
@@ -619,4 +624,41 @@ func findProcess(t *testing.T, binary, marker string) int {
 	}
 	t.Fatalf("no %s process with %q", binary, marker)
 	return 0
+}
+
+// traces asks both nodes' agents for `kpath policy trace` of every pod pair
+// on every port: the datapath's maps and the evaluator must agree, and the
+// evaluator inside the agent must give the verdict of the test's own.
+func (n *npCluster) traces() {
+	t := n.t
+	t.Helper()
+	ref := n.reference()
+	checked := 0
+	for src := range n.clients {
+		for _, tg := range n.targets {
+			if tg.viaSvcIP {
+				continue
+			}
+			want := ref.EvaluateIPs(mustAddr(n.ips[src]), mustAddr(tg.podIP), tg.proto, tg.port)
+			for _, node := range n.st.Nodes {
+				q := url.Values{"from": {src}, "to": {tg.pod}, "port": {fmt.Sprintf("%d/%s", tg.port, tg.proto)}}
+				var tr agent.Trace
+				if err := cniapi.NewClient(node.AgentSocket).Do("GET", "/v1/policy/trace?"+q.Encode(), nil, &tr); err != nil {
+					t.Fatalf("trace on %s: %v", node.Name, err)
+				}
+				if tr.Disagreement != "" {
+					t.Errorf("trace %s -> %s %s/%d on %s: %s", src, tg.pod, tg.proto, tg.port, node.Name, tr.Disagreement)
+				}
+				if tr.Evaluator.Allowed != want.Allowed {
+					t.Errorf("trace %s -> %s %s/%d on %s: the agent's evaluator says %v, the test's %v", src, tg.pod, tg.proto, tg.port, node.Name, tr.Evaluator.Allowed, want.Allowed)
+				}
+				decided := (tr.Egress != nil) || (tr.Ingress != nil)
+				if local := npNode(strings.SplitN(src, "/", 2)[1]) == node.Name || npNode(strings.SplitN(tg.pod, "/", 2)[1]) == node.Name; local != decided {
+					t.Errorf("trace %s -> %s on %s: datapath view %v, want it for the node's own endpoints only", src, tg.pod, node.Name, decided)
+				}
+				checked++
+			}
+		}
+	}
+	t.Logf("  %d traces: datapath maps and evaluator agree", checked)
 }
