@@ -18,5 +18,9 @@ const enum ct_pol *kp_unused_ct_pol __attribute__((unused));
 const enum pol_dir *kp_unused_pol_dir __attribute__((unused));
 const enum ep_flags *kp_unused_ep_flags __attribute__((unused));
 const enum kp_identity *kp_unused_kp_identity __attribute__((unused));
+const enum flow_type *kp_unused_flow_type __attribute__((unused));
+const enum flow_match *kp_unused_flow_match __attribute__((unused));
+const enum event_stat *kp_unused_event_stat __attribute__((unused));
+const struct flow_event *kp_unused_flow_event __attribute__((unused));
 
 char __license[] SEC("license") = "Dual BSD/GPL";

@@ -10,6 +10,7 @@
 #include <linux/in.h>
 #include "lib/common.h"
 #include "lib/lb.h"
+#include "lib/events.h"
 
 static __always_inline __u8 sock_proto(const struct bpf_sock_addr *ctx)
 {
@@ -75,10 +76,29 @@ static __always_inline int sock4_forward(struct bpf_sock_addr *ctx)
 	ctx->user_ip4 = be.addr;
 	ctx->user_port = (__u32)be.port;
 	count(KP_SVC_XLATE, KP_DIR_SOCK, 0);
+	if (cfg_flow_events) {
+		/* The source is not bound yet at connect(): the socket cookie
+		 * stands for it. */
+		struct flow_event ev = {
+			.type = FLOW_XLATE, .dir = KP_DIR_SOCK, .cookie = cookie, .proto = key.proto,
+			.daddr = be.addr, .dport = be.port, .orig_daddr = key.addr, .orig_dport = key.port,
+			.svc_id = fe->id,
+		};
+
+		flow_send(&ev);
+	}
 	return 1;
 
 no_backend:
 	count(KP_DROP_NO_BACKEND, KP_DIR_SOCK, 0);
+	if (cfg_flow_events && drop_event_allowed()) {
+		struct flow_event ev = {
+			.type = FLOW_DROP, .reason = KP_DROP_NO_BACKEND, .dir = KP_DIR_SOCK, .proto = key.proto,
+			.daddr = key.addr, .dport = key.port, .cookie = bpf_get_socket_cookie(ctx),
+		};
+
+		flow_send(&ev);
+	}
 	return 0;
 }
 

@@ -20,6 +20,10 @@ volatile const __u32 cfg_ct_lifetime_other = 60;  /* s, UDP */
  * that the node masquerades it if it leaves through the uplink again
  * (a backend on another node must answer through this one). 0: none. */
 volatile const __u32 cfg_masq_mark = 0;
+/* Flow events on (1) or off (0). */
+volatile const __u32 cfg_flow_events = 1;
+/* Drop events each CPU may send per second (and in a burst). */
+volatile const __u32 cfg_drop_events_per_sec = 1000;
 
 #define NSEC_PER_SEC 1000000000ULL
 

@@ -163,3 +163,30 @@ struct {
 	__uint(max_entries, 1);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } kp_policy_state SEC(".maps");
+
+/* Flow events for the agent (struct flow_event records). A full buffer
+ * loses the event (counted in kp_event_stats), never slows the packet. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} kp_events SEC(".maps");
+
+/* Flow event counters (enum event_stat), per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, EVENT_STAT_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} kp_event_stats SEC(".maps");
+
+/* Token bucket per CPU limiting drop events, so a flood of dropped
+ * packets cannot flood the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct event_bucket);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} kp_event_rl SEC(".maps");

@@ -42,6 +42,11 @@ struct pkt {
 	__u8 echo_reply; /* an ICMP echo reply */
 	__u8 pad;
 	__u32 l4off;
+	/* Set by service translation: the frontend the packet was sent to. */
+	__be32 orig_daddr;
+	__be16 orig_dport;
+	__u16 pad2;
+	__u32 svc_id;
 };
 
 enum {

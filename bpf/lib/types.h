@@ -144,7 +144,11 @@ struct ct_entry {
 	__u32 egress_rev;
 	__u32 ingress_rev;
 	__u8 pol;           /* enum ct_pol */
-	__u8 pad[3];
+	/* SYN, FIN and RST seen in the entry's direction and in the reply
+	 * direction, so each is reported once per direction (flow events). */
+	__u8 seen_fwd;
+	__u8 seen_rev;
+	__u8 pad;
 };
 
 /* ct_entry.pol: the cached verdicts. */
@@ -267,4 +271,62 @@ struct policy_state {
 	 * cached verdict has another revision is evaluated again. Never 0. */
 	__u32 revision;
 	__u32 pad;
+};
+
+/* What a flow event reports. Values are part of the ABI with the agent:
+ * append only, never reuse one. */
+enum flow_type {
+	FLOW_NEW = 1,   /* a new connection of a local endpoint, with its policy verdict */
+	FLOW_FLAGS = 2, /* the first SYN, FIN or RST seen in a direction */
+	FLOW_DROP = 3,  /* a dropped packet (or refused socket call), with its reason */
+	FLOW_XLATE = 4, /* a service frontend translated to a backend (tc or socket) */
+};
+
+/* What decided a policy verdict (flow_event.match). Append only. */
+enum flow_match {
+	FLOW_MATCH_NONE = 0,     /* the endpoint is not isolated in this direction */
+	FLOW_MATCH_IDENTITY = 1, /* an entry for the peer's identity allowed */
+	FLOW_MATCH_CIDR = 2,     /* an entry for the peer's address (ipBlock, all peers) allowed */
+	FLOW_MATCH_HOST = 3,     /* the node, or the pod itself: always allowed */
+	FLOW_MATCH_DENIED = 4,   /* no entry allowed */
+	FLOW_MATCH_REPLY = 5,    /* a reply of an allowed connection */
+};
+
+/* One flow event, pre-parsed: the agent decodes it without reading a
+ * packet. Addresses and ports in network byte order. */
+struct flow_event {
+	__u64 ts_ns;        /* bpf_ktime_get_ns (CLOCK_MONOTONIC) */
+	__u64 cookie;       /* socket cookie (socket path), else 0 */
+	__be32 saddr;
+	__be32 daddr;
+	__be32 orig_daddr;  /* the service frontend, when translated (else 0) */
+	__u32 svc_id;       /* the frontend's ID, when translated (else 0) */
+	__u32 set;          /* policy set of the endpoint that decided (FLOW_NEW, policy drops) */
+	__u32 rule;         /* the set's rule that allowed (index + 1), else 0 */
+	__u32 peer_identity;
+	__be16 sport;
+	__be16 dport;
+	__be16 orig_dport;
+	__u8 type;          /* enum flow_type */
+	__u8 reason;        /* enum kp_reason (FLOW_DROP) */
+	__u8 dir;           /* enum kp_dir */
+	__u8 proto;
+	__u8 tcp_flags;     /* the packet's */
+	__u8 match;         /* enum flow_match */
+	__u8 pol_dir;       /* enum pol_dir of the verdict */
+	__u8 pad[7];
+};
+
+/* Counters of flow events (kp_event_stats index). */
+enum event_stat {
+	EVENT_SENT = 0,
+	EVENT_LOST = 1,         /* the ring buffer was full */
+	EVENT_RATE_LIMITED = 2, /* a drop event over the per-CPU rate */
+	EVENT_STAT_MAX = 3,
+};
+
+/* A per-CPU token bucket for drop events. */
+struct event_bucket {
+	__u64 last_ns;
+	__u64 tokens;
 };

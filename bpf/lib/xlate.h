@@ -7,6 +7,7 @@
 #include "lb.h"
 #include "pkt.h"
 #include "ct.h"
+#include "events.h"
 
 static __always_inline int pass(struct __sk_buff *skb, __u32 dir)
 {
@@ -14,9 +15,36 @@ static __always_inline int pass(struct __sk_buff *skb, __u32 dir)
 	return TC_ACT_OK;
 }
 
-static __always_inline int drop(struct __sk_buff *skb, __u32 reason, __u32 dir)
+/* flow_of fills an event's packet fields from p. */
+static __always_inline void flow_of(struct flow_event *ev, const struct pkt *p)
+{
+	ev->saddr = p->saddr;
+	ev->daddr = p->daddr;
+	ev->sport = p->sport;
+	ev->dport = p->dport;
+	ev->proto = p->proto;
+	ev->tcp_flags = p->tcp_flags;
+}
+
+/* Drops the packet, counted but not reported (the caller reported it). */
+static __always_inline int drop_counted(struct __sk_buff *skb, __u32 reason, __u32 dir)
 {
 	count(reason, dir, skb->len);
+	return TC_ACT_SHOT;
+}
+
+/* Drops the packet: counted, and reported (rate-limited) as a flow event.
+ * p may be NULL when nothing could be parsed. */
+static __always_inline int drop(struct __sk_buff *skb, const struct pkt *p, __u32 reason, __u32 dir)
+{
+	count(reason, dir, skb->len);
+	if (cfg_flow_events && drop_event_allowed()) {
+		struct flow_event ev = { .type = FLOW_DROP, .reason = reason, .dir = dir };
+
+		if (p)
+			flow_of(&ev, p);
+		flow_send(&ev);
+	}
 	return TC_ACT_SHOT;
 }
 
@@ -33,7 +61,7 @@ static __always_inline int xlate_parse(struct __sk_buff *skb, struct pkt *p, __u
 	if (r == PARSE_PASS)
 		return pass(skb, dir);
 	if (r < 0)
-		return drop(skb, -r, dir);
+		return drop(skb, p, -r, dir);
 	if (p->portless || (!p->has_l4 && !frag_lookup(p)))
 		return pass(skb, dir);
 	return XLATE_CONTINUE;
@@ -48,7 +76,7 @@ static __always_inline int pod_parse(struct __sk_buff *skb, struct pkt *p, __u32
 	if (r == PARSE_PASS)
 		return pass(skb, dir);
 	if (r < 0)
-		return drop(skb, -r, dir);
+		return drop(skb, p, -r, dir);
 	if (!p->portless && !p->has_l4)
 		frag_lookup(p);
 	return XLATE_CONTINUE;
@@ -84,6 +112,8 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, struct pkt *pp, cons
 	struct ct_entry *svc = bpf_map_lookup_elem(&kp_ct, &sk);
 	__be32 baddr;
 	__be16 bport;
+	__u32 fe_id = fe->id;
+	bool new_conn = false;
 
 	if (svc && !ct_expired(svc, now) && !ct_is_reopen(svc, &p)) {
 		/* Established: the backend stays the one chosen at the start,
@@ -110,7 +140,7 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, struct pkt *pp, cons
 				struct ct_entry n = *svc;
 
 				if (bpf_map_update_elem(&kp_ct, &ck, &n, BPF_ANY))
-					return drop(skb, KP_DROP_CT_CREATE, dir);
+					return drop(skb, &p, KP_DROP_CT_CREATE, dir);
 			}
 		}
 	} else {
@@ -123,12 +153,12 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, struct pkt *pp, cons
 		__u32 id;
 
 		if (!p.has_l4)
-			return drop(skb, KP_DROP_FRAG_NO_FIRST, dir);
+			return drop(skb, &p, KP_DROP_FRAG_NO_FIRST, dir);
 		if (!fe->count)
-			return drop(skb, KP_DROP_NO_BACKEND, dir);
+			return drop(skb, &p, KP_DROP_NO_BACKEND, dir);
 		id = lb_select(fe, &c, &be);
 		if (!id)
-			return drop(skb, KP_DROP_NO_BACKEND, dir);
+			return drop(skb, &p, KP_DROP_NO_BACKEND, dir);
 
 		struct ct_entry n = {
 			.rev_nat_id = fe->id,
@@ -140,21 +170,34 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, struct pkt *pp, cons
 
 		ct_refresh(&n, &p, false, now);
 		if (bpf_map_update_elem(&kp_ct, &sk, &n, BPF_ANY))
-			return drop(skb, KP_DROP_CT_CREATE, dir);
+			return drop(skb, &p, KP_DROP_CT_CREATE, dir);
 		baddr = be.addr;
 		bport = be.port;
+		new_conn = true;
 		ck.daddr = baddr;
 		ck.dport = bport;
 		if (bpf_map_update_elem(&kp_ct, &ck, &n, BPF_ANY))
-			return drop(skb, KP_DROP_CT_CREATE, dir);
+			return drop(skb, &p, KP_DROP_CT_CREATE, dir);
 	}
 
 	if (rewrite(skb, &p, false, p.daddr, baddr, p.dport, bport))
-		return drop(skb, KP_DROP_REWRITE, dir);
+		return drop(skb, &p, KP_DROP_REWRITE, dir);
 	if (scope == LB_SCOPE_EXTERNAL && cfg_masq_mark)
 		skb->mark |= cfg_masq_mark;
 	frag_store(&p); /* keyed by the headers before translation */
 	count(KP_SVC_XLATE, dir, skb->len);
+	if (new_conn && cfg_flow_events) {
+		struct flow_event ev = { .type = FLOW_XLATE, .dir = dir, .svc_id = fe_id,
+					 .orig_daddr = p.daddr, .orig_dport = p.dport };
+
+		flow_of(&ev, &p);
+		ev.daddr = baddr;
+		ev.dport = bport;
+		flow_send(&ev);
+	}
+	pp->orig_daddr = p.daddr;
+	pp->orig_dport = p.dport;
+	pp->svc_id = fe_id;
 	pp->daddr = baddr;
 	pp->dport = bport;
 	return XLATE_DONE;
@@ -212,7 +255,7 @@ static __always_inline int lb4_unxlate(struct __sk_buff *skb, const struct pkt *
 			ct_sync_service(svc, conn);
 	}
 	if (rewrite(skb, &p, true, p.saddr, rn->addr, p.sport, rn->port))
-		return drop(skb, KP_DROP_REWRITE, dir);
+		return drop(skb, &p, KP_DROP_REWRITE, dir);
 	frag_store(&p);
 	count(KP_REV_XLATE, dir, skb->len);
 	return XLATE_DONE;

@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -183,6 +184,19 @@ func BenchmarkDatapath(b *testing.B) {
 	for _, bc := range append(benchCases(), policyCases()...) {
 		b.Run(bc.name, func(b *testing.B) {
 			d := openTest(b, testConfig(b))
+			if bc.setup != nil {
+				bc.setup(b, d)
+			}
+			benchProg(b, bc.prog(d), bc.pkt)
+		})
+		// New connections send a flow event; the same path without them.
+		if !strings.Contains(bc.name, "new-connection") {
+			continue
+		}
+		b.Run(bc.name+"-no-events", func(b *testing.B) {
+			cfg := testConfig(b)
+			cfg.FlowEvents = false
+			d := openTest(b, cfg)
 			if bc.setup != nil {
 				bc.setup(b, d)
 			}

@@ -92,18 +92,24 @@ type Config struct {
 	// internal/masq) rewrites its source if it leaves through the uplink
 	// again, towards a backend on another node. 0 disables marking.
 	MasqueradeMark uint32
+	// FlowEvents turns the flow events on.
+	FlowEvents bool
+	// DropEventsPerSec limits drop events per CPU (a token bucket).
+	DropEventsPerSec uint32
 }
 
 // DefaultConfig is the production configuration.
 func DefaultConfig() Config {
 	return Config{
-		BPFFS:           "/sys/fs/bpf",
-		PinDir:          "kpath",
-		Sizes:           DefaultMapSizes(),
-		MaglevTableSize: lb.DefaultMaglevTableSize,
-		CT:              DefaultCTLifetimes(),
-		TCAttach:        AttachAuto,
-		MasqueradeMark:  DefaultMasqueradeMark,
+		BPFFS:            "/sys/fs/bpf",
+		PinDir:           "kpath",
+		Sizes:            DefaultMapSizes(),
+		MaglevTableSize:  lb.DefaultMaglevTableSize,
+		CT:               DefaultCTLifetimes(),
+		TCAttach:         AttachAuto,
+		MasqueradeMark:   DefaultMasqueradeMark,
+		FlowEvents:       true,
+		DropEventsPerSec: 1000,
 	}
 }
 
@@ -263,12 +269,14 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 	}
 	spec.Maps[kpathMapKpLbMaglev].InnerMap.MaxEntries = cfg.MaglevTableSize
 	vars := map[string]uint32{
-		kpathVarCfgMaglevSize:      cfg.MaglevTableSize,
-		kpathVarCfgCtLifetimeSyn:   uint32(cfg.CT.SYN / time.Second),
-		kpathVarCfgCtLifetimeTcp:   uint32(cfg.CT.Established / time.Second),
-		kpathVarCfgCtLifetimeClose: uint32(cfg.CT.Closing / time.Second),
-		kpathVarCfgCtLifetimeOther: uint32(cfg.CT.Other / time.Second),
-		kpathVarCfgMasqMark:        cfg.MasqueradeMark,
+		kpathVarCfgMaglevSize:       cfg.MaglevTableSize,
+		kpathVarCfgCtLifetimeSyn:    uint32(cfg.CT.SYN / time.Second),
+		kpathVarCfgCtLifetimeTcp:    uint32(cfg.CT.Established / time.Second),
+		kpathVarCfgCtLifetimeClose:  uint32(cfg.CT.Closing / time.Second),
+		kpathVarCfgCtLifetimeOther:  uint32(cfg.CT.Other / time.Second),
+		kpathVarCfgMasqMark:         cfg.MasqueradeMark,
+		kpathVarCfgFlowEvents:       boolU32(cfg.FlowEvents),
+		kpathVarCfgDropEventsPerSec: cfg.DropEventsPerSec,
 	}
 	for name, v := range vars {
 		if err := spec.Variables[name].Set(v); err != nil {
@@ -276,6 +284,13 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 		}
 	}
 	return nil
+}
+
+func boolU32(b bool) uint32 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func explainLoadError(err error, pinPath string) error {
@@ -315,6 +330,7 @@ func checkKernel() error {
 		{ebpf.HashOfMaps, "hash-of-maps (Linux 4.12)"},
 		{ebpf.PerCPUArray, "per-CPU arrays (Linux 4.6)"},
 		{ebpf.LPMTrie, "longest-prefix-match tries (Linux 4.11), for NetworkPolicy"},
+		{ebpf.RingBuf, "BPF ring buffers (Linux 5.8), for flow events"},
 	}
 	for _, m := range maps {
 		if err := features.HaveMapType(m.t); err != nil {

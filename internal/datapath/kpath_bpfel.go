@@ -26,7 +26,9 @@ type kpathCtEntry struct {
 	EgressRev   uint32
 	IngressRev  uint32
 	Pol         uint8
-	Pad         [3]uint8
+	SeenFwd     uint8
+	SeenRev     uint8
+	Pad         uint8
 }
 
 type kpathCtKey struct {
@@ -74,6 +76,65 @@ type kpathEpFlags uint32
 const (
 	kpathEpFlagsEP_F_INGRESS_ISOLATED kpathEpFlags = 1
 	kpathEpFlagsEP_F_EGRESS_ISOLATED  kpathEpFlags = 2
+)
+
+type kpathEventBucket struct {
+	_      structs.HostLayout
+	LastNs uint64
+	Tokens uint64
+}
+
+type kpathEventStat uint32
+
+const (
+	kpathEventStatEVENT_SENT         kpathEventStat = 0
+	kpathEventStatEVENT_LOST         kpathEventStat = 1
+	kpathEventStatEVENT_RATE_LIMITED kpathEventStat = 2
+	kpathEventStatEVENT_STAT_MAX     kpathEventStat = 3
+)
+
+type kpathFlowEvent struct {
+	_            structs.HostLayout
+	TsNs         uint64
+	Cookie       uint64
+	Saddr        uint32
+	Daddr        uint32
+	OrigDaddr    uint32
+	SvcId        uint32
+	Set          uint32
+	Rule         uint32
+	PeerIdentity uint32
+	Sport        uint16
+	Dport        uint16
+	OrigDport    uint16
+	Type         uint8
+	Reason       uint8
+	Dir          uint8
+	Proto        uint8
+	TcpFlags     uint8
+	Match        uint8
+	PolDir       uint8
+	Pad          [7]uint8
+}
+
+type kpathFlowMatch uint32
+
+const (
+	kpathFlowMatchFLOW_MATCH_NONE     kpathFlowMatch = 0
+	kpathFlowMatchFLOW_MATCH_IDENTITY kpathFlowMatch = 1
+	kpathFlowMatchFLOW_MATCH_CIDR     kpathFlowMatch = 2
+	kpathFlowMatchFLOW_MATCH_HOST     kpathFlowMatch = 3
+	kpathFlowMatchFLOW_MATCH_DENIED   kpathFlowMatch = 4
+	kpathFlowMatchFLOW_MATCH_REPLY    kpathFlowMatch = 5
+)
+
+type kpathFlowType uint32
+
+const (
+	kpathFlowTypeFLOW_NEW   kpathFlowType = 1
+	kpathFlowTypeFLOW_FLAGS kpathFlowType = 2
+	kpathFlowTypeFLOW_DROP  kpathFlowType = 3
+	kpathFlowTypeFLOW_XLATE kpathFlowType = 4
 )
 
 type kpathFragKey struct {
@@ -267,6 +328,9 @@ type kpathSockRevnatKey struct {
 const (
 	kpathMapKpCt                = "kp_ct"
 	kpathMapKpEndpoint          = "kp_endpoint"
+	kpathMapKpEventRl           = "kp_event_rl"
+	kpathMapKpEventStats        = "kp_event_stats"
+	kpathMapKpEvents            = "kp_events"
 	kpathMapKpFrag              = "kp_frag"
 	kpathMapKpIpcache           = "kp_ipcache"
 	kpathMapKpLbAffinity        = "kp_lb_affinity"
@@ -292,6 +356,8 @@ const (
 	kpathVarCfgCtLifetimeOther  = "cfg_ct_lifetime_other"
 	kpathVarCfgCtLifetimeSyn    = "cfg_ct_lifetime_syn"
 	kpathVarCfgCtLifetimeTcp    = "cfg_ct_lifetime_tcp"
+	kpathVarCfgDropEventsPerSec = "cfg_drop_events_per_sec"
+	kpathVarCfgFlowEvents       = "cfg_flow_events"
 	kpathVarCfgMaglevSize       = "cfg_maglev_size"
 	kpathVarCfgMasqMark         = "cfg_masq_mark"
 	kpathVarKpUnusedCtKeyFlags  = "kp_unused_ct_key_flags"
@@ -299,6 +365,10 @@ const (
 	kpathVarKpUnusedCtState     = "kp_unused_ct_state"
 	kpathVarKpUnusedDir         = "kp_unused_dir"
 	kpathVarKpUnusedEpFlags     = "kp_unused_ep_flags"
+	kpathVarKpUnusedEventStat   = "kp_unused_event_stat"
+	kpathVarKpUnusedFlowEvent   = "kp_unused_flow_event"
+	kpathVarKpUnusedFlowMatch   = "kp_unused_flow_match"
+	kpathVarKpUnusedFlowType    = "kp_unused_flow_type"
 	kpathVarKpUnusedKpIdentity  = "kp_unused_kp_identity"
 	kpathVarKpUnusedLbFlags     = "kp_unused_lb_flags"
 	kpathVarKpUnusedLbScope     = "kp_unused_lb_scope"
@@ -364,6 +434,9 @@ type kpathProgramSpecs struct {
 type kpathMapSpecs struct {
 	KpCt          *ebpf.MapSpec `ebpf:"kp_ct"`
 	KpEndpoint    *ebpf.MapSpec `ebpf:"kp_endpoint"`
+	KpEventRl     *ebpf.MapSpec `ebpf:"kp_event_rl"`
+	KpEventStats  *ebpf.MapSpec `ebpf:"kp_event_stats"`
+	KpEvents      *ebpf.MapSpec `ebpf:"kp_events"`
 	KpFrag        *ebpf.MapSpec `ebpf:"kp_frag"`
 	KpIpcache     *ebpf.MapSpec `ebpf:"kp_ipcache"`
 	KpLbAffinity  *ebpf.MapSpec `ebpf:"kp_lb_affinity"`
@@ -383,22 +456,28 @@ type kpathMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type kpathVariableSpecs struct {
-	CfgCtLifetimeClose *ebpf.VariableSpec `ebpf:"cfg_ct_lifetime_close"`
-	CfgCtLifetimeOther *ebpf.VariableSpec `ebpf:"cfg_ct_lifetime_other"`
-	CfgCtLifetimeSyn   *ebpf.VariableSpec `ebpf:"cfg_ct_lifetime_syn"`
-	CfgCtLifetimeTcp   *ebpf.VariableSpec `ebpf:"cfg_ct_lifetime_tcp"`
-	CfgMaglevSize      *ebpf.VariableSpec `ebpf:"cfg_maglev_size"`
-	CfgMasqMark        *ebpf.VariableSpec `ebpf:"cfg_masq_mark"`
-	KpUnusedCtKeyFlags *ebpf.VariableSpec `ebpf:"kp_unused_ct_key_flags"`
-	KpUnusedCtPol      *ebpf.VariableSpec `ebpf:"kp_unused_ct_pol"`
-	KpUnusedCtState    *ebpf.VariableSpec `ebpf:"kp_unused_ct_state"`
-	KpUnusedDir        *ebpf.VariableSpec `ebpf:"kp_unused_dir"`
-	KpUnusedEpFlags    *ebpf.VariableSpec `ebpf:"kp_unused_ep_flags"`
-	KpUnusedKpIdentity *ebpf.VariableSpec `ebpf:"kp_unused_kp_identity"`
-	KpUnusedLbFlags    *ebpf.VariableSpec `ebpf:"kp_unused_lb_flags"`
-	KpUnusedLbScope    *ebpf.VariableSpec `ebpf:"kp_unused_lb_scope"`
-	KpUnusedPolDir     *ebpf.VariableSpec `ebpf:"kp_unused_pol_dir"`
-	KpUnusedReason     *ebpf.VariableSpec `ebpf:"kp_unused_reason"`
+	CfgCtLifetimeClose  *ebpf.VariableSpec `ebpf:"cfg_ct_lifetime_close"`
+	CfgCtLifetimeOther  *ebpf.VariableSpec `ebpf:"cfg_ct_lifetime_other"`
+	CfgCtLifetimeSyn    *ebpf.VariableSpec `ebpf:"cfg_ct_lifetime_syn"`
+	CfgCtLifetimeTcp    *ebpf.VariableSpec `ebpf:"cfg_ct_lifetime_tcp"`
+	CfgDropEventsPerSec *ebpf.VariableSpec `ebpf:"cfg_drop_events_per_sec"`
+	CfgFlowEvents       *ebpf.VariableSpec `ebpf:"cfg_flow_events"`
+	CfgMaglevSize       *ebpf.VariableSpec `ebpf:"cfg_maglev_size"`
+	CfgMasqMark         *ebpf.VariableSpec `ebpf:"cfg_masq_mark"`
+	KpUnusedCtKeyFlags  *ebpf.VariableSpec `ebpf:"kp_unused_ct_key_flags"`
+	KpUnusedCtPol       *ebpf.VariableSpec `ebpf:"kp_unused_ct_pol"`
+	KpUnusedCtState     *ebpf.VariableSpec `ebpf:"kp_unused_ct_state"`
+	KpUnusedDir         *ebpf.VariableSpec `ebpf:"kp_unused_dir"`
+	KpUnusedEpFlags     *ebpf.VariableSpec `ebpf:"kp_unused_ep_flags"`
+	KpUnusedEventStat   *ebpf.VariableSpec `ebpf:"kp_unused_event_stat"`
+	KpUnusedFlowEvent   *ebpf.VariableSpec `ebpf:"kp_unused_flow_event"`
+	KpUnusedFlowMatch   *ebpf.VariableSpec `ebpf:"kp_unused_flow_match"`
+	KpUnusedFlowType    *ebpf.VariableSpec `ebpf:"kp_unused_flow_type"`
+	KpUnusedKpIdentity  *ebpf.VariableSpec `ebpf:"kp_unused_kp_identity"`
+	KpUnusedLbFlags     *ebpf.VariableSpec `ebpf:"kp_unused_lb_flags"`
+	KpUnusedLbScope     *ebpf.VariableSpec `ebpf:"kp_unused_lb_scope"`
+	KpUnusedPolDir      *ebpf.VariableSpec `ebpf:"kp_unused_pol_dir"`
+	KpUnusedReason      *ebpf.VariableSpec `ebpf:"kp_unused_reason"`
 }
 
 // kpathObjects contains all objects after they have been loaded into the kernel.
@@ -423,6 +502,9 @@ func (o *kpathObjects) Close() error {
 type kpathMaps struct {
 	KpCt          *ebpf.Map `ebpf:"kp_ct"`
 	KpEndpoint    *ebpf.Map `ebpf:"kp_endpoint"`
+	KpEventRl     *ebpf.Map `ebpf:"kp_event_rl"`
+	KpEventStats  *ebpf.Map `ebpf:"kp_event_stats"`
+	KpEvents      *ebpf.Map `ebpf:"kp_events"`
 	KpFrag        *ebpf.Map `ebpf:"kp_frag"`
 	KpIpcache     *ebpf.Map `ebpf:"kp_ipcache"`
 	KpLbAffinity  *ebpf.Map `ebpf:"kp_lb_affinity"`
@@ -442,6 +524,9 @@ func (m *kpathMaps) Close() error {
 	return _KpathClose(
 		m.KpCt,
 		m.KpEndpoint,
+		m.KpEventRl,
+		m.KpEventStats,
+		m.KpEvents,
 		m.KpFrag,
 		m.KpIpcache,
 		m.KpLbAffinity,
@@ -462,22 +547,28 @@ func (m *kpathMaps) Close() error {
 //
 // It can be passed to loadKpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type kpathVariables struct {
-	CfgCtLifetimeClose *ebpf.Variable `ebpf:"cfg_ct_lifetime_close"`
-	CfgCtLifetimeOther *ebpf.Variable `ebpf:"cfg_ct_lifetime_other"`
-	CfgCtLifetimeSyn   *ebpf.Variable `ebpf:"cfg_ct_lifetime_syn"`
-	CfgCtLifetimeTcp   *ebpf.Variable `ebpf:"cfg_ct_lifetime_tcp"`
-	CfgMaglevSize      *ebpf.Variable `ebpf:"cfg_maglev_size"`
-	CfgMasqMark        *ebpf.Variable `ebpf:"cfg_masq_mark"`
-	KpUnusedCtKeyFlags *ebpf.Variable `ebpf:"kp_unused_ct_key_flags"`
-	KpUnusedCtPol      *ebpf.Variable `ebpf:"kp_unused_ct_pol"`
-	KpUnusedCtState    *ebpf.Variable `ebpf:"kp_unused_ct_state"`
-	KpUnusedDir        *ebpf.Variable `ebpf:"kp_unused_dir"`
-	KpUnusedEpFlags    *ebpf.Variable `ebpf:"kp_unused_ep_flags"`
-	KpUnusedKpIdentity *ebpf.Variable `ebpf:"kp_unused_kp_identity"`
-	KpUnusedLbFlags    *ebpf.Variable `ebpf:"kp_unused_lb_flags"`
-	KpUnusedLbScope    *ebpf.Variable `ebpf:"kp_unused_lb_scope"`
-	KpUnusedPolDir     *ebpf.Variable `ebpf:"kp_unused_pol_dir"`
-	KpUnusedReason     *ebpf.Variable `ebpf:"kp_unused_reason"`
+	CfgCtLifetimeClose  *ebpf.Variable `ebpf:"cfg_ct_lifetime_close"`
+	CfgCtLifetimeOther  *ebpf.Variable `ebpf:"cfg_ct_lifetime_other"`
+	CfgCtLifetimeSyn    *ebpf.Variable `ebpf:"cfg_ct_lifetime_syn"`
+	CfgCtLifetimeTcp    *ebpf.Variable `ebpf:"cfg_ct_lifetime_tcp"`
+	CfgDropEventsPerSec *ebpf.Variable `ebpf:"cfg_drop_events_per_sec"`
+	CfgFlowEvents       *ebpf.Variable `ebpf:"cfg_flow_events"`
+	CfgMaglevSize       *ebpf.Variable `ebpf:"cfg_maglev_size"`
+	CfgMasqMark         *ebpf.Variable `ebpf:"cfg_masq_mark"`
+	KpUnusedCtKeyFlags  *ebpf.Variable `ebpf:"kp_unused_ct_key_flags"`
+	KpUnusedCtPol       *ebpf.Variable `ebpf:"kp_unused_ct_pol"`
+	KpUnusedCtState     *ebpf.Variable `ebpf:"kp_unused_ct_state"`
+	KpUnusedDir         *ebpf.Variable `ebpf:"kp_unused_dir"`
+	KpUnusedEpFlags     *ebpf.Variable `ebpf:"kp_unused_ep_flags"`
+	KpUnusedEventStat   *ebpf.Variable `ebpf:"kp_unused_event_stat"`
+	KpUnusedFlowEvent   *ebpf.Variable `ebpf:"kp_unused_flow_event"`
+	KpUnusedFlowMatch   *ebpf.Variable `ebpf:"kp_unused_flow_match"`
+	KpUnusedFlowType    *ebpf.Variable `ebpf:"kp_unused_flow_type"`
+	KpUnusedKpIdentity  *ebpf.Variable `ebpf:"kp_unused_kp_identity"`
+	KpUnusedLbFlags     *ebpf.Variable `ebpf:"kp_unused_lb_flags"`
+	KpUnusedLbScope     *ebpf.Variable `ebpf:"kp_unused_lb_scope"`
+	KpUnusedPolDir      *ebpf.Variable `ebpf:"kp_unused_pol_dir"`
+	KpUnusedReason      *ebpf.Variable `ebpf:"kp_unused_reason"`
 }
 
 // kpathPrograms contains all programs after they have been loaded into the kernel.
