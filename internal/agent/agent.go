@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kpath/kpath/internal/datapath"
+	"github.com/kpath/kpath/internal/flows"
 	"github.com/kpath/kpath/internal/k8s"
 	"github.com/kpath/kpath/internal/masq"
 	"github.com/kpath/kpath/internal/model"
@@ -41,6 +42,7 @@ type Agent struct {
 	store   *policy.Store
 	psync   *policysync.Syncer
 	events  atomic.Pointer[podEvents] // set once the API client exists
+	flows   *flowSource               // nil with flows off
 	cni     *endpoints
 	ready   atomic.Bool
 	started time.Time
@@ -114,6 +116,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		}
 	}
 	a.cni = &endpoints{a: a}
+	if cfg.Flows {
+		a.flows = &flowSource{a: a, ring: flows.NewRing(cfg.FlowRingSize), m: newFlowMetrics(a.reg)}
+	}
 	a.rec = reconcile.New(a.cache, dp, reconcile.Options{
 		NodeName: cfg.NodeName, ProxyName: cfg.ProxyName, Selection: sel, Off: !cfg.KubeProxyReplacement,
 		Metrics: reconcile.NewMetrics(a.reg), Log: log,
@@ -165,6 +170,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer api.Close()
 
+	if a.flows != nil {
+		go a.runFlows(ctx)
+	}
 	w.Start(ctx)
 	// The datapath keeps serving its restored state while we wait.
 	for {

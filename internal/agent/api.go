@@ -73,6 +73,7 @@ func (a *Agent) serveAPI(path string) (*http.Server, error) {
 	})
 	a.cni.register(mux)
 	a.registerPolicyAPI(mux)
+	a.registerFlowAPI(mux)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	return srv, nil

@@ -50,6 +50,8 @@ func NewCommand() *cobra.Command {
 	f.StringVar(&cfg.PinDir, "pin-dir", cfg.PinDir, "directory under the bpffs for kpath's maps and links")
 	f.BoolVar(&cfg.SocketHook, "socket-hook", cfg.SocketHook, "translate services at connect() with cgroup hooks")
 	f.BoolVar(&cfg.NetworkPolicy, "network-policy", cfg.NetworkPolicy, "enforce NetworkPolicy on this node's pods")
+	f.BoolVar(&cfg.Flows, "flows", cfg.Flows, "report connections, translations and drops (kpath observe)")
+	f.IntVar(&cfg.FlowRingSize, "flow-ring-size", cfg.FlowRingSize, "recent flows kept")
 	f.BoolVar(&cfg.KubeProxyReplacement, "kube-proxy-replacement", cfg.KubeProxyReplacement, "handle Services (off: kube-proxy does; kpath keeps pod networking)")
 	f.StringVar(&cfg.CgroupRoot, "cgroup-root", cfg.CgroupRoot, `cgroup v2 directory for the socket hook ("auto")`)
 	f.StringVar(&cfg.TCAttach, "tc-attach", cfg.TCAttach, "auto, tcx or legacy")
@@ -91,6 +93,10 @@ func applyFlag(dst, src *Config, name string) {
 		dst.SocketHook = src.SocketHook
 	case "network-policy":
 		dst.NetworkPolicy = src.NetworkPolicy
+	case "flows":
+		dst.Flows = src.Flows
+	case "flow-ring-size":
+		dst.FlowRingSize = src.FlowRingSize
 	case "map-size-ipcache":
 		dst.MapSizes.IPCache = src.MapSizes.IPCache
 	case "map-size-policy-entries":

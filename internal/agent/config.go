@@ -37,6 +37,12 @@ type Config struct {
 	SocketHook bool `json:"socketHook"`
 	// NetworkPolicy enforces Kubernetes NetworkPolicy on this node's pods.
 	NetworkPolicy bool `json:"networkPolicy"`
+	// Flows reports connections, translations and drops (flow events).
+	Flows bool `json:"flows"`
+	// FlowRingSize is how many recent flows the agent keeps.
+	FlowRingSize int `json:"flowRingSize,omitempty"`
+	// DropEventsPerSec limits drop events per CPU.
+	DropEventsPerSec uint32 `json:"dropEventsPerSecond,omitempty"`
 	// CgroupRoot is the cgroup v2 directory for the socket hook ("auto":
 	// where the unified hierarchy is mounted).
 	CgroupRoot string `json:"cgroupRoot,omitempty"`
@@ -84,6 +90,9 @@ func DefaultConfig() Config {
 		PinDir:               dp.PinDir,
 		SocketHook:           true,
 		NetworkPolicy:        true,
+		Flows:                true,
+		FlowRingSize:         4095,
+		DropEventsPerSec:     dp.DropEventsPerSec,
 		KubeProxyReplacement: true,
 		CgroupRoot:           "auto",
 		TCAttach:             string(dp.TCAttach),
@@ -119,6 +128,8 @@ func (c Config) Datapath() datapath.Config {
 	d.Sizes = c.MapSizes
 	d.MaglevTableSize = c.MaglevTableSize
 	d.TCAttach = datapath.AttachMode(c.TCAttach)
+	d.FlowEvents = c.Flows
+	d.DropEventsPerSec = c.DropEventsPerSec
 	return d
 }
 
@@ -174,6 +185,9 @@ func (c Config) Validate() error {
 	}
 	if c.APISocket == "" || !filepath.IsAbs(c.APISocket) {
 		errs = append(errs, fmt.Errorf("apiSocket %q: want an absolute path", c.APISocket))
+	}
+	if c.FlowRingSize < 1 || c.FlowRingSize > 1<<20 {
+		errs = append(errs, fmt.Errorf("flowRingSize %d: want 1 to 1048576", c.FlowRingSize))
 	}
 	if c.ResyncPeriod.Duration < time.Second {
 		errs = append(errs, fmt.Errorf("resyncPeriod %s: at least 1s", c.ResyncPeriod.Duration))

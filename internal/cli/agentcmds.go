@@ -119,4 +119,5 @@ func addAgentCommands(root *cobra.Command) {
 	bpf.AddCommand(lb, ct)
 	root.AddCommand(status, service, bpf)
 	addPolicyCommands(root, &socket)
+	addObserveCommand(root, &socket)
 }

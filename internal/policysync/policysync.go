@@ -446,6 +446,20 @@ func (s *Syncer) Endpoints() []EndpointStatus {
 	return out
 }
 
+// SetPolicies returns the policies of set id for a direction (the ones
+// that isolate its endpoints there), to name them on a denial.
+func (s *Syncer) SetPolicies(id uint32, ingress bool) []model.PolicyKey {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st := s.byID[id]; st != nil {
+		if ingress {
+			return st.ps.Ingress
+		}
+		return st.ps.Egress
+	}
+	return nil
+}
+
 // SetRules returns the rules of set id, to name the rule an entry allowed.
 func (s *Syncer) SetRules(id uint32) []policy.RuleRef {
 	s.mu.Lock()

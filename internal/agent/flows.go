@@ -1,0 +1,258 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kpath/kpath/internal/datapath"
+	"github.com/kpath/kpath/internal/flows"
+	"github.com/kpath/kpath/internal/model"
+)
+
+// The agent's flow part: datapath events, enriched with pods, services and
+// policies, kept in a ring that `kpath observe` queries and follows.
+
+// flowMetrics use Hubble's metric names where one exists.
+type flowMetrics struct {
+	processed *prometheus.CounterVec // hubble_flows_processed_total{type,subtype,verdict}
+	drops     *prometheus.CounterVec // hubble_drop_total{reason,protocol}
+	verdicts  *prometheus.CounterVec // hubble_policy_verdicts_total{direction,match,action}
+}
+
+func newFlowMetrics(reg prometheus.Registerer) *flowMetrics {
+	m := &flowMetrics{
+		processed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hubble_flows_processed_total",
+			Help: "Flows the agent decoded, by type, subtype and verdict."}, []string{"type", "subtype", "verdict"}),
+		drops: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hubble_drop_total",
+			Help: "Drop events by reason and protocol (the datapath's own counters, kpath_datapath_packets_total, count every drop)."}, []string{"reason", "protocol"}),
+		verdicts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hubble_policy_verdicts_total",
+			Help: "Policy verdicts of new connections by direction, what matched and the action."}, []string{"direction", "match", "action"}),
+	}
+	reg.MustRegister(m.processed, m.drops, m.verdicts)
+	return m
+}
+
+// flowSource turns datapath events into flows.
+type flowSource struct {
+	a    *Agent
+	ring *flows.Ring
+	m    *flowMetrics
+
+	mu       sync.Mutex
+	services map[model.L4Addr]model.ServiceKey // frontend -> service
+	loaded   time.Time
+}
+
+func (a *Agent) runFlows(ctx context.Context) {
+	ev, err := a.dp.OpenEvents()
+	if err != nil {
+		a.log.Error("flows: cannot read the datapath's events; flows are off", "error", err)
+		return
+	}
+	go func() { <-ctx.Done(); ev.Close() }()
+	var fe datapath.FlowEvent
+	for ctx.Err() == nil {
+		err := ev.Read(&fe, 200*time.Millisecond)
+		if errors.Is(err, datapath.ErrNoEvent) {
+			continue
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				a.log.Error("flows: reading events", "error", err)
+				time.Sleep(time.Second)
+			}
+			continue
+		}
+		a.flows.ring.Add(a.flows.enrich(&fe))
+	}
+}
+
+// service names the service of a frontend, reloading the reconciler's
+// view at most once a second when it does not know it.
+func (s *flowSource) service(fe netip.AddrPort, proto model.Protocol) (model.ServiceKey, bool) {
+	k := model.L4Addr{Addr: fe.Addr(), Port: fe.Port(), Proto: proto}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if svc, ok := s.services[k]; ok {
+		return svc, true
+	}
+	if time.Since(s.loaded) < time.Second {
+		return model.ServiceKey{}, false
+	}
+	s.services = map[model.L4Addr]model.ServiceKey{}
+	for _, e := range s.a.rec.Entries() {
+		s.services[e.Frontend] = e.Owner
+	}
+	s.loaded = time.Now()
+	svc, ok := s.services[k]
+	return svc, ok
+}
+
+func (s *flowSource) endpoint(ip netip.Addr, port uint16) flows.Endpoint {
+	e := flows.Endpoint{IP: ip, Port: port}
+	if s.a.store == nil || !ip.IsValid() || ip.IsUnspecified() {
+		return e
+	}
+	p := s.a.store.Peer(ip)
+	switch {
+	case p.Pod != nil:
+		e.Namespace, e.Pod, e.Labels = p.Pod.Key.Namespace, p.Pod.Key.Name, p.Pod.Labels
+	case p.Node != "":
+		e.Node = p.Node
+	}
+	e.Identity = uint32(s.a.store.IdentityOf(ip, s.a.cfg.NodeName))
+	return e
+}
+
+var tcpFlagNames = []struct {
+	bit  uint8
+	name string
+}{{0x02, "SYN"}, {0x10, "ACK"}, {0x01, "FIN"}, {0x04, "RST"}}
+
+func flagString(f uint8) string {
+	var s []string
+	for _, n := range tcpFlagNames {
+		if f&n.bit != 0 {
+			s = append(s, n.name)
+		}
+	}
+	return strings.Join(s, ", ")
+}
+
+func (s *flowSource) enrich(fe *datapath.FlowEvent) flows.Flow {
+	f := flows.Flow{
+		Time: fe.Time, Node: s.a.cfg.NodeName, Type: fe.Type.String(), Dir: fe.Dir, Proto: fe.Proto.String(),
+		Source: s.endpoint(fe.Src.Addr(), fe.Src.Port()), Destination: s.endpoint(fe.Dst.Addr(), fe.Dst.Port()),
+		Cookie: fe.Cookie, Verdict: flows.Forwarded,
+	}
+	if fe.Proto == 1 {
+		f.Proto = "ICMP"
+	}
+	if fe.Proto == model.TCP {
+		f.TCPFlags = flagString(fe.TCPFlags)
+	}
+	switch fe.Type {
+	case datapath.FlowDrop:
+		f.Verdict, f.DropReason = flows.Dropped, fe.Reason
+	case datapath.FlowXlate:
+		f.Verdict = flows.Translated
+	}
+	if fe.Service.IsValid() {
+		f.Service = &flows.Service{Frontend: fe.Service}
+		if k, ok := s.service(fe.Service, fe.Proto); ok {
+			f.Service.Namespace, f.Service.Name = k.Namespace, k.Name
+		}
+	}
+	if fe.Type == datapath.FlowNew || fe.Type == datapath.FlowDrop && fe.Reason == "policy denied" {
+		p := &flows.Policy{Ingress: fe.PolicyIngress, Match: fe.Match.String()}
+		if s.a.psync != nil {
+			if rules := s.a.psync.SetRules(fe.Set); fe.Rule > 0 && int(fe.Rule) <= len(rules) {
+				p.Rule = rules[fe.Rule-1].String()
+			}
+			for _, k := range s.a.psync.SetPolicies(fe.Set, fe.PolicyIngress) {
+				p.Policies = append(p.Policies, k.String())
+			}
+		}
+		f.Policy = p
+		dir := "egress"
+		if p.Ingress {
+			dir = "ingress"
+		}
+		action := "forwarded"
+		if fe.Type == datapath.FlowDrop {
+			action = "dropped"
+		}
+		s.m.verdicts.WithLabelValues(dir, p.Match, action).Inc()
+	}
+	if fe.Type == datapath.FlowDrop {
+		s.m.drops.WithLabelValues(fe.Reason, f.Proto).Inc()
+	}
+	s.m.processed.WithLabelValues("L3_L4", f.Type, string(f.Verdict)).Inc()
+	return f
+}
+
+// FlowsStatus is GET /v1/flows/status.
+type FlowsStatus struct {
+	Enabled  bool                `json:"enabled"`
+	Seen     uint64              `json:"seen"`
+	Held     int                 `json:"held"`
+	Capacity int                 `json:"capacity"`
+	Kernel   datapath.EventStats `json:"kernel"`
+}
+
+// parseFlowQuery reads a flow query: filter (JSON), last, follow.
+func parseFlowQuery(r *http.Request) (flows.Filter, int, bool, error) {
+	var f flows.Filter
+	q := r.URL.Query()
+	if s := q.Get("filter"); s != "" {
+		if err := json.Unmarshal([]byte(s), &f); err != nil {
+			return f, 0, false, err
+		}
+	}
+	last := 0
+	if s := q.Get("last"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 0 {
+			return f, 0, false, errors.New("last: want a count")
+		}
+		last = n
+	}
+	return f, last, q.Get("follow") == "true", f.Validate()
+}
+
+func (a *Agent) registerFlowAPI(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/flows/status", func(w http.ResponseWriter, _ *http.Request) {
+		st := FlowsStatus{Enabled: a.flows != nil}
+		if a.flows != nil {
+			st.Seen, st.Held = a.flows.ring.Stats()
+			st.Capacity = a.flows.ring.Capacity()
+			st.Kernel, _ = a.dp.EventStats()
+		}
+		writeJSON(w, st)
+	})
+	// GET /v1/flows: newline-delimited JSON flows, the held ones that match
+	// (the last N with last=N), then, with follow=true, new ones as they come.
+	mux.HandleFunc("GET /v1/flows", func(w http.ResponseWriter, r *http.Request) {
+		if a.flows == nil {
+			apiError(w, http.StatusServiceUnavailable, errors.New("flows are off (flows: false in the agent's configuration)"))
+			return
+		}
+		f, last, follow, err := parseFlowQuery(r)
+		if err != nil {
+			apiError(w, http.StatusBadRequest, err)
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		enc := json.NewEncoder(w)
+		fl, _ := w.(http.Flusher)
+		for _, x := range a.flows.ring.Snapshot(f.Match, last) {
+			if enc.Encode(x) != nil {
+				return
+			}
+		}
+		if fl != nil {
+			fl.Flush()
+		}
+		if !follow {
+			return
+		}
+		a.flows.ring.Follow(r.Context(), f.Match, func(x flows.Flow) bool {
+			if enc.Encode(x) != nil {
+				return false
+			}
+			if fl != nil {
+				fl.Flush()
+			}
+			return true
+		})
+	})
+}
