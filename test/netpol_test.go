@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"net/url"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/kpath/kpath/internal/agent"
 	"github.com/kpath/kpath/internal/cniapi"
+	"github.com/kpath/kpath/internal/flows"
 	"github.com/kpath/kpath/internal/k8s"
 	klab "github.com/kpath/kpath/internal/lab"
 	"github.com/kpath/kpath/internal/model"
@@ -434,6 +436,7 @@ func netpolScenario(t *testing.T, bin, k8sBin, services string) {
 
 	n.apply(netpol("x", "deny-ingress", all, ingressOnly, nil, nil))
 	n.expect("default deny ingress in x")
+	n.flowsShow(bin, services)
 
 	n.apply(netpol("y", "deny-egress", all, egressOnly, nil, nil))
 	n.expect("default deny egress in y")
@@ -661,4 +664,65 @@ func (n *npCluster) traces() {
 		}
 	}
 	t.Logf("  %d traces: datapath maps and evaluator agree", checked)
+}
+
+// flowsShow: the probes just made appear in `kpath observe` on x/a's node:
+// denied connections as drops naming the policy that isolates x/a, and the
+// Service x/s-a's translations.
+func (n *npCluster) flowsShow(bin, services string) {
+	t := n.t
+	t.Helper()
+	node := n.st.Nodes[0] // node-1 runs x/a
+	observe := func(args ...string) []flows.Flow {
+		t.Helper()
+		cmd := exec.Command(filepath.Join(bin, "kpath"), append([]string{"--socket", node.AgentSocket, "observe", "-o", "json", "--last", "0"}, args...)...)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("kpath observe %v: %v", args, err)
+		}
+		var fs []flows.Flow
+		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if line == "" {
+				continue
+			}
+			var f flows.Flow
+			if err := json.Unmarshal([]byte(line), &f); err != nil {
+				t.Fatalf("kpath observe output %q: %v", line, err)
+			}
+			fs = append(fs, f)
+		}
+		return fs
+	}
+	drops := observe("--verdict", "DROPPED", "--to-pod", "x/a")
+	named := 0
+	for _, f := range drops {
+		if f.Destination.Name() != "x/a" || f.Verdict != flows.Dropped {
+			t.Errorf("filter --verdict DROPPED --to-pod x/a returned %s", f.Compact())
+		}
+		if f.DropReason == "policy denied" && f.Policy != nil && slices.Contains(f.Policy.Policies, "x/deny-ingress") && f.Source.Pod != "" {
+			named++
+		}
+	}
+	if named == 0 {
+		t.Errorf("no drop to x/a naming x/deny-ingress among %d drops", len(drops))
+	}
+	xl := observe("--service", "x/s-a", "--type", "translation")
+	if len(xl) == 0 {
+		t.Errorf("no translation for Service x/s-a")
+	}
+	for _, f := range xl {
+		if f.Service == nil || f.Service.Name != "s-a" || f.Destination.Name() != "x/a" {
+			t.Errorf("translation %s: want the Service x/s-a to x/a", f.Compact())
+		}
+		if services == "kpath-tc" && f.Source.Pod == "" {
+			t.Errorf("per-packet translation %s without its source pod", f.Compact())
+		}
+	}
+	t.Logf("  kpath observe on node-1: %d policy drops to x/a (%d naming x/deny-ingress), %d translations for x/s-a; e.g. %s",
+		len(drops), named, len(xl), func() string {
+			if len(drops) > 0 {
+				return drops[0].Compact()
+			}
+			return "-"
+		}())
 }

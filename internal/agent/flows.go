@@ -201,8 +201,8 @@ func parseFlowQuery(r *http.Request) (flows.Filter, int, bool, error) {
 	last := 0
 	if s := q.Get("last"); s != "" {
 		n, err := strconv.Atoi(s)
-		if err != nil || n < 0 {
-			return f, 0, false, errors.New("last: want a count")
+		if err != nil || n < -1 {
+			return f, 0, false, errors.New("last: want a count (0: every held flow, -1: none)")
 		}
 		last = n
 	}
@@ -220,7 +220,8 @@ func (a *Agent) registerFlowAPI(mux *http.ServeMux) {
 		writeJSON(w, st)
 	})
 	// GET /v1/flows: newline-delimited JSON flows, the held ones that match
-	// (the last N with last=N), then, with follow=true, new ones as they come.
+	// (the last N with last=N, none with last=-1), then, with follow=true,
+	// new ones as they come.
 	mux.HandleFunc("GET /v1/flows", func(w http.ResponseWriter, r *http.Request) {
 		if a.flows == nil {
 			apiError(w, http.StatusServiceUnavailable, errors.New("flows are off (flows: false in the agent's configuration)"))
@@ -234,9 +235,11 @@ func (a *Agent) registerFlowAPI(mux *http.ServeMux) {
 		w.Header().Set("Content-Type", "application/x-ndjson")
 		enc := json.NewEncoder(w)
 		fl, _ := w.(http.Flusher)
-		for _, x := range a.flows.ring.Snapshot(f.Match, last) {
-			if enc.Encode(x) != nil {
-				return
+		if last >= 0 {
+			for _, x := range a.flows.ring.Snapshot(f.Match, last) {
+				if enc.Encode(x) != nil {
+					return
+				}
 			}
 		}
 		if fl != nil {

@@ -236,7 +236,25 @@ exec commands in.`,
 	}
 	execCmd.Flags().StringVarP(&podNS, "namespace", "n", "default", "the pod's namespace")
 
-	cmd.AddCommand(up, supervise, down, status, kubectl, execCmd)
+	var obs observeFlags
+	observe := &cobra.Command{
+		Use:   "observe",
+		Short: "Show the flows of every node of the lab, merged by time (kpath observe's flags)",
+		Args:  cobra.NoArgs,
+	}
+	obs.add(observe)
+	observe.RunE = func(cmd *cobra.Command, _ []string) error {
+		st, err := lab.LoadState(dir)
+		if err != nil {
+			return fmt.Errorf("no lab running in %s: %w", dir, err)
+		}
+		f, err := obs.filter(time.Now())
+		if err != nil {
+			return err
+		}
+		return labObserve(cmd.Context(), st, f, &obs, &flowPrinter{w: cmd.OutOrStdout(), format: obs.output})
+	}
+	cmd.AddCommand(up, supervise, down, status, kubectl, execCmd, observe)
 	return cmd
 }
 

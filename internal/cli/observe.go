@@ -10,14 +10,17 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/kpath/kpath/internal/flows"
+	"github.com/kpath/kpath/internal/lab"
 )
 
 // observeFlags are Hubble's `observe` flags, where kpath has the thing.
@@ -192,4 +195,50 @@ func addObserveCommand(root *cobra.Command, socket *string) {
 		return streamFlows(cmd.Context(), *socket, f, o.last, o.follow, p.print)
 	}
 	root.AddCommand(cmd)
+}
+
+// labObserve prints the held flows of every node merged by time (the last
+// N over all nodes), then, following, each node's new flows as they come.
+func labObserve(ctx context.Context, st *lab.State, f flows.Filter, o *observeFlags, p *flowPrinter) error {
+	var all []flows.Flow
+	for _, n := range st.Nodes {
+		err := streamFlows(ctx, n.AgentSocket, f, o.last, false, func(fl flows.Flow) error {
+			all = append(all, fl)
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("%s: %w", n.Name, err)
+		}
+	}
+	slices.SortStableFunc(all, func(a, b flows.Flow) int { return a.Time.Compare(b.Time) })
+	if o.last > 0 && len(all) > o.last {
+		all = all[len(all)-o.last:]
+	}
+	for _, fl := range all {
+		if err := p.print(fl); err != nil {
+			return err
+		}
+	}
+	if !o.follow {
+		return nil
+	}
+	// New flows from every node, printed as they arrive; the agents stamp
+	// them with the datapath's clock, the same machine's here.
+	var mu sync.Mutex
+	errc := make(chan error, len(st.Nodes))
+	for _, n := range st.Nodes {
+		go func() {
+			errc <- streamFlows(ctx, n.AgentSocket, f, -1, true, func(fl flows.Flow) error {
+				mu.Lock()
+				defer mu.Unlock()
+				return p.print(fl)
+			})
+		}()
+	}
+	for range st.Nodes {
+		if err := <-errc; err != nil {
+			return err
+		}
+	}
+	return nil
 }
