@@ -2,7 +2,7 @@
 GO ?= go
 BIN := bin
 
-.PHONY: all build generate test test-unit lint bench demo deps check-generated k8s-bins clean
+.PHONY: all build generate test test-unit lint bench demo deps check-generated k8s-bins cilium-bins clean
 
 all: build
 
@@ -24,12 +24,17 @@ check-generated: generate
 k8s-bins:
 	hack/k8s/build.sh >/dev/null
 
+# The hubble CLI from the pinned Cilium module (hack/cilium, cached; about
+# 2 minutes cold), the stock client of kpath's Hubble API.
+cilium-bins:
+	hack/cilium/build.sh >/dev/null
+
 # Every test. Privileged ones skip without root, unless KPATH_REQUIRE_PRIVILEGED=1.
 # -p 1: the privileged suites share the machine's bpffs and cgroups; one
 # package at a time keeps them from competing for 2 cores.
-test: k8s-bins
+test: k8s-bins cilium-bins
 	hack/install-deps.sh
-	KPATH_K8S_BIN=$$(hack/k8s/build.sh) $(GO) test -p 1 -count=1 ./...
+	KPATH_K8S_BIN=$$(hack/k8s/build.sh) KPATH_CILIUM_BIN=$$(hack/cilium/build.sh) $(GO) test -p 1 -count=1 ./...
 
 # Only tests that need no privileges.
 test-unit:

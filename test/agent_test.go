@@ -49,6 +49,7 @@ func agentConfig(t *testing.T, env *testenv.Env) agent.Config {
 	cfg.PinDir = "kpath-test-agent-" + testutil.UniqueID()
 	cfg.SocketHook = false
 	cfg.APISocket = filepath.Join(t.TempDir(), "agent.sock")
+	cfg.HubbleSocket = filepath.Join(filepath.Dir(cfg.APISocket), "hubble.sock")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

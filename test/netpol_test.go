@@ -718,6 +718,7 @@ func (n *npCluster) flowsShow(bin, services string) {
 			t.Errorf("per-packet translation %s without its source pod", f.Compact())
 		}
 	}
+	n.hubbleShows(node, len(drops))
 	t.Logf("  kpath observe on node-1: %d policy drops to x/a (%d naming x/deny-ingress), %d translations for x/s-a; e.g. %s",
 		len(drops), named, len(xl), func() string {
 			if len(drops) > 0 {
@@ -725,4 +726,58 @@ func (n *npCluster) flowsShow(bin, services string) {
 			}
 			return "-"
 		}())
+}
+
+// hubbleShows: the stock hubble CLI, reading the agent's Hubble socket,
+// prints the same policy drops kpath observe does, in Hubble's form.
+func (n *npCluster) hubbleShows(node klab.NodeInfo, want int) {
+	t := n.t
+	t.Helper()
+	dir := os.Getenv("KPATH_CILIUM_BIN")
+	if dir == "" {
+		dir = filepath.Join(os.Getenv("HOME"), ".cache", "kpath", "cilium", "v1.20.2")
+	}
+	bin := filepath.Join(dir, "hubble")
+	if _, err := os.Stat(bin); err != nil {
+		testutil.SkipOrFail(t, "hubble CLI not built: run make cilium-bins")
+		return
+	}
+	out, err := exec.Command(bin, "observe", "--server", "unix://"+node.HubbleSocket, "--verdict", "DROPPED",
+		"--to-pod", "x/a", "--last", "100000", "-o", "json").Output()
+	if err != nil {
+		t.Fatalf("hubble observe: %v", err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	got := 0
+	for _, line := range lines {
+		if line == "" {
+			continue
+		}
+		var r struct {
+			Flow struct {
+				Verdict        string `json:"verdict"`
+				DropReasonDesc string `json:"drop_reason_desc"`
+				Destination    struct {
+					Namespace string `json:"namespace"`
+					PodName   string `json:"pod_name"`
+				} `json:"destination"`
+				IngressDeniedBy []struct {
+					Name, Namespace string
+				} `json:"ingress_denied_by"`
+			} `json:"flow"`
+		}
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("hubble output %q: %v", line, err)
+		}
+		f := r.Flow
+		if f.Verdict != "DROPPED" || f.Destination.Namespace != "x" || f.Destination.PodName != "a" {
+			t.Errorf("hubble --verdict DROPPED --to-pod x/a printed %s", line)
+		}
+		if f.DropReasonDesc == "POLICY_DENIED" && len(f.IngressDeniedBy) > 0 && f.IngressDeniedBy[0].Name == "deny-ingress" {
+			got++
+		}
+	}
+	if got != want {
+		t.Errorf("hubble observe printed %d policy drops to x/a denied by x/deny-ingress, kpath observe %d", got, want)
+	}
 }

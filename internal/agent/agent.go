@@ -21,6 +21,7 @@ import (
 
 	"github.com/kpath/kpath/internal/datapath"
 	"github.com/kpath/kpath/internal/flows"
+	"github.com/kpath/kpath/internal/hubble"
 	"github.com/kpath/kpath/internal/k8s"
 	"github.com/kpath/kpath/internal/masq"
 	"github.com/kpath/kpath/internal/model"
@@ -172,6 +173,14 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	if a.flows != nil {
 		go a.runFlows(ctx)
+		if a.cfg.HubbleSocket != "" {
+			hs := &hubble.Server{Ring: a.flows.ring, Node: a.cfg.NodeName, Started: a.started}
+			go func() {
+				if err := hs.Serve(ctx, a.cfg.HubbleSocket); err != nil && ctx.Err() == nil {
+					a.log.Error("hubble observer API", "socket", a.cfg.HubbleSocket, "error", err)
+				}
+			}()
+		}
 	}
 	w.Start(ctx)
 	// The datapath keeps serving its restored state while we wait.

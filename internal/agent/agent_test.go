@@ -45,6 +45,7 @@ func startAgent(t *testing.T, env *testenv.Env, mutate func(*Config)) *Agent {
 	cfg.SocketHook = false
 	cfg.MetricsAddr = ""
 	cfg.APISocket = filepath.Join(t.TempDir(), "agent.sock")
+	cfg.HubbleSocket = filepath.Join(filepath.Dir(cfg.APISocket), "hubble.sock")
 	cfg.HealthCheckBind = "127.0.0.1"
 	cfg.MapSizes = datapath.MapSizes{Frontends: 4096, Backends: 8192, Slots: 16384, Maglev: 64,
 		Affinity: 1024, Conntrack: 16384, SockRevNat: 1024, Fragments: 256,

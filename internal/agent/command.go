@@ -52,6 +52,7 @@ func NewCommand() *cobra.Command {
 	f.BoolVar(&cfg.NetworkPolicy, "network-policy", cfg.NetworkPolicy, "enforce NetworkPolicy on this node's pods")
 	f.BoolVar(&cfg.Flows, "flows", cfg.Flows, "report connections, translations and drops (kpath observe)")
 	f.IntVar(&cfg.FlowRingSize, "flow-ring-size", cfg.FlowRingSize, "recent flows kept")
+	f.StringVar(&cfg.HubbleSocket, "hubble-socket", cfg.HubbleSocket, `unix socket of Hubble's Observer API ("" disables)`)
 	f.BoolVar(&cfg.KubeProxyReplacement, "kube-proxy-replacement", cfg.KubeProxyReplacement, "handle Services (off: kube-proxy does; kpath keeps pod networking)")
 	f.StringVar(&cfg.CgroupRoot, "cgroup-root", cfg.CgroupRoot, `cgroup v2 directory for the socket hook ("auto")`)
 	f.StringVar(&cfg.TCAttach, "tc-attach", cfg.TCAttach, "auto, tcx or legacy")
@@ -97,6 +98,8 @@ func applyFlag(dst, src *Config, name string) {
 		dst.Flows = src.Flows
 	case "flow-ring-size":
 		dst.FlowRingSize = src.FlowRingSize
+	case "hubble-socket":
+		dst.HubbleSocket = src.HubbleSocket
 	case "map-size-ipcache":
 		dst.MapSizes.IPCache = src.MapSizes.IPCache
 	case "map-size-policy-entries":

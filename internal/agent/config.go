@@ -43,6 +43,9 @@ type Config struct {
 	FlowRingSize int `json:"flowRingSize,omitempty"`
 	// DropEventsPerSec limits drop events per CPU.
 	DropEventsPerSec uint32 `json:"dropEventsPerSecond,omitempty"`
+	// HubbleSocket serves Hubble's Observer API (the hubble CLI:
+	// --server unix://PATH), root only; "" disables.
+	HubbleSocket string `json:"hubbleSocket,omitempty"`
 	// CgroupRoot is the cgroup v2 directory for the socket hook ("auto":
 	// where the unified hierarchy is mounted).
 	CgroupRoot string `json:"cgroupRoot,omitempty"`
@@ -93,6 +96,7 @@ func DefaultConfig() Config {
 		Flows:                true,
 		FlowRingSize:         4095,
 		DropEventsPerSec:     dp.DropEventsPerSec,
+		HubbleSocket:         "/run/kpath/hubble.sock",
 		KubeProxyReplacement: true,
 		CgroupRoot:           "auto",
 		TCAttach:             string(dp.TCAttach),
@@ -185,6 +189,9 @@ func (c Config) Validate() error {
 	}
 	if c.APISocket == "" || !filepath.IsAbs(c.APISocket) {
 		errs = append(errs, fmt.Errorf("apiSocket %q: want an absolute path", c.APISocket))
+	}
+	if c.HubbleSocket != "" && !filepath.IsAbs(c.HubbleSocket) {
+		errs = append(errs, fmt.Errorf("hubbleSocket %q: want an absolute path", c.HubbleSocket))
 	}
 	if c.FlowRingSize < 1 || c.FlowRingSize > 1<<20 {
 		errs = append(errs, fmt.Errorf("flowRingSize %d: want 1 to 1048576", c.FlowRingSize))

@@ -111,6 +111,7 @@ func ControlPlane(ctx context.Context, o ControlPlaneOptions) (*ControlPlaneResu
 	cfg.SocketHook = false
 	cfg.MetricsAddr = ""
 	cfg.APISocket = filepath.Join(dir, "agent.sock")
+	cfg.HubbleSocket = filepath.Join(dir, "hubble.sock")
 	defer datapath.Reset(cfg.Datapath())
 
 	a, stop, ready, err := startAgent(ctx, cfg)

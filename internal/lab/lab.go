@@ -82,7 +82,9 @@ type NodeInfo struct {
 	IP          string `json:"ip"`
 	PodCIDR     string `json:"podCIDR"`
 	AgentSocket string `json:"agentSocket"`
-	Cgroup      string `json:"cgroup"`
+	// HubbleSocket serves Hubble's Observer API (hubble --server unix://...).
+	HubbleSocket string `json:"hubbleSocket"`
+	Cgroup       string `json:"cgroup"`
 }
 
 // Service dataplanes a lab node can run: kpath with its socket hook,
@@ -228,6 +230,7 @@ func Supervise(ctx context.Context, o Options) (err error) {
 		n.Netns, n.PinDir = nm.netns+n.Name, nm.pin+n.Name
 		n.Cgroup = filepath.Join(cgRoot, nm.cgroup, n.Name)
 		n.AgentSocket = filepath.Join(o.Dir, n.Name, "agent.sock")
+		n.HubbleSocket = filepath.Join(o.Dir, n.Name, "hubble.sock")
 		o.Log("creating %s (%s)", n.Name, n.IP)
 		if err := os.MkdirAll(n.Cgroup, 0o755); err != nil {
 			return fmt.Errorf("cgroup for %s: %w", n.Name, err)
@@ -351,6 +354,7 @@ func startAgent(o Options, env *testenv.Env, n NodeInfo, procs *children) error 
 		"--kubeconfig=" + env.Kubeconfig, "--node-name=" + n.Name, "--pin-dir=" + n.PinDir,
 		"--device=eth0", "--routing=" + o.Routing, "--cluster-cidr=" + ClusterCIDR,
 		"--cgroup-root=" + n.Cgroup, "--api-socket=" + n.AgentSocket, "--ipam-dir=" + filepath.Join(dir, "ipam"),
+		"--hubble-socket=" + n.HubbleSocket,
 		"--metrics-addr=127.0.0.1:9964"}
 	switch o.Services {
 	case "kpath-tc":
