@@ -47,7 +47,7 @@ lint:
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2000000x ./internal/datapath/
 
-demo: build k8s-bins
+demo: build k8s-bins cilium-bins
 	hack/install-deps.sh
 	KPATH=$(BIN)/kpath hack/demo.sh
 

@@ -4,8 +4,9 @@
 # echo pods behind a Service, requests through the ClusterIP from a pod on
 # the other node and to a NodePort from outside the nodes; then a
 # NetworkPolicy: a denied request, why (kpath policy trace), the same
-# request allowed once the client carries the allowed label; and the lab
-# removed again.
+# request allowed once the client carries the allowed label; the flows
+# (kpath lab observe, and the hubble CLI on kpath's Hubble API); and the
+# lab removed again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KPATH=$(realpath "${KPATH:-bin/kpath}")
@@ -59,3 +60,15 @@ lab exec client -- "$KPATH" workload probe "http://$ECHO_A:8080/" -n 5 --timeout
 
 log "node-1's endpoints under policy (kpath policy list)"
 "$KPATH" --socket "$DIR/node-1/agent.sock" policy list
+
+log "flows of every node (kpath lab observe): the policy drops, with the policy that isolates the pod"
+lab observe --verdict DROPPED --to-pod default/echo-a --last 3
+
+log "... and the Service translations (socket hook on node-2, where the client runs)"
+lab observe --service default/echo --type translation --last 3
+
+log "the same drops through Hubble's API, read by the stock hubble CLI (if make cilium-bins built it)"
+HUBBLE=$(hack/cilium/build.sh 2>/dev/null)/hubble || true
+if [[ -x "$HUBBLE" ]]; then
+	"$HUBBLE" observe --server "unix://$DIR/node-1/hubble.sock" --verdict DROPPED --last 3
+fi
