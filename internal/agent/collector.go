@@ -15,6 +15,7 @@ type datapathCollector struct {
 	dp                      *datapath.Datapath
 	packets, bytes          *prometheus.Desc
 	entries, max, fillRatio *prometheus.Desc
+	lost, events            *prometheus.Desc
 
 	mu      sync.Mutex
 	usage   []datapath.MapUsage
@@ -31,11 +32,13 @@ func newDatapathCollector(dp *datapath.Datapath) *datapathCollector {
 		entries:   prometheus.NewDesc("kpath_map_entries", "Entries in a BPF map.", []string{"map"}, nil),
 		max:       prometheus.NewDesc("kpath_map_max_entries", "Capacity of a BPF map.", []string{"map"}, nil),
 		fillRatio: prometheus.NewDesc("kpath_map_fill_ratio", "Entries / capacity of a BPF map.", []string{"map"}, nil),
+		lost:      prometheus.NewDesc("hubble_lost_events_total", "Flow events lost, by where: the kernel's ring buffer was full, or a drop event was over its per-CPU rate.", []string{"source"}, nil),
+		events:    prometheus.NewDesc("kpath_flow_events_sent_total", "Flow events the datapath sent to the agent.", nil, nil),
 	}
 }
 
 func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.packets, c.bytes, c.entries, c.max, c.fillRatio} {
+	for _, d := range []*prometheus.Desc{c.packets, c.bytes, c.entries, c.max, c.fillRatio, c.lost, c.events} {
 		ch <- d
 	}
 }
@@ -50,6 +53,11 @@ func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(x.Packets), x.Reason, x.Dir, verdict)
 			ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(x.Bytes), x.Reason, x.Dir, verdict)
 		}
+	}
+	if st, err := c.dp.EventStats(); err == nil {
+		ch <- prometheus.MustNewConstMetric(c.lost, prometheus.CounterValue, float64(st.Lost), "perf_event_ring_buffer")
+		ch <- prometheus.MustNewConstMetric(c.lost, prometheus.CounterValue, float64(st.RateLimited), "drop_rate_limit")
+		ch <- prometheus.MustNewConstMetric(c.events, prometheus.CounterValue, float64(st.Sent))
 	}
 	c.mu.Lock()
 	if time.Since(c.counted) > usageTTL {

@@ -115,7 +115,7 @@ func Latency(ctx context.Context, o LatencyOptions) (*LatencyRun, error) {
 	}
 	for _, m := range o.Modes {
 		if labNames[m] == "" {
-			return nil, fmt.Errorf("mode %q: want one of none, kpath, kpath-tc, %s, kube-proxy-iptables, kube-proxy-nftables", m, PolicyMode)
+			return nil, fmt.Errorf("mode %q: want one of none, kpath, kpath-tc, %s, %s, kube-proxy-iptables, kube-proxy-nftables", m, PolicyMode, NoFlowsMode)
 		}
 	}
 	run := &LatencyRun{Command: o.Command, Machine: DescribeMachine(o.K8sBin), Started: time.Now(),
@@ -243,6 +243,7 @@ func (m *modeLab) say(f string, a ...any) {
 // labNames are the names of E1's labs, one per mode, short enough for
 // lab names.
 var labNames = map[string]string{"none": "e1-none", "kpath": "e1-kpath", "kpath-tc": "e1-kpath-tc", "kpath-policy": "e1-kpath-pol",
+	NoFlowsMode:           "e1-kpath-nofl",
 	"kube-proxy-iptables": "e1-iptables", "kube-proxy-nftables": "e1-nftables"}
 
 // PolicyMode is E1's kpath mode with NetworkPolicy in place: every pod of
@@ -251,12 +252,24 @@ var labNames = map[string]string{"none": "e1-none", "kpath": "e1-kpath", "kpath-
 // "E1 with a policy allowing the client" compares with kpath alone).
 const PolicyMode = "kpath-policy"
 
+// NoFlowsMode is kpath with flow events off (they are on by default), for
+// the cost of flows on E1's totals.
+const NoFlowsMode = "kpath-noflows"
+
 // labServices is the lab's service dataplane for an E1 mode.
 func labServices(mode string) string {
-	if mode == PolicyMode {
+	if mode == PolicyMode || mode == NoFlowsMode {
 		return "kpath"
 	}
 	return mode
+}
+
+// agentArgs are the mode's extra kpath-agent flags.
+func agentArgs(mode string) []string {
+	if mode == NoFlowsMode {
+		return []string{"--flows=false"}
+	}
+	return nil
 }
 
 // latencyPolicies isolates E1's namespace and allows the client <-> echo
@@ -298,7 +311,8 @@ func (m *modeLab) start(ctx context.Context, o LatencyOptions) error {
 	done := make(chan error, 1)
 	go func() {
 		done <- lab.Supervise(lctx, lab.Options{Name: name, Dir: m.labDir, Nodes: 1, Routing: "native", Services: labServices(m.mode),
-			BinDir: o.BinDir, K8sBin: o.K8sBin, Log: func(string, ...any) {}})
+			AgentArgs: agentArgs(m.mode),
+			BinDir:    o.BinDir, K8sBin: o.K8sBin, Log: func(string, ...any) {}})
 	}()
 	m.stop = func() {
 		cancel()

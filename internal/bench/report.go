@@ -155,6 +155,7 @@ var latencyModes = []struct{ mode, label, color string }{
 	{"kpath", "kpath", "#d62728"},
 	{"kpath-tc", "kpath-tc", "#ff9896"},
 	{"kpath-policy", "kpath + NetworkPolicy", "#9467bd"},
+	{"kpath-noflows", "kpath, flows off", "#e377c2"},
 	{"kube-proxy-iptables", "kube-proxy iptables", "#1f77b4"},
 	{"kube-proxy-nftables", "kube-proxy nftables", "#2ca02c"},
 }
@@ -284,6 +285,15 @@ func LatencyTargets(run *LatencyRun) []Target {
 			}
 		}
 		out = append(out, answered)
+	}
+	// Flows (on by default) cost at most 3% of kpath's loaded totals at the
+	// largest point, against kpath with flows off.
+	if slices.Contains(run.Modes, NoFlowsMode) && slices.Contains(run.Modes, "kpath") {
+		for _, tg := range []string{"service", "direct"} {
+			on, ok := ix.get("kpath", "loaded", top, tg)
+			off, okO := ix.get(NoFlowsMode, "loaded", top, tg)
+			out = append(out, ratio(fmt.Sprintf("kpath %s, loaded, S=%d: flows on <= 1.03x flows off", tg, top), on, off, ok, okO, 1.03))
+		}
 	}
 	// NetworkPolicy in place costs kpath (almost) nothing: every point,
 	// both scenarios and targets, within 5% of kpath alone.

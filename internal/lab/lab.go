@@ -122,7 +122,9 @@ type Options struct {
 	BinDir string
 	// K8sBin holds kube-apiserver and friends.
 	K8sBin string
-	Log    func(format string, args ...any)
+	// AgentArgs are extra kpath-agent flags on every node.
+	AgentArgs []string
+	Log       func(format string, args ...any)
 }
 
 // LoadState reads a lab's state.
@@ -356,6 +358,7 @@ func startAgent(o Options, env *testenv.Env, n NodeInfo, procs *children) error 
 		"--cgroup-root=" + n.Cgroup, "--api-socket=" + n.AgentSocket, "--ipam-dir=" + filepath.Join(dir, "ipam"),
 		"--hubble-socket=" + n.HubbleSocket,
 		"--metrics-addr=127.0.0.1:9964"}
+	args = append(args, o.AgentArgs...)
 	switch o.Services {
 	case "kpath-tc":
 		args = append(args, "--socket-hook=false")
