@@ -1,11 +1,19 @@
 package hubble
 
 import (
+	"context"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
 	flowpb "github.com/cilium/cilium/api/v1/flow"
+	observerpb "github.com/cilium/cilium/api/v1/observer"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/kpath/kpath/internal/flows"
 )
@@ -73,5 +81,75 @@ func TestFilters(t *testing.T) {
 	}
 	if err := supported(&flowpb.FlowFilter{HttpMethod: []string{"GET"}}); err == nil {
 		t.Error("an L7 filter was accepted")
+	}
+}
+
+// TestServerOverGRPC: a real gRPC client on the unix socket gets the last
+// N matching flows, then follows new ones; ServerStatus counts the ring.
+func TestServerOverGRPC(t *testing.T) {
+	ring := flows.NewRing(8)
+	drop, xl := testFlows()
+	for range 3 {
+		ring.Add(drop)
+		ring.Add(xl)
+	}
+	sock := filepath.Join(t.TempDir(), "hubble.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := &Server{Ring: ring, Node: "node-1", Started: time.Now()}
+	go func() { _ = s.Serve(ctx, sock) }()
+	var conn *grpc.ClientConn
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("hubble socket not created")
+		}
+	}
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := observerpb.NewObserverClient(conn)
+	st, err := c.ServerStatus(ctx, &observerpb.ServerStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.GetNumFlows() != 6 || st.GetMaxFlows() != 8 || st.GetSeenFlows() != 6 {
+		t.Errorf("server status %v", st)
+	}
+	stream, err := c.GetFlows(ctx, &observerpb.GetFlowsRequest{Number: 2, Follow: true,
+		Whitelist: []*flowpb.FlowFilter{{Verdict: []flowpb.Verdict{flowpb.Verdict_DROPPED}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		r, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.GetFlow().GetVerdict() != flowpb.Verdict_DROPPED || r.GetNodeName() != "node-1" {
+			t.Fatalf("flow %d: %v", i, r)
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	ring.Add(xl) // filtered out
+	later := drop
+	later.Time = time.Unix(300, 0)
+	ring.Add(later)
+	r, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.GetFlow().GetTime().AsTime().Equal(later.Time) {
+		t.Errorf("followed flow %v, want the new drop", r.GetFlow())
+	}
+	if _, err := c.GetFlows(ctx, &observerpb.GetFlowsRequest{Whitelist: []*flowpb.FlowFilter{{DnsQuery: []string{"x"}}}}); err == nil {
+		s2, _ := c.GetFlows(ctx, &observerpb.GetFlowsRequest{Whitelist: []*flowpb.FlowFilter{{DnsQuery: []string{"x"}}}})
+		if _, err := s2.Recv(); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("a DNS filter: %v, want InvalidArgument", err)
+		}
 	}
 }
