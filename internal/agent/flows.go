@@ -26,6 +26,20 @@ type flowMetrics struct {
 	processed *prometheus.CounterVec // hubble_flows_processed_total{type,subtype,verdict}
 	drops     *prometheus.CounterVec // hubble_drop_total{reason,protocol}
 	verdicts  *prometheus.CounterVec // hubble_policy_verdicts_total{direction,match,action}
+	// The counters by their labels, so an event costs a map lookup, not a
+	// hash of its label values (one goroutine uses them: no lock).
+	children map[[4]string]prometheus.Counter
+}
+
+func (m *flowMetrics) inc(vec *prometheus.CounterVec, kind string, labels ...string) {
+	k := [4]string{kind}
+	copy(k[1:], labels)
+	c, ok := m.children[k]
+	if !ok {
+		c = vec.WithLabelValues(labels...)
+		m.children[k] = c
+	}
+	c.Inc()
 }
 
 func newFlowMetrics(reg prometheus.Registerer) *flowMetrics {
@@ -37,6 +51,7 @@ func newFlowMetrics(reg prometheus.Registerer) *flowMetrics {
 		verdicts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hubble_policy_verdicts_total",
 			Help: "Policy verdicts of new connections by direction, what matched and the action."}, []string{"direction", "match", "action"}),
 	}
+	m.children = map[[4]string]prometheus.Counter{}
 	reg.MustRegister(m.processed, m.drops, m.verdicts)
 	return m
 }
@@ -102,14 +117,14 @@ func (s *flowSource) endpoint(ip netip.Addr, port uint16) flows.Endpoint {
 	if s.a.store == nil || !ip.IsValid() || ip.IsUnspecified() {
 		return e
 	}
-	p := s.a.store.Peer(ip)
+	p, id := s.a.store.Describe(ip, s.a.cfg.NodeName)
 	switch {
 	case p.Pod != nil:
 		e.Namespace, e.Pod, e.Labels = p.Pod.Key.Namespace, p.Pod.Key.Name, p.Pod.Labels
 	case p.Node != "":
 		e.Node = p.Node
 	}
-	e.Identity = uint32(s.a.store.IdentityOf(ip, s.a.cfg.NodeName))
+	e.Identity = uint32(id)
 	return e
 }
 
@@ -171,12 +186,12 @@ func (s *flowSource) enrich(fe *datapath.FlowEvent) flows.Flow {
 		if fe.Type == datapath.FlowDrop {
 			action = "dropped"
 		}
-		s.m.verdicts.WithLabelValues(dir, p.Match, action).Inc()
+		s.m.inc(s.m.verdicts, "v", dir, p.Match, action)
 	}
 	if fe.Type == datapath.FlowDrop {
-		s.m.drops.WithLabelValues(fe.Reason, f.Proto).Inc()
+		s.m.inc(s.m.drops, "d", fe.Reason, f.Proto)
 	}
-	s.m.processed.WithLabelValues("L3_L4", f.Type, string(f.Verdict)).Inc()
+	s.m.inc(s.m.processed, "p", "L3_L4", f.Type, string(f.Verdict))
 	return f
 }
 

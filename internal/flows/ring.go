@@ -15,8 +15,11 @@ type Ring struct {
 	mu    sync.Mutex
 	buf   []Flow
 	next  uint64 // sequence number of the next flow
-	wake  chan struct{}
 	total uint64
+	// wake is closed (and replaced) by the next Add when a follower waits
+	// on it; without followers Add allocates nothing.
+	wake    chan struct{}
+	waiting bool
 }
 
 // NewRing returns an empty ring of capacity n (DefaultCapacity if n <= 0).
@@ -36,10 +39,14 @@ func (r *Ring) Add(f Flow) {
 	r.buf[r.next%uint64(len(r.buf))] = f
 	r.next++
 	r.total++
-	w := r.wake
-	r.wake = make(chan struct{})
+	var w chan struct{}
+	if r.waiting {
+		w, r.wake, r.waiting = r.wake, make(chan struct{}), false
+	}
 	r.mu.Unlock()
-	close(w)
+	if w != nil {
+		close(w)
+	}
 }
 
 // Stats reports flows seen since start and flows held now.
@@ -96,6 +103,7 @@ func (r *Ring) Follow(ctx context.Context, keep func(*Flow) bool, fn func(f Flow
 			}
 		}
 		wake := r.wake
+		r.waiting = true
 		r.mu.Unlock()
 		for _, f := range batch {
 			if !fn(f) {

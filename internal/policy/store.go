@@ -365,3 +365,11 @@ func (s *Store) IPCacheEntries(localNode string) map[netip.Addr]Identity {
 	}
 	return out
 }
+
+// Describe resolves an address and its ipcache identity under one lock
+// (the flow path asks both for every event).
+func (s *Store) Describe(ip netip.Addr, localNode string) (Peer, Identity) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.peerLocked(ip), s.identityOfLocked(ip, localNode)
+}
