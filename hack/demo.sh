@@ -64,7 +64,7 @@ log "node-1's endpoints under policy (kpath policy list)"
 log "flows of every node (kpath lab observe): the policy drops, with the policy that isolates the pod"
 lab observe --verdict DROPPED --to-pod default/echo-a --last 3
 
-log "... and the Service translations (socket hook on node-2, where the client runs)"
+log "... and the last Service translations (here the NodePort requests from outside the nodes)"
 lab observe --service default/echo --type translation --last 3
 
 log "the same drops through Hubble's API, read by the stock hubble CLI (if make cilium-bins built it)"

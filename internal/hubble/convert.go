@@ -68,7 +68,7 @@ func Flow(f *flows.Flow) *flowpb.Flow {
 		Source:      endpoint(f.Source),
 		Destination: endpoint(f.Destination),
 		IsReply:     wrapperspb.Bool(f.Policy != nil && f.Policy.Match == "reply"),
-		Summary:     f.Compact(),
+		Summary:     summary(f),
 	}
 	if f.Source.IP.IsValid() || f.Destination.IP.IsValid() {
 		out.IP = &flowpb.IP{IpVersion: flowpb.IPVersion_IPv4}
@@ -106,9 +106,11 @@ func Flow(f *flows.Flow) *flowpb.Flow {
 	switch f.Verdict {
 	case flows.Dropped:
 		out.Verdict = flowpb.Verdict_DROPPED
-		out.EventType = &flowpb.CiliumEventType{Type: eventDrop}
 		out.DropReasonDesc = dropReasons[f.DropReason]
 		out.DropReason = uint32(out.DropReasonDesc)
+		// Cilium's drop events carry the reason as their subtype, which is
+		// what hubble's printer names.
+		out.EventType = &flowpb.CiliumEventType{Type: eventDrop, SubType: int32(out.DropReasonDesc)}
 	case flows.Translated:
 		out.Verdict = flowpb.Verdict_TRANSLATED
 		out.EventType = &flowpb.CiliumEventType{Type: eventTrace}
@@ -161,4 +163,15 @@ func Flow(f *flows.Flow) *flowpb.Flow {
 		}
 	}
 	return out
+}
+
+// summary is the deprecated one-line summary as Cilium words it for L4.
+func summary(f *flows.Flow) string {
+	switch f.Proto {
+	case "TCP":
+		return "TCP Flags: " + f.TCPFlags
+	case "ICMP":
+		return "ICMPv4"
+	}
+	return f.Proto
 }
