@@ -173,6 +173,19 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	if a.flows != nil {
 		go a.runFlows(ctx)
+		if o := a.cfg.FlowExport; o != nil {
+			ex, err := hubble.NewExporter(*o, a.cfg.NodeName)
+			if err != nil {
+				return err
+			}
+			defer ex.Close()
+			go func() {
+				missed := ex.Run(ctx, a.flows.ring, func(err error) { a.log.Warn("flow export", "error", err) })
+				if missed > 0 {
+					a.log.Warn("flow export could not keep up", "missed", missed)
+				}
+			}()
+		}
 		if a.cfg.HubbleSocket != "" {
 			hs := &hubble.Server{Ring: a.flows.ring, Node: a.cfg.NodeName, Started: a.started}
 			go func() {

@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/kpath/kpath/internal/datapath"
+	"github.com/kpath/kpath/internal/hubble"
 	"github.com/kpath/kpath/internal/model"
 	"github.com/kpath/kpath/internal/routing"
 )
@@ -46,6 +47,9 @@ type Config struct {
 	// HubbleSocket serves Hubble's Observer API (the hubble CLI:
 	// --server unix://PATH), root only; "" disables.
 	HubbleSocket string `json:"hubbleSocket,omitempty"`
+	// FlowExport writes flows to a file as Hubble's exporter does (JSON
+	// lines, size-based rotation, allow and deny filters); nil: off.
+	FlowExport *hubble.ExportOptions `json:"flowExport,omitempty"`
 	// CgroupRoot is the cgroup v2 directory for the socket hook ("auto":
 	// where the unified hierarchy is mounted).
 	CgroupRoot string `json:"cgroupRoot,omitempty"`
@@ -192,6 +196,11 @@ func (c Config) Validate() error {
 	}
 	if c.HubbleSocket != "" && !filepath.IsAbs(c.HubbleSocket) {
 		errs = append(errs, fmt.Errorf("hubbleSocket %q: want an absolute path", c.HubbleSocket))
+	}
+	if c.FlowExport != nil {
+		if err := c.FlowExport.Validate(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if c.FlowRingSize < 1 || c.FlowRingSize > 1<<20 {
 		errs = append(errs, fmt.Errorf("flowRingSize %d: want 1 to 1048576", c.FlowRingSize))

@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/kpath/kpath/internal/flows"
+	"github.com/kpath/kpath/internal/hubble"
 )
 
 func TestDeployConfigMapIsAValidConfig(t *testing.T) {
@@ -67,5 +70,31 @@ func TestConfigErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate: %v; want it to name %s", err, want)
 		}
+	}
+}
+
+func TestFlowExportConfig(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	if err := os.WriteFile(good, []byte("flowExport: {path: /var/log/kpath/flows.json, maxSizeMB: 10, maxBackups: 5, allow: [{verdict: [DROPPED]}]}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	if err := cfg.LoadFile(good); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.FlowExport == nil || cfg.FlowExport.MaxBackups != 5 || len(cfg.FlowExport.Allow) != 1 {
+		t.Fatalf("flowExport %+v", cfg.FlowExport)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("valid flowExport refused: %v", err)
+	}
+	cfg.FlowExport.Allow[0].Verdicts = []flows.Verdict{"MAYBE"}
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "verdict") {
+		t.Errorf("a bad export filter: %v", err)
+	}
+	cfg.FlowExport = &hubble.ExportOptions{Path: "flows.json", MaxSizeMB: 1}
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "absolute") {
+		t.Errorf("a relative export path: %v", err)
 	}
 }

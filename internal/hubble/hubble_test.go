@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/kpath/kpath/internal/flows"
 )
@@ -151,5 +153,51 @@ func TestServerOverGRPC(t *testing.T) {
 		if _, err := s2.Recv(); status.Code(err) != codes.InvalidArgument {
 			t.Errorf("a DNS filter: %v, want InvalidArgument", err)
 		}
+	}
+}
+
+// TestExport: flows kept by the allow and deny lists are written as
+// Hubble's JSON lines; the file rotates at its size, keeping MaxBackups.
+func TestExport(t *testing.T) {
+	drop, xl := testFlows()
+	path := filepath.Join(t.TempDir(), "flows", "export.json")
+	e, err := NewExporter(ExportOptions{Path: path, MaxSizeMB: 1, MaxBackups: 2,
+		Allow: []flows.Filter{{Verdicts: []flows.Verdict{flows.Dropped, flows.Translated}}},
+		Deny:  []flows.Filter{{Protos: []string{"UDP"}}}}, "node-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if err := e.Write(&xl); err != nil { // denied (UDP)
+		t.Fatal(err)
+	}
+	for range 3000 { // ~1.1 KiB each: rotates past 1 MiB
+		if err := e.Write(&drop); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := strings.SplitN(string(b), "\n", 2)[0]
+	var r observerpb.GetFlowsResponse
+	if err := protojson.Unmarshal([]byte(first), &r); err != nil {
+		t.Fatalf("export line %q: %v", first, err)
+	}
+	if r.GetFlow().GetVerdict() != flowpb.Verdict_DROPPED || r.GetNodeName() != "node-1" {
+		t.Errorf("exported %v", &r)
+	}
+	if strings.Contains(string(b), "UDP") {
+		t.Error("a denied (UDP) flow was exported")
+	}
+	if _, err := os.Stat(path + ".1"); err != nil {
+		t.Errorf("no rotated file: %v", err)
+	}
+	if _, err := os.Stat(path + ".3"); err == nil {
+		t.Error("more backups than MaxBackups")
+	}
+	if err := (ExportOptions{Path: "relative", MaxSizeMB: 1}).Validate(); err == nil {
+		t.Error("a relative path validated")
 	}
 }
