@@ -141,6 +141,20 @@ static __always_inline void flags_event(struct ct_entry *e, const struct pkt *p,
 	flow_send(&ev);
 }
 
+/* ct_count adds a packet to a connection's counters (unsynchronised: a
+ * connection's packets are nearly always on one CPU, and these are
+ * statistics). */
+static __always_inline void ct_count(struct ct_entry *e, bool reply, __u32 len)
+{
+	if (reply) {
+		e->packets_rev++;
+		e->bytes_rev += len;
+	} else {
+		e->packets_fwd++;
+		e->bytes_fwd += len;
+	}
+}
+
 /* svc_cache copies an egress verdict into the service entry of the
  * connection (it pins the backend the verdict is about). */
 static __always_inline void svc_cache(struct ct_entry *svc, __u32 rev, bool denied)
@@ -171,6 +185,7 @@ static __always_inline int pol_enforce(struct __sk_buff *skb, const struct pkt *
 	if (svc && svc->egress_rev == rev) {
 		if (svc->pol & CT_POL_EGRESS_DENY)
 			return drop(skb, p, KP_DROP_POLICY, cdir);
+		ct_count(svc, false, skb->len);
 		return TC_ACT_OK;
 	}
 
@@ -222,6 +237,7 @@ static __always_inline int pol_enforce(struct __sk_buff *skb, const struct pkt *
 			return reported ? drop_counted(skb, KP_DROP_POLICY, cdir) :
 					  drop(skb, p, KP_DROP_POLICY, cdir);
 		flags_event(e, p, false, cdir);
+		ct_count(e, false, skb->len);
 		frag_store(p);
 		return TC_ACT_OK;
 	}
@@ -239,6 +255,7 @@ static __always_inline int pol_enforce(struct __sk_buff *skb, const struct pkt *
 	if (r && !ct_expired(r, now) && !(r->pol & (CT_POL_EGRESS_DENY | CT_POL_INGRESS_DENY))) {
 		ct_refresh(r, p, true, now);
 		flags_event(r, p, true, cdir);
+		ct_count(r, true, skb->len);
 		frag_store(p);
 		return TC_ACT_OK;
 	}
@@ -250,7 +267,7 @@ static __always_inline int pol_enforce(struct __sk_buff *skb, const struct pkt *
 	}
 	svc_cache(svc, rev, false);
 
-	struct ct_entry n = { .created = now };
+	struct ct_entry n = { .created = now, .packets_fwd = 1, .bytes_fwd = skb->len };
 
 	if (dir == POL_INGRESS)
 		n.ingress_rev = rev;

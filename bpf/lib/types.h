@@ -149,6 +149,14 @@ struct ct_entry {
 	__u8 seen_fwd;
 	__u8 seen_rev;
 	__u8 pad;
+	/* Packets and bytes in the entry's direction and in the reply
+	 * direction, reported when the connection ends (flows). Counted where
+	 * policy sees the connection; a translated connection's forward
+	 * packets are counted on its service entry. */
+	__u32 packets_fwd;
+	__u32 packets_rev;
+	__u64 bytes_fwd;
+	__u64 bytes_rev;
 };
 
 /* ct_entry.pol: the cached verdicts. */

@@ -257,7 +257,17 @@ func (a *Agent) conntrackGC(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			deleted, remaining, err := a.dp.ConntrackGC()
+			var (
+				deleted, remaining int
+				err                error
+			)
+			if a.flows != nil {
+				var ends []datapath.CTEnd
+				deleted, remaining, ends, err = a.dp.ConntrackGCEnded()
+				a.flows.ended(ends, time.Now())
+			} else {
+				deleted, remaining, err = a.dp.ConntrackGC()
+			}
 			if err != nil {
 				a.log.Error("conntrack garbage collection", "error", err)
 				continue

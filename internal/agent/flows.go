@@ -274,3 +274,59 @@ func (a *Agent) registerFlowAPI(mux *http.ServeMux) {
 		})
 	})
 }
+
+// ended turns the connections the garbage collector deleted into end
+// flows. A translated connection has two entries: its service entry (the
+// forward packets the service path counted, and the frontend) and its
+// connection entry (client -> backend); they make one flow.
+func (s *flowSource) ended(ends []datapath.CTEnd, now time.Time) {
+	type tuple struct {
+		src, dst netip.AddrPort
+		proto    model.Protocol
+	}
+	svc := map[tuple]*datapath.CTEnd{}
+	for i := range ends {
+		if e := &ends[i]; e.Service {
+			svc[tuple{e.Src, e.Backend, e.Proto}] = e
+		}
+	}
+	emit := func(e *datapath.CTEnd, frontend netip.AddrPort, pf, bf uint64) {
+		if e.PacketsFwd+pf+e.PacketsRev == 0 {
+			return // never counted: not a connection policy saw
+		}
+		f := flows.Flow{
+			Time: now, Node: s.a.cfg.NodeName, Type: "end", Verdict: flows.Forwarded, Proto: e.Proto.String(),
+			Source: s.endpoint(e.Src.Addr(), e.Src.Port()), Destination: s.endpoint(e.Dst.Addr(), e.Dst.Port()),
+			PacketsToDst: e.PacketsFwd + pf, BytesToDst: e.BytesFwd + bf, PacketsToSrc: e.PacketsRev, BytesToSrc: e.BytesRev,
+			Duration: e.Age,
+		}
+		if e.Proto == model.TCP {
+			f.TCPFlags = flagString(e.TCPFlags)
+		}
+		if frontend.IsValid() {
+			f.Service = &flows.Service{Frontend: frontend}
+			if k, ok := s.service(frontend, e.Proto); ok {
+				f.Service.Namespace, f.Service.Name = k.Namespace, k.Name
+			}
+		}
+		s.m.inc(s.m.processed, "p", "L3_L4", f.Type, string(f.Verdict))
+		s.ring.Add(f)
+	}
+	for i := range ends {
+		e := &ends[i]
+		if e.Service {
+			continue
+		}
+		if sv, ok := svc[tuple{e.Src, e.Dst, e.Proto}]; ok {
+			emit(e, sv.Dst, sv.PacketsFwd, sv.BytesFwd)
+			delete(svc, tuple{e.Src, e.Dst, e.Proto})
+			continue
+		}
+		emit(e, netip.AddrPort{}, 0, 0)
+	}
+	for _, sv := range svc { // the connection entry went first (evicted)
+		cp := *sv
+		cp.Dst = sv.Backend
+		emit(&cp, sv.Dst, 0, 0)
+	}
+}

@@ -119,6 +119,47 @@ var testHookCTScanned func()
 // client resets it and waits for an answer that never comes). What remains
 // is the microseconds between the second read and the delete.
 func (d *Datapath) ConntrackGC() (deleted, remaining int, err error) {
+	deleted, remaining, err = d.conntrackGC(nil)
+	return deleted, remaining, err
+}
+
+// CTEnd is a connection whose entry the garbage collector deleted: its
+// tuple, and its counters in both directions.
+type CTEnd struct {
+	Src, Dst netip.AddrPort
+	Proto    model.Protocol
+	// Service: the entry is keyed by the frontend (Dst) and Backend is
+	// the connection's backend; its counters are the forward packets the
+	// service path counted.
+	Service              bool
+	Backend              netip.AddrPort
+	TCPFlags             uint8
+	PacketsFwd, BytesFwd uint64
+	PacketsRev, BytesRev uint64
+	Age                  time.Duration
+}
+
+// ConntrackGCEnded is ConntrackGC that also returns what it deleted, for
+// the flows' connection-end records.
+func (d *Datapath) ConntrackGCEnded() (deleted, remaining int, ended []CTEnd, err error) {
+	var out []CTEnd
+	deleted, remaining, err = d.conntrackGC(func(k *kpathCtKey, v *kpathCtEntry, age time.Duration) {
+		e := CTEnd{
+			Src:   netip.AddrPortFrom(addrFromBPF(k.Saddr), portFromBPF(k.Sport)),
+			Dst:   netip.AddrPortFrom(addrFromBPF(k.Daddr), portFromBPF(k.Dport)),
+			Proto: model.Protocol(k.Proto), Service: k.Flags&uint8(kpathCtKeyFlagsCT_KEY_SERVICE) != 0,
+			TCPFlags: v.TcpFlags, PacketsFwd: uint64(v.PacketsFwd), BytesFwd: v.BytesFwd,
+			PacketsRev: uint64(v.PacketsRev), BytesRev: v.BytesRev, Age: age,
+		}
+		if e.Service {
+			e.Backend = netip.AddrPortFrom(addrFromBPF(v.BackendAddr), portFromBPF(v.BackendPort))
+		}
+		out = append(out, e)
+	})
+	return deleted, remaining, out, err
+}
+
+func (d *Datapath) conntrackGC(onDelete func(*kpathCtKey, *kpathCtEntry, time.Duration)) (deleted, remaining int, err error) {
 	now, err := MonotonicNow()
 	if err != nil {
 		return 0, 0, err
@@ -182,6 +223,9 @@ func (d *Datapath) ConntrackGC() (deleted, remaining int, err error) {
 		}
 		if err := d.objs.KpCt.Delete(&k); err == nil {
 			deleted++
+			if onDelete != nil {
+				onDelete(&k, &v, time.Duration(int64(now)-int64(v.Created))*time.Second)
+			}
 		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return deleted, remaining, fmt.Errorf("delete conntrack entry: %w", err)
 		}

@@ -137,3 +137,51 @@ func TestFlowEvents(t *testing.T) {
 		t.Error("nothing readable after the ring filled")
 	}
 }
+
+// TestConnectionCounts: a connection's packets and bytes are counted in
+// both directions (a translated one's forward packets on its service
+// entry once its verdict is cached there) and handed over when the
+// garbage collector deletes it.
+func TestConnectionCounts(t *testing.T) {
+	d := openTest(t, testConfig(t))
+	mustUpsert(t, d, svcOf("10.96.0.10:80", "10.0.2.5:8080"))
+	client := netip.MustParseAddr("10.0.1.2")
+	if err := d.SetEndpoint(client, Endpoint{Set: 9, Identity: 301}); err != nil {
+		t.Fatal(err)
+	}
+	plainOut := testPkt{src: ap("10.0.1.2:41000"), dst: ap("10.0.3.3:80"), proto: 6, tcpFlags: tcpACK, payload: make([]byte, 100)}.bytes()
+	plainIn := testPkt{src: ap("10.0.3.3:80"), dst: ap("10.0.1.2:41000"), proto: 6, tcpFlags: tcpACK, payload: make([]byte, 10)}.bytes()
+	svcOut := testPkt{src: ap("10.0.1.2:41001"), dst: ap("10.96.0.10:80"), proto: 6, tcpFlags: tcpACK, payload: make([]byte, 100)}.bytes()
+	svcIn := testPkt{src: ap("10.0.2.5:8080"), dst: ap("10.0.1.2:41001"), proto: 6, tcpFlags: tcpACK, payload: make([]byte, 10)}.bytes()
+	for range 3 {
+		runProg(t, d.objs.KpFromPod, plainOut)
+		runProg(t, d.objs.KpFromPod, svcOut)
+	}
+	for range 2 {
+		runProg(t, d.objs.KpToPod, plainIn)
+		runProg(t, d.objs.KpToPod, svcIn)
+	}
+	ageCT(t, d, 41000)
+	ageCT(t, d, 41001)
+	_, _, ends, err := d.ConntrackGCEnded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var plain, conn, svc *CTEnd
+	for i := range ends {
+		switch e := &ends[i]; {
+		case e.Service:
+			svc = e
+		case e.Src.Port() == 41000:
+			plain = e
+		default:
+			conn = e
+		}
+	}
+	if plain == nil || plain.PacketsFwd != 3 || plain.PacketsRev != 2 || plain.BytesFwd != 3*uint64(len(plainOut)) || plain.BytesRev != 2*uint64(len(plainIn)) {
+		t.Errorf("plain connection's end %+v, want 3 packets out and 2 back", plain)
+	}
+	if conn == nil || svc == nil || conn.PacketsFwd+svc.PacketsFwd != 3 || conn.PacketsRev != 2 || svc.Backend != ap("10.0.2.5:8080") {
+		t.Errorf("translated connection's ends: conn %+v, service %+v; want 3 out between them and 2 back", conn, svc)
+	}
+}

@@ -29,6 +29,11 @@ type kpathCtEntry struct {
 	SeenFwd     uint8
 	SeenRev     uint8
 	Pad         uint8
+	PacketsFwd  uint32
+	PacketsRev  uint32
+	_           [4]byte
+	BytesFwd    uint64
+	BytesRev    uint64
 }
 
 type kpathCtKey struct {

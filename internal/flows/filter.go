@@ -106,7 +106,7 @@ func (f *Filter) Validate() error {
 		}
 	}
 	for _, t := range f.Types {
-		if !slices.Contains([]string{"drop", "policy-verdict", "trace", "translation", "new", "flags"}, t) {
+		if !slices.Contains([]string{"drop", "policy-verdict", "trace", "translation", "new", "flags", "end"}, t) {
 			return fmt.Errorf("type %q: want drop, policy-verdict, trace or translation", t)
 		}
 	}
@@ -129,6 +129,9 @@ func (fl *Flow) Compact() string {
 		fmt.Fprintf(&b, " (%s)", fl.TCPFlags)
 	}
 	fmt.Fprintf(&b, " %s %s", fl.Type, fl.Verdict)
+	if fl.Type == "end" {
+		fmt.Fprintf(&b, " after %s: %d packets / %d bytes out, %d / %d back", fl.Duration, fl.PacketsToDst, fl.BytesToDst, fl.PacketsToSrc, fl.BytesToSrc)
+	}
 	if fl.DropReason != "" {
 		fmt.Fprintf(&b, " (%s)", fl.DropReason)
 	}

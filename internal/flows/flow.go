@@ -77,4 +77,11 @@ type Flow struct {
 	Policy      *Policy  `json:"policy,omitempty"`
 	// Cookie is the socket cookie of a translation at connect().
 	Cookie uint64 `json:"socket_cookie,omitempty"`
+	// Counts of an ended connection (type end): packets and bytes from
+	// source to destination and back, and how long it lived.
+	PacketsToDst uint64        `json:"packets_to_destination,omitempty"`
+	PacketsToSrc uint64        `json:"packets_to_source,omitempty"`
+	BytesToDst   uint64        `json:"bytes_to_destination,omitempty"`
+	BytesToSrc   uint64        `json:"bytes_to_source,omitempty"`
+	Duration     time.Duration `json:"duration_ns,omitempty"`
 }
