@@ -230,6 +230,24 @@ func LatencyTargets(run *LatencyRun) []Target {
 		}
 		return t
 	}
+	// worstVs is the worst ratio of mode to ref over every point, both
+	// scenarios and both targets.
+	worstVs := func(name, mode, ref string, limit float64) Target {
+		worst := Target{Name: name, Limit: limit, Missing: true}
+		for _, sc := range run.Scenarios {
+			for _, s := range pts {
+				for _, tg := range []string{"service", "direct"} {
+					r, ok := ix.get(mode, sc, s, tg)
+					b, okB := ix.get(ref, sc, s, tg)
+					if t := ratio("", r, b, ok, okB, limit); !t.Missing && (worst.Missing || t.Ratio > worst.Ratio) {
+						worst.Missing, worst.Ratio = false, t.Ratio
+						worst.Measured = fmt.Sprintf("worst %.2fx (%s %s, S=%d)", t.Ratio, sc, tg, s)
+					}
+				}
+			}
+		}
+		return worst
+	}
 	for _, m := range []string{"kpath", "kpath-tc"} {
 		if !slices.Contains(run.Modes, m) {
 			continue
@@ -244,22 +262,8 @@ func LatencyTargets(run *LatencyRun) []Target {
 			ipt, okI := ix.get("kube-proxy-iptables", "loaded", top, tg)
 			out = append(out, ratio(fmt.Sprintf("%s %s, loaded, S=%d: <= 0.6x kube-proxy iptables", m, tg, top), r, ipt, ok, okI, 0.6))
 		}
-		// Every point, both scenarios and targets: the worst ratio.
-		worst := Target{Name: m + " vs kube-proxy nftables, every point: never slower", Limit: 1, Missing: true}
-		for _, sc := range run.Scenarios {
-			for _, s := range pts {
-				for _, tg := range []string{"service", "direct"} {
-					r, ok := ix.get(m, sc, s, tg)
-					nft, okN := ix.get("kube-proxy-nftables", sc, s, tg)
-					if t := ratio("", r, nft, ok, okN, 1); !t.Missing && (worst.Missing || t.Ratio > worst.Ratio) {
-						worst.Missing, worst.Ratio = false, t.Ratio
-						worst.Measured = fmt.Sprintf("worst %.2fx (%s %s, S=%d)", t.Ratio, sc, tg, s)
-					}
-				}
-			}
-		}
-		out = append(out, worst)
-		worst = Target{Name: m + " quiet, every point: service <= 1.05x direct", Limit: 1.05, Missing: true}
+		out = append(out, worstVs(m+" vs kube-proxy nftables, every point: never slower", m, "kube-proxy-nftables", 1))
+		worst := Target{Name: m + " quiet, every point: service <= 1.05x direct", Limit: 1.05, Missing: true}
 		for _, s := range pts {
 			svc, ok := ix.get(m, "quiet", s, "service")
 			dir, okD := ix.get(m, "quiet", s, "direct")
@@ -298,20 +302,7 @@ func LatencyTargets(run *LatencyRun) []Target {
 	// NetworkPolicy in place costs kpath (almost) nothing: every point,
 	// both scenarios and targets, within 5% of kpath alone.
 	if slices.Contains(run.Modes, PolicyMode) && slices.Contains(run.Modes, "kpath") {
-		worst := Target{Name: PolicyMode + " vs kpath, every point: <= 1.05x", Limit: 1.05, Missing: true}
-		for _, sc := range run.Scenarios {
-			for _, s := range pts {
-				for _, tg := range []string{"service", "direct"} {
-					r, ok := ix.get(PolicyMode, sc, s, tg)
-					k, okK := ix.get("kpath", sc, s, tg)
-					if t := ratio("", r, k, ok, okK, 1.05); !t.Missing && (worst.Missing || t.Ratio > worst.Ratio) {
-						worst.Missing, worst.Ratio = false, t.Ratio
-						worst.Measured = fmt.Sprintf("worst %.2fx (%s %s, S=%d)", t.Ratio, sc, tg, s)
-					}
-				}
-			}
-		}
-		out = append(out, worst)
+		out = append(out, worstVs(PolicyMode+" vs kpath, every point: <= 1.05x", PolicyMode, "kpath", 1.05))
 	}
 	return out
 }
