@@ -67,43 +67,9 @@ func TestLab(t *testing.T) {
 }
 
 func labScenario(t *testing.T, bin, k8sBin, mode, services string) {
-	dir := filepath.Join(t.TempDir(), "lab")
 	// A named lab, as kpath bench runs them side by side.
-	const name = "test"
-	_ = klab.Down(dir, name, t.Logf) // what an earlier run may have left
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- klab.Supervise(ctx, klab.Options{Name: name, Dir: dir, Nodes: 2, Routing: mode, Services: services, BinDir: bin, K8sBin: k8sBin, Log: t.Logf})
-	}()
-	stopped := false
-	down := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("supervise: %v", err)
-		}
-		if err := klab.Down(dir, name, t.Logf); err != nil {
-			t.Errorf("down: %v", err)
-		}
-	}
-	t.Cleanup(down)
-	var st *klab.State
-	waitFor(t, 2*time.Minute, "lab ready", func() bool {
-		var err error
-		st, err = klab.LoadState(dir)
-		if err == nil && st.Error != "" {
-			t.Fatalf("lab failed: %s", st.Error)
-		}
-		return err == nil && st.Ready
-	})
-	c, err := klab.Client(st)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := upLab(t, bin, k8sBin, "test", mode, services, 2)
+	st, c, dir, down := l.st, l.c, l.dir, l.down
 	bg := context.Background()
 	svc, err := c.CoreV1().Services("default").Create(bg, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "echo"},

@@ -35,40 +35,54 @@ import (
 	"github.com/kpath/kpath/internal/testutil"
 )
 
-// upLab starts a named lab and returns its state and a client; the lab is
-// torn down when the test ends.
-func upLab(t *testing.T, bin, k8sBin, name, routing, services string, nodes int) (*klab.State, kubernetes.Interface) {
+// testLab is a lab a test started.
+type testLab struct {
+	st  *klab.State
+	c   kubernetes.Interface
+	dir string
+	// down stops and removes the lab (also when the test ends); calling it
+	// again does nothing.
+	down func()
+}
+
+// upLab starts a named lab and waits until it is ready.
+func upLab(t *testing.T, bin, k8sBin, name, routing, services string, nodes int) *testLab {
 	t.Helper()
-	dir := filepath.Join(t.TempDir(), "lab")
-	_ = klab.Down(dir, name, t.Logf)
+	l := &testLab{dir: filepath.Join(t.TempDir(), "lab")}
+	_ = klab.Down(l.dir, name, t.Logf) // what an earlier run may have left
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- klab.Supervise(ctx, klab.Options{Name: name, Dir: dir, Nodes: nodes, Routing: routing, Services: services, BinDir: bin, K8sBin: k8sBin, Log: t.Logf})
+		done <- klab.Supervise(ctx, klab.Options{Name: name, Dir: l.dir, Nodes: nodes, Routing: routing, Services: services, BinDir: bin, K8sBin: k8sBin, Log: t.Logf})
 	}()
-	t.Cleanup(func() {
+	stopped := false
+	l.down = func() {
+		if stopped {
+			return
+		}
+		stopped = true
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("supervise: %v", err)
 		}
-		if err := klab.Down(dir, name, t.Logf); err != nil {
+		if err := klab.Down(l.dir, name, t.Logf); err != nil {
 			t.Errorf("down: %v", err)
 		}
-	})
-	var st *klab.State
+	}
+	t.Cleanup(l.down)
 	waitFor(t, 2*time.Minute, "lab ready", func() bool {
 		var err error
-		st, err = klab.LoadState(dir)
-		if err == nil && st.Error != "" {
-			t.Fatalf("lab failed: %s", st.Error)
+		l.st, err = klab.LoadState(l.dir)
+		if err == nil && l.st.Error != "" {
+			t.Fatalf("lab failed: %s", l.st.Error)
 		}
-		return err == nil && st.Ready
+		return err == nil && l.st.Ready
 	})
-	c, err := klab.Client(st)
-	if err != nil {
+	var err error
+	if l.c, err = klab.Client(l.st); err != nil {
 		t.Fatal(err)
 	}
-	return st, c
+	return l
 }
 
 // The truth-table cluster, as the upstream e2e netpol suite builds it:
@@ -419,7 +433,8 @@ func TestNetworkPolicyTruthTables(t *testing.T) {
 }
 
 func netpolScenario(t *testing.T, bin, k8sBin, services string) {
-	st, c := upLab(t, bin, k8sBin, "netpol", "native", services, 2)
+	l := upLab(t, bin, k8sBin, "netpol", "native", services, 2)
+	st, c := l.st, l.c
 	n := setupNetpolCluster(t, st, c)
 	n.noHairpin = services == "kpath-tc"
 	tcp, udp := corev1.ProtocolTCP, corev1.ProtocolUDP
