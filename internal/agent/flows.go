@@ -128,20 +128,8 @@ func (s *flowSource) endpoint(ip netip.Addr, port uint16) flows.Endpoint {
 	return e
 }
 
-var tcpFlagNames = []struct {
-	bit  uint8
-	name string
-}{{0x02, "SYN"}, {0x10, "ACK"}, {0x01, "FIN"}, {0x04, "RST"}}
-
-func flagString(f uint8) string {
-	var s []string
-	for _, n := range tcpFlagNames {
-		if f&n.bit != 0 {
-			s = append(s, n.name)
-		}
-	}
-	return strings.Join(s, ", ")
-}
+// flagString names TCP flags as Hubble's printer does ("SYN, ACK").
+func flagString(f uint8) string { return strings.Join(datapath.TCPFlagNames(f), ", ") }
 
 func (s *flowSource) enrich(fe *datapath.FlowEvent) flows.Flow {
 	f := flows.Flow{

@@ -45,7 +45,8 @@ var ctStateNames = map[uint8]string{
 	uint8(kpathCtStateCT_CLOSING):     "closing",
 }
 
-func tcpFlagString(f uint8) string {
+// TCPFlagNames names the SYN, ACK, FIN and RST bits set in f, in that order.
+func TCPFlagNames(f uint8) []string {
 	var s []string
 	for _, n := range []struct {
 		bit  uint8
@@ -55,8 +56,10 @@ func tcpFlagString(f uint8) string {
 			s = append(s, n.name)
 		}
 	}
-	return strings.Join(s, "|")
+	return s
 }
+
+func tcpFlagString(f uint8) string { return strings.Join(TCPFlagNames(f), "|") }
 
 // Conntrack lists the connection-tracking table, expired entries included
 // (they stay until the next garbage collection).
