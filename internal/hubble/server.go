@@ -92,20 +92,24 @@ func (s *Server) GetFlows(req *observerpb.GetFlowsRequest, stream grpc.ServerStr
 	if req.GetUntil() != nil {
 		until = req.GetUntil().AsTime()
 	}
-	keep := func(f *flows.Flow) bool {
-		if !since.IsZero() && f.Time.Before(since) || !until.IsZero() && f.Time.After(until) {
-			return false
-		}
+	inTime := func(f *flows.Flow) bool {
+		return (since.IsZero() || !f.Time.Before(since)) && (until.IsZero() || !f.Time.After(until))
+	}
+	// Each flow is converted once: the filters read Hubble's form, which
+	// is also what is sent.
+	selected := func(f *flows.Flow) *observerpb.GetFlowsResponse {
 		pb := Flow(f)
-		return selects(req.GetWhitelist(), req.GetBlacklist(), pb)
+		if !selects(req.GetWhitelist(), req.GetBlacklist(), pb) {
+			return nil
+		}
+		return &observerpb.GetFlowsResponse{ResponseTypes: &observerpb.GetFlowsResponse_Flow{Flow: pb}, NodeName: s.Node, Time: timestamppb.New(f.Time)}
 	}
-	send := func(f flows.Flow) error {
-		pb := Flow(&f)
-		return stream.Send(&observerpb.GetFlowsResponse{
-			ResponseTypes: &observerpb.GetFlowsResponse_Flow{Flow: pb}, NodeName: s.Node, Time: timestamppb.New(f.Time),
-		})
+	var held []*observerpb.GetFlowsResponse
+	for _, f := range s.Ring.Snapshot(inTime, 0) {
+		if r := selected(&f); r != nil {
+			held = append(held, r)
+		}
 	}
-	held := s.Ring.Snapshot(keep, 0)
 	if n := int(req.GetNumber()); n > 0 && len(held) > n {
 		if req.GetFirst() {
 			held = held[:n]
@@ -113,8 +117,8 @@ func (s *Server) GetFlows(req *observerpb.GetFlowsRequest, stream grpc.ServerStr
 			held = held[len(held)-n:]
 		}
 	}
-	for _, f := range held {
-		if err := send(f); err != nil {
+	for _, r := range held {
+		if err := stream.Send(r); err != nil {
 			return err
 		}
 	}
@@ -122,8 +126,10 @@ func (s *Server) GetFlows(req *observerpb.GetFlowsRequest, stream grpc.ServerStr
 		return nil
 	}
 	var err error
-	s.Ring.Follow(stream.Context(), keep, func(f flows.Flow) bool {
-		err = send(f)
+	s.Ring.Follow(stream.Context(), inTime, func(f flows.Flow) bool {
+		if r := selected(&f); r != nil {
+			err = stream.Send(r)
+		}
 		return err == nil
 	})
 	return err
