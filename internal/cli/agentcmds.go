@@ -20,16 +20,21 @@ import (
 // DefaultAgentSocket is where kpath-agent serves its local API.
 const DefaultAgentSocket = "/run/kpath/agent.sock"
 
-// agentGet fetches path from the agent's API into v.
-func agentGet(socket, path string, v any) error {
-	client := &http.Client{
-		Timeout: 10 * time.Second,
+// agentClient talks HTTP to the agent's unix socket (timeout 0: none, for
+// streams).
+func agentClient(socket string, timeout time.Duration) *http.Client {
+	return &http.Client{
+		Timeout: timeout,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", socket)
 		}},
 	}
-	resp, err := client.Get("http://kpath-agent" + path)
+}
+
+// agentGet fetches path from the agent's API into v.
+func agentGet(socket, path string, v any) error {
+	resp, err := agentClient(socket, 10*time.Second).Get("http://kpath-agent" + path)
 	if err != nil {
 		return fmt.Errorf("talk to kpath-agent at %s (is it running, and are you root?): %w", socket, err)
 	}

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -96,10 +95,7 @@ func streamFlows(ctx context.Context, socket string, f flows.Filter, last int, f
 		return err
 	}
 	q := url.Values{"filter": {string(b)}, "last": {strconv.Itoa(last)}, "follow": {strconv.FormatBool(follow)}}
-	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", socket)
-	}}}
+	client := agentClient(socket, 0)
 	req, err := http.NewRequestWithContext(ctx, "GET", "http://kpath-agent/v1/flows?"+q.Encode(), nil)
 	if err != nil {
 		return err
