@@ -84,8 +84,9 @@ func (a *Agent) unregisterEndpoint(ip netip.Addr) {
 // store, so the first sync already lets the node reach its pods.
 func (a *Agent) waitNodeAddresses(ctx context.Context) {
 	deadline := time.Now().Add(2 * time.Second)
+	addr := firstLocalAddr()
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		if a.store.IdentityOf(firstLocalAddr(), a.cfg.NodeName) == policy.IdentityHost {
+		if a.store.IdentityOf(addr, a.cfg.NodeName) == policy.IdentityHost {
 			return
 		}
 		time.Sleep(10 * time.Millisecond)
