@@ -69,29 +69,9 @@ func (s *Syncer) release(st *set) {
 // current entries.
 func (s *Syncer) recompileLocked(st *set) error {
 	next := s.store.Compile(st.ps)
-	var c datapath.PolicyChange
-	c.Set = st.id
-	c.Add, c.AddCIDR = map[policy.Entry]uint32{}, map[policy.CIDREntry]uint32{}
-	for e := range st.entries.Entries {
-		if _, ok := next.Entries[e]; !ok {
-			c.Delete = append(c.Delete, e)
-		}
-	}
-	for e, r := range next.Entries {
-		if old, ok := st.entries.Entries[e]; !ok || old != r {
-			c.Add[e] = r
-		}
-	}
-	for e := range st.entries.CIDRs {
-		if _, ok := next.CIDRs[e]; !ok {
-			c.DelCIDR = append(c.DelCIDR, e)
-		}
-	}
-	for e, g := range next.CIDRs {
-		if old, ok := st.entries.CIDRs[e]; !ok || old != g {
-			c.AddCIDR[e] = g
-		}
-	}
+	c := datapath.PolicyChange{Set: st.id}
+	c.Add, c.Delete = diff(st.entries.Entries, next.Entries)
+	c.AddCIDR, c.DelCIDR = diff(st.entries.CIDRs, next.CIDRs)
 	if len(c.Delete)+len(c.Add)+len(c.DelCIDR)+len(c.AddCIDR) == 0 && next.IngressIsolated == st.entries.IngressIsolated && next.EgressIsolated == st.entries.EgressIsolated {
 		st.entries, st.err = next, ""
 		return nil
@@ -122,6 +102,23 @@ func (s *Syncer) recompileLocked(st *set) error {
 	st.err = ""
 	s.dirty()
 	return nil
+}
+
+// diff is what turns old into next: the keys to write (new or changed
+// values) and the keys to delete.
+func diff[K comparable, V comparable](old, next map[K]V) (add map[K]V, del []K) {
+	add = map[K]V{}
+	for k := range old {
+		if _, ok := next[k]; !ok {
+			del = append(del, k)
+		}
+	}
+	for k, v := range next {
+		if o, ok := old[k]; !ok || o != v {
+			add[k] = v
+		}
+	}
+	return add, del
 }
 
 // pruneLocked removes sets no endpoint uses any more, and what the maps
