@@ -39,11 +39,19 @@ func agentGet(socket, path string, v any) error {
 		return fmt.Errorf("talk to kpath-agent at %s (is it running, and are you root?): %w", socket, err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("kpath-agent: %s: %s", resp.Status, strings.TrimSpace(string(b)))
+	if err := agentStatus(resp); err != nil {
+		return err
 	}
 	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// agentStatus is the agent's error answer, or nil for 200 OK.
+func agentStatus(resp *http.Response) error {
+	if resp.StatusCode == http.StatusOK {
+		return nil
+	}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	return fmt.Errorf("kpath-agent: %s: %s", resp.Status, strings.TrimSpace(string(b)))
 }
 
 func addAgentCommands(root *cobra.Command) {

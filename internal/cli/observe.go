@@ -105,9 +105,8 @@ func streamFlows(ctx context.Context, socket string, f flows.Filter, last int, f
 		return fmt.Errorf("talk to kpath-agent at %s (is it running, and are you root?): %w", socket, err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("kpath-agent: %s: %s", resp.Status, strings.TrimSpace(string(b)))
+	if err := agentStatus(resp); err != nil {
+		return err
 	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
