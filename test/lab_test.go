@@ -38,11 +38,10 @@ func buildLabBinaries(t *testing.T) string {
 	return dir
 }
 
-// TestLab runs the lab end to end in each routing mode: two nodes, pods on
-// both, pod-to-pod across nodes, pod -> ClusterIP -> remote backend, a
-// NodePort from the vnet, pod traffic to outside the cluster masqueraded,
-// a deleted pod's address and programs released, and down leaving nothing.
-func TestLab(t *testing.T) {
+// labPrerequisites skips (or, in CI, fails) without root, the lab's tools
+// and the pinned control plane, and builds the lab's binaries.
+func labPrerequisites(t *testing.T) (string, string) {
+	t.Helper()
 	testutil.RequireRoot(t)
 	testutil.RequireTool(t, "ip", "nsenter", "nft")
 	k8sBin, err := testenv.BinDir()
@@ -52,7 +51,15 @@ func TestLab(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(k8sBin, "kube-controller-manager")); err != nil {
 		testutil.SkipOrFail(t, "kube-controller-manager not built: run make k8s-bins")
 	}
-	bin := buildLabBinaries(t)
+	return buildLabBinaries(t), k8sBin
+}
+
+// TestLab runs the lab end to end in each routing mode: two nodes, pods on
+// both, pod-to-pod across nodes, pod -> ClusterIP -> remote backend, a
+// NodePort from the vnet, pod traffic to outside the cluster masqueraded,
+// a deleted pod's address and programs released, and down leaving nothing.
+func TestLab(t *testing.T) {
+	bin, k8sBin := labPrerequisites(t)
 	for _, mode := range []string{"native", "direct", "vxlan"} {
 		t.Run(mode, func(t *testing.T) { labScenario(t, bin, k8sBin, mode, "kpath") })
 	}

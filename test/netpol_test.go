@@ -31,7 +31,6 @@ import (
 	klab "github.com/kpath/kpath/internal/lab"
 	"github.com/kpath/kpath/internal/model"
 	"github.com/kpath/kpath/internal/policy"
-	"github.com/kpath/kpath/internal/testenv"
 	"github.com/kpath/kpath/internal/testutil"
 )
 
@@ -415,16 +414,7 @@ func (n *npCluster) relabelNamespace(name string, labels map[string]string) {
 // reference evaluator over the objects the API server holds, case after
 // case, including changes made while the pods keep probing.
 func TestNetworkPolicyTruthTables(t *testing.T) {
-	testutil.RequireRoot(t)
-	testutil.RequireTool(t, "ip", "nsenter", "nft")
-	k8sBin, err := testenv.BinDir()
-	if err != nil {
-		testutil.SkipOrFail(t, err.Error())
-	}
-	if _, err := os.Stat(filepath.Join(k8sBin, "kube-controller-manager")); err != nil {
-		testutil.SkipOrFail(t, "kube-controller-manager not built: run make k8s-bins")
-	}
-	bin := buildLabBinaries(t)
+	bin, k8sBin := labPrerequisites(t)
 	// With the socket hook (a Service is translated at connect()) and per
 	// packet only (translated on the pod's veth, before egress policy).
 	for _, services := range []string{"kpath", "kpath-tc"} {
