@@ -24,8 +24,8 @@ check-generated: generate
 k8s-bins:
 	hack/k8s/build.sh >/dev/null
 
-# The hubble CLI from the pinned Cilium module (hack/cilium, cached; about
-# 2 minutes cold), the stock client of kpath's Hubble API.
+# The hubble CLI and hubble-relay from the pinned Cilium module (hack/cilium,
+# cached; about 2.5 minutes cold), the stock clients of kpath's Hubble API.
 cilium-bins:
 	hack/cilium/build.sh >/dev/null
 

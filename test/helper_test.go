@@ -120,6 +120,7 @@ type clientResult struct {
 //	peers ADDR N  N new connections to the peer server, each read until the
 //	              server closes it (as ab's are: the server closes first, so
 //	              the client's ports are free again at once)
+//	flood ADDR D  UDP datagrams to ADDR for duration D, as fast as they go
 func clientMain() {
 	var held net.Conn
 	var heldR *bufio.Reader
@@ -197,6 +198,24 @@ func clientMain() {
 				}
 				name, _, _ := strings.Cut(string(b), " ")
 				res.Counts[name]++
+			}
+		case "flood":
+			// flood ADDR DURATION: datagrams to ADDR from one connected
+			// UDP socket as fast as it sends them; Counts["sent"] is how
+			// many the kernel took.
+			d, _ := time.ParseDuration(f[2])
+			var c net.Conn
+			if c, err = net.Dial("udp4", f[1]); err == nil {
+				buf, sent := make([]byte, 32), 0
+				for end := time.Now().Add(d); time.Now().Before(end); {
+					for range 256 {
+						if _, werr := c.Write(buf); werr == nil {
+							sent++
+						}
+					}
+				}
+				c.Close()
+				res.Counts["sent"] = sent
 			}
 		case "lines":
 			n, _ := strconv.Atoi(f[2])

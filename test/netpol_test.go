@@ -2,7 +2,6 @@ package test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"net/url"
@@ -26,12 +25,10 @@ import (
 
 	"github.com/kpath/kpath/internal/agent"
 	"github.com/kpath/kpath/internal/cniapi"
-	"github.com/kpath/kpath/internal/flows"
 	"github.com/kpath/kpath/internal/k8s"
 	klab "github.com/kpath/kpath/internal/lab"
 	"github.com/kpath/kpath/internal/model"
 	"github.com/kpath/kpath/internal/policy"
-	"github.com/kpath/kpath/internal/testutil"
 )
 
 // testLab is a lab a test started.
@@ -44,15 +41,23 @@ type testLab struct {
 	down func()
 }
 
-// upLab starts a named lab and waits until it is ready.
-func upLab(t *testing.T, bin, k8sBin, name, routing, services string, nodes int) *testLab {
+// upLab starts a named lab and waits until it is ready; opts (nil ones
+// skipped) adjust its options.
+func upLab(t *testing.T, bin, k8sBin, name, routing, services string, nodes int, opts ...func(*klab.Options)) *testLab {
 	t.Helper()
+	o := klab.Options{Name: name, Nodes: nodes, Routing: routing, Services: services, BinDir: bin, K8sBin: k8sBin, Log: t.Logf}
+	for _, f := range opts {
+		if f != nil {
+			f(&o)
+		}
+	}
 	l := &testLab{dir: filepath.Join(t.TempDir(), "lab")}
 	_ = klab.Down(l.dir, name, t.Logf) // what an earlier run may have left
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- klab.Supervise(ctx, klab.Options{Name: name, Dir: l.dir, Nodes: nodes, Routing: routing, Services: services, BinDir: bin, K8sBin: k8sBin, Log: t.Logf})
+		o.Dir = l.dir
+		done <- klab.Supervise(ctx, o)
 	}()
 	stopped := false
 	l.down = func() {
@@ -423,7 +428,15 @@ func TestNetworkPolicyTruthTables(t *testing.T) {
 }
 
 func netpolScenario(t *testing.T, bin, k8sBin, services string) {
-	l := upLab(t, bin, k8sBin, "netpol", "native", services, 2)
+	// hubble-relay over the nodes with the socket hook: flows do not
+	// depend on the service mode, and one relay run is enough.
+	var relay func(*klab.Options)
+	if services == "kpath" {
+		if r := ciliumBin(t, "hubble-relay"); r != "" {
+			relay = func(o *klab.Options) { o.HubbleRelay = r }
+		}
+	}
+	l := upLab(t, bin, k8sBin, "netpol", "native", services, 2, relay)
 	st, c := l.st, l.c
 	n := setupNetpolCluster(t, st, c)
 	n.noHairpin = services == "kpath-tc"
@@ -442,6 +455,10 @@ func netpolScenario(t *testing.T, bin, k8sBin, services string) {
 	n.apply(netpol("x", "deny-ingress", all, ingressOnly, nil, nil))
 	n.expect("default deny ingress in x")
 	n.flowsShow(bin, services)
+	if services == "kpath" { // the flood's path (pod to pod, tc) is the same in both modes
+		n.dropFlood()
+		n.expect("default deny ingress in x, after the drop flood")
+	}
 
 	n.apply(netpol("y", "deny-egress", all, egressOnly, nil, nil))
 	n.expect("default deny egress in y")
@@ -669,120 +686,4 @@ func (n *npCluster) traces() {
 		}
 	}
 	t.Logf("  %d traces: datapath maps and evaluator agree", checked)
-}
-
-// flowsShow: the probes just made appear in `kpath observe` on x/a's node:
-// denied connections as drops naming the policy that isolates x/a, and the
-// Service x/s-a's translations.
-func (n *npCluster) flowsShow(bin, services string) {
-	t := n.t
-	t.Helper()
-	node := n.st.Nodes[0] // node-1 runs x/a
-	observe := func(args ...string) []flows.Flow {
-		t.Helper()
-		cmd := exec.Command(filepath.Join(bin, "kpath"), append([]string{"--socket", node.AgentSocket, "observe", "-o", "json", "--last", "0"}, args...)...)
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("kpath observe %v: %v", args, err)
-		}
-		var fs []flows.Flow
-		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-			if line == "" {
-				continue
-			}
-			var f flows.Flow
-			if err := json.Unmarshal([]byte(line), &f); err != nil {
-				t.Fatalf("kpath observe output %q: %v", line, err)
-			}
-			fs = append(fs, f)
-		}
-		return fs
-	}
-	drops := observe("--verdict", "DROPPED", "--to-pod", "x/a")
-	named := 0
-	for _, f := range drops {
-		if f.Destination.Name() != "x/a" || f.Verdict != flows.Dropped {
-			t.Errorf("filter --verdict DROPPED --to-pod x/a returned %s", f.Compact())
-		}
-		if f.DropReason == "policy denied" && f.Policy != nil && slices.Contains(f.Policy.Policies, "x/deny-ingress") && f.Source.Pod != "" {
-			named++
-		}
-	}
-	if named == 0 {
-		t.Errorf("no drop to x/a naming x/deny-ingress among %d drops", len(drops))
-	}
-	xl := observe("--service", "x/s-a", "--type", "translation")
-	if len(xl) == 0 {
-		t.Errorf("no translation for Service x/s-a")
-	}
-	for _, f := range xl {
-		if f.Service == nil || f.Service.Name != "s-a" || f.Destination.Name() != "x/a" {
-			t.Errorf("translation %s: want the Service x/s-a to x/a", f.Compact())
-		}
-		if services == "kpath-tc" && f.Source.Pod == "" {
-			t.Errorf("per-packet translation %s without its source pod", f.Compact())
-		}
-	}
-	n.hubbleShows(node, len(drops))
-	t.Logf("  kpath observe on node-1: %d policy drops to x/a (%d naming x/deny-ingress), %d translations for x/s-a; e.g. %s",
-		len(drops), named, len(xl), func() string {
-			if len(drops) > 0 {
-				return drops[0].Compact()
-			}
-			return "-"
-		}())
-}
-
-// hubbleShows: the stock hubble CLI, reading the agent's Hubble socket,
-// prints the same policy drops kpath observe does, in Hubble's form.
-func (n *npCluster) hubbleShows(node klab.NodeInfo, want int) {
-	t := n.t
-	t.Helper()
-	dir := os.Getenv("KPATH_CILIUM_BIN")
-	if dir == "" {
-		dir = filepath.Join(os.Getenv("HOME"), ".cache", "kpath", "cilium", "v1.20.2")
-	}
-	bin := filepath.Join(dir, "hubble")
-	if _, err := os.Stat(bin); err != nil {
-		testutil.SkipOrFail(t, "hubble CLI not built: run make cilium-bins")
-		return
-	}
-	out, err := exec.Command(bin, "observe", "--server", "unix://"+node.HubbleSocket, "--verdict", "DROPPED",
-		"--to-pod", "x/a", "--last", "100000", "-o", "json").Output()
-	if err != nil {
-		t.Fatalf("hubble observe: %v", err)
-	}
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	got := 0
-	for _, line := range lines {
-		if line == "" {
-			continue
-		}
-		var r struct {
-			Flow struct {
-				Verdict        string `json:"verdict"`
-				DropReasonDesc string `json:"drop_reason_desc"`
-				Destination    struct {
-					Namespace string `json:"namespace"`
-					PodName   string `json:"pod_name"`
-				} `json:"destination"`
-				IngressDeniedBy []struct {
-					Name, Namespace string
-				} `json:"ingress_denied_by"`
-			} `json:"flow"`
-		}
-		if err := json.Unmarshal([]byte(line), &r); err != nil {
-			t.Fatalf("hubble output %q: %v", line, err)
-		}
-		f := r.Flow
-		if f.Verdict != "DROPPED" || f.Destination.Namespace != "x" || f.Destination.PodName != "a" {
-			t.Errorf("hubble --verdict DROPPED --to-pod x/a printed %s", line)
-		}
-		if f.DropReasonDesc == "POLICY_DENIED" && len(f.IngressDeniedBy) > 0 && f.IngressDeniedBy[0].Name == "deny-ingress" {
-			got++
-		}
-	}
-	if got != want {
-		t.Errorf("hubble observe printed %d policy drops to x/a denied by x/deny-ingress, kpath observe %d", got, want)
-	}
 }

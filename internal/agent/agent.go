@@ -186,13 +186,8 @@ func (a *Agent) Run(ctx context.Context) error {
 				}
 			}()
 		}
-		if a.cfg.HubbleSocket != "" {
-			hs := &hubble.Server{Ring: a.flows.ring, Node: a.cfg.NodeName, Started: a.started}
-			go func() {
-				if err := hs.Serve(ctx, a.cfg.HubbleSocket); err != nil && ctx.Err() == nil {
-					a.log.Error("hubble observer API", "socket", a.cfg.HubbleSocket, "error", err)
-				}
-			}()
+		if err := a.serveHubble(ctx); err != nil {
+			return err
 		}
 	}
 	w.Start(ctx)

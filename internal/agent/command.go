@@ -53,6 +53,7 @@ func NewCommand() *cobra.Command {
 	f.BoolVar(&cfg.Flows, "flows", cfg.Flows, "report connections, translations and drops (kpath observe)")
 	f.IntVar(&cfg.FlowRingSize, "flow-ring-size", cfg.FlowRingSize, "recent flows kept")
 	f.StringVar(&cfg.HubbleSocket, "hubble-socket", cfg.HubbleSocket, `unix socket of Hubble's Observer API ("" disables)`)
+	f.StringVar(&cfg.HubbleListenAddress, "hubble-listen-address", cfg.HubbleListenAddress, `TCP address of Hubble's Observer and Peer API for hubble-relay, plaintext (e.g. ":4244"; "" disables)`)
 	f.BoolVar(&cfg.KubeProxyReplacement, "kube-proxy-replacement", cfg.KubeProxyReplacement, "handle Services (off: kube-proxy does; kpath keeps pod networking)")
 	f.StringVar(&cfg.CgroupRoot, "cgroup-root", cfg.CgroupRoot, `cgroup v2 directory for the socket hook ("auto")`)
 	f.StringVar(&cfg.TCAttach, "tc-attach", cfg.TCAttach, "auto, tcx or legacy")
@@ -100,6 +101,8 @@ func applyFlag(dst, src *Config, name string) {
 		dst.FlowRingSize = src.FlowRingSize
 	case "hubble-socket":
 		dst.HubbleSocket = src.HubbleSocket
+	case "hubble-listen-address":
+		dst.HubbleListenAddress = src.HubbleListenAddress
 	case "map-size-ipcache":
 		dst.MapSizes.IPCache = src.MapSizes.IPCache
 	case "map-size-policy-entries":

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -47,6 +48,11 @@ type Config struct {
 	// HubbleSocket serves Hubble's Observer API (the hubble CLI:
 	// --server unix://PATH), root only; "" disables.
 	HubbleSocket string `json:"hubbleSocket,omitempty"`
+	// HubbleListenAddress serves the same API over TCP (host:port, as
+	// Cilium's hubble-listen-address; ":4244" is Hubble's port) for
+	// hubble-relay, which finds every node's through the Peer service.
+	// Plaintext: bind it to an address only the cluster reaches. "": off.
+	HubbleListenAddress string `json:"hubbleListenAddress,omitempty"`
 	// FlowExport writes flows to a file as Hubble's exporter does (JSON
 	// lines, size-based rotation, allow and deny filters); nil: off.
 	FlowExport *hubble.ExportOptions `json:"flowExport,omitempty"`
@@ -170,6 +176,16 @@ func (c Config) Validate() error {
 	if c.MetricsAddr != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
 			errs = append(errs, fmt.Errorf("metricsAddr %q: %w", c.MetricsAddr, err))
+		}
+	}
+	if c.HubbleListenAddress != "" {
+		if _, port, err := net.SplitHostPort(c.HubbleListenAddress); err != nil {
+			errs = append(errs, fmt.Errorf("hubbleListenAddress %q: %w", c.HubbleListenAddress, err))
+		} else if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+			errs = append(errs, fmt.Errorf("hubbleListenAddress %q: want a port from 1 to 65535 (Hubble's is 4244); relay reaches every node on it", c.HubbleListenAddress))
+		}
+		if !c.Flows {
+			errs = append(errs, errors.New("hubbleListenAddress is set but flows are off: set flows: true"))
 		}
 	}
 	if _, err := routing.ParseMode(c.Routing); err != nil {

@@ -65,8 +65,9 @@ func TestConfigErrors(t *testing.T) {
 	cfg.Selection = "roundrobin"
 	cfg.ResyncPeriod.Duration = time.Millisecond
 	cfg.MapSizes.Conntrack = 1
+	cfg.HubbleListenAddress = "0.0.0.0"
 	err := cfg.Validate()
-	for _, want := range []string{"roundrobin", "resyncPeriod", "conntrack"} {
+	for _, want := range []string{"roundrobin", "resyncPeriod", "conntrack", "hubbleListenAddress"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate: %v; want it to name %s", err, want)
 		}
@@ -96,5 +97,23 @@ func TestFlowExportConfig(t *testing.T) {
 	cfg.FlowExport = &hubble.ExportOptions{Path: "flows.json", MaxSizeMB: 1}
 	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "absolute") {
 		t.Errorf("a relative export path: %v", err)
+	}
+}
+
+// TestHubbleListenConfig: a port is needed (relay dials every node on it),
+// and flows must be on to serve any.
+func TestHubbleListenConfig(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.HubbleListenAddress = ":4244"
+	if err := cfg.Validate(); err != nil {
+		t.Errorf(":4244 refused: %v", err)
+	}
+	cfg.HubbleListenAddress = "10.0.0.1:0"
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "port") {
+		t.Errorf("port 0: %v", err)
+	}
+	cfg.HubbleListenAddress, cfg.Flows = ":4244", false
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "flows") {
+		t.Errorf("flows off: %v", err)
 	}
 }

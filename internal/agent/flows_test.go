@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -39,5 +40,20 @@ func TestEndedFlows(t *testing.T) {
 	}
 	if p := got[1]; p.Service != nil || p.PacketsToDst != 2 || p.Proto != "UDP" {
 		t.Errorf("plain connection's end %+v", p)
+	}
+}
+
+// TestPeerList: every node with an address, at its first one and the
+// agent's Hubble port; nodes without an address are left out.
+func TestPeerList(t *testing.T) {
+	nodes := []*model.Node{
+		{Name: "n1", Addrs: []netip.Addr{netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("203.0.113.1")}},
+		{Name: "n2"},
+	}
+	if got := fmt.Sprint(peerList(nodes, "4244")); got != "[{n1 10.0.0.1:4244}]" {
+		t.Errorf("with a port: %s", got)
+	}
+	if got := fmt.Sprint(peerList(nodes, "")); got != "[{n1 10.0.0.1}]" {
+		t.Errorf("without a port: %s", got)
 	}
 }

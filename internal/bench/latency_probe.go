@@ -18,6 +18,7 @@ import (
 	"github.com/kpath/kpath/internal/cniapi"
 	"github.com/kpath/kpath/internal/lab"
 	"github.com/kpath/kpath/internal/nsutil"
+	"github.com/kpath/kpath/internal/procstat"
 )
 
 // What E1 reads of the measured node's service dataplane: readiness,
@@ -220,24 +221,11 @@ func (p dataplaneProbe) usage() usage {
 			!slices.Contains(args, "--kubeconfig="+p.kubeconfig) {
 			continue
 		}
-		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		s := string(stat)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 || i+2 > len(s) {
+		st, err := procstat.Read(pid)
+		if err != nil {
 			continue
 		}
-		f := strings.Fields(s[i+2:])
-		if len(f) < 22 {
-			continue
-		}
-		const userHZ = 100
-		var cpu float64
-		for _, idx := range []int{11, 12, 13, 14} { // utime stime cutime cstime
-			v, _ := strconv.ParseFloat(f[idx], 64)
-			cpu += v / userHZ
-		}
-		rssPages, _ := strconv.ParseFloat(f[21], 64)
-		return usage{rssPages * float64(os.Getpagesize()) / (1 << 20), cpu}
+		return usage{float64(st.RSSBytes) / (1 << 20), (st.CPU + st.ChildrenCPU).Seconds()}
 	}
 	return usage{}
 }

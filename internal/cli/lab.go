@@ -46,6 +46,8 @@ exec commands in.`,
 		mode     string
 		services string
 		timeout  time.Duration
+		relay    string
+		relayBin string // supervise's: a path or ""
 	)
 	up := &cobra.Command{
 		Use:   "up",
@@ -74,7 +76,15 @@ exec commands in.`,
 			if err != nil {
 				return err
 			}
-			sup := exec.Command(self, "lab", "supervise", "--dir", dir, "--nodes", fmt.Sprint(nodes), "--routing", mode, "--services", services)
+			if relay == "auto" {
+				relay = ""
+				if d, err := testenv.CiliumBinDir(); err == nil {
+					if _, err := os.Stat(filepath.Join(d, "hubble-relay")); err == nil {
+						relay = filepath.Join(d, "hubble-relay")
+					}
+				}
+			}
+			sup := exec.Command(self, "lab", "supervise", "--dir", dir, "--nodes", fmt.Sprint(nodes), "--routing", mode, "--services", services, "--hubble-relay", relay)
 			sup.Stdout, sup.Stderr = logf, logf
 			sup.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 			if err := sup.Start(); err != nil {
@@ -94,6 +104,9 @@ exec commands in.`,
 				}
 				if err == nil && st.Ready {
 					fmt.Fprintf(out, "\nready. The API server %s lives in the lab's vnet namespace; use it with:\n  kpath lab kubectl get nodes,pods -A\n  ip netns exec %s kubectl --kubeconfig %s ...\n", st.APIServer, st.Vnet, st.Kubeconfig)
+					if st.HubbleRelay != "" {
+						fmt.Fprintf(out, "Every node's flows through hubble-relay:\n  hubble observe --server unix://%s\n", st.HubbleRelay)
+					}
 					return nil
 				}
 				if !lab.ProcessAlive(sup.Process.Pid) {
@@ -110,6 +123,7 @@ exec commands in.`,
 	up.Flags().StringVar(&mode, "routing", "native", "routing between nodes: native, direct or vxlan")
 	up.Flags().StringVar(&services, "services", "kpath", "service dataplane on every node: "+strings.Join(lab.ServiceModes, ", "))
 	up.Flags().DurationVar(&timeout, "timeout", 3*time.Minute, "how long to wait for the lab")
+	up.Flags().StringVar(&relay, "hubble-relay", "auto", `hubble-relay binary to run over the nodes ("auto": make cilium-bins' if built; "" for none)`)
 
 	supervise := &cobra.Command{
 		Use:    "supervise",
@@ -128,12 +142,13 @@ exec commands in.`,
 			}
 			logf := func(f string, a ...any) { fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05 ")+f+"\n", a...) }
 			return lab.Supervise(ctx, lab.Options{Dir: dir, Nodes: nodes, Routing: mode, Services: services,
-				BinDir: filepath.Dir(self), K8sBin: k8sBin, Log: logf})
+				BinDir: filepath.Dir(self), K8sBin: k8sBin, HubbleRelay: relayBin, Log: logf})
 		},
 	}
 	supervise.Flags().IntVar(&nodes, "nodes", 2, "")
 	supervise.Flags().StringVar(&mode, "routing", "native", "")
 	supervise.Flags().StringVar(&services, "services", "kpath", "")
+	supervise.Flags().StringVar(&relayBin, "hubble-relay", "", "")
 
 	down := &cobra.Command{
 		Use:   "down",
@@ -161,7 +176,11 @@ exec commands in.`,
 		return render(cmd.OutOrStdout(), *statusOut, st, func(tw *tabwriter.Writer) {
 			fmt.Fprintf(tw, "API server:\t%s in namespace %s (kubeconfig %s)\n", st.APIServer, st.Vnet, st.Kubeconfig)
 			fmt.Fprintf(tw, "Routing:\t%s\n", st.Routing)
-			fmt.Fprintf(tw, "Services:\t%s\n\n", st.Services)
+			fmt.Fprintf(tw, "Services:\t%s\n", st.Services)
+			if st.HubbleRelay != "" {
+				fmt.Fprintf(tw, "Hubble relay:\thubble observe --server unix://%s\n", st.HubbleRelay)
+			}
+			fmt.Fprintln(tw)
 			fmt.Fprintln(tw, "NODE\tNETNS\tADDRESS\tPOD CIDR\tAGENT")
 			for _, n := range st.Nodes {
 				agent := "down"

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kpath/kpath/internal/lb"
+	"github.com/kpath/kpath/internal/procstat"
 )
 
 // MapSizes sets the capacity of the maps whose size depends on the cluster.
@@ -389,20 +389,9 @@ func ancestorWithBPFFS(dir string) (int, bool) {
 }
 
 func parentOf(pid int) int {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := procstat.Read(pid)
 	if err != nil {
 		return 0
 	}
-	// pid (comm) state ppid ...; comm may contain spaces and parentheses.
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	var state string
-	var ppid int
-	if _, err := fmt.Sscan(s[i+1:], &state, &ppid); err != nil {
-		return 0
-	}
-	return ppid
+	return st.PPID
 }

@@ -15,9 +15,12 @@ import (
 
 	flowpb "github.com/cilium/cilium/api/v1/flow"
 	observerpb "github.com/cilium/cilium/api/v1/observer"
+	peerpb "github.com/cilium/cilium/api/v1/peer"
 	relaypb "github.com/cilium/cilium/api/v1/relay"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -34,28 +37,52 @@ type Server struct {
 	Ring    *flows.Ring
 	Node    string
 	Started time.Time
+	// Peers, when set, is served beside the Observer (Hubble's Peer
+	// service, which hubble-relay follows).
+	Peers *Peers
 }
 
-// Serve listens on the unix socket path (root only) until ctx ends.
-func (s *Server) Serve(ctx context.Context, path string) error {
+// ListenUnix opens the unix socket at path, root only (flows name every
+// pod of the node), replacing a stale one.
+func ListenUnix(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return fmt.Errorf("hubble socket directory: %w", err)
+		return nil, fmt.Errorf("hubble socket directory: %w", err)
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove stale hubble socket: %w", err)
+		return nil, fmt.Errorf("remove stale hubble socket: %w", err)
 	}
 	ln, err := net.Listen("unix", path)
 	if err != nil {
-		return fmt.Errorf("hubble socket %s: %w", path, err)
+		return nil, fmt.Errorf("hubble socket %s: %w", path, err)
 	}
 	if err := os.Chmod(path, 0o600); err != nil {
 		ln.Close()
-		return err
+		return nil, fmt.Errorf("hubble socket %s: %w", path, err)
 	}
+	return ln, nil
+}
+
+// Serve serves the Observer, the Peer service (when set) and gRPC health
+// on every listener until ctx ends or one of them fails.
+func (s *Server) Serve(ctx context.Context, lns ...net.Listener) error {
 	g := grpc.NewServer()
 	observerpb.RegisterObserverServer(g, s)
-	go func() { <-ctx.Done(); g.Stop() }()
-	return g.Serve(ln)
+	if s.Peers != nil {
+		peerpb.RegisterPeerServer(g, s.Peers)
+	}
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(g, hs)
+	errs := make(chan error, len(lns))
+	for _, ln := range lns {
+		go func() { errs <- g.Serve(ln) }()
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errs:
+	}
+	g.Stop()
+	return err
 }
 
 // ServerStatus reports the ring's fill.

@@ -149,9 +149,11 @@ func EndpointSlice(s *discoveryv1.EndpointSlice) *model.EndpointSlice {
 // Node converts a Node.
 func Node(n *corev1.Node) *model.Node {
 	out := &model.Node{Name: n.Name}
-	for _, a := range n.Status.Addresses {
-		if a.Type == corev1.NodeInternalIP || a.Type == corev1.NodeExternalIP {
-			out.Addrs = append(out.Addrs, parseIPv4s([]string{a.Address})...)
+	for _, t := range []corev1.NodeAddressType{corev1.NodeInternalIP, corev1.NodeExternalIP} {
+		for _, a := range n.Status.Addresses {
+			if a.Type == t {
+				out.Addrs = append(out.Addrs, parseIPv4s([]string{a.Address})...)
+			}
 		}
 	}
 	if p, err := netip.ParsePrefix(n.Spec.PodCIDR); err == nil {

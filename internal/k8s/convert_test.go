@@ -1,6 +1,7 @@
 package k8s
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -91,5 +92,20 @@ func TestSlimTransformKeepsWhatIsRead(t *testing.T) {
 	}
 	if n.Annotations != nil || n.ManagedFields != nil || n.Status.Images != nil || n.Spec.ProviderID != "" {
 		t.Errorf("transform kept unread fields: %+v", n)
+	}
+}
+
+// TestNodeAddressOrder: InternalIPs come first whatever the status order,
+// so Addrs[0] is the node IP routes and Hubble peers use; hostnames and
+// IPv6 are left out.
+func TestNodeAddressOrder(t *testing.T) {
+	n := Node(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{
+		{Type: corev1.NodeExternalIP, Address: "203.0.113.1"},
+		{Type: corev1.NodeHostName, Address: "n1"},
+		{Type: corev1.NodeInternalIP, Address: "fd00::1"},
+		{Type: corev1.NodeInternalIP, Address: "10.0.0.1"},
+	}}})
+	if got := fmt.Sprint(n.Addrs); got != "[10.0.0.1 203.0.113.1]" {
+		t.Errorf("addresses %s, want [10.0.0.1 203.0.113.1]", got)
 	}
 }

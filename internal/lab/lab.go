@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -28,6 +29,7 @@ import (
 	"github.com/kpath/kpath/internal/cniapi"
 	"github.com/kpath/kpath/internal/datapath"
 	"github.com/kpath/kpath/internal/nsutil"
+	"github.com/kpath/kpath/internal/procstat"
 	"github.com/kpath/kpath/internal/testenv"
 )
 
@@ -84,7 +86,9 @@ type NodeInfo struct {
 	AgentSocket string `json:"agentSocket"`
 	// HubbleSocket serves Hubble's Observer API (hubble --server unix://...).
 	HubbleSocket string `json:"hubbleSocket"`
-	Cgroup       string `json:"cgroup"`
+	// HubbleAddress is the same API over TCP, where hubble-relay dials it.
+	HubbleAddress string `json:"hubbleAddress"`
+	Cgroup        string `json:"cgroup"`
 }
 
 // Service dataplanes a lab node can run: kpath with its socket hook,
@@ -105,8 +109,11 @@ type State struct {
 	Kubeconfig string     `json:"kubeconfig"`
 	APIServer  string     `json:"apiServer"`
 	Nodes      []NodeInfo `json:"nodes"`
-	Ready      bool       `json:"ready"`
-	Error      string     `json:"error,omitempty"`
+	// HubbleRelay is the unix socket of the lab's hubble-relay (every
+	// node's flows: hubble --server unix://...); "" when none runs.
+	HubbleRelay string `json:"hubbleRelay,omitempty"`
+	Ready       bool   `json:"ready"`
+	Error       string `json:"error,omitempty"`
 }
 
 // Options configure a lab.
@@ -124,7 +131,10 @@ type Options struct {
 	K8sBin string
 	// AgentArgs are extra kpath-agent flags on every node.
 	AgentArgs []string
-	Log       func(format string, args ...any)
+	// HubbleRelay is a hubble-relay binary to run over the nodes' Hubble
+	// servers ("" for none).
+	HubbleRelay string
+	Log         func(format string, args ...any)
 }
 
 // LoadState reads a lab's state.
@@ -233,6 +243,7 @@ func Supervise(ctx context.Context, o Options) (err error) {
 		n.Cgroup = filepath.Join(cgRoot, nm.cgroup, n.Name)
 		n.AgentSocket = filepath.Join(o.Dir, n.Name, "agent.sock")
 		n.HubbleSocket = filepath.Join(o.Dir, n.Name, "hubble.sock")
+		n.HubbleAddress = net.JoinHostPort(n.IP, hubblePort)
 		o.Log("creating %s (%s)", n.Name, n.IP)
 		if err := os.MkdirAll(n.Cgroup, 0o755); err != nil {
 			return fmt.Errorf("cgroup for %s: %w", n.Name, err)
@@ -290,6 +301,14 @@ func Supervise(ctx context.Context, o Options) (err error) {
 			CNI:      libcni.NewCNIConfigWithCacheDir([]string{cniBin}, filepath.Join(o.Dir, n.Name, "cni-cache"), nil),
 			KpathBin: filepath.Join(o.BinDir, "kpath"), Log: slog.New(slog.NewTextHandler(logWriter(o.Log), nil))}
 		go func() { _ = rt.Run(ctx) }()
+	}
+	if o.HubbleRelay != "" && len(st.Nodes) > 0 {
+		o.Log("starting hubble-relay in %s on %s", vnet, relayAddr)
+		sock := filepath.Join(o.Dir, "hubble-relay.sock")
+		if err := startRelay(ctx, o, st, sock, procs); err != nil {
+			return err
+		}
+		st.HubbleRelay = sock
 	}
 	st.Ready = true
 	if err := st.save(o.Dir); err != nil {
@@ -356,7 +375,7 @@ func startAgent(o Options, env *testenv.Env, n NodeInfo, procs *children) error 
 		"--kubeconfig=" + env.Kubeconfig, "--node-name=" + n.Name, "--pin-dir=" + n.PinDir,
 		"--device=eth0", "--routing=" + o.Routing, "--cluster-cidr=" + ClusterCIDR,
 		"--cgroup-root=" + n.Cgroup, "--api-socket=" + n.AgentSocket, "--ipam-dir=" + filepath.Join(dir, "ipam"),
-		"--hubble-socket=" + n.HubbleSocket,
+		"--hubble-socket=" + n.HubbleSocket, "--hubble-listen-address=" + n.HubbleAddress,
 		"--metrics-addr=127.0.0.1:9964"}
 	args = append(args, o.AgentArgs...)
 	switch o.Services {
@@ -544,15 +563,8 @@ func ProcessAlive(pid int) bool {
 	if pid <= 0 || syscall.Kill(pid, 0) != nil {
 		return false
 	}
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(data)
-	if i := strings.LastIndexByte(s, ')'); i > 0 && i+2 < len(s) {
-		return s[i+2] != 'Z'
-	}
-	return true
+	st, err := procstat.Read(pid)
+	return err == nil && st.State != 'Z'
 }
 
 // Client returns a client for a lab's API server, which is reachable only

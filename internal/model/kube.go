@@ -94,6 +94,6 @@ type EndpointSlice struct {
 // Node is what kpath keeps of a Node.
 type Node struct {
 	Name    string
-	Addrs   []netip.Addr // InternalIP and ExternalIP addresses, IPv4
+	Addrs   []netip.Addr // IPv4 InternalIP addresses, then ExternalIP ones: Addrs[0] is the node's IP
 	PodCIDR netip.Prefix
 }

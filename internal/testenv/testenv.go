@@ -13,7 +13,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -393,7 +392,19 @@ func writeKubeconfig(path, server, token string) error {
 // directory hack/k8s/build.sh uses for the version pinned in the module
 // found by walking up from the working directory.
 func BinDir() (string, error) {
-	if d := os.Getenv("KPATH_K8S_BIN"); d != "" {
+	return pinnedBinDir("KPATH_K8S_BIN", "k8s", "k8s.io/kubernetes")
+}
+
+// CiliumBinDir finds the Cilium binaries (hubble, hubble-relay) as BinDir
+// does: $KPATH_CILIUM_BIN, else hack/cilium/build.sh's cache directory.
+func CiliumBinDir() (string, error) {
+	return pinnedBinDir("KPATH_CILIUM_BIN", "cilium", "github.com/cilium/cilium")
+}
+
+// pinnedBinDir: $env, else the cache directory hack/<sub>/build.sh builds
+// module's pinned version into (hack/<sub>/go.mod above the working directory).
+func pinnedBinDir(env, sub, module string) (string, error) {
+	if d := os.Getenv(env); d != "" {
 		return d, nil
 	}
 	dir, err := os.Getwd()
@@ -401,23 +412,23 @@ func BinDir() (string, error) {
 		return "", err
 	}
 	for {
-		data, err := os.ReadFile(filepath.Join(dir, "hack", "k8s", "go.mod"))
+		data, err := os.ReadFile(filepath.Join(dir, "hack", sub, "go.mod"))
 		if err == nil {
 			for line := range strings.SplitSeq(string(data), "\n") {
 				f := strings.Fields(line)
-				if len(f) >= 2 && f[0] == "k8s.io/kubernetes" {
+				if len(f) >= 2 && f[0] == module {
 					cache, err := os.UserCacheDir()
 					if err != nil {
 						return "", err
 					}
-					return filepath.Join(cache, "kpath", "k8s", f[1]), nil
+					return filepath.Join(cache, "kpath", sub, f[1]), nil
 				}
 			}
-			return "", errors.New("hack/k8s/go.mod does not require k8s.io/kubernetes")
+			return "", fmt.Errorf("hack/%s/go.mod does not require %s", sub, module)
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", errors.New("cannot find hack/k8s/go.mod above the working directory; set KPATH_K8S_BIN")
+			return "", fmt.Errorf("cannot find hack/%s/go.mod above the working directory; set %s", sub, env)
 		}
 		dir = parent
 	}
