@@ -5,7 +5,8 @@
 # the other node and to a NodePort from outside the nodes; then a
 # NetworkPolicy: a denied request, why (kpath policy trace), the same
 # request allowed once the client carries the allowed label; the flows
-# (kpath lab observe, and the hubble CLI on kpath's Hubble API); and the
+# (kpath lab observe, the hubble CLI on kpath's Hubble API and through the
+# real hubble-relay); and the
 # lab removed again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,4 +72,9 @@ log "the same drops through Hubble's API, read by the stock hubble CLI (if make 
 HUBBLE=$(hack/cilium/build.sh 2>/dev/null)/hubble || true
 if [[ -x "$HUBBLE" ]]; then
 	"$HUBBLE" observe --server "unix://$DIR/node-1/hubble.sock" --verdict DROPPED --last 3
+	if [[ -S "$DIR/hubble-relay.sock" ]]; then
+		log "every node through the real hubble-relay (it finds the agents through their Peer service)"
+		"$HUBBLE" list nodes --server "unix://$DIR/hubble-relay.sock"
+		"$HUBBLE" observe --server "unix://$DIR/hubble-relay.sock" --to-pod default/echo-a --last 2
+	fi
 fi
