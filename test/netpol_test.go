@@ -126,6 +126,8 @@ type npCluster struct {
 	ips     map[string]string // ns/pod -> IP
 	clients map[string]*helperProc
 	targets []npTarget
+	// nodePort is Service x/s-a's node port for TCP 80.
+	nodePort int32
 	// noHairpin: the per-packet path cannot yet bring a pod back to itself
 	// through its own Service (kube-proxy masquerades that; issue 15), so
 	// those cells say nothing about policy and are left out.
@@ -159,7 +161,8 @@ func setupNetpolCluster(t *testing.T, st *klab.State, c kubernetes.Interface) *n
 	}
 	svc, err := c.CoreV1().Services("x").Create(bg, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "s-a"},
-		Spec: corev1.ServiceSpec{Selector: map[string]string{"pod": "a"}, Ports: []corev1.ServicePort{
+		// A NodePort too, so flows are checked for outside clients.
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, Selector: map[string]string{"pod": "a"}, Ports: []corev1.ServicePort{
 			{Name: "t80", Port: 80, TargetPort: intstr.FromInt32(80)}, {Name: "t81", Port: 81, TargetPort: intstr.FromInt32(81)},
 			{Name: "u80", Port: 80, TargetPort: intstr.FromInt32(80), Protocol: corev1.ProtocolUDP},
 			{Name: "u81", Port: 81, TargetPort: intstr.FromInt32(81), Protocol: corev1.ProtocolUDP},
@@ -184,6 +187,7 @@ func setupNetpolCluster(t *testing.T, st *klab.State, c kubernetes.Interface) *n
 		}
 		return len(n.ips) == len(npNamespaces)*len(npPods)
 	})
+	n.nodePort = svc.Spec.Ports[0].NodePort
 	cgroups := map[string]*os.File{}
 	for _, node := range st.Nodes {
 		f, err := os.Open(node.Cgroup)
