@@ -273,7 +273,7 @@ exec commands in.`,
 		}
 		return labObserve(cmd.Context(), st, f, &obs, &flowPrinter{w: cmd.OutOrStdout(), format: obs.output})
 	}
-	cmd.AddCommand(up, supervise, down, status, kubectl, execCmd, observe)
+	cmd.AddCommand(up, supervise, down, status, kubectl, execCmd, observe, newCheckConnectivityCommand())
 	return cmd
 }
 

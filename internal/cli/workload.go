@@ -91,6 +91,8 @@ unconnected socket and counts a reply from any other address as a failure.`,
 	probe.Flags().IntVarP(&n, "requests", "n", 100, "number of requests")
 	probe.Flags().DurationVar(&popts.Timeout, "timeout", 3*time.Second, "timeout per request")
 	probe.Flags().BoolVar(&popts.UDPUnconnected, "udp-unconnected", false, "udp://: send from an unconnected socket (sendto) instead of a connected one")
+	probe.Flags().BoolVar(&popts.V4Mapped, "v4-mapped", false, "send from a dual-stack AF_INET6 socket to the IPv4 target as ::ffff:a.b.c.d (as Java and .NET do)")
+	probe.Flags().BoolVar(&popts.Source, "source", false, `ask the echo server which address the request came from (answers "NAME from IP")`)
 	idle := &cobra.Command{
 		Use:   "idle",
 		Short: "Do nothing until stopped (a pod to run commands in)",

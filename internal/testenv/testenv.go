@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -163,10 +164,17 @@ func (e *Env) startAPIServer(ctx context.Context) error {
 	e.APIServerURL = fmt.Sprintf("https://%s:%d", e.opts.BindAddress, e.ports.api)
 	e.opts.Log("starting kube-apiserver on %s", e.APIServerURL)
 	var err error
+	// The kubernetes Service gets the API server as its endpoint (the
+	// lease reconciler, as in a cluster) where pods can reach it; a
+	// loopback address is no endpoint anyone else could use.
+	reconciler := "lease"
+	if a, err := netip.ParseAddr(e.opts.BindAddress); err != nil || a.IsLoopback() {
+		reconciler = "none"
+	}
 	e.api, err = e.start("kube-apiserver", filepath.Join(e.opts.BinDir, "kube-apiserver"),
 		fmt.Sprintf("--etcd-servers=http://127.0.0.1:%d", e.ports.etcd),
 		"--bind-address="+e.opts.BindAddress, fmt.Sprintf("--secure-port=%d", e.ports.api),
-		"--advertise-address="+e.opts.BindAddress, "--endpoint-reconciler-type=none",
+		"--advertise-address="+e.opts.BindAddress, "--endpoint-reconciler-type="+reconciler,
 		"--cert-dir="+filepath.Join(dir, "certs"),
 		"--token-auth-file="+tokens, "--authorization-mode=RBAC",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",

@@ -6,6 +6,7 @@ package workload
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,10 +15,14 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // EchoConfig says where the echo server listens and what it answers.
@@ -109,7 +114,11 @@ func StartEcho(ctx context.Context, cfg EchoConfig) (*Echo, error) {
 		e.UDP = append(e.UDP, pc.LocalAddr())
 	}
 	answer := []byte(cfg.Name)
-	handler := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == SourcePath {
+			_, _ = w.Write(sourceAnswer(cfg.Name, r.RemoteAddr))
+			return
+		}
 		_, _ = w.Write(answer)
 	})
 	for _, ln := range lns {
@@ -126,18 +135,41 @@ func StartEcho(ctx context.Context, cfg EchoConfig) (*Echo, error) {
 		e.wg.Go(func() {
 			buf := make([]byte, 65536)
 			for {
-				_, from, err := pc.ReadFrom(buf)
+				m, from, err := pc.ReadFrom(buf)
 				if err != nil {
 					if e.ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
 						e.fail(fmt.Errorf("echo udp %s: %w", pc.LocalAddr(), err))
 					}
 					return
 				}
+				if bytes.HasPrefix(buf[:m], []byte(sourceRequest)) {
+					_, _ = pc.WriteTo(sourceAnswer(cfg.Name, from.String()), from)
+					continue
+				}
 				_, _ = pc.WriteTo(answer, from)
 			}
 		})
 	}
 	return e, nil
+}
+
+// SourcePath is the HTTP path, and sourceRequest the start of a UDP
+// datagram, that the echo server answers with "NAME from IP": the source
+// address it saw, which tells masquerading apart from a preserved client.
+const (
+	SourcePath    = "/source"
+	sourceRequest = "source?"
+)
+
+func sourceAnswer(name, remote string) []byte {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		host = remote
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		host = a.Unmap().String()
+	}
+	return []byte(name + " from " + host)
 }
 
 // Wait waits until every server has stopped and returns the first server
@@ -184,6 +216,13 @@ type ProbeOptions struct {
 	// unconnected socket (as many DNS resolvers do) instead of from a
 	// connected one; a reply must then come from the target address.
 	UDPUnconnected bool
+	// V4Mapped sends from an AF_INET6 socket that is not IPv6-only (as
+	// Java's, .NET's and other dual-stack runtimes' are) to the IPv4
+	// target written as ::ffff:a.b.c.d.
+	V4Mapped bool
+	// Source asks the echo server for the address it saw the request
+	// come from (answers "NAME from IP").
+	Source bool
 }
 
 // Probe sends n requests to target, each on a new connection (TCP) or a
@@ -204,18 +243,21 @@ func Probe(ctx context.Context, target string, n int, opts ProbeOptions) (ProbeR
 		return ProbeResult{}, fmt.Errorf("probe target %q: %w", target, err)
 	}
 	switch u.Scheme {
-	case "http":
-		return ProbeHTTP(ctx, target, n, opts.Timeout), nil
-	case "tcp":
-		if _, _, err := net.SplitHostPort(u.Host); err != nil {
-			return ProbeResult{}, fmt.Errorf("probe target %q: want tcp://HOST:PORT: %w", target, err)
+	case "http", "tcp":
+		if u.Scheme == "tcp" {
+			if _, _, err := net.SplitHostPort(u.Host); err != nil {
+				return ProbeResult{}, fmt.Errorf("probe target %q: want tcp://HOST:PORT: %w", target, err)
+			}
 		}
 		h := *u
 		h.Scheme = "http"
 		if h.Path == "" {
 			h.Path = "/"
 		}
-		r := ProbeHTTP(ctx, h.String(), n, opts.Timeout)
+		if opts.Source {
+			h.Path = SourcePath
+		}
+		r := probeHTTP(ctx, h.String(), n, opts)
 		r.URL = target
 		return r, nil
 	case "udp":
@@ -225,7 +267,7 @@ func Probe(ctx context.Context, target string, n int, opts ProbeOptions) (ProbeR
 		if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
 			return ProbeResult{}, fmt.Errorf("probe target %q: want udp://HOST:PORT", target)
 		}
-		r := ProbeUDP(ctx, u.Host, n, opts.Timeout, opts.UDPUnconnected)
+		r := probeUDP(ctx, u.Host, n, opts)
 		r.URL = target
 		return r, nil
 	default:
@@ -235,7 +277,17 @@ func Probe(ctx context.Context, target string, n int, opts ProbeOptions) (ProbeR
 
 // ProbeHTTP sends n GET requests to url, each on a new connection.
 func ProbeHTTP(ctx context.Context, url string, n int, timeout time.Duration) ProbeResult {
-	client := &http.Client{Timeout: timeout, Transport: &http.Transport{DisableKeepAlives: true}}
+	return probeHTTP(ctx, url, n, ProbeOptions{Timeout: timeout})
+}
+
+func probeHTTP(ctx context.Context, url string, n int, opts ProbeOptions) ProbeResult {
+	tr := &http.Transport{DisableKeepAlives: true}
+	if opts.V4Mapped {
+		tr.DialContext = func(_ context.Context, _, addr string) (net.Conn, error) {
+			return dialMapped(unix.SOCK_STREAM, addr, opts.Timeout)
+		}
+	}
+	client := &http.Client{Timeout: opts.Timeout, Transport: tr}
 	r := ProbeResult{URL: url, Requests: n, Backends: map[string]int{}}
 	lat := make([]time.Duration, 0, n)
 	start := time.Now()
@@ -271,6 +323,10 @@ func ProbeHTTP(ctx context.Context, url string, n int, timeout time.Duration) Pr
 // connected to addr (so the kernel drops replies from other addresses,
 // and an ICMP port unreachable fails the request at once).
 func ProbeUDP(ctx context.Context, addr string, n int, timeout time.Duration, unconnected bool) ProbeResult {
+	return probeUDP(ctx, addr, n, ProbeOptions{Timeout: timeout, UDPUnconnected: unconnected})
+}
+
+func probeUDP(ctx context.Context, addr string, n int, opts ProbeOptions) ProbeResult {
 	r := ProbeResult{URL: "udp://" + addr, Requests: n, Backends: map[string]int{}}
 	lat := make([]time.Duration, 0, n)
 	start := time.Now()
@@ -281,13 +337,17 @@ func ProbeUDP(ctx context.Context, addr string, n int, timeout time.Duration, un
 		return r
 	}
 	network := "udp6"
-	if ua.IP.To4() != nil {
+	if ua.IP.To4() != nil && !opts.V4Mapped {
 		network = "udp4"
+	}
+	prefix := "kpath probe"
+	if opts.Source {
+		prefix = sourceRequest
 	}
 	buf := make([]byte, 65536)
 	for i := range n {
 		t0 := time.Now()
-		answer, err := udpRequest(ctx, network, ua, buf, []byte(fmt.Sprintf("kpath probe %d", i)), timeout, unconnected)
+		answer, err := udpRequest(ctx, network, ua, buf, []byte(fmt.Sprintf("%s %d", prefix, i)), opts.Timeout, opts.UDPUnconnected)
 		if err != nil {
 			r.Failures++
 			r.LastErr = err.Error()
@@ -310,9 +370,12 @@ func udpRequest(ctx context.Context, network string, to *net.UDPAddr, buf, msg [
 		sock *net.UDPConn
 		err  error
 	)
-	if unconnected {
+	switch {
+	case network == "udp6" && to.IP.To4() != nil:
+		sock, err = dualStackUDP(ctx, to, unconnected)
+	case unconnected:
 		sock, err = net.ListenUDP(network, nil)
-	} else {
+	default:
 		sock, err = net.DialUDP(network, nil, to)
 	}
 	if err != nil {
@@ -347,6 +410,65 @@ func udpRequest(ctx context.Context, network string, to *net.UDPAddr, buf, msg [
 		return "", fmt.Errorf("reply %q from %s, not from %s", buf[:m], got, want)
 	}
 	return string(buf[:m]), nil
+}
+
+// dualStackUDP is a dual-stack UDP socket for an IPv4 target: connected
+// to it as ::ffff:a.b.c.d, or unconnected (Go writes IPv4 destinations of
+// an AF_INET6 socket in their v4-mapped form).
+func dualStackUDP(ctx context.Context, to *net.UDPAddr, unconnected bool) (*net.UDPConn, error) {
+	if unconnected {
+		pc, err := (&net.ListenConfig{Control: dualStack}).ListenPacket(ctx, "udp6", "[::]:0")
+		if err != nil {
+			return nil, err
+		}
+		return pc.(*net.UDPConn), nil
+	}
+	c, err := dialMapped(unix.SOCK_DGRAM, to.String(), 0)
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.UDPConn), nil
+}
+
+// dualStack clears IPV6_V6ONLY, which Go sets on every "udp6" socket.
+func dualStack(_, _ string, rc syscall.RawConn) error {
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+// dialMapped connects a dual-stack AF_INET6 socket of type typ to the
+// IPv4 HOST:PORT addr written as ::ffff:a.b.c.d. Go's own dialer cannot:
+// it treats v4-mapped addresses as IPv4 and refuses them for "tcp6".
+func dialMapped(typ int, addr string, timeout time.Duration) (net.Conn, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || !ap.Addr().Is4() {
+		return nil, fmt.Errorf("v4-mapped dial of %q: want an IPv4 address and port", addr)
+	}
+	fd, err := unix.Socket(unix.AF_INET6, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("socket: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "v4-mapped")
+	defer f.Close() // FileConn holds its own descriptor
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+		return nil, fmt.Errorf("IPV6_V6ONLY: %w", err)
+	}
+	if timeout > 0 { // a blocking connect() gives up after SO_SNDTIMEO
+		tv := unix.NsecToTimeval(timeout.Nanoseconds())
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
+			return nil, fmt.Errorf("SO_SNDTIMEO: %w", err)
+		}
+	}
+	sa := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: netip.AddrFrom16(ap.Addr().As16()).As16()}
+	if err := unix.Connect(fd, sa); err != nil {
+		return nil, &net.OpError{Op: "dial", Net: "v4-mapped", Addr: net.TCPAddrFromAddrPort(ap), Err: os.NewSyscallError("connect", err)}
+	}
+	return net.FileConn(f)
 }
 
 func unmapped(ap netip.AddrPort) netip.AddrPort {

@@ -274,3 +274,24 @@ func TestEchoAddrs(t *testing.T) {
 		t.Fatalf("StartEcho on the busy %s succeeded", busy)
 	}
 }
+
+// TestProbeV4MappedAndSource: every transport from a dual-stack AF_INET6
+// socket to an IPv4 server, asking for the source it saw: the server
+// sees the IPv4 client, as it would from an AF_INET socket.
+func TestProbeV4MappedAndSource(t *testing.T) {
+	e := startEcho(t, EchoConfig{Name: "pod-a", HTTPAddr: "127.0.0.1:0", UDPAddr: "127.0.0.1:0"})
+	targets := []string{"tcp://" + e.HTTP[0].String(), "udp://" + e.UDP[0].String()}
+	for _, target := range targets {
+		for _, unconnected := range []bool{false, true} {
+			for _, v4mapped := range []bool{false, true} {
+				r, err := Probe(context.Background(), target, 2, ProbeOptions{Timeout: 2 * time.Second, V4Mapped: v4mapped, Source: true, UDPUnconnected: unconnected})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if r.Failures != 0 || r.Backends["pod-a from 127.0.0.1"] != 2 {
+					t.Errorf("%s v4-mapped %v unconnected %v: %+v", target, v4mapped, unconnected, r)
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,83 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kpath/kpath/internal/connectivity"
+	"github.com/kpath/kpath/internal/lab"
+	"github.com/kpath/kpath/internal/testenv"
+)
+
+func newCheckConnectivityCommand() *cobra.Command {
+	var (
+		services string
+		all      bool
+		jsonOut  string
+	)
+	cmd := &cobra.Command{
+		Use:   "check-connectivity",
+		Short: "Run the connectivity matrix in labs of its own, each service dataplane next to the real kube-proxy's",
+		Long: `Run the connectivity matrix: real connections from pods (on a backend's node and
+on another), from the nodes' own namespaces (host network) and from outside the nodes,
+over TCP and UDP (connected and unconnected) from AF_INET and dual-stack AF_INET6
+(v4-mapped) sockets, to ClusterIPs, NodePorts, external and load-balancer IPs with
+Cluster and Local traffic policies, a pod's own Service, a Service without backends,
+session affinity and the kubernetes Service. Each service dataplane runs in a 2-node lab
+of its own (named conn-*, one at a time, beside any other lab), first the reference,
+kube-proxy in iptables mode. Prints each cell where a dataplane differs from the
+reference (all of them with --all) and exits 1 when one serves a cell worse.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			modes := strings.Split(services, ",")
+			for _, m := range modes {
+				if !slices.Contains(lab.ServiceModes, m) {
+					return fmt.Errorf("--services %q: want some of %v", m, lab.ServiceModes)
+				}
+			}
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			k8sBin, err := testenv.BinDir()
+			if err != nil {
+				return err
+			}
+			o := connectivity.LabOptions{BinDir: filepath.Dir(self), K8sBin: k8sBin,
+				Log: func(f string, a ...any) { fmt.Fprintf(cmd.ErrOrStderr(), time.Now().Format("15:04:05 ")+f+"\n", a...) }}
+			got := map[string]map[string]connectivity.Result{}
+			for i, m := range append([]string{connectivity.Reference}, modes...) {
+				r, err := connectivity.RunInLab(cmd.Context(), fmt.Sprintf("conn-%d", i), m, o)
+				if err != nil {
+					return err
+				}
+				got[m] = r
+			}
+			cells := connectivity.LabCells()
+			if jsonOut != "" {
+				b, _ := json.MarshalIndent(got, "", "  ")
+				if err := os.WriteFile(jsonOut, b, 0o644); err != nil {
+					return err
+				}
+			}
+			connectivity.Print(cmd.OutOrStdout(), cells, got[connectivity.Reference], modes, got, all)
+			for _, d := range connectivity.Differences(cells, got[connectivity.Reference], modes, got) {
+				if d.Worse != "" {
+					return fmt.Errorf("a dataplane serves cells worse than %s", connectivity.Reference)
+				}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&services, "services", "kpath,kpath-tc", "service dataplanes to check (comma-separated): "+strings.Join(lab.ServiceModes, ", "))
+	cmd.Flags().BoolVar(&all, "all", false, "print every cell, not only those that differ")
+	cmd.Flags().StringVar(&jsonOut, "json", "", "also write every result to this file")
+	return cmd
+}

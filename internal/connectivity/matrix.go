@@ -1,0 +1,220 @@
+// Package connectivity is the connectivity matrix: who reaches which
+// Service address, over which socket, and who answers. It runs real
+// connections in a lab (kpath lab) and compares a service dataplane's
+// matrix with the real kube-proxy's, cell by cell.
+package connectivity
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// Client kinds.
+const (
+	PodClient     = "pod"     // a pod's network namespace
+	HostClient    = "host"    // the node's own namespace (kubelet, hostNetwork pods)
+	OutsideClient = "outside" // the lab's vnet: a host outside the nodes
+)
+
+// Client is where a cell's connections start.
+type Client struct {
+	Name string // e.g. pod@node-1
+	Kind string
+	Node string // the node it runs on ("" outside)
+}
+
+// Socket is how a client connects.
+type Socket struct {
+	Name        string
+	Proto       string // tcp or udp
+	V4Mapped    bool   // AF_INET6 dual-stack socket, ::ffff:a.b.c.d
+	Unconnected bool   // UDP sendto from an unconnected socket
+}
+
+// Sockets are every socket kind of the matrix.
+var Sockets = []Socket{
+	{Name: "tcp", Proto: "tcp"},
+	{Name: "tcp v4-mapped", Proto: "tcp", V4Mapped: true},
+	{Name: "udp", Proto: "udp"},
+	{Name: "udp unconnected", Proto: "udp", Unconnected: true},
+	{Name: "udp v4-mapped", Proto: "udp", V4Mapped: true},
+	{Name: "udp v4-mapped unconnected", Proto: "udp", V4Mapped: true, Unconnected: true},
+}
+
+// Address kinds of a target.
+const (
+	ClusterIP  = "cluster-ip"
+	NodePort   = "node-port"
+	ExternalIP = "external-ip"
+	LBIP       = "lb-ip"
+)
+
+// Target is one Service address to reach.
+type Target struct {
+	Name    string // service/address[@node]
+	Service string
+	Kind    string
+	Node    string // for a NodePort: whose address
+	// AnyBackend: several backends may answer, so cells compare whether
+	// every request was answered, not by whom.
+	AnyBackend bool
+	// Sticky: session affinity; every answer must come from one backend.
+	Sticky bool
+	// TCPOnly targets have no UDP port (the API server).
+	TCPOnly bool
+	Why     string
+}
+
+// Services of the matrix, in namespace Namespace (see Objects).
+const (
+	Namespace = "conn"
+	svcWeb    = "web"       // LoadBalancer, eTP Cluster: backend be-1 on node-1
+	svcLocal  = "web-local" // LoadBalancer, eTP and iTP Local: backend be-1
+	svcSelf   = "self"      // only client-1: a pod reaching itself
+	svcWith   = "with-self" // client-1 and be-1
+	svcEmpty  = "empty"     // no backends
+	svcSticky = "sticky"    // ClientIP affinity over be-1 and be-2
+	svcKube   = "kubernetes"
+)
+
+// Targets are every Service address of the matrix.
+func Targets(nodes []string) []Target {
+	var out []Target
+	for _, svc := range []string{svcWeb, svcLocal} {
+		why := "eTP Cluster"
+		if svc == svcLocal {
+			why = "eTP/iTP Local, the backend on node-1"
+		}
+		out = append(out, Target{Name: svc + "/" + ClusterIP, Service: svc, Kind: ClusterIP, Why: why})
+		for _, n := range nodes {
+			out = append(out, Target{Name: svc + "/" + NodePort + "@" + n, Service: svc, Kind: NodePort, Node: n, Why: why})
+		}
+		out = append(out,
+			Target{Name: svc + "/" + ExternalIP, Service: svc, Kind: ExternalIP, Why: why},
+			Target{Name: svc + "/" + LBIP, Service: svc, Kind: LBIP, Why: why})
+	}
+	return append(out,
+		Target{Name: svcSelf + "/" + ClusterIP, Service: svcSelf, Kind: ClusterIP, Why: "hairpin: client-1 is the only backend"},
+		Target{Name: svcWith + "/" + ClusterIP, Service: svcWith, Kind: ClusterIP, AnyBackend: true, Why: "client-1 is one of two backends"},
+		Target{Name: svcEmpty + "/" + ClusterIP, Service: svcEmpty, Kind: ClusterIP, Why: "no backends: refused"},
+		Target{Name: svcEmpty + "/" + NodePort + "@" + nodes[0], Service: svcEmpty, Kind: NodePort, Node: nodes[0], Why: "no backends: refused"},
+		Target{Name: svcSticky + "/" + ClusterIP, Service: svcSticky, Kind: ClusterIP, AnyBackend: true, Sticky: true, Why: "sessionAffinity ClientIP"},
+		Target{Name: "default/" + svcKube, Service: svcKube, Kind: ClusterIP, TCPOnly: true, Why: "the API server, as in-cluster clients reach it"},
+	)
+}
+
+// Clients are every client of the matrix for the lab's nodes.
+func Clients(nodes []string) []Client {
+	var out []Client
+	for _, n := range nodes {
+		out = append(out, Client{Name: "pod@" + n, Kind: PodClient, Node: n})
+	}
+	for _, n := range nodes {
+		out = append(out, Client{Name: "host@" + n, Kind: HostClient, Node: n})
+	}
+	return append(out, Client{Name: "outside", Kind: OutsideClient})
+}
+
+// LabCells are the cells of a lab's first two nodes (kpath lab names
+// them node-1 and node-2).
+func LabCells() []Cell { return Cells([]string{"node-1", "node-2"}) }
+
+// Cell is one client, socket and target.
+type Cell struct {
+	Client Client
+	Socket Socket
+	Target Target
+}
+
+// Key names a cell.
+func (c Cell) Key() string { return c.Client.Name + " | " + c.Socket.Name + " | " + c.Target.Name }
+
+// Cells are every cell of the matrix: each client, each socket, each
+// target that has the socket's protocol.
+func Cells(nodes []string) []Cell {
+	var out []Cell
+	for _, cl := range Clients(nodes) {
+		for _, tg := range Targets(nodes) {
+			for _, so := range Sockets {
+				if tg.TCPOnly && so.Proto != "tcp" {
+					continue
+				}
+				out = append(out, Cell{Client: cl, Socket: so, Target: tg})
+			}
+		}
+	}
+	return out
+}
+
+// Outcomes of a cell, from best to worst.
+const (
+	Answered    = "answered"
+	Refused     = "refused"     // ECONNREFUSED: kube-proxy's REJECT
+	Denied      = "denied"      // EPERM from the socket layer
+	Unreachable = "unreachable" // no route
+	Partial     = "partial"     // some requests answered
+	NoAnswer    = "no answer"   // timed out
+	Failed      = "error"
+)
+
+// rank orders outcomes for "at least as good as": an answer beats any
+// refusal, an immediate refusal beats silence.
+func rank(outcome string) int {
+	switch outcome {
+	case Answered:
+		return 4
+	case Partial:
+		return 3
+	case Refused, Denied, Unreachable:
+		return 2
+	}
+	return 1
+}
+
+// Result is what a cell's connections got.
+type Result struct {
+	Key     string         `json:"key"`
+	Outcome string         `json:"outcome"`
+	Answers map[string]int `json:"answers,omitempty"`
+	Err     string         `json:"error,omitempty"`
+}
+
+// Summary is a cell's result in a few words: the outcome, and who
+// answered (from which source address they saw).
+func (r Result) Summary() string {
+	if len(r.Answers) == 0 {
+		return r.Outcome
+	}
+	names := make([]string, 0, len(r.Answers))
+	for a := range r.Answers {
+		names = append(names, a)
+	}
+	slices.Sort(names)
+	if r.Outcome == Answered {
+		return strings.Join(names, ", ")
+	}
+	return r.Outcome + ": " + strings.Join(names, ", ")
+}
+
+// Compare tells whether got serves the cell at least as want (the
+// reference) does: "" when it does, else why not. better says that got
+// does more than the reference.
+func Compare(c Cell, got, want Result) (worse string, better bool) {
+	if rank(got.Outcome) < rank(want.Outcome) {
+		return fmt.Sprintf("%s, kube-proxy: %s", got.Summary(), want.Summary()), false
+	}
+	if rank(got.Outcome) > rank(want.Outcome) {
+		return "", true
+	}
+	if got.Outcome != Answered {
+		return "", false
+	}
+	if c.Target.Sticky && len(got.Answers) != 1 {
+		return fmt.Sprintf("session affinity broken: %s", got.Summary()), false
+	}
+	if !c.Target.AnyBackend && got.Summary() != want.Summary() {
+		return fmt.Sprintf("%s, kube-proxy: %s", got.Summary(), want.Summary()), false
+	}
+	return "", false
+}

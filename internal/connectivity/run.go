@@ -1,0 +1,144 @@
+package connectivity
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/kpath/kpath/internal/workload"
+)
+
+// RunOptions tune Run.
+type RunOptions struct {
+	// Kpath is the kpath binary whose `workload probe` makes the
+	// connections.
+	Kpath string
+	// Parallel is how many cells probe at once (default 12).
+	Parallel int
+}
+
+// requests per cell, and per cell with session affinity.
+const (
+	requests       = 2
+	stickyRequests = 6
+)
+
+// Run probes every cell and returns the results by cell key.
+func (e *Env) Run(ctx context.Context, cells []Cell, o RunOptions) map[string]Result {
+	if o.Parallel <= 0 {
+		o.Parallel = 12
+	}
+	out := make(map[string]Result, len(cells))
+	var mu sync.Mutex
+	sem := make(chan struct{}, o.Parallel)
+	var wg sync.WaitGroup
+	for _, c := range cells {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			r := e.probe(ctx, c, o.Kpath)
+			mu.Lock()
+			out[r.Key] = r
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// probe runs one cell's connections with `kpath workload probe` inside
+// the client's namespace (and, on a node, the node's cgroup, where the
+// socket hook applies).
+func (e *Env) probe(ctx context.Context, c Cell, kpath string) Result {
+	res := Result{Key: c.Key()}
+	addr, ok := e.addr[c.Target.Name+"/"+c.Socket.Proto]
+	if !ok {
+		res.Outcome, res.Err = Failed, "no address for "+c.Target.Name+" over "+c.Socket.Proto
+		return res
+	}
+	netns, cgroup := e.State.Vnet, ""
+	switch c.Client.Kind {
+	case PodClient:
+		netns, cgroup = e.podNS[c.Client.Name], e.cgroups[c.Client.Node]
+	case HostClient:
+		netns, cgroup = e.State.NetnsPrefix+c.Client.Node, e.cgroups[c.Client.Node]
+	}
+	n := requests
+	if c.Target.Sticky {
+		n = stickyRequests
+	}
+	args := []string{"netns", "exec", netns, kpath, "workload", "probe", c.Socket.Proto + "://" + addr.String(),
+		"-n", fmt.Sprint(n), "--timeout", "1s", "-o", "json"}
+	if c.Socket.V4Mapped {
+		args = append(args, "--v4-mapped")
+	}
+	if c.Socket.Unconnected {
+		args = append(args, "--udp-unconnected")
+	}
+	if !c.Target.AnyBackend && c.Target.Service != svcKube {
+		args = append(args, "--source")
+	}
+	cmd := exec.CommandContext(ctx, "ip", args...)
+	if cgroup != "" {
+		f, err := os.Open(cgroup)
+		if err != nil {
+			res.Outcome, res.Err = Failed, err.Error()
+			return res
+		}
+		defer f.Close()
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(f.Fd())}
+	}
+	out, err := cmd.Output() // a failed request exits 1 after printing its result
+	var pr workload.ProbeResult
+	if jerr := json.Unmarshal(out, &pr); jerr != nil {
+		res.Outcome, res.Err = Failed, fmt.Sprintf("probe: %v %v", err, jerr)
+		return res
+	}
+	return classify(res, pr)
+}
+
+// classify turns a probe's result into the cell's outcome. The answers of
+// the API server (an HTTPS port spoken to in plain HTTP) are its error
+// page, which only says that it answered.
+func classify(res Result, pr workload.ProbeResult) Result {
+	res.Answers = pr.Backends
+	for a := range res.Answers {
+		if strings.Contains(a, "HTTPS server") {
+			delete(res.Answers, a)
+			res.Answers["the API server"] += pr.Requests - pr.Failures
+		}
+	}
+	if len(res.Answers) == 0 {
+		res.Answers = nil
+	}
+	switch {
+	case pr.Failures == 0:
+		res.Outcome = Answered
+		return res
+	case pr.Failures < pr.Requests:
+		res.Outcome = Partial
+	default:
+		res.Outcome = failure(pr.LastErr)
+	}
+	res.Err = pr.LastErr
+	return res
+}
+
+func failure(err string) string {
+	switch {
+	case strings.Contains(err, "connection refused"):
+		return Refused
+	case strings.Contains(err, "operation not permitted"):
+		return Denied
+	case strings.Contains(err, "network is unreachable"), strings.Contains(err, "no route to host"):
+		return Unreachable
+	case strings.Contains(err, "timeout"), strings.Contains(err, "deadline exceeded"), strings.Contains(err, "operation now in progress"):
+		return NoAnswer
+	}
+	return Failed
+}

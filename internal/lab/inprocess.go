@@ -1,0 +1,70 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+)
+
+// Running is a lab supervised by this process (a test's, a benchmark's),
+// not by a `kpath lab up` supervisor of its own.
+type Running struct {
+	State  *State
+	Client kubernetes.Interface
+	stop   func() error
+}
+
+// Start supervises a lab in the background (o.Dir, o.Name as for
+// Supervise) and returns once it is ready, or fails after timeout. A lab
+// of the same name left in o.Dir is swept first.
+func Start(ctx context.Context, o Options, timeout time.Duration) (*Running, error) {
+	if o.Log == nil {
+		o.Log = func(string, ...any) {}
+	}
+	_ = Down(o.Dir, o.Name, func(string, ...any) {})
+	lctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- Supervise(lctx, o) }()
+	r := &Running{}
+	stopped := false
+	r.stop = func() error {
+		if stopped {
+			return nil
+		}
+		stopped = true
+		cancel()
+		err := <-done
+		if derr := Down(o.Dir, o.Name, o.Log); err == nil {
+			err = derr
+		}
+		return err
+	}
+	for deadline := time.Now().Add(timeout); ; time.Sleep(100 * time.Millisecond) {
+		st, err := LoadState(o.Dir)
+		if err == nil && st.Error != "" {
+			_ = r.stop()
+			return nil, fmt.Errorf("lab %s: %s", o.Name, st.Error)
+		}
+		if err == nil && st.Ready {
+			r.State = st
+			break
+		}
+		if time.Now().After(deadline) {
+			_ = r.stop()
+			return nil, fmt.Errorf("lab %s not ready after %s", o.Name, timeout)
+		}
+	}
+	c, err := Client(r.State)
+	if err != nil {
+		_ = r.stop()
+		return nil, err
+	}
+	r.Client = c
+	return r, nil
+}
+
+// Stop ends the lab's processes and removes everything it made; calling
+// it again does nothing.
+func (r *Running) Stop() error { return r.stop() }
