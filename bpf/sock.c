@@ -8,6 +8,7 @@
 
 #include <linux/bpf.h>
 #include <linux/in.h>
+#include <linux/errno.h>
 #include "lib/common.h"
 #include "lib/lb.h"
 #include "lib/events.h"
@@ -27,12 +28,50 @@ static __always_inline __be16 sock_port(const struct bpf_sock_addr *ctx)
 	return (__be16)ctx->user_port;
 }
 
-/* Returns 1 to let the call proceed, 0 to fail it with EPERM (a service port
- * without backends: never connect to the service address untranslated). */
-static __always_inline int sock4_forward(struct bpf_sock_addr *ctx)
+/* A v4-mapped IPv6 address (::ffff:a.b.c.d), as dual-stack AF_INET6
+ * sockets (Java's, .NET's) write IPv4 destinations. */
+static __always_inline bool sock6_v4mapped(const struct bpf_sock_addr *ctx)
+{
+	return ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 && ctx->user_ip6[2] == bpf_htonl(0x0000ffff);
+}
+
+/* Whether this socket is one the hooks translate: every one, or with
+ * cfg_host_netns_cookie only the node namespace's. */
+static __always_inline bool sock_hooked(struct bpf_sock_addr *ctx)
+{
+	return !cfg_host_netns_cookie || bpf_get_netns_cookie(ctx) == cfg_host_netns_cookie;
+}
+
+/* The IPv4 destination of the call: user_ip4, or the IPv4 part of a
+ * v4-mapped user_ip6. The verifier wants constant context offsets, hence
+ * one branch per family. */
+static __always_inline __be32 sock_daddr(const struct bpf_sock_addr *ctx, bool v6)
+{
+	return v6 ? ctx->user_ip6[3] : ctx->user_ip4;
+}
+
+static __always_inline void sock_set_daddr(struct bpf_sock_addr *ctx, bool v6, __be32 addr)
+{
+	if (v6)
+		ctx->user_ip6[3] = addr;
+	else
+		ctx->user_ip4 = addr;
+}
+
+/* Refuses the call as kube-proxy's REJECT does a connection: the caller
+ * gets ECONNREFUSED (bpf_set_retval, Linux 5.18), not a hang. */
+static __always_inline int sock_refuse(void)
+{
+	bpf_set_retval(-ECONNREFUSED);
+	return 0;
+}
+
+/* Returns 1 to let the call proceed, 0 to fail it (a service port without
+ * backends: never connect to the service address untranslated). */
+static __always_inline int sock_forward(struct bpf_sock_addr *ctx, bool v6)
 {
 	struct lb_frontend_key key = {
-		.addr = ctx->user_ip4,
+		.addr = sock_daddr(ctx, v6),
 		.port = sock_port(ctx),
 		.proto = sock_proto(ctx),
 	};
@@ -41,7 +80,7 @@ static __always_inline int sock4_forward(struct bpf_sock_addr *ctx)
 	struct lb_client c = {};
 	__u32 id;
 
-	if (!key.proto)
+	if (!key.proto || !sock_hooked(ctx))
 		return 1;
 	fe = bpf_map_lookup_elem(&kp_lb_frontend, &key);
 	if (!fe)
@@ -73,7 +112,7 @@ static __always_inline int sock4_forward(struct bpf_sock_addr *ctx)
 	if (bpf_map_update_elem(&kp_sock_revnat, &rk, &rv, BPF_ANY))
 		return 0;
 
-	ctx->user_ip4 = be.addr;
+	sock_set_daddr(ctx, v6, be.addr);
 	ctx->user_port = (__u32)be.port;
 	count(KP_SVC_XLATE, KP_DIR_SOCK, 0);
 	if (cfg_flow_events) {
@@ -99,21 +138,21 @@ no_backend:
 
 		flow_send(&ev);
 	}
-	return 0;
+	return sock_refuse();
 }
 
-static __always_inline int sock4_reverse(struct bpf_sock_addr *ctx)
+static __always_inline int sock_reverse(struct bpf_sock_addr *ctx, bool v6)
 {
 	struct sock_revnat_key rk = {
 		.cookie = bpf_get_socket_cookie(ctx),
-		.addr = ctx->user_ip4,
+		.addr = sock_daddr(ctx, v6),
 		.port = sock_port(ctx),
 	};
 	struct sock_revnat *rv = bpf_map_lookup_elem(&kp_sock_revnat, &rk);
 
 	if (!rv)
 		return 1;
-	ctx->user_ip4 = rv->addr;
+	sock_set_daddr(ctx, v6, rv->addr);
 	ctx->user_port = (__u32)rv->port;
 	count(KP_REV_XLATE, KP_DIR_SOCK, 0);
 	return 1;
@@ -122,23 +161,46 @@ static __always_inline int sock4_reverse(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect4")
 int kp_sock_connect4(struct bpf_sock_addr *ctx)
 {
-	return sock4_forward(ctx);
+	return sock_forward(ctx, false);
 }
 
 SEC("cgroup/sendmsg4")
 int kp_sock_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return sock4_forward(ctx);
+	return sock_forward(ctx, false);
 }
 
 SEC("cgroup/recvmsg4")
 int kp_sock_recvmsg4(struct bpf_sock_addr *ctx)
 {
-	return sock4_reverse(ctx);
+	return sock_reverse(ctx, false);
 }
 
 SEC("cgroup/getpeername4")
 int kp_sock_getpeername4(struct bpf_sock_addr *ctx)
 {
-	return sock4_reverse(ctx);
+	return sock_reverse(ctx, false);
+}
+
+/* Dual-stack AF_INET6 sockets reach IPv4 services through v4-mapped
+ * addresses. Their connect() and getpeername() run the IPv6 hooks with the
+ * mapped address, and so does recvmsg() of UDP; sendmsg() to a mapped
+ * address runs the IPv4 hook (the kernel hands it to udp_sendmsg). Other
+ * IPv6 addresses pass: kpath serves IPv4 Services. */
+SEC("cgroup/connect6")
+int kp_sock_connect6(struct bpf_sock_addr *ctx)
+{
+	return sock6_v4mapped(ctx) ? sock_forward(ctx, true) : 1;
+}
+
+SEC("cgroup/recvmsg6")
+int kp_sock_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return sock6_v4mapped(ctx) ? sock_reverse(ctx, true) : 1;
+}
+
+SEC("cgroup/getpeername6")
+int kp_sock_getpeername6(struct bpf_sock_addr *ctx)
+{
+	return sock6_v4mapped(ctx) ? sock_reverse(ctx, true) : 1;
 }

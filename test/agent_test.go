@@ -48,6 +48,7 @@ func agentConfig(t *testing.T, env *testenv.Env) agent.Config {
 	cfg.NodeName = agentNode
 	cfg.PinDir = "kpath-test-agent-" + testutil.UniqueID()
 	cfg.SocketHook = false
+	cfg.CgroupRoot = testutil.NewCgroup(t, cgroupRoot(t)) // the host-network hook stays the test's
 	cfg.APISocket = filepath.Join(t.TempDir(), "agent.sock")
 	cfg.HubbleSocket = filepath.Join(filepath.Dir(cfg.APISocket), "hubble.sock")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -386,4 +387,13 @@ type logWriter struct{ t *testing.T }
 func (w logWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
+}
+
+func cgroupRoot(t *testing.T) string {
+	t.Helper()
+	root, err := datapath.CgroupV2Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
 }

@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -600,38 +599,22 @@ func (n *npCluster) steadyThroughOutages(st *klab.State) {
 
 	node := st.Nodes[0]
 	pid := findProcess(t, "kpath-agent", "--pin-dir="+node.PinDir)
-	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
+	killed := time.Now()
 	steady("node-1's agent killed", 2)
-	// A new agent over the pinned maps, as a DaemonSet would restart it.
-	logf, err := os.Create(filepath.Join(t.TempDir(), "agent-restarted.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("nsenter", append([]string{"--net=/run/netns/" + node.Netns}, args...)...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); logf.Close() })
-	restarted := time.Now()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		client := cniapi.NewClient(node.AgentSocket)
-		for time.Since(restarted) < time.Minute && client.Do("GET", "/v1/cni/status", nil, nil) != nil {
-			time.Sleep(50 * time.Millisecond)
+	// The lab restarts it over the pinned maps (after a second's backoff),
+	// as a DaemonSet's pod restarts its container.
+	waitFor(t, time.Minute, "node-1's agent restarted by the lab", func() bool {
+		for _, p := range findProcesses("kpath-agent", "--pin-dir="+node.PinDir) {
+			if p != pid && cniapi.NewClient(node.AgentSocket).Do("GET", "/v1/cni/status", nil, nil) == nil {
+				return true
+			}
 		}
-	}()
-	steady("node-1's agent restarting", 2)
-	<-done
-	t.Logf("restarted agent ready after %s", time.Since(restarted).Round(time.Millisecond))
+		return false
+	})
+	t.Logf("node-1's agent killed, restarted by the lab and ready %s later", time.Since(killed).Round(time.Millisecond))
 	steady("node-1's agent restarted", 2)
 }
 
@@ -639,6 +622,17 @@ func (n *npCluster) steadyThroughOutages(st *klab.State) {
 // line contains marker.
 func findProcess(t *testing.T, binary, marker string) int {
 	t.Helper()
+	if pids := findProcesses(binary, marker); len(pids) > 0 {
+		return pids[0]
+	}
+	t.Fatalf("no %s process with %q", binary, marker)
+	return 0
+}
+
+// findProcesses lists the processes of binary whose command line holds
+// marker.
+func findProcesses(binary, marker string) []int {
+	var out []int
 	dirs, _ := filepath.Glob("/proc/[0-9]*")
 	for _, d := range dirs {
 		b, err := os.ReadFile(filepath.Join(d, "cmdline"))
@@ -648,11 +642,10 @@ func findProcess(t *testing.T, binary, marker string) int {
 		args := strings.Split(string(b), "\x00")
 		if filepath.Base(args[0]) == binary && strings.Contains(string(b), marker) {
 			pid, _ := strconv.Atoi(filepath.Base(d))
-			return pid
+			out = append(out, pid)
 		}
 	}
-	t.Fatalf("no %s process with %q", binary, marker)
-	return 0
+	return out
 }
 
 // traces asks both nodes' agents for `kpath policy trace` of every pod pair

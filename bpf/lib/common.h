@@ -24,6 +24,10 @@ volatile const __u32 cfg_masq_mark = 0;
 volatile const __u32 cfg_flow_events = 1;
 /* Drop events each CPU may send per second (and in a burst). */
 volatile const __u32 cfg_drop_events_per_sec = 1000;
+/* Nonzero: the socket hooks translate only sockets of the network
+ * namespace with this cookie (the node's own: host-network clients), and
+ * pods' traffic is translated per packet on their veths. */
+volatile const __u64 cfg_host_netns_cookie = 0;
 
 #define NSEC_PER_SEC 1000000000ULL
 

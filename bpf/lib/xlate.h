@@ -8,6 +8,7 @@
 #include "pkt.h"
 #include "ct.h"
 #include "events.h"
+#include "reject.h"
 
 static __always_inline int pass(struct __sk_buff *skb, __u32 dir)
 {
@@ -46,6 +47,14 @@ static __always_inline int drop(struct __sk_buff *skb, const struct pkt *p, __u3
 		flow_send(&ev);
 	}
 	return TC_ACT_SHOT;
+}
+
+/* A Service port without backends: counted and reported as a drop, and
+ * refused as kube-proxy refuses it (an ICMP port unreachable). */
+static __always_inline int no_backend(struct __sk_buff *skb, const struct pkt *p, __u32 dir)
+{
+	drop(skb, p, KP_DROP_NO_BACKEND, dir);
+	return reject_port_unreachable(skb);
 }
 
 #define XLATE_CONTINUE (-128)
@@ -155,10 +164,10 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, struct pkt *pp, cons
 		if (!p.has_l4)
 			return drop(skb, &p, KP_DROP_FRAG_NO_FIRST, dir);
 		if (!fe->count)
-			return drop(skb, &p, KP_DROP_NO_BACKEND, dir);
+			return no_backend(skb, &p, dir);
 		id = lb_select(fe, &c, &be);
 		if (!id)
-			return drop(skb, &p, KP_DROP_NO_BACKEND, dir);
+			return no_backend(skb, &p, dir);
 
 		struct ct_entry n = {
 			.rev_nat_id = fe->id,

@@ -69,12 +69,23 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		return nil, fmt.Errorf("invalid configuration: %w", err)
 	}
 	a := &Agent{cfg: cfg, log: log, started: time.Now(), cache: k8s.NewCache(), reg: prometheus.NewRegistry()}
-	dp, err := datapath.Open(cfg.Datapath())
+	dcfg := cfg.Datapath()
+	if cfg.KubeProxyReplacement && !cfg.SocketHook {
+		// Pods are translated per packet, but the node's own sockets
+		// (kubelet, hostNetwork pods) have no veth to be translated on:
+		// the socket hook serves them, and only them.
+		cookie, err := datapath.NetnsCookie()
+		if err != nil {
+			return nil, fmt.Errorf("socketHook false: host-network clients need the socket hook limited to the node's namespace: %w", err)
+		}
+		dcfg.HostNetnsCookie = cookie
+	}
+	dp, err := datapath.Open(dcfg)
 	if err != nil {
 		return nil, err
 	}
 	a.dp = dp
-	if cfg.SocketHook && cfg.KubeProxyReplacement {
+	if cfg.KubeProxyReplacement {
 		root := cfg.CgroupRoot
 		if root == "auto" {
 			if root, err = datapath.CgroupV2Root(); err != nil {
@@ -86,7 +97,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 			dp.Close()
 			return nil, err
 		}
-		log.Info("socket hook attached", "cgroup", root)
+		log.Info("socket hook attached", "cgroup", root, "hostNetworkOnly", !cfg.SocketHook)
 	}
 	for _, dev := range cfg.Devices {
 		if !cfg.KubeProxyReplacement {

@@ -43,6 +43,7 @@ func startAgent(t *testing.T, env *testenv.Env, mutate func(*Config)) *Agent {
 	cfg.NodeName = testNode
 	cfg.PinDir = "kpath-test-agent-" + testutil.UniqueID()
 	cfg.SocketHook = false
+	cfg.CgroupRoot = testutil.NewCgroup(t, cgroupRoot(t)) // the host-network hook stays the test's
 	cfg.MetricsAddr = ""
 	cfg.APISocket = filepath.Join(t.TempDir(), "agent.sock")
 	cfg.HubbleSocket = filepath.Join(filepath.Dir(cfg.APISocket), "hubble.sock")
@@ -365,4 +366,13 @@ func TestAgentProgramsServicesFromAPI(t *testing.T) {
 	if !st.Ready || st.Reconciler.LastError != "" {
 		t.Errorf("status %+v", st)
 	}
+}
+
+func cgroupRoot(t *testing.T) string {
+	t.Helper()
+	root, err := datapath.CgroupV2Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
 }

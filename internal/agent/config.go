@@ -35,7 +35,10 @@ type Config struct {
 	// (kube-proxy) does; kpath keeps pod networking and leaves every
 	// service address untouched.
 	KubeProxyReplacement bool `json:"kubeProxyReplacement"`
-	// SocketHook attaches the socket-level translation to CgroupRoot.
+	// SocketHook translates Services at connect() for every socket under
+	// CgroupRoot. Off, pods' traffic is translated per packet on their
+	// veths; the node's own sockets (host network), which have no veth,
+	// still get the hook, limited to the node's network namespace.
 	SocketHook bool `json:"socketHook"`
 	// NetworkPolicy enforces Kubernetes NetworkPolicy on this node's pods.
 	NetworkPolicy bool `json:"networkPolicy"`
@@ -165,7 +168,7 @@ func (c Config) Validate() error {
 	if err := c.Datapath().Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if c.SocketHook && c.CgroupRoot != "auto" && !filepath.IsAbs(c.CgroupRoot) {
+	if c.KubeProxyReplacement && c.CgroupRoot != "auto" && !filepath.IsAbs(c.CgroupRoot) {
 		errs = append(errs, fmt.Errorf("cgroupRoot %q: want an absolute path or auto", c.CgroupRoot))
 	}
 	for _, d := range c.Devices {

@@ -109,6 +109,17 @@ func ControlPlane(ctx context.Context, o ControlPlaneOptions) (*ControlPlaneResu
 	cfg.NodeName = "bench-node"
 	cfg.PinDir = fmt.Sprintf("kpath-bench-%d", os.Getpid())
 	cfg.SocketHook = false
+	// The host-network hook on a cgroup of the bench's own, not the
+	// machine's root.
+	cgRoot, err := datapath.CgroupV2Root()
+	if err != nil {
+		return nil, err
+	}
+	cfg.CgroupRoot = filepath.Join(cgRoot, fmt.Sprintf("kpath-bench-%d", os.Getpid()))
+	if err := os.Mkdir(cfg.CgroupRoot, 0o755); err != nil {
+		return nil, fmt.Errorf("bench cgroup: %w", err)
+	}
+	defer os.Remove(cfg.CgroupRoot)
 	cfg.MetricsAddr = ""
 	cfg.APISocket = filepath.Join(dir, "agent.sock")
 	cfg.HubbleSocket = filepath.Join(dir, "hubble.sock")

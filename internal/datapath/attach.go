@@ -227,6 +227,10 @@ var cgroupHooks = []cgroupHook{
 	{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, func(p *kpathPrograms) *ebpf.Program { return p.KpSockSendmsg4 }, "4.18"},
 	{"recvmsg4", ebpf.AttachCGroupUDP4Recvmsg, func(p *kpathPrograms) *ebpf.Program { return p.KpSockRecvmsg4 }, "5.2"},
 	{"getpeername4", ebpf.AttachCgroupInet4GetPeername, func(p *kpathPrograms) *ebpf.Program { return p.KpSockGetpeername4 }, "5.8"},
+	// Dual-stack sockets to v4-mapped service addresses.
+	{"connect6", ebpf.AttachCGroupInet6Connect, func(p *kpathPrograms) *ebpf.Program { return p.KpSockConnect6 }, "4.17"},
+	{"recvmsg6", ebpf.AttachCGroupUDP6Recvmsg, func(p *kpathPrograms) *ebpf.Program { return p.KpSockRecvmsg6 }, "5.2"},
+	{"getpeername6", ebpf.AttachCgroupInet6GetPeername, func(p *kpathPrograms) *ebpf.Program { return p.KpSockGetpeername6 }, "5.8"},
 }
 
 func cgroupPinName(path, hook string) string {

@@ -96,6 +96,10 @@ type Config struct {
 	FlowEvents bool
 	// DropEventsPerSec limits drop events per CPU (a token bucket).
 	DropEventsPerSec uint32
+	// HostNetnsCookie, when set, limits the socket hooks to the sockets of
+	// the network namespace with this cookie (see NetnsCookie): the node's
+	// own clients, while pods are translated per packet.
+	HostNetnsCookie uint64
 }
 
 // DefaultConfig is the production configuration.
@@ -283,7 +287,26 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 			return fmt.Errorf("set %s: %w", name, err)
 		}
 	}
+	if err := spec.Variables[kpathVarCfgHostNetnsCookie].Set(cfg.HostNetnsCookie); err != nil {
+		return fmt.Errorf("set %s: %w", kpathVarCfgHostNetnsCookie, err)
+	}
 	return nil
+}
+
+// NetnsCookie is the cookie of the calling thread's network namespace,
+// as bpf_get_netns_cookie() reports it for its sockets (SO_NETNS_COOKIE,
+// Linux 5.14).
+func NetnsCookie() (uint64, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("netns cookie: %w", err)
+	}
+	defer unix.Close(fd)
+	v, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	if err != nil {
+		return 0, fmt.Errorf("netns cookie: SO_NETNS_COOKIE (Linux 5.14): %w", err)
+	}
+	return v, nil
 }
 
 func boolU32(b bool) uint32 {

@@ -353,8 +353,11 @@ const (
 	kpathProgKpHostIn           = "kp_host_in"
 	kpathProgKpHostOut          = "kp_host_out"
 	kpathProgKpSockConnect4     = "kp_sock_connect4"
+	kpathProgKpSockConnect6     = "kp_sock_connect6"
 	kpathProgKpSockGetpeername4 = "kp_sock_getpeername4"
+	kpathProgKpSockGetpeername6 = "kp_sock_getpeername6"
 	kpathProgKpSockRecvmsg4     = "kp_sock_recvmsg4"
+	kpathProgKpSockRecvmsg6     = "kp_sock_recvmsg6"
 	kpathProgKpSockSendmsg4     = "kp_sock_sendmsg4"
 	kpathProgKpToPod            = "kp_to_pod"
 	kpathVarCfgCtLifetimeClose  = "cfg_ct_lifetime_close"
@@ -363,6 +366,7 @@ const (
 	kpathVarCfgCtLifetimeTcp    = "cfg_ct_lifetime_tcp"
 	kpathVarCfgDropEventsPerSec = "cfg_drop_events_per_sec"
 	kpathVarCfgFlowEvents       = "cfg_flow_events"
+	kpathVarCfgHostNetnsCookie  = "cfg_host_netns_cookie"
 	kpathVarCfgMaglevSize       = "cfg_maglev_size"
 	kpathVarCfgMasqMark         = "cfg_masq_mark"
 	kpathVarKpUnusedCtKeyFlags  = "kp_unused_ct_key_flags"
@@ -427,8 +431,11 @@ type kpathProgramSpecs struct {
 	KpHostIn           *ebpf.ProgramSpec `ebpf:"kp_host_in"`
 	KpHostOut          *ebpf.ProgramSpec `ebpf:"kp_host_out"`
 	KpSockConnect4     *ebpf.ProgramSpec `ebpf:"kp_sock_connect4"`
+	KpSockConnect6     *ebpf.ProgramSpec `ebpf:"kp_sock_connect6"`
 	KpSockGetpeername4 *ebpf.ProgramSpec `ebpf:"kp_sock_getpeername4"`
+	KpSockGetpeername6 *ebpf.ProgramSpec `ebpf:"kp_sock_getpeername6"`
 	KpSockRecvmsg4     *ebpf.ProgramSpec `ebpf:"kp_sock_recvmsg4"`
+	KpSockRecvmsg6     *ebpf.ProgramSpec `ebpf:"kp_sock_recvmsg6"`
 	KpSockSendmsg4     *ebpf.ProgramSpec `ebpf:"kp_sock_sendmsg4"`
 	KpToPod            *ebpf.ProgramSpec `ebpf:"kp_to_pod"`
 }
@@ -467,6 +474,7 @@ type kpathVariableSpecs struct {
 	CfgCtLifetimeTcp    *ebpf.VariableSpec `ebpf:"cfg_ct_lifetime_tcp"`
 	CfgDropEventsPerSec *ebpf.VariableSpec `ebpf:"cfg_drop_events_per_sec"`
 	CfgFlowEvents       *ebpf.VariableSpec `ebpf:"cfg_flow_events"`
+	CfgHostNetnsCookie  *ebpf.VariableSpec `ebpf:"cfg_host_netns_cookie"`
 	CfgMaglevSize       *ebpf.VariableSpec `ebpf:"cfg_maglev_size"`
 	CfgMasqMark         *ebpf.VariableSpec `ebpf:"cfg_masq_mark"`
 	KpUnusedCtKeyFlags  *ebpf.VariableSpec `ebpf:"kp_unused_ct_key_flags"`
@@ -558,6 +566,7 @@ type kpathVariables struct {
 	CfgCtLifetimeTcp    *ebpf.Variable `ebpf:"cfg_ct_lifetime_tcp"`
 	CfgDropEventsPerSec *ebpf.Variable `ebpf:"cfg_drop_events_per_sec"`
 	CfgFlowEvents       *ebpf.Variable `ebpf:"cfg_flow_events"`
+	CfgHostNetnsCookie  *ebpf.Variable `ebpf:"cfg_host_netns_cookie"`
 	CfgMaglevSize       *ebpf.Variable `ebpf:"cfg_maglev_size"`
 	CfgMasqMark         *ebpf.Variable `ebpf:"cfg_masq_mark"`
 	KpUnusedCtKeyFlags  *ebpf.Variable `ebpf:"kp_unused_ct_key_flags"`
@@ -584,8 +593,11 @@ type kpathPrograms struct {
 	KpHostIn           *ebpf.Program `ebpf:"kp_host_in"`
 	KpHostOut          *ebpf.Program `ebpf:"kp_host_out"`
 	KpSockConnect4     *ebpf.Program `ebpf:"kp_sock_connect4"`
+	KpSockConnect6     *ebpf.Program `ebpf:"kp_sock_connect6"`
 	KpSockGetpeername4 *ebpf.Program `ebpf:"kp_sock_getpeername4"`
+	KpSockGetpeername6 *ebpf.Program `ebpf:"kp_sock_getpeername6"`
 	KpSockRecvmsg4     *ebpf.Program `ebpf:"kp_sock_recvmsg4"`
+	KpSockRecvmsg6     *ebpf.Program `ebpf:"kp_sock_recvmsg6"`
 	KpSockSendmsg4     *ebpf.Program `ebpf:"kp_sock_sendmsg4"`
 	KpToPod            *ebpf.Program `ebpf:"kp_to_pod"`
 }
@@ -596,8 +608,11 @@ func (p *kpathPrograms) Close() error {
 		p.KpHostIn,
 		p.KpHostOut,
 		p.KpSockConnect4,
+		p.KpSockConnect6,
 		p.KpSockGetpeername4,
+		p.KpSockGetpeername6,
 		p.KpSockRecvmsg4,
+		p.KpSockRecvmsg6,
 		p.KpSockSendmsg4,
 		p.KpToPod,
 	)

@@ -15,8 +15,9 @@ import (
 
 // Return codes of tc programs.
 const (
-	tcActOK   = 0
-	tcActShot = 2
+	tcActOK       = 0
+	tcActShot     = 2
+	tcActRedirect = 7
 )
 
 func l4(s string) model.L4Addr {
@@ -148,12 +149,42 @@ func TestTCServiceTranslationAndReply(t *testing.T) {
 	}
 }
 
-func TestTCNoBackendDropsWithReason(t *testing.T) {
+// TestTCNoBackendRefused: a packet to a Service port without backends is
+// counted as a drop and answered as kube-proxy's REJECT answers it: an
+// ICMP port unreachable from the service address, carrying the packet's
+// header, sent back where it came from.
+func TestTCNoBackendRefused(t *testing.T) {
 	d := openTest(t, testConfig(t))
 	mustUpsert(t, d, svcOf("10.96.0.11:53/UDP"))
 	pkt := testPkt{src: ap("10.244.0.2:5353"), dst: ap("10.96.0.11:53"), proto: 17, payload: []byte("q")}
-	if ret, _ := runProg(t, d.objs.KpFromPod, pkt.bytes()); ret != tcActShot {
-		t.Fatalf("verdict %d for a service without backends, want TC_ACT_SHOT", ret)
+	in := pkt.bytes()
+	opts := &ebpf.RunOptions{Data: in, DataOut: make([]byte, len(in)+256)}
+	ret, err := d.objs.KpFromPod.Run(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ret != tcActRedirect {
+		t.Fatalf("verdict %d for a service without backends, want TC_ACT_REDIRECT (the refusal)", ret)
+	}
+	out := opts.DataOut
+	if len(out) != 14+56 {
+		t.Fatalf("refusal of %d bytes, want 70: % x", len(out), out)
+	}
+	ip, icmp := out[14:34], out[34:]
+	if ip[9] != 1 || netip.AddrFrom4([4]byte(ip[12:16])) != pkt.dst.Addr() || netip.AddrFrom4([4]byte(ip[16:20])) != pkt.src.Addr() {
+		t.Errorf("refusal IP header % x: want ICMP from the service to the client", ip)
+	}
+	if icmp[0] != 3 || icmp[1] != 3 {
+		t.Errorf("ICMP type %d code %d, want 3/3 (port unreachable)", icmp[0], icmp[1])
+	}
+	if ipSum(ip) != 0 || ipSum(icmp) != 0 {
+		t.Errorf("checksums do not verify: IP %#x, ICMP %#x", ipSum(ip), ipSum(icmp))
+	}
+	if got := icmp[8 : 8+28]; string(got) != string(in[14:14+28]) {
+		t.Errorf("the ICMP error carries % x, want the packet's header and 8 bytes: % x", got, in[14:14+28])
+	}
+	if [6]byte(out[0:6]) != [6]byte(in[6:12]) || [6]byte(out[6:12]) != [6]byte(in[0:6]) {
+		t.Errorf("Ethernet addresses not swapped")
 	}
 	if n := d.counter(t, "no service backend", "from-pod"); n != 1 {
 		t.Fatalf("no-backend drops = %d, want 1", n)
@@ -163,6 +194,18 @@ func TestTCNoBackendDropsWithReason(t *testing.T) {
 	if ret, _ := runProg(t, d.objs.KpFromPod, other.bytes()); ret != tcActOK {
 		t.Fatalf("verdict %d for a non-service port", ret)
 	}
+}
+
+// ipSum is the one's-complement sum of b, 0 when b's checksum is right.
+func ipSum(b []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	for s > 0xffff {
+		s = s&0xffff + s>>16
+	}
+	return ^uint16(s)
 }
 
 func TestTCNonServiceTrafficUntouched(t *testing.T) {

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -31,13 +33,23 @@ type sockReport struct {
 	UDPConnFrom  string         `json:"udp_conn_from"`
 	NoBackendErr string         `json:"no_backend_err"`
 	DirectPeer   string         `json:"direct_peer"`
-	Err          string         `json:"err,omitempty"`
+	// A dual-stack AF_INET6 socket to the v4-mapped service addresses:
+	// the TCP peer and answer, and where UDP replies came from.
+	MappedTCPPeer, MappedTCPAnswer string
+	MappedUDPConnFrom, MappedUDPFrom string
+	Err                              string `json:"err,omitempty"`
 }
 
 // runHelper runs in a fresh network namespace inside the test's cgroup:
 // it starts echo servers on loopback addresses and uses service addresses,
 // which only the socket hook can make reachable (there is no route to them).
 func runHelper(mode string) int {
+	if mode == "untranslated" {
+		// Another namespace's hooks: the service address stays as it is.
+		_, err := net.DialTimeout("tcp4", "10.96.0.10:80", time.Second)
+		_ = json.NewEncoder(os.Stdout).Encode(sockReport{NoBackendErr: fmt.Sprint(err)})
+		return 0
+	}
 	if mode != "sock" {
 		fmt.Fprintln(os.Stderr, "unknown helper mode", mode)
 		return 2
@@ -151,9 +163,12 @@ func sockHelper(rep *sockReport) error {
 
 	if _, err := net.DialTimeout("tcp4", "10.96.0.12:80", time.Second); err != nil {
 		rep.NoBackendErr = err.Error()
-		if !errors.Is(err, syscall.EPERM) {
-			rep.NoBackendErr += " (not EPERM)"
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			rep.NoBackendErr += " (not ECONNREFUSED)"
 		}
+	}
+	if err := mappedHelper(rep); err != nil {
+		return fmt.Errorf("v4-mapped: %w", err)
 	}
 	c, err := net.DialTimeout("tcp4", "127.0.0.2:8080", time.Second)
 	if err != nil {
@@ -162,6 +177,68 @@ func sockHelper(rep *sockReport) error {
 	sa, _ := unix.Getpeername(fd(c.(syscall.Conn)))
 	rep.DirectPeer = sockaddrString(sa)
 	c.Close()
+	return nil
+}
+
+// mappedHelper uses the services from dual-stack AF_INET6 sockets, as
+// Java does: TCP connect() and getpeername(), UDP connected and sendto().
+func mappedHelper(rep *sockReport) error {
+	mapped := func(a [4]byte, port int) *unix.SockaddrInet6 {
+		sa := &unix.SockaddrInet6{Port: port}
+		copy(sa.Addr[10:], []byte{0xff, 0xff})
+		copy(sa.Addr[12:], a[:])
+		return sa
+	}
+	sock := func(typ int) (int, error) {
+		fd, err := unix.Socket(unix.AF_INET6, typ|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return -1, err
+		}
+		tv := unix.NsecToTimeval(int64(2 * time.Second))
+		_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+		return fd, unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
+	}
+	buf := make([]byte, 64)
+	tfd, err := sock(unix.SOCK_STREAM)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(tfd)
+	if err := unix.Connect(tfd, mapped([4]byte{10, 96, 0, 10}, 80)); err != nil {
+		return fmt.Errorf("tcp connect: %w", err)
+	}
+	if sa, err := unix.Getpeername(tfd); err == nil {
+		rep.MappedTCPPeer = sockaddrString(sa)
+	}
+	n, _ := unix.Read(tfd, buf)
+	rep.MappedTCPAnswer = string(buf[:max(n, 0)])
+
+	svc := mapped([4]byte{10, 96, 0, 11}, 53)
+	ufd, err := sock(unix.SOCK_DGRAM)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(ufd)
+	if err := unix.Connect(ufd, svc); err != nil {
+		return fmt.Errorf("udp connect: %w", err)
+	}
+	if _, err := unix.Write(ufd, []byte("q")); err != nil {
+		return err
+	}
+	if _, from, err := unix.Recvfrom(ufd, buf, 0); err == nil {
+		rep.MappedUDPConnFrom = sockaddrString(from)
+	}
+	pfd, err := sock(unix.SOCK_DGRAM)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(pfd)
+	if err := unix.Sendto(pfd, []byte("q"), 0, svc); err != nil {
+		return fmt.Errorf("udp sendto: %w", err)
+	}
+	if _, from, err := unix.Recvfrom(pfd, buf, 0); err == nil {
+		rep.MappedUDPFrom = sockaddrString(from)
+	}
 	return nil
 }
 
@@ -175,6 +252,9 @@ func fd(c syscall.Conn) int {
 func sockaddrString(sa unix.Sockaddr) string {
 	if in, ok := sa.(*unix.SockaddrInet4); ok {
 		return fmt.Sprintf("%d.%d.%d.%d:%d", in.Addr[0], in.Addr[1], in.Addr[2], in.Addr[3], in.Port)
+	}
+	if in, ok := sa.(*unix.SockaddrInet6); ok {
+		return netip.AddrPortFrom(netip.AddrFrom16(in.Addr), uint16(in.Port)).String()
 	}
 	return fmt.Sprint(sa)
 }
@@ -241,8 +321,8 @@ func TestSocketHookTranslatesAndHidesBackends(t *testing.T) {
 		t.Fatalf("second attach: %v", err)
 	}
 	links, _ := filepath.Glob(filepath.Join(d.PinPath(), "links", "cgroup_*"))
-	if len(links) != 4 {
-		t.Fatalf("pinned cgroup links = %d, want 4", len(links))
+	if len(links) != len(cgroupHooks) {
+		t.Fatalf("pinned cgroup links = %d, want %d", len(links), len(cgroupHooks))
 	}
 
 	mustUpsert(t, d, svcOf("10.96.0.10:80", "127.0.0.1:8080", "127.0.0.2:8080"))
@@ -272,8 +352,14 @@ func TestSocketHookTranslatesAndHidesBackends(t *testing.T) {
 	if rep.UDPConnPeer != "10.96.0.11:53" || rep.UDPConnFrom != "10.96.0.11:53" {
 		t.Errorf("connected UDP: peer %s, reply from %s; want the service", rep.UDPConnPeer, rep.UDPConnFrom)
 	}
-	if rep.NoBackendErr == "" || !bytes.Contains([]byte(rep.NoBackendErr), []byte("operation not permitted")) {
-		t.Errorf("connect to a service without backends: %q, want EPERM", rep.NoBackendErr)
+	if rep.NoBackendErr == "" || !bytes.Contains([]byte(rep.NoBackendErr), []byte("connection refused")) {
+		t.Errorf("connect to a service without backends: %q, want ECONNREFUSED (as kube-proxy's REJECT)", rep.NoBackendErr)
+	}
+	if rep.MappedTCPPeer != "[::ffff:10.96.0.10]:80" || (rep.MappedTCPAnswer != "127.0.0.1" && rep.MappedTCPAnswer != "127.0.0.2") {
+		t.Errorf("v4-mapped TCP: peer %s, answer %q; want the service and a backend", rep.MappedTCPPeer, rep.MappedTCPAnswer)
+	}
+	if rep.MappedUDPConnFrom != "[::ffff:10.96.0.11]:53" || rep.MappedUDPFrom != "[::ffff:10.96.0.11]:53" {
+		t.Errorf("v4-mapped UDP: connected reply from %s, unconnected from %s; want the service", rep.MappedUDPConnFrom, rep.MappedUDPFrom)
 	}
 	if rep.DirectPeer != "127.0.0.2:8080" {
 		t.Errorf("direct connection peer = %s", rep.DirectPeer)
@@ -283,5 +369,32 @@ func TestSocketHookTranslatesAndHidesBackends(t *testing.T) {
 	}
 	if n := d.counter(t, "service translated", "socket"); n < 81 {
 		t.Errorf("socket translations = %d, want >= 81", n)
+	}
+}
+
+// TestSocketHookHostNamespaceOnly: with HostNetnsCookie the hooks leave
+// every other namespace's sockets alone (pods are translated per packet).
+func TestSocketHookHostNamespaceOnly(t *testing.T) {
+	cfg := testConfig(t)
+	cookie, err := NetnsCookie()
+	if err != nil {
+		testutil.SkipOrFail(t, err.Error())
+		return
+	}
+	cfg.HostNetnsCookie = cookie
+	d := openTest(t, cfg)
+	dir, cg := testCgroup(t)
+	if err := d.AttachCgroup(dir); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.DetachCgroup(dir) })
+	mustUpsert(t, d, svcOf("10.96.0.10:80", "127.0.0.1:8080"))
+	var rep sockReport
+	runInCgroup(t, cg, "untranslated", &rep)
+	if !strings.Contains(rep.NoBackendErr, "network is unreachable") {
+		t.Errorf("a pod namespace's connect to the service: %q, want it untranslated (network is unreachable)", rep.NoBackendErr)
+	}
+	if n := d.counter(t, "service translated", "socket"); n != 0 {
+		t.Errorf("%d socket translations outside the host namespace", n)
 	}
 }

@@ -367,10 +367,7 @@ func startAgent(o Options, env *testenv.Env, n NodeInfo, procs *children) error 
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	logf, err := os.Create(filepath.Join(dir, "agent.log"))
-	if err != nil {
-		return err
-	}
+	logPath := filepath.Join(dir, "agent.log")
 	args := []string{"--net=/run/netns/" + n.Netns, filepath.Join(o.BinDir, "kpath-agent"),
 		"--kubeconfig=" + env.Kubeconfig, "--node-name=" + n.Name, "--pin-dir=" + n.PinDir,
 		"--device=eth0", "--routing=" + o.Routing, "--cluster-cidr=" + ClusterCIDR,
@@ -385,10 +382,16 @@ func startAgent(o Options, env *testenv.Env, n NodeInfo, procs *children) error 
 	default: // kube-proxy or none: kpath keeps pod networking only
 		args = append(args, "--kube-proxy-replacement=false")
 	}
-	cmd := exec.Command("nsenter", args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	exited, err := procs.start(cmd, func() { logf.Close() })
+	exited, err := procs.keep("kpath-agent on "+n.Name, func() (*exec.Cmd, func(), error) {
+		logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, nil, err
+		}
+		cmd := exec.Command("nsenter", args...)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		return cmd, func() { logf.Close() }, nil
+	}, o.Log)
 	if err != nil {
 		return fmt.Errorf("start agent on %s: %w", n.Name, err)
 	}
@@ -399,11 +402,11 @@ func startAgent(o Options, env *testenv.Env, n NodeInfo, procs *children) error 
 		}
 		select {
 		case <-exited:
-			return fmt.Errorf("kpath-agent on %s exited (log: %s)", n.Name, logf.Name())
+			return fmt.Errorf("kpath-agent on %s exited (log: %s)", n.Name, logPath)
 		default:
 		}
 	}
-	return fmt.Errorf("kpath-agent on %s not ready within 60s (log: %s)", n.Name, logf.Name())
+	return fmt.Errorf("kpath-agent on %s not ready within 60s (log: %s)", n.Name, logPath)
 }
 
 // startKubeProxy runs the real kube-proxy (iptables or nftables mode) in a
@@ -432,30 +435,101 @@ func startKubeProxy(o Options, env *testenv.Env, n NodeInfo, mode string, procs 
 // supervisor process that dies, not one running as a goroutine of a
 // longer-lived command (kpath bench), whose labs come and go.
 type children struct {
-	mu    sync.Mutex
-	procs []*exec.Cmd
-	done  []chan struct{}
+	mu       sync.Mutex
+	procs    []*exec.Cmd
+	done     []chan struct{}
+	stopping chan struct{} // closed by stop: no more restarts
+	once     sync.Once
 }
 
-// start starts cmd; the channel closes when it has exited and onExit ran.
+// Restart backoff, as a kubelet's for a crashing container: doubling from
+// a second to 30 s, back to a second after 60 s of running.
+const (
+	restartFirst = time.Second
+	restartMax   = 30 * time.Second
+	restartReset = time.Minute
+)
+
+// keep starts the command mk makes and, each time it exits, starts a new
+// one after the backoff, logged, until stop (a DaemonSet's pod restarting
+// its crashed container). The channel closes when the first one exits.
+func (c *children) keep(what string, mk func() (*exec.Cmd, func(), error), log func(string, ...any)) (<-chan struct{}, error) {
+	cmd, onExit, err := mk()
+	if err != nil {
+		return nil, err
+	}
+	first, err := c.start(cmd, onExit)
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		exited, wait := first, restartFirst
+		for {
+			started := time.Now()
+			select {
+			case <-exited:
+			case <-c.stopping:
+				return
+			}
+			if time.Since(started) > restartReset {
+				wait = restartFirst
+			}
+			log("%s exited (%v); restarting in %s", what, cmd.ProcessState, wait)
+			select {
+			case <-time.After(wait):
+			case <-c.stopping:
+				return
+			}
+			wait = min(2*wait, restartMax)
+			if cmd, onExit, err = mk(); err == nil {
+				exited, err = c.start(cmd, onExit)
+			}
+			if err != nil {
+				log("%s: not restarted: %v", what, err)
+				return
+			}
+		}
+	}()
+	return first, nil
+}
+
+// errStopping: the supervisor is stopping its children.
+var errStopping = errors.New("the lab is stopping")
+
+// start starts cmd, unless stop has begun (checked under the lock stop
+// holds, so no process starts after stop has signalled the others). The
+// channel closes when it has exited and onExit ran.
 func (c *children) start(cmd *exec.Cmd, onExit func()) (<-chan struct{}, error) {
+	c.once.Do(func() { c.stopping = make(chan struct{}) })
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	select {
+	case <-c.stopping:
+		onExit()
+		return nil, errStopping
+	default:
+	}
 	if err := cmd.Start(); err != nil {
 		onExit()
 		return nil, err
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); onExit(); close(done) }()
-	c.mu.Lock()
 	c.procs, c.done = append(c.procs, cmd), append(c.done, done)
-	c.mu.Unlock()
 	return done, nil
 }
 
 // stop sends SIGTERM to every child still running, and SIGKILL to those
-// not gone after grace.
+// not gone after grace; none is restarted after.
 func (c *children) stop(grace time.Duration) {
+	c.once.Do(func() { c.stopping = make(chan struct{}) })
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	select {
+	case <-c.stopping:
+	default:
+		close(c.stopping)
+	}
 	for _, p := range c.procs {
 		_ = p.Process.Signal(syscall.SIGTERM)
 	}
