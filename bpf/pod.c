@@ -9,9 +9,12 @@
  * the backend. kp_to_pod (tc egress: what the pod receives) enforces the
  * pod's ingress policy on the packet as it arrived, then translates replies
  * back to the frontend address (before translation the reply still matches
- * its connection's entry). Everything else passes untouched. */
+ * its connection's entry). A pod reaching itself through a Service is
+ * masqueraded to the node's address and turned back (lib/hairpin.h).
+ * Everything else passes untouched. */
 
 #include "lib/xlate.h"
+#include "lib/hairpin.h"
 #include "lib/policy.h"
 
 SEC("tc")
@@ -24,14 +27,20 @@ int kp_from_pod(struct __sk_buff *skb)
 		return r;
 	struct ct_entry *svc = NULL;
 
+	r = hairpin_reply(skb, &p);
+	if (r != XLATE_PASS)
+		return r;
 	r = lb4_xlate(skb, &p, KP_DIR_FROM_POD, LB_SCOPE_INTERNAL, &svc);
 	if (r != XLATE_PASS && r != XLATE_DONE)
 		return r;
 	if (pol_enforce(skb, &p, POL_EGRESS, KP_DIR_FROM_POD, svc) != TC_ACT_OK)
 		return TC_ACT_SHOT;
-	if (r == XLATE_PASS)
+	if (r == XLATE_PASS) {
 		count(KP_PASS, KP_DIR_FROM_POD, skb->len);
-	return TC_ACT_OK;
+		return TC_ACT_OK;
+	}
+	r = hairpin(skb, &p);
+	return r == XLATE_PASS ? TC_ACT_OK : r;
 }
 
 SEC("tc")

@@ -58,11 +58,14 @@ static __always_inline void sock_set_daddr(struct bpf_sock_addr *ctx, bool v6, _
 		ctx->user_ip4 = addr;
 }
 
-/* Refuses the call as kube-proxy's REJECT does a connection: the caller
- * gets ECONNREFUSED (bpf_set_retval, Linux 5.18), not a hang. */
-static __always_inline int sock_refuse(void)
+/* Refuses the call as kube-proxy's REJECT does for the node's own
+ * sockets: a TCP connect() fails with ECONNREFUSED (bpf_set_retval, Linux
+ * 5.18), a UDP call with EPERM (what a datagram rejected on its way out
+ * gives the sender). Either way at once, not after a timeout. */
+static __always_inline int sock_refuse(const struct bpf_sock_addr *ctx)
 {
-	bpf_set_retval(-ECONNREFUSED);
+	if (sock_proto(ctx) == IPPROTO_TCP)
+		bpf_set_retval(-ECONNREFUSED);
 	return 0;
 }
 
@@ -138,7 +141,7 @@ no_backend:
 
 		flow_send(&ev);
 	}
-	return sock_refuse();
+	return sock_refuse(ctx);
 }
 
 static __always_inline int sock_reverse(struct bpf_sock_addr *ctx, bool v6)

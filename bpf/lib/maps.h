@@ -164,6 +164,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } kp_policy_state SEC(".maps");
 
+/* The node itself (one struct node_info), written by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct node_info);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} kp_node SEC(".maps");
+
 /* Flow events for the agent (struct flow_event records). A full buffer
  * loses the event (counted in kp_event_stats), never slows the packet. */
 struct {

@@ -104,6 +104,9 @@ struct lb_affinity {
 /* ct_key.flags */
 enum ct_key_flags {
 	CT_KEY_SERVICE = 1 << 0, /* keyed by the frontend tuple, holds the chosen backend */
+	/* A pod's connection to itself through a Service, masqueraded to the
+	 * node's address: keyed by the pod's reply (pod -> node address). */
+	CT_KEY_HAIRPIN = 1 << 1,
 };
 
 /* TCP connection state as far as lifetimes are concerned. */
@@ -274,6 +277,15 @@ struct policy_cidr {
 };
 
 /* Global policy state, one entry. */
+/* What the datapath knows of its node (kp_node). */
+struct node_info {
+	/* The node's address (its InternalIP), the source a pod sees when it
+	 * reaches itself through a Service per packet, as with kube-proxy.
+	 * 0 until the agent knows it. */
+	__be32 addr;
+	__u32 pad;
+};
+
 struct policy_state {
 	/* Bumped by the agent after every change it writes: a connection whose
 	 * cached verdict has another revision is evaluated again. Never 0. */

@@ -332,6 +332,15 @@ func (a *Agent) serveHTTP(addr string) (*http.Server, error) {
 
 // nodeNetwork keeps routes to other nodes' pod CIDRs and the masquerade
 // rules in step with the Node objects.
+// nodeAddr is this node's address as its Node says (InternalIP first);
+// invalid while unknown.
+func (a *Agent) nodeAddr() netip.Addr {
+	if n := a.cache.Node(a.cfg.NodeName); n != nil && len(n.Addrs) > 0 {
+		return n.Addrs[0]
+	}
+	return netip.Addr{}
+}
+
 func (a *Agent) nodeNetwork(ctx context.Context) {
 	mode, _ := routing.ParseMode(a.cfg.Routing)
 	dev := ""
@@ -350,6 +359,9 @@ func (a *Agent) nodeNetwork(ctx context.Context) {
 	for {
 		nodes, gen := a.cache.Nodes()
 		if !synced || gen != lastGen || time.Since(full) > time.Minute {
+			if err := a.dp.SetNodeAddr(a.nodeAddr()); err != nil {
+				a.log.Error("node address for the datapath", "error", err)
+			}
 			local := a.localPodCIDR()
 			if err := r.Sync(local, nodes); err != nil {
 				a.log.Error("routes to other nodes", "mode", mode, "error", err)

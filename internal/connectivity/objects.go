@@ -43,6 +43,7 @@ type Env struct {
 	State   *lab.State
 	nodes   []string
 	podNS   map[string]string // client pod@node -> its namespace
+	names   map[string]string // pod and node address -> its name
 	addr    map[string]netip.AddrPort
 	cgroups map[string]string // node -> cgroup
 }
@@ -54,10 +55,11 @@ func Setup(ctx context.Context, st *lab.State, c kubernetes.Interface) (*Env, er
 	if len(st.Nodes) < 2 {
 		return nil, fmt.Errorf("the connectivity matrix needs a lab of at least 2 nodes, this one has %d", len(st.Nodes))
 	}
-	e := &Env{State: st, podNS: map[string]string{}, addr: map[string]netip.AddrPort{}, cgroups: map[string]string{}}
+	e := &Env{State: st, podNS: map[string]string{}, names: map[string]string{}, addr: map[string]netip.AddrPort{}, cgroups: map[string]string{}}
 	for _, n := range st.Nodes[:2] {
 		e.nodes = append(e.nodes, n.Name)
 		e.cgroups[n.Name] = n.Cgroup
+		e.names[n.IP] = n.Name
 	}
 	if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: Namespace}}, metav1.CreateOptions{}); err != nil {
 		return nil, fmt.Errorf("namespace %s: %w", Namespace, err)
@@ -125,6 +127,38 @@ func Setup(ctx context.Context, st *lab.State, c kubernetes.Interface) (*Env, er
 	return e, nil
 }
 
+// Ready waits until the service dataplane of both nodes has programmed
+// every Service: from the pod on each node, each ClusterIP with a backend
+// it may use, and from node-1's pod the NodePort of each node, answer TCP
+// (a dataplane may lag the API server by seconds, kube-proxy's first sync
+// more).
+func (e *Env) Ready(ctx context.Context, kpath string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for i, node := range e.nodes {
+		client := Client{Name: "pod@" + node, Kind: PodClient, Node: node}
+		for _, tg := range Targets(e.nodes) {
+			switch {
+			case tg.Service == svcEmpty, tg.Kind == ExternalIP, tg.Kind == LBIP,
+				tg.Service == svcLocal && (i > 0 || tg.Kind != ClusterIP), // iTP/eTP Local: node-1's backend
+				tg.Kind == NodePort && (i > 0 || tg.Service != svcWeb):
+				continue
+			}
+			c := Cell{Client: client, Socket: Sockets[0], Target: tg}
+			for {
+				r := e.probe(ctx, c, kpath)
+				if r.Outcome == Answered {
+					break
+				}
+				if time.Now().After(deadline) {
+					return fmt.Errorf("%s from %s not served after %s: %s %s", tg.Name, client.Name, timeout, r.Summary(), r.Err)
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+		}
+	}
+	return nil
+}
+
 // wait waits for the pods to run and the Services to hold their
 // addresses and endpoints (the kubernetes Service's from the API server's
 // own endpoint reconciler).
@@ -142,6 +176,7 @@ func (e *Env) wait(ctx context.Context, c kubernetes.Interface) error {
 		for _, p := range l.Items {
 			if p.Status.PodIP != "" && p.Status.Phase == corev1.PodRunning {
 				ready++
+				e.names[p.Status.PodIP] = p.Name
 				if slices.Contains(e.nodes, p.Spec.NodeName) && (p.Name == "client-1" || p.Name == "client-2") {
 					e.podNS["pod@"+p.Spec.NodeName] = e.State.PodNetns(p.Spec.NodeName, p.UID)
 				}

@@ -45,9 +45,15 @@ func RunInLab(ctx context.Context, name, mode string, o LabOptions) (map[string]
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", mode, err)
 	}
-	cells := Cells(e.nodes)
+	kpath := filepath.Join(o.BinDir, "kpath")
 	start := time.Now()
-	res := e.Run(ctx, cells, RunOptions{Kpath: filepath.Join(o.BinDir, "kpath")})
+	if err := e.Ready(ctx, kpath, time.Minute); err != nil {
+		return nil, fmt.Errorf("%s: %w", mode, err)
+	}
+	log("%s: every Service served after %s", mode, time.Since(start).Round(time.Millisecond))
+	cells := Cells(e.nodes)
+	start = time.Now()
+	res := e.Run(ctx, cells, RunOptions{Kpath: kpath})
 	log("%s: %d cells in %s", mode, len(cells), time.Since(start).Round(time.Millisecond))
 	return res, l.Stop()
 }
@@ -65,7 +71,7 @@ func Differences(cells []Cell, ref map[string]Result, modes []string, got map[st
 	var out []Diff
 	for _, c := range cells {
 		for _, m := range modes {
-			worse, better := Compare(c, got[m][c.Key()], ref[c.Key()])
+			worse, better := Compare(m, c, got[m][c.Key()], ref[c.Key()])
 			if worse != "" || better {
 				out = append(out, Diff{Cell: c, Mode: m, Worse: worse, Better: better})
 			}
@@ -85,7 +91,7 @@ func Print(w io.Writer, cells []Cell, ref map[string]Result, modes []string, got
 		differs := false
 		for _, m := range modes {
 			r := got[m][c.Key()]
-			worse, better := Compare(c, r, ref[c.Key()])
+			worse, better := Compare(m, c, r, ref[c.Key()])
 			mark := ""
 			switch {
 			case worse != "":

@@ -22,10 +22,12 @@ type RunOptions struct {
 	Parallel int
 }
 
-// requests per cell, and per cell with session affinity.
+// requests per cell, and per cell with session affinity; how often a
+// cell with only some requests answered is probed again.
 const (
 	requests       = 2
 	stickyRequests = 6
+	partialRetries = 2
 )
 
 // Run probes every cell and returns the results by cell key.
@@ -42,6 +44,12 @@ func (e *Env) Run(ctx context.Context, cells []Cell, o RunOptions) map[string]Re
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			r := e.probe(ctx, c, o.Kpath)
+			// Only some requests answered: probed again (a first
+			// datagram can be lost while a neighbour resolves); the cell
+			// is answered if a whole run is.
+			for i := 0; i < partialRetries && r.Outcome == Partial; i++ {
+				r = e.probe(ctx, c, o.Kpath)
+			}
 			mu.Lock()
 			out[r.Key] = r
 			mu.Unlock()
@@ -99,7 +107,28 @@ func (e *Env) probe(ctx context.Context, c Cell, kpath string) Result {
 		res.Outcome, res.Err = Failed, fmt.Sprintf("probe: %v %v", err, jerr)
 		return res
 	}
-	return classify(res, pr)
+	res = classify(res, pr)
+	res.Answers = e.named(res.Answers)
+	return res
+}
+
+// named writes the source addresses of "NAME from IP" answers as the pod
+// or node they belong to: addresses differ from lab to lab (pod CIDRs are
+// handed out in any order), names do not.
+func (e *Env) named(answers map[string]int) map[string]int {
+	if answers == nil {
+		return nil
+	}
+	out := make(map[string]int, len(answers))
+	for a, n := range answers {
+		if who, ip, ok := strings.Cut(a, " from "); ok {
+			if name, known := e.names[ip]; known {
+				a = who + " from " + name
+			}
+		}
+		out[a] += n
+	}
+	return out
 }
 
 // classify turns a probe's result into the cell's outcome. The answers of

@@ -9,6 +9,7 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -289,6 +290,23 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 	}
 	if err := spec.Variables[kpathVarCfgHostNetnsCookie].Set(cfg.HostNetnsCookie); err != nil {
 		return fmt.Errorf("set %s: %w", kpathVarCfgHostNetnsCookie, err)
+	}
+	return nil
+}
+
+// SetNodeAddr tells the datapath its node's address (IPv4; the invalid
+// address clears it): the source a pod reaching itself through a Service
+// per packet sees, as with kube-proxy.
+func (d *Datapath) SetNodeAddr(a netip.Addr) error {
+	var n kpathNodeInfo
+	if a.IsValid() {
+		if !a.Is4() {
+			return fmt.Errorf("node address %s: want IPv4", a)
+		}
+		n.Addr = addrToBPF(a)
+	}
+	if err := d.objs.KpNode.Put(uint32(0), n); err != nil {
+		return fmt.Errorf("write node address: %w", err)
 	}
 	return nil
 }

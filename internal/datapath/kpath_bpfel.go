@@ -51,6 +51,7 @@ type kpathCtKeyFlags uint32
 
 const (
 	kpathCtKeyFlagsCT_KEY_SERVICE kpathCtKeyFlags = 1
+	kpathCtKeyFlagsCT_KEY_HAIRPIN kpathCtKeyFlags = 2
 )
 
 type kpathCtPol uint32
@@ -269,6 +270,12 @@ type kpathLbSlotKey struct {
 	Slot uint32
 }
 
+type kpathNodeInfo struct {
+	_    structs.HostLayout
+	Addr uint32
+	Pad  uint32
+}
+
 type kpathPolDir uint32
 
 const (
@@ -345,6 +352,7 @@ const (
 	kpathMapKpLbRevnat          = "kp_lb_revnat"
 	kpathMapKpLbSlot            = "kp_lb_slot"
 	kpathMapKpMetrics           = "kp_metrics"
+	kpathMapKpNode              = "kp_node"
 	kpathMapKpPolicy            = "kp_policy"
 	kpathMapKpPolicyCidr        = "kp_policy_cidr"
 	kpathMapKpPolicyState       = "kp_policy_state"
@@ -458,6 +466,7 @@ type kpathMapSpecs struct {
 	KpLbRevnat    *ebpf.MapSpec `ebpf:"kp_lb_revnat"`
 	KpLbSlot      *ebpf.MapSpec `ebpf:"kp_lb_slot"`
 	KpMetrics     *ebpf.MapSpec `ebpf:"kp_metrics"`
+	KpNode        *ebpf.MapSpec `ebpf:"kp_node"`
 	KpPolicy      *ebpf.MapSpec `ebpf:"kp_policy"`
 	KpPolicyCidr  *ebpf.MapSpec `ebpf:"kp_policy_cidr"`
 	KpPolicyState *ebpf.MapSpec `ebpf:"kp_policy_state"`
@@ -527,6 +536,7 @@ type kpathMaps struct {
 	KpLbRevnat    *ebpf.Map `ebpf:"kp_lb_revnat"`
 	KpLbSlot      *ebpf.Map `ebpf:"kp_lb_slot"`
 	KpMetrics     *ebpf.Map `ebpf:"kp_metrics"`
+	KpNode        *ebpf.Map `ebpf:"kp_node"`
 	KpPolicy      *ebpf.Map `ebpf:"kp_policy"`
 	KpPolicyCidr  *ebpf.Map `ebpf:"kp_policy_cidr"`
 	KpPolicyState *ebpf.Map `ebpf:"kp_policy_state"`
@@ -549,6 +559,7 @@ func (m *kpathMaps) Close() error {
 		m.KpLbRevnat,
 		m.KpLbSlot,
 		m.KpMetrics,
+		m.KpNode,
 		m.KpPolicy,
 		m.KpPolicyCidr,
 		m.KpPolicyState,
