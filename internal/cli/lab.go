@@ -247,7 +247,18 @@ exec commands in.`,
 				return fmt.Errorf("pod %s is not on a lab node: %w", args[0], err)
 			}
 			defer f.Close()
-			c2 := exec.Command("ip", append([]string{"netns", "exec", st.PodNetns(p.Spec.NodeName, p.UID)}, args[1:]...)...)
+			// As the pod's own processes run: its service account where
+			// in-cluster clients look, the kubelet's environment.
+			argv := append([]string{"netns", "exec", st.PodNetns(p.Spec.NodeName, p.UID)}, args[1:]...)
+			if sa := lab.PodServiceAccountDir(dir, p.Spec.NodeName, p.UID); dirExists(sa) {
+				self, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				argv = append([]string{"netns", "exec", st.PodNetns(p.Spec.NodeName, p.UID), self, "workload", "sandbox", "--serviceaccount", sa, "--"}, args[1:]...)
+			}
+			c2 := exec.Command("ip", argv...)
+			c2.Env = append(os.Environ(), lab.PodEnv()...)
 			c2.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(f.Fd())}
 			c2.Stdin, c2.Stdout, c2.Stderr = os.Stdin, cmd.OutOrStdout(), cmd.ErrOrStderr()
 			return c2.Run()
@@ -293,4 +304,9 @@ func showNewLines(w io.Writer, path string, n int) int {
 		i++
 	}
 	return i
+}
+
+func dirExists(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/signal"
 	"sort"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -104,6 +105,33 @@ unconnected socket and counts a reply from any other address as a failure.`,
 			return nil
 		},
 	}
-	cmd.AddCommand(echo, probe, idle)
+	var saDir string
+	sandbox := &cobra.Command{
+		Use:   "sandbox [--serviceaccount DIR] -- COMMAND [args...]",
+		Short: "Run a command with what a container would give it (the lab's runtime uses it)",
+		Long: `Run a command with what a container gives a pod's process: with
+--serviceaccount, DIR (token, ca.crt, namespace) at ` + workload.ServiceAccountDir + `,
+where in-cluster clients read them. Needs a mount namespace of its own, as
+ip netns exec makes: the mounts are the command's alone.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			return workload.Sandbox(saDir, args)
+		},
+	}
+	sandbox.Flags().StringVar(&saDir, "serviceaccount", "", "directory with the pod's service account token, ca.crt and namespace")
+	inCluster := &cobra.Command{
+		Use:   "in-cluster",
+		Short: "List the pods of this pod's namespace as an in-cluster client does (through the kubernetes Service)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ns, pods, err := workload.InClusterPods(cmd.Context())
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%d pods in %s: %s\n", len(pods), ns, strings.Join(pods, " "))
+			return nil
+		},
+	}
+	cmd.AddCommand(echo, probe, idle, sandbox, inCluster)
 	return cmd
 }

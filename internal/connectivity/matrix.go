@@ -30,6 +30,10 @@ type Socket struct {
 	Proto       string // tcp or udp
 	V4Mapped    bool   // AF_INET6 dual-stack socket, ::ffff:a.b.c.d
 	Unconnected bool   // UDP sendto from an unconnected socket
+	// InCluster: client-go's in-cluster configuration (the kubelet's
+	// environment, the pod's service account) listing the pod's
+	// namespace through the kubernetes Service; pods only.
+	InCluster bool
 }
 
 // Sockets are every socket kind of the matrix.
@@ -40,6 +44,7 @@ var Sockets = []Socket{
 	{Name: "udp unconnected", Proto: "udp", Unconnected: true},
 	{Name: "udp v4-mapped", Proto: "udp", V4Mapped: true},
 	{Name: "udp v4-mapped unconnected", Proto: "udp", V4Mapped: true, Unconnected: true},
+	{Name: "in-cluster client-go", Proto: "tcp", InCluster: true},
 }
 
 // Address kinds of a target.
@@ -137,7 +142,7 @@ func Cells(nodes []string) []Cell {
 	for _, cl := range Clients(nodes) {
 		for _, tg := range Targets(nodes) {
 			for _, so := range Sockets {
-				if tg.TCPOnly && so.Proto != "tcp" {
+				if tg.TCPOnly && so.Proto != "tcp" || so.InCluster && (tg.Service != svcKube || cl.Kind != PodClient) {
 					continue
 				}
 				out = append(out, Cell{Client: cl, Socket: so, Target: tg})

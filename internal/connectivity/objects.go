@@ -11,7 +11,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
@@ -42,7 +44,10 @@ var external = map[string][2]string{
 type Env struct {
 	State   *lab.State
 	nodes   []string
+	// LabDir is the lab's directory (for the pods' service account files).
+	LabDir  string
 	podNS   map[string]string // client pod@node -> its namespace
+	podUID  map[string]types.UID
 	names   map[string]string // pod and node address -> its name
 	addr    map[string]netip.AddrPort
 	cgroups map[string]string // node -> cgroup
@@ -55,7 +60,7 @@ func Setup(ctx context.Context, st *lab.State, c kubernetes.Interface) (*Env, er
 	if len(st.Nodes) < 2 {
 		return nil, fmt.Errorf("the connectivity matrix needs a lab of at least 2 nodes, this one has %d", len(st.Nodes))
 	}
-	e := &Env{State: st, podNS: map[string]string{}, names: map[string]string{}, addr: map[string]netip.AddrPort{}, cgroups: map[string]string{}}
+	e := &Env{State: st, podNS: map[string]string{}, podUID: map[string]types.UID{}, names: map[string]string{}, addr: map[string]netip.AddrPort{}, cgroups: map[string]string{}}
 	for _, n := range st.Nodes[:2] {
 		e.nodes = append(e.nodes, n.Name)
 		e.cgroups[n.Name] = n.Cgroup
@@ -109,6 +114,12 @@ func Setup(ctx context.Context, st *lab.State, c kubernetes.Interface) (*Env, er
 				return nil, fmt.Errorf("service %s status: %w", s.Name, err)
 			}
 		}
+	}
+	// In-cluster clients list their namespace's pods, as a controller would.
+	if _, err := c.RbacV1().RoleBindings(Namespace).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "default-view"},
+		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: "default", Namespace: Namespace}},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "view"}}, metav1.CreateOptions{}); err != nil {
+		return nil, fmt.Errorf("role binding: %w", err)
 	}
 	for svc, ips := range external {
 		for i, ip := range ips {
@@ -179,6 +190,7 @@ func (e *Env) wait(ctx context.Context, c kubernetes.Interface) error {
 				e.names[p.Status.PodIP] = p.Name
 				if slices.Contains(e.nodes, p.Spec.NodeName) && (p.Name == "client-1" || p.Name == "client-2") {
 					e.podNS["pod@"+p.Spec.NodeName] = e.State.PodNetns(p.Spec.NodeName, p.UID)
+					e.podUID["pod@"+p.Spec.NodeName] = p.UID
 				}
 			}
 		}

@@ -45,6 +45,7 @@ func RunInLab(ctx context.Context, name, mode string, o LabOptions) (map[string]
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", mode, err)
 	}
+	e.LabDir = filepath.Join(dir, "lab")
 	kpath := filepath.Join(o.BinDir, "kpath")
 	start := time.Now()
 	if err := e.Ready(ctx, kpath, time.Minute); err != nil {

@@ -9,7 +9,9 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
+	"github.com/kpath/kpath/internal/lab"
 	"github.com/kpath/kpath/internal/workload"
 )
 
@@ -76,6 +78,9 @@ func (e *Env) probe(ctx context.Context, c Cell, kpath string) Result {
 	case HostClient:
 		netns, cgroup = e.State.NetnsPrefix+c.Client.Node, e.cgroups[c.Client.Node]
 	}
+	if c.Socket.InCluster {
+		return e.inCluster(ctx, c, netns, cgroup, kpath)
+	}
 	n := requests
 	if c.Target.Sticky {
 		n = stickyRequests
@@ -91,17 +96,7 @@ func (e *Env) probe(ctx context.Context, c Cell, kpath string) Result {
 	if !c.Target.AnyBackend && c.Target.Service != svcKube {
 		args = append(args, "--source")
 	}
-	cmd := exec.CommandContext(ctx, "ip", args...)
-	if cgroup != "" {
-		f, err := os.Open(cgroup)
-		if err != nil {
-			res.Outcome, res.Err = Failed, err.Error()
-			return res
-		}
-		defer f.Close()
-		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(f.Fd())}
-	}
-	out, err := cmd.Output() // a failed request exits 1 after printing its result
+	out, err := run(ctx, cgroup, nil, args) // a failed request exits 1 after printing its result
 	var pr workload.ProbeResult
 	if jerr := json.Unmarshal(out, &pr); jerr != nil {
 		res.Outcome, res.Err = Failed, fmt.Sprintf("probe: %v %v", err, jerr)
@@ -129,6 +124,42 @@ func (e *Env) named(answers map[string]int) map[string]int {
 		out[a] += n
 	}
 	return out
+}
+
+// run runs ip with args in cgroup ("" for none) with extra environment,
+// and returns its standard output.
+func run(ctx context.Context, cgroup string, env, args []string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, "ip", args...)
+	cmd.Env = append(os.Environ(), env...)
+	if cgroup != "" {
+		f, err := os.Open(cgroup)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(f.Fd())}
+	}
+	return cmd.Output()
+}
+
+// inCluster runs client-go's in-cluster client in the client pod, with
+// the pod's service account and environment, as the pod's own process.
+func (e *Env) inCluster(ctx context.Context, c Cell, netns, cgroup, kpath string) Result {
+	res := Result{Key: c.Key()}
+	sa := lab.PodServiceAccountDir(e.LabDir, c.Client.Node, e.podUID[c.Client.Name])
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	out, err := run(ctx, cgroup, lab.PodEnv(), []string{"netns", "exec", netns, kpath, "workload", "sandbox", "--serviceaccount", sa, "--",
+		kpath, "workload", "in-cluster"})
+	if err != nil {
+		res.Outcome, res.Err = failure(fmt.Sprint(err)), fmt.Sprintf("%v: %s", err, out)
+		if res.Outcome == Failed && ctx.Err() != nil {
+			res.Outcome = NoAnswer
+		}
+		return res
+	}
+	res.Outcome, res.Answers = Answered, map[string]int{strings.TrimSpace(string(out)): 1}
+	return res
 }
 
 // classify turns a probe's result into the cell's outcome. The answers of

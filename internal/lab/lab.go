@@ -299,7 +299,8 @@ func Supervise(ctx context.Context, o Options) (err error) {
 		}
 		rt := &Runtime{Client: env.Client, Node: n.Name, NodeNetns: n.Netns, NetnsPrefix: nm.netns, NetConf: netconf, Cgroup: cg,
 			CNI:      libcni.NewCNIConfigWithCacheDir([]string{cniBin}, filepath.Join(o.Dir, n.Name, "cni-cache"), nil),
-			KpathBin: filepath.Join(o.BinDir, "kpath"), Log: slog.New(slog.NewTextHandler(logWriter(o.Log), nil))}
+			KpathBin: filepath.Join(o.BinDir, "kpath"), LabDir: o.Dir, ServiceAccountCA: env.ServingCert,
+			Log: slog.New(slog.NewTextHandler(logWriter(o.Log), nil))}
 		go func() { _ = rt.Run(ctx) }()
 	}
 	if o.HubbleRelay != "" && len(st.Nodes) > 0 {

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -57,7 +58,10 @@ type Runtime struct {
 	Cgroup *os.File
 	// KpathBin is the kpath binary that runs workloads.
 	KpathBin string
-	Log      *slog.Logger
+	// LabDir holds the pods' files (PodServiceAccountDir); ServiceAccountCA
+	// is the API server's CA, for their in-cluster clients. "" for none.
+	LabDir, ServiceAccountCA string
+	Log                      *slog.Logger
 
 	mu   sync.Mutex
 	pods map[types.UID]*podState
@@ -167,7 +171,16 @@ func (r *Runtime) start(ctx context.Context, p *corev1.Pod) error {
 	}
 	st.ip, _ = netip.AddrFromSlice(res.IPs[0].Address.IP.To4())
 
-	args := []string{"netns", "exec", ns, r.KpathBin, "workload"}
+	args := []string{"netns", "exec", ns}
+	if r.LabDir != "" && r.ServiceAccountCA != "" {
+		dir := PodServiceAccountDir(r.LabDir, r.Node, p.UID)
+		if err := r.writeServiceAccount(ctx, p, dir); err != nil {
+			r.Log.Error("service account files; the pod runs without", "pod", p.Namespace+"/"+p.Name, "error", err)
+		} else {
+			args = append(args, r.KpathBin, "workload", "sandbox", "--serviceaccount", dir, "--")
+		}
+	}
+	args = append(args, r.KpathBin, "workload")
 	// Echo images, and the upstream e2e suites' (agnhost, netpol), run the
 	// echo server on the first container port (8080 if none) and, as the
 	// e2e network policy suite's pods do, on 80 and 81: TCP and UDP each.
@@ -189,6 +202,7 @@ func (r *Runtime) start(ctx context.Context, p *corev1.Pod) error {
 		args = append(args, "idle")
 	}
 	cmd := exec.Command("ip", args...)
+	cmd.Env = append(os.Environ(), PodEnv()...)
 	// Workloads die with the runtime (the lab's supervisor).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if r.Cgroup != nil {
@@ -251,5 +265,8 @@ func (r *Runtime) stop(uid types.UID) {
 		r.Log.Error("CNI DEL", "uid", uid, "error", err)
 	}
 	_ = exec.Command("ip", "netns", "del", st.netns).Run()
+	if r.LabDir != "" {
+		_ = os.RemoveAll(filepath.Dir(PodServiceAccountDir(r.LabDir, r.Node, uid)))
+	}
 	r.Log.Info("pod stopped", "uid", uid, "ip", st.ip)
 }

@@ -60,6 +60,9 @@ type Options struct {
 type Env struct {
 	// Kubeconfig is the path of an admin kubeconfig for the API server.
 	Kubeconfig string
+	// ServingCert is the API server's self-signed serving certificate and
+	// its CA (PEM), what pods' in-cluster clients verify it with.
+	ServingCert string
 	Config     *rest.Config
 	Client     kubernetes.Interface
 	// APIServerURL is https://127.0.0.1:PORT.
@@ -201,6 +204,7 @@ func (e *Env) startAPIServer(ctx context.Context) error {
 		return err
 	}
 	e.Kubeconfig = filepath.Join(dir, "kubeconfig")
+	e.ServingCert = filepath.Join(dir, "certs", "apiserver.crt")
 	return writeKubeconfig(e.Kubeconfig, e.APIServerURL, e.token)
 }
 
