@@ -301,7 +301,7 @@ func Supervise(ctx context.Context, o Options) (err error) {
 			CNI:      libcni.NewCNIConfigWithCacheDir([]string{cniBin}, filepath.Join(o.Dir, n.Name, "cni-cache"), nil),
 			KpathBin: filepath.Join(o.BinDir, "kpath"), LabDir: o.Dir, ServiceAccountCA: env.ServingCert,
 			Log: slog.New(slog.NewTextHandler(logWriter(o.Log), nil))}
-		go func() { _ = rt.Run(ctx) }()
+		go keepRuntime(ctx, rt, o.Log)
 	}
 	if o.HubbleRelay != "" && len(st.Nodes) > 0 {
 		o.Log("starting hubble-relay in %s on %s", vnet, relayAddr)
@@ -492,6 +492,30 @@ func (c *children) keep(what string, mk func() (*exec.Cmd, func(), error), log f
 		}
 	}()
 	return first, nil
+}
+
+// keepRuntime runs a node's runtime until ctx ends, starting it again
+// with the agents' backoff when it fails, as a kubelet that crashed would
+// be by its service manager.
+func keepRuntime(ctx context.Context, rt *Runtime, log func(string, ...any)) {
+	wait := restartFirst
+	for {
+		started := time.Now()
+		err := rt.Run(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(started) > restartReset {
+			wait = restartFirst
+		}
+		log("node runtime on %s stopped (%v); restarting in %s", rt.Node, err, wait)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return
+		}
+		wait = min(2*wait, restartMax)
+	}
 }
 
 // errStopping: the supervisor is stopping its children.

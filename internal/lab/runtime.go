@@ -82,7 +82,12 @@ func PodNetns(prefix, node string, uid types.UID) string {
 
 // Run handles the node's pods until ctx ends.
 func (r *Runtime) Run(ctx context.Context) error {
-	r.pods = map[types.UID]*podState{}
+	// A runtime run again keeps the pods it started: they run on.
+	r.mu.Lock()
+	if r.pods == nil {
+		r.pods = map[types.UID]*podState{}
+	}
+	r.mu.Unlock()
 	f := informers.NewSharedInformerFactoryWithOptions(r.Client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", r.Node).String()
 	}))
