@@ -42,8 +42,8 @@ var external = map[string][2]string{
 
 // Env is a lab with the matrix's objects in place.
 type Env struct {
-	State   *lab.State
-	nodes   []string
+	State *lab.State
+	nodes []string
 	// LabDir is the lab's directory (for the pods' service account files).
 	LabDir  string
 	podNS   map[string]string // client pod@node -> its namespace

@@ -35,7 +35,7 @@ type sockReport struct {
 	DirectPeer   string         `json:"direct_peer"`
 	// A dual-stack AF_INET6 socket to the v4-mapped service addresses:
 	// the TCP peer and answer, and where UDP replies came from.
-	MappedTCPPeer, MappedTCPAnswer string
+	MappedTCPPeer, MappedTCPAnswer   string
 	MappedUDPConnFrom, MappedUDPFrom string
 	Err                              string `json:"err,omitempty"`
 }

@@ -63,8 +63,8 @@ type Env struct {
 	// ServingCert is the API server's self-signed serving certificate and
 	// its CA (PEM), what pods' in-cluster clients verify it with.
 	ServingCert string
-	Config     *rest.Config
-	Client     kubernetes.Interface
+	Config      *rest.Config
+	Client      kubernetes.Interface
 	// APIServerURL is https://127.0.0.1:PORT.
 	APIServerURL string
 
