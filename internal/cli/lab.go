@@ -132,17 +132,13 @@ exec commands in.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			self, err := os.Executable()
-			if err != nil {
-				return err
-			}
-			k8sBin, err := testenv.BinDir()
+			binDir, k8sBin, err := labBinaries()
 			if err != nil {
 				return err
 			}
 			logf := func(f string, a ...any) { fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05 ")+f+"\n", a...) }
 			return lab.Supervise(ctx, lab.Options{Dir: dir, Nodes: nodes, Routing: mode, Services: services,
-				BinDir: filepath.Dir(self), K8sBin: k8sBin, HubbleRelay: relayBin, Log: logf})
+				BinDir: binDir, K8sBin: k8sBin, HubbleRelay: relayBin, Log: logf})
 		},
 	}
 	supervise.Flags().IntVar(&nodes, "nodes", 2, "")
@@ -309,4 +305,17 @@ func showNewLines(w io.Writer, path string, n int) int {
 func dirExists(p string) bool {
 	fi, err := os.Stat(p)
 	return err == nil && fi.IsDir()
+}
+
+// labBinaries are where a lab finds kpath's binaries (beside this one) and
+// the Kubernetes ones.
+func labBinaries() (binDir, k8sBin string, err error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", "", err
+	}
+	if k8sBin, err = testenv.BinDir(); err != nil {
+		return "", "", err
+	}
+	return filepath.Dir(self), k8sBin, nil
 }

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/kpath/kpath/internal/connectivity"
 	"github.com/kpath/kpath/internal/lab"
-	"github.com/kpath/kpath/internal/testenv"
 )
 
 func newCheckConnectivityCommand() *cobra.Command {
@@ -42,15 +40,11 @@ reference (all of them with --all) and exits 1 when one serves a cell worse.`,
 					return fmt.Errorf("--services %q: want some of %v", m, lab.ServiceModes)
 				}
 			}
-			self, err := os.Executable()
+			binDir, k8sBin, err := labBinaries()
 			if err != nil {
 				return err
 			}
-			k8sBin, err := testenv.BinDir()
-			if err != nil {
-				return err
-			}
-			o := connectivity.LabOptions{BinDir: filepath.Dir(self), K8sBin: k8sBin,
+			o := connectivity.LabOptions{BinDir: binDir, K8sBin: k8sBin,
 				Log: func(f string, a ...any) { fmt.Fprintf(cmd.ErrOrStderr(), time.Now().Format("15:04:05 ")+f+"\n", a...) }}
 			got := map[string]map[string]connectivity.Result{}
 			for i, m := range append([]string{connectivity.Reference}, modes...) {
