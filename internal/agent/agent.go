@@ -330,8 +330,6 @@ func (a *Agent) serveHTTP(addr string) (*http.Server, error) {
 	return srv, nil
 }
 
-// nodeNetwork keeps routes to other nodes' pod CIDRs and the masquerade
-// rules in step with the Node objects.
 // nodeAddr is this node's address as its Node says (InternalIP first);
 // invalid while unknown.
 func (a *Agent) nodeAddr() netip.Addr {
@@ -341,6 +339,8 @@ func (a *Agent) nodeAddr() netip.Addr {
 	return netip.Addr{}
 }
 
+// nodeNetwork keeps routes to other nodes' pod CIDRs, the masquerade rules
+// and the datapath's node address in step with the Node objects.
 func (a *Agent) nodeNetwork(ctx context.Context) {
 	mode, _ := routing.ParseMode(a.cfg.Routing)
 	dev := ""
