@@ -5,7 +5,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/kpath/kpath/internal/bench"
 	"github.com/kpath/kpath/internal/testenv"
@@ -72,4 +74,56 @@ func TestLatencyBenchSmoke(t *testing.T) {
 	if targets := bench.LatencyTargets(run); len(targets) == 0 {
 		t.Error("no targets evaluated")
 	}
+}
+
+// TestScaleBenchSmoke runs E2's tooling at toy size, both scenarios: the
+// phases are sampled, the agent's and the control plane's processes are
+// found, the agent's ipcache reaches every pod, the steady state makes its
+// changes, and the results are written. It asserts the tooling, not the
+// figures.
+func TestScaleBenchSmoke(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireTool(t, "ip", "nsenter")
+	k8sBin, err := testenv.BinDir()
+	if err != nil {
+		testutil.SkipOrFail(t, err.Error())
+	}
+	out := t.TempDir()
+	o := bench.ScaleOptions{Scenarios: []string{"a", "b"}, Nodes: 5, Pods: 420, LocalPods: 20, StartPods: 100, Policies: 8,
+		Steady: 6 * time.Second, ChangesPerSec: 10, BinDir: buildLabBinaries(t), K8sBin: k8sBin, Out: out}
+	run, err := bench.Scale(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(run.Scenarios) != 2 {
+		t.Fatalf("%d scenarios", len(run.Scenarios))
+	}
+	for _, s := range run.Scenarios {
+		phases := map[string]int{}
+		for _, x := range s.Samples {
+			phases[x.Phase]++
+		}
+		if phases["steady"] < 4 {
+			t.Errorf("scenario %s: phases sampled %v", s.Name, phases)
+		}
+		st := s.Steady
+		if st.PeakRSS <= 0 || st.LastHeap <= 0 || st.BPFMaps <= 0 || st.MeanAPIMilli <= 0 || st.MeanEtcdMilli <= 0 {
+			t.Errorf("scenario %s: a process or figure not found: %+v", s.Name, st)
+		}
+		if st.IPCache < o.Pods {
+			t.Errorf("scenario %s: the agent's ipcache holds %d addresses, want the %d pods at least", s.Name, st.IPCache, o.Pods)
+		}
+		if s.Changes < 30 {
+			t.Errorf("scenario %s: %d changes in the steady state", s.Name, s.Changes)
+		}
+		if (s.Name == "b") != (s.Policy > 0) {
+			t.Errorf("scenario %s: %d policies", s.Name, s.Policy)
+		}
+		if fi, err := os.Stat(filepath.Join(out, "scale-"+s.Name+".csv")); err != nil || fi.Size() == 0 {
+			t.Errorf("scale-%s.csv: %v", s.Name, err)
+		}
+	}
+	var b strings.Builder
+	run.Print(&b)
+	t.Logf("\n%s", b.String())
 }

@@ -69,7 +69,7 @@ restarted over its pinned maps.`,
 	cp.Flags().IntVar(&o.Policies, "policies", 2000, "NetworkPolicies to load (four per namespace; 0: no policy part)")
 	cp.Flags().IntVar(&o.PolicyChanges, "policy-changes", 200, "NetworkPolicy changes to time")
 	cp.Flags().StringVar(&o.BinDir, "k8s-bin", "", "directory with kube-apiserver (default: make k8s-bins' cache)")
-	cmd.AddCommand(cp, newLatencyCommand())
+	cmd.AddCommand(cp, newLatencyCommand(), newScaleCommand())
 	return cmd
 }
 
@@ -187,5 +187,59 @@ each later run's modes replacing the earlier's (a mode re-measured after a fix).
 	cmd.Flags().StringVar(&from, "from", "", "re-render this latency.json instead of measuring; A.json,B.json merges runs, B's modes replacing A's")
 	cmd.Flags().StringVar(&docs, "docs", "", "markdown file whose E1 section (and chart beside it) to rewrite, e.g. docs/benchmarks.md")
 	cmd.Flags().StringVar(&o.K8sBin, "k8s-bin", "", "directory with the Kubernetes binaries (default: make k8s-bins' cache)")
+	return cmd
+}
+
+func newScaleCommand() *cobra.Command {
+	o := bench.DefaultScaleOptions()
+	var quick bool
+	var scenarios string
+	cmd := &cobra.Command{
+		Use:   "scale",
+		Short: "E2: the agent's CPU and memory at 1,000 nodes and 100,000 pods (scenarios a, b)",
+		Long: `E2 (BENCHMARKS.md): a lab with one real node (a real kpath-agent with its
+production defaults, its share of the pods run for real through the CNI plugin),
+NODES-1 more Node objects and PODS pods as API objects with their status written,
+on the plan's namespaces, deployments and labels; (b) adds the plan's
+NetworkPolicies. Pods ramp from --start-pods to --pods, then --steady of
+--changes-per-sec pod changes (created, deleted, relabelled). Every second it samples
+the agent's CPU, RSS, Go heap, BPF map memory and the bytes it receives, and the API
+server's and etcd's CPU apart. Writes scale.json and a CSV per scenario to --out.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if quick {
+				q := o.Quick()
+				for _, f := range []string{"nodes", "pods", "local-pods", "start-pods", "policies"} {
+					if cmd.Flags().Changed(f) {
+						return fmt.Errorf("--quick sets --%s; give one or the other", f)
+					}
+				}
+				o = q
+			}
+			o.Scenarios = strings.Split(scenarios, ",")
+			binDir, k8sBin, err := labBinaries()
+			if err != nil {
+				return err
+			}
+			o.BinDir, o.K8sBin, o.Progress = binDir, k8sBin, cmd.ErrOrStderr()
+			klog.SetLogger(logr.Discard()) // client-go's throttling notes would cut through the progress line
+			r, err := bench.Scale(cmd.Context(), o)
+			if r != nil {
+				r.Print(cmd.OutOrStdout())
+			}
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&quick, "quick", false, "100 nodes, 10,000 pods, 200 policies")
+	f.StringVar(&scenarios, "scenarios", "a,b", "scenarios to run: a (pods), b (pods and policies)")
+	f.IntVar(&o.Nodes, "nodes", o.Nodes, "nodes, the measured one included")
+	f.IntVar(&o.Pods, "pods", o.Pods, "pods, the measured node's included")
+	f.IntVar(&o.LocalPods, "local-pods", o.LocalPods, "pods run for real on the measured node")
+	f.IntVar(&o.StartPods, "start-pods", o.StartPods, "pods before the ramp")
+	f.IntVar(&o.Policies, "policies", o.Policies, "NetworkPolicies in scenario b (4 per namespace)")
+	f.DurationVar(&o.Steady, "steady", o.Steady, "steady state length")
+	f.IntVar(&o.ChangesPerSec, "changes-per-sec", o.ChangesPerSec, "pod changes per second in the steady state")
+	f.StringVar(&o.Out, "out", "out/e2", "directory for scale.json and the CSVs")
 	return cmd
 }

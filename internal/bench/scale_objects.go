@@ -1,0 +1,238 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"net/netip"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// E2's object plan (BENCHMARKS.md): nodes scale-node-NNNN with /24 pod
+// CIDRs out of 10.128.0.0/10, 100 pods each; namespaces of 200 pods, each
+// 20 deployments of 10 pods labelled app, tier and pod-template-hash;
+// namespace labels team (10 values) and env.
+const (
+	scalePodsPerNode = 100
+	scalePodsPerNS   = 200
+	scaleDeployments = 20
+)
+
+func scaleNodeName(i int) string { return fmt.Sprintf("scale-node-%04d", i) }
+func scaleNS(i int) string       { return fmt.Sprintf("scale-%03d", i) }
+
+// scaleNodeCIDR is node i's /24: 10.128.0.0/10 holds 16,384 of them.
+func scaleNodeCIDR(i int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 128 + byte(i>>8), byte(i), 0}), 24)
+}
+
+// scaleNodeIP: node addresses out of 10.250.0.0/16, routed nowhere (no
+// traffic goes to simulated nodes).
+func scaleNodeIP(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 250, byte(i >> 8), byte(i)}) }
+
+// scalePod is pod i of the plan: its namespace, name, node and labels.
+type scalePod struct {
+	ns, name string
+	node     int
+	ip       netip.Addr
+	labels   map[string]string
+}
+
+func scalePodOf(i int) scalePod {
+	nsIdx, inNS := i/scalePodsPerNS, i%scalePodsPerNS
+	dep := inNS % scaleDeployments
+	node := i / scalePodsPerNode
+	cidr := scaleNodeCIDR(node).Addr().As4()
+	cidr[3] = byte(i%scalePodsPerNode + 1)
+	return scalePod{
+		ns: scaleNS(nsIdx), name: fmt.Sprintf("app-%02d-%d", dep, inNS/scaleDeployments), node: node,
+		ip: netip.AddrFrom4(cidr), labels: deploymentLabels(scaleNS(nsIdx), dep),
+	}
+}
+
+// deploymentLabels are the labels of deployment dep's pods in ns.
+func deploymentLabels(ns string, dep int) map[string]string {
+	h := fnv.New32a()
+	fmt.Fprintf(h, "%s/%d", ns, dep)
+	return map[string]string{"app": fmt.Sprintf("app-%02d", dep), "tier": benchTiers[dep%len(benchTiers)],
+		"pod-template-hash": fmt.Sprintf("%08x", h.Sum32())}
+}
+
+// createScaleNodes writes nodes [from, to) with their pod CIDRs and
+// addresses, Ready, from parallel writers.
+func createScaleNodes(ctx context.Context, c kubernetes.Interface, from, to int, progress io.Writer) error {
+	p := newProgress(progress, "nodes", to-from)
+	defer p.Done()
+	return parallel(ctx, from, to, 8, func(i int) error {
+		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: scaleNodeName(i)},
+			Spec: corev1.NodeSpec{PodCIDR: scaleNodeCIDR(i).String(), PodCIDRs: []string{scaleNodeCIDR(i).String()}}}
+		if err := retryTransient(ctx, func() error {
+			_, err := c.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{})
+			return ignoreExists(err)
+		}); err != nil {
+			return fmt.Errorf("node %s: %w", n.Name, err)
+		}
+		n.Status = corev1.NodeStatus{
+			Addresses:  []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: scaleNodeIP(i).String()}},
+			Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: metav1.Now()}},
+		}
+		if err := retryTransient(ctx, func() error {
+			_, err := c.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
+			return err
+		}); err != nil {
+			return fmt.Errorf("node %s status: %w", n.Name, err)
+		}
+		p.Add(1)
+		return nil
+	})
+}
+
+// createScaleNamespaces writes namespaces [0, n) with their labels.
+func createScaleNamespaces(ctx context.Context, c kubernetes.Interface, n int) error {
+	return parallel(ctx, 0, n, 8, func(i int) error {
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: scaleNS(i),
+			Labels: map[string]string{"team": fmt.Sprintf("team-%d", i%10), "env": []string{"prod", "dev"}[i%2]}}}
+		return retryTransient(ctx, func() error {
+			_, err := c.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{})
+			return ignoreExists(err)
+		})
+	})
+}
+
+// createScalePods writes pods [from, to) bound to their simulated nodes,
+// with status written as a kubelet would (Running, Ready, the IP).
+func createScalePods(ctx context.Context, c kubernetes.Interface, from, to int, progress io.Writer) error {
+	p := newProgress(progress, "pods", to-from)
+	defer p.Done()
+	return parallel(ctx, from, to, 16, func(i int) error {
+		if err := writeScalePod(ctx, c, scalePodOf(i)); err != nil {
+			return err
+		}
+		p.Add(1)
+		return nil
+	})
+}
+
+func writeScalePod(ctx context.Context, c kubernetes.Interface, sp scalePod) error {
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: sp.ns, Name: sp.name, Labels: sp.labels},
+		Spec: corev1.PodSpec{NodeName: scaleNodeName(sp.node), Containers: []corev1.Container{{Name: "app", Image: "kpath/idle",
+			Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}}}}}
+	var created *corev1.Pod
+	if err := retryTransient(ctx, func() error {
+		var err error
+		created, err = c.CoreV1().Pods(sp.ns).Create(ctx, pod, metav1.CreateOptions{})
+		if err != nil && ignoreExists(err) == nil {
+			created, err = c.CoreV1().Pods(sp.ns).Get(ctx, sp.name, metav1.GetOptions{})
+		}
+		return err
+	}); err != nil {
+		return fmt.Errorf("pod %s/%s: %w", sp.ns, sp.name, err)
+	}
+	now := metav1.Now()
+	created.Status = corev1.PodStatus{Phase: corev1.PodRunning, HostIP: scaleNodeIP(sp.node).String(),
+		PodIP: sp.ip.String(), PodIPs: []corev1.PodIP{{IP: sp.ip.String()}}, StartTime: &now,
+		Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now}}}
+	return retryTransient(ctx, func() error {
+		_, err := c.CoreV1().Pods(sp.ns).UpdateStatus(ctx, created, metav1.UpdateOptions{})
+		return err
+	})
+}
+
+// parallel runs f for every i in [from, to) on workers goroutines and
+// returns the first error (the rest are not started).
+func parallel(ctx context.Context, from, to, workers int, f func(i int) error) error {
+	next := make(chan int)
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		firstErr error
+	)
+	for range workers {
+		wg.Go(func() {
+			for i := range next {
+				if err := f(i); err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	for i := from; i < to; i++ {
+		mu.Lock()
+		failed := firstErr != nil
+		mu.Unlock()
+		if failed || ctx.Err() != nil {
+			break
+		}
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	if firstErr == nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return firstErr
+}
+
+// scaleChurnPod is the k-th pod the steady state creates: spread over the
+// namespaces and nodes, addressed past the plan's 100 per node.
+func scaleChurnPod(k, nodes, namespaces int) scalePod {
+	node := k % nodes
+	ip := scaleNodeCIDR(node).Addr().As4()
+	ip[3] = byte(scalePodsPerNode + 1 + (k/nodes)%150)
+	ns := scaleNS(k % namespaces)
+	return scalePod{ns: ns, name: fmt.Sprintf("churn-%d", k), node: node, ip: netip.AddrFrom4(ip),
+		labels: deploymentLabels(ns, k%scaleDeployments)}
+}
+
+// churn makes rate pod changes a second until stop: a third created, a
+// third deleted (the plan's pods, spread over the namespaces), a third
+// relabelled to another deployment's labels.
+func churn(ctx context.Context, c kubernetes.Interface, pods, nodes, namespaces, rate int, stop <-chan struct{}) (changes int, err error) {
+	t := time.NewTicker(time.Second / time.Duration(rate))
+	defer t.Stop()
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return changes, nil
+		case <-ctx.Done():
+			return changes, ctx.Err()
+		case <-t.C:
+		}
+		var err error
+		k := i / 3
+		switch i % 3 {
+		case 0:
+			err = writeScalePod(ctx, c, scaleChurnPod(k, nodes, namespaces))
+		case 1:
+			sp := scalePodOf(k * 7919 % pods) // a prime stride: every namespace in turn
+			err = c.CoreV1().Pods(sp.ns).Delete(ctx, sp.name, metav1.DeleteOptions{})
+		case 2:
+			sp := scalePodOf((k*7919 + 1) % pods)
+			labels := deploymentLabels(sp.ns, (k+1)%scaleDeployments)
+			err = retryTransient(ctx, func() error {
+				p, err := c.CoreV1().Pods(sp.ns).Get(ctx, sp.name, metav1.GetOptions{})
+				if err != nil {
+					return err
+				}
+				p.Labels = labels
+				_, err = c.CoreV1().Pods(sp.ns).Update(ctx, p, metav1.UpdateOptions{})
+				return err
+			})
+		}
+		if err != nil && !apierrors.IsNotFound(err) {
+			return changes, err
+		}
+		changes++
+	}
+}
