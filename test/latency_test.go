@@ -119,8 +119,10 @@ func TestScaleBenchSmoke(t *testing.T) {
 		if (s.Name == "b") != (s.Policy > 0) {
 			t.Errorf("scenario %s: %d policies", s.Name, s.Policy)
 		}
-		if fi, err := os.Stat(filepath.Join(out, "scale-"+s.Name+".csv")); err != nil || fi.Size() == 0 {
-			t.Errorf("scale-%s.csv: %v", s.Name, err)
+		for _, f := range []string{"scale-" + s.Name + ".csv", "heap-" + s.Name + "-ramp.pb.gz", "heap-" + s.Name + "-steady.pb.gz"} {
+			if fi, err := os.Stat(filepath.Join(out, f)); err != nil || fi.Size() == 0 {
+				t.Errorf("%s: %v", f, err)
+			}
 		}
 	}
 	var b strings.Builder

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"time"
@@ -61,6 +62,10 @@ func (a *Agent) serveAPI(path string) (*http.Server, error) {
 		return nil, err
 	}
 	mux := http.NewServeMux()
+	// Go's profiles, on the root-only socket (never on the metrics port):
+	// where the agent's memory and CPU go (kpath bench scale keeps them).
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, a.Status()) })
 	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, a.ServiceEntries()) })
 	mux.HandleFunc("GET /v1/bpf/lb", func(w http.ResponseWriter, _ *http.Request) {

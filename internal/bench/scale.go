@@ -43,7 +43,8 @@ type ScaleOptions struct {
 	ChangesPerSec int
 	BinDir, K8sBin string
 	Progress       io.Writer
-	// Out receives scale.json, scale-<scenario>.csv.
+	// Out receives scale.json, scale-<scenario>.csv and the agent's heap
+	// profiles at the end of each phase, heap-<scenario>-<phase>.pb.gz.
 	Out string
 }
 
@@ -200,6 +201,17 @@ func scaleScenario(ctx context.Context, o ScaleOptions, name string) (*ScaleScen
 		}
 	}
 	rampTo := len(smp.taken())
+	profile := func(phase string) {
+		if o.Out == "" {
+			return
+		}
+		if err := os.MkdirAll(o.Out, 0o755); err == nil {
+			if err := saveHeapProfile(node.AgentSocket, filepath.Join(o.Out, "heap-"+name+"-"+phase+".pb.gz")); err != nil {
+				fmt.Fprintf(o.Progress, "%v\n", err)
+			}
+		}
+	}
+	profile("ramp")
 
 	phase.Store("steady")
 	fmt.Fprintf(o.Progress, "steady state: %s, %d pod changes/s\n", o.Steady, o.ChangesPerSec)
@@ -209,6 +221,7 @@ func scaleScenario(ctx context.Context, o ScaleOptions, name string) (*ScaleScen
 	if err != nil {
 		return nil, fmt.Errorf("steady state: %w", err)
 	}
+	profile("steady")
 	close(stop)
 	<-done
 	all := smp.taken()

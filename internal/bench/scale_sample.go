@@ -2,8 +2,10 @@ package bench
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -219,4 +221,30 @@ func agentMetricsText(netns string) (map[string]float64, error) {
 		}
 	}
 	return out, nil
+}
+
+// saveHeapProfile writes the agent's heap profile (Go's pprof format,
+// after a GC) from its local API socket to path.
+func saveHeapProfile(socket, path string) error {
+	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+		}, DisableKeepAlives: true}}
+	resp, err := c.Get("http://kpath-agent/debug/pprof/heap?gc=1")
+	if err != nil {
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("heap profile: %s", resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
