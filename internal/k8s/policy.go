@@ -10,6 +10,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/kpath/kpath/internal/model"
@@ -88,6 +90,45 @@ func Pod(p *corev1.Pod) *model.Pod {
 	})
 	out.NamedPorts = slices.Compact(out.NamedPorts)
 	return out
+}
+
+// podObject is what the Pod informer keeps of a pod (the transform makes
+// it): the metadata the informer keys and versions it by, and the model
+// the policy store reads.
+type podObject struct {
+	metav1.ObjectMeta
+	pod *model.Pod
+}
+
+func newPodObject(p *corev1.Pod) *podObject {
+	return &podObject{
+		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID,
+			ResourceVersion: p.ResourceVersion, DeletionTimestamp: p.DeletionTimestamp},
+		pod: Pod(p),
+	}
+}
+
+// GetObjectKind and DeepCopyObject make it a runtime.Object, as informer
+// stores expect their items to be.
+func (p *podObject) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
+
+func (p *podObject) DeepCopyObject() runtime.Object {
+	c := *p
+	c.ObjectMeta = *p.ObjectMeta.DeepCopy()
+	pod := *p.pod
+	c.pod = &pod
+	return &c
+}
+
+// podOf is the model of an object the Pod informer hands out.
+func podOf(obj any) (*model.Pod, bool) {
+	switch o := obj.(type) {
+	case *podObject:
+		return o.pod, true
+	case *corev1.Pod: // an informer without the transform
+		return Pod(o), true
+	}
+	return nil, false
 }
 
 // Namespace converts a Namespace.

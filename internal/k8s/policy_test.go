@@ -13,6 +13,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	clienttesting "k8s.io/client-go/testing"
@@ -357,19 +358,30 @@ func TestSlimTransformPolicyKinds(t *testing.T) {
 			Conditions: []corev1.PodCondition{{Type: corev1.PodReady}}, ContainerStatuses: []corev1.ContainerStatus{{Name: "app"}}},
 	}
 	before := Pod(pod)
-	if _, err := slimTransform(pod); err != nil {
+	obj, err := slimTransform(pod)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if after := Pod(pod); !reflect.DeepEqual(after, before) {
+	// The informer keeps the model and the metadata it keys by, nothing
+	// of the decoded Pod.
+	po, ok := obj.(*podObject)
+	if !ok {
+		t.Fatalf("pod transformed to %T, want *podObject", obj)
+	}
+	if after, _ := podOf(po); !reflect.DeepEqual(after, before) {
 		t.Errorf("pod transform lost data: %+v vs %+v", after, before)
 	}
-	if pod.Annotations != nil || pod.ManagedFields != nil || pod.OwnerReferences != nil || pod.Spec.Volumes != nil ||
-		pod.Spec.ServiceAccountName != "" || pod.Spec.Containers[0].Image != "" || pod.Spec.Containers[0].Env != nil ||
-		pod.Spec.InitContainers[0].Image != "" || pod.Status.Conditions != nil || pod.Status.ContainerStatuses != nil {
-		t.Errorf("pod transform kept unread fields: %+v", pod)
+	if po.Annotations != nil || po.ManagedFields != nil || po.OwnerReferences != nil || po.Labels != nil {
+		t.Errorf("pod transform kept unread metadata: %+v", po.ObjectMeta)
 	}
-	if pod.DeletionTimestamp == nil || pod.UID != "u" || pod.ResourceVersion != "7" {
-		t.Errorf("pod transform lost metadata: %+v", pod.ObjectMeta)
+	if po.DeletionTimestamp == nil || po.UID != "u" || po.ResourceVersion != "7" || po.Name != "x" || po.Namespace != "ns" {
+		t.Errorf("pod transform lost metadata: %+v", po.ObjectMeta)
+	}
+	if cp := po.DeepCopyObject().(*podObject); cp.pod == po.pod || !reflect.DeepEqual(cp.pod, po.pod) {
+		t.Errorf("deep copy shares or loses the model")
+	}
+	if key, err := cache.MetaNamespaceKeyFunc(po); err != nil || key != "ns/x" {
+		t.Errorf("informer key %q, %v", key, err)
 	}
 
 	ns := &corev1.Namespace{ObjectMeta: heavy, Spec: corev1.NamespaceSpec{Finalizers: []corev1.FinalizerName{"f"}},

@@ -73,8 +73,9 @@ func NewWatcher(client kubernetes.Interface, c *Cache, opts WatchOptions) (*Watc
 func (w *Watcher) watchPolicy(sink PolicySink) error {
 	pods := w.factory.Core().V1().Pods().Informer()
 	if _, err := pods.AddEventHandler(handler(func(obj any) {
-		p := obj.(*corev1.Pod)
-		sink.SetPod(model.PodKey{Namespace: p.Namespace, Name: p.Name}, Pod(p))
+		if p, ok := podOf(obj); ok {
+			sink.SetPod(p.Key, p)
+		}
 	}, func(ns, name string) {
 		sink.SetPod(model.PodKey{Namespace: ns, Name: name}, nil)
 	})); err != nil {
