@@ -40,7 +40,7 @@ type ScaleOptions struct {
 	Policies int
 	Steady   time.Duration
 	// ChangesPerSec in the steady state.
-	ChangesPerSec int
+	ChangesPerSec  int
 	BinDir, K8sBin string
 	Progress       io.Writer
 	// Out receives scale.json, scale-<scenario>.csv and the agent's heap
@@ -143,7 +143,7 @@ func scaleScenario(ctx context.Context, o ScaleOptions, name string) (*ScaleScen
 	phase := atomic.Value{}
 	phase.Store("setup")
 	smp := &sampler{agent: procOf{"kpath-agent", "--pin-dir=" + node.PinDir},
-		api: procOf{"kube-apiserver", "--cert-dir=" + filepath.Join(dir, "lab")},
+		api:  procOf{"kube-apiserver", "--cert-dir=" + filepath.Join(dir, "lab")},
 		etcd: procOf{"etcd", "--data-dir=" + filepath.Join(dir, "lab")}, netns: node.Netns, start: time.Now(),
 		phase: func() (string, int) { return phase.Load().(string), int(written.Load()) }}
 	stop := make(chan struct{})

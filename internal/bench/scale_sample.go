@@ -45,8 +45,8 @@ type ScaleSample struct {
 type sampler struct {
 	agent, api, etcd procOf
 	netns            string // the agent's (metrics, uplink)
-	phase                              func() (string, int)
-	start                              time.Time
+	phase            func() (string, int)
+	start            time.Time
 
 	mu      sync.Mutex
 	samples []ScaleSample
