@@ -166,6 +166,14 @@ func (s *Store) setPodLocked(k model.PodKey, p *model.Pod) {
 		info, added, err := s.ids.acquire(p)
 		if err == nil {
 			e.ident = info
+			if !added {
+				// The pods of an identity share its labels and named
+				// ports (read-only everywhere): 100k pods of 10k
+				// identities hold 10k label sets, not 100k.
+				cp := *p
+				cp.Labels, cp.NamedPorts = info.Labels, info.NamedPorts
+				e.pod = &cp
+			}
 			if added {
 				s.changes.Identities = true
 				s.changes.ChangedIdentities = append(s.changes.ChangedIdentities, *info)
