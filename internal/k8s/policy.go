@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -94,18 +95,18 @@ func Pod(p *corev1.Pod) *model.Pod {
 
 // podObject is what the Pod informer keeps of a pod (the transform makes
 // it): the metadata the informer keys and versions it by, and the model
-// the policy store reads.
+// until the event handler hands it to the policy store, which then holds
+// the only copy (with its identity's shared labels).
 type podObject struct {
 	metav1.ObjectMeta
-	pod *model.Pod
+	pod atomic.Pointer[model.Pod]
 }
 
 func newPodObject(p *corev1.Pod) *podObject {
-	return &podObject{
-		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID,
-			ResourceVersion: p.ResourceVersion, DeletionTimestamp: p.DeletionTimestamp},
-		pod: Pod(p),
-	}
+	o := &podObject{ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID,
+		ResourceVersion: p.ResourceVersion, DeletionTimestamp: p.DeletionTimestamp}}
+	o.pod.Store(Pod(p))
+	return o
 }
 
 // GetObjectKind and DeepCopyObject make it a runtime.Object, as informer
@@ -113,18 +114,22 @@ func newPodObject(p *corev1.Pod) *podObject {
 func (p *podObject) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
 
 func (p *podObject) DeepCopyObject() runtime.Object {
-	c := *p
-	c.ObjectMeta = *p.ObjectMeta.DeepCopy()
-	pod := *p.pod
-	c.pod = &pod
-	return &c
+	c := &podObject{ObjectMeta: *p.ObjectMeta.DeepCopy()}
+	if m := p.pod.Load(); m != nil {
+		cp := *m
+		c.pod.Store(&cp)
+	}
+	return c
 }
 
-// podOf is the model of an object the Pod informer hands out.
-func podOf(obj any) (*model.Pod, bool) {
+// takePod is the model of an object the Pod informer hands out, taken
+// from it: each object is handed to the handler once (the informers have
+// no resync), and false when it has been.
+func takePod(obj any) (*model.Pod, bool) {
 	switch o := obj.(type) {
 	case *podObject:
-		return o.pod, true
+		p := o.pod.Swap(nil)
+		return p, p != nil
 	case *corev1.Pod: // an informer without the transform
 		return Pod(o), true
 	}

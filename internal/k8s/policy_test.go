@@ -368,17 +368,20 @@ func TestSlimTransformPolicyKinds(t *testing.T) {
 	if !ok {
 		t.Fatalf("pod transformed to %T, want *podObject", obj)
 	}
-	if after, _ := podOf(po); !reflect.DeepEqual(after, before) {
+	if cp := po.DeepCopyObject().(*podObject); cp.pod.Load() == po.pod.Load() || !reflect.DeepEqual(cp.pod.Load(), po.pod.Load()) {
+		t.Errorf("deep copy shares or loses the model")
+	}
+	if after, _ := takePod(po); !reflect.DeepEqual(after, before) {
 		t.Errorf("pod transform lost data: %+v vs %+v", after, before)
+	}
+	if _, ok := takePod(po); ok {
+		t.Error("a pod's model handed out twice: the informer would keep a second copy")
 	}
 	if po.Annotations != nil || po.ManagedFields != nil || po.OwnerReferences != nil || po.Labels != nil {
 		t.Errorf("pod transform kept unread metadata: %+v", po.ObjectMeta)
 	}
 	if po.DeletionTimestamp == nil || po.UID != "u" || po.ResourceVersion != "7" || po.Name != "x" || po.Namespace != "ns" {
 		t.Errorf("pod transform lost metadata: %+v", po.ObjectMeta)
-	}
-	if cp := po.DeepCopyObject().(*podObject); cp.pod == po.pod || !reflect.DeepEqual(cp.pod, po.pod) {
-		t.Errorf("deep copy shares or loses the model")
 	}
 	if key, err := cache.MetaNamespaceKeyFunc(po); err != nil || key != "ns/x" {
 		t.Errorf("informer key %q, %v", key, err)

@@ -73,7 +73,7 @@ func NewWatcher(client kubernetes.Interface, c *Cache, opts WatchOptions) (*Watc
 func (w *Watcher) watchPolicy(sink PolicySink) error {
 	pods := w.factory.Core().V1().Pods().Informer()
 	if _, err := pods.AddEventHandler(handler(func(obj any) {
-		if p, ok := podOf(obj); ok {
+		if p, ok := takePod(obj); ok {
 			sink.SetPod(p.Key, p)
 		}
 	}, func(ns, name string) {
