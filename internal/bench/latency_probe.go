@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -162,17 +163,13 @@ func (e *notReadyError) Error() string {
 // kubeProxyMetrics reads kube-proxy's metrics (IPv4 only where labelled by
 // family) from its metrics port inside the node's namespace.
 func kubeProxyMetrics(netns string) (map[string]float64, error) {
-	// No keep-alive: a transport per call would otherwise leave its idle
-	// connection open, and polling every 20 ms through a 15-minute wait
-	// ran the bench out of file descriptors.
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: nsutil.Dialer(netns), DisableKeepAlives: true}}
-	resp, err := client.Get("http://127.0.0.1:10249/metrics")
+	body, err := getInNetns(netns, "http://127.0.0.1:10249/metrics", 5*time.Second)
 	if err != nil {
 		return nil, fmt.Errorf("kube-proxy metrics: %w", err)
 	}
-	defer resp.Body.Close()
+	defer body.Close()
 	m := map[string]float64{}
-	s := bufio.NewScanner(resp.Body)
+	s := bufio.NewScanner(body)
 	s.Buffer(make([]byte, 64<<10), 1<<20)
 	for s.Scan() {
 		line := s.Text()
@@ -197,6 +194,19 @@ func kubeProxyMetrics(netns string) (map[string]float64, error) {
 		m[name] = v
 	}
 	return m, s.Err()
+}
+
+// getInNetns GETs url from inside the named network namespace (where the
+// lab's dataplanes serve their metrics). No keep-alive: a transport per
+// call would otherwise leave its idle connection open, and polling every
+// 20 ms through a 15-minute wait ran the bench out of file descriptors.
+func getInNetns(netns, url string, timeout time.Duration) (io.ReadCloser, error) {
+	client := &http.Client{Timeout: timeout, Transport: &http.Transport{DialContext: nsutil.Dialer(netns), DisableKeepAlives: true}}
+	resp, err := client.Get(url)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Body, nil
 }
 
 type usage struct{ rssMiB, cpuSeconds float64 }

@@ -14,7 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/kpath/kpath/internal/nsutil"
 	"github.com/kpath/kpath/internal/procstat"
 )
 
@@ -200,13 +199,12 @@ func uplinkRx(pid int) (uint64, error) {
 // agentMetricsText reads the unlabelled samples of the agent's metrics in
 // its node's namespace.
 func agentMetricsText(netns string) (map[string]float64, error) {
-	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: nsutil.Dialer(netns), DisableKeepAlives: true}}
-	resp, err := c.Get("http://127.0.0.1:9964/metrics")
+	body, err := getInNetns(netns, "http://127.0.0.1:9964/metrics", 2*time.Second)
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
+	defer body.Close()
+	b, err := io.ReadAll(body)
 	if err != nil {
 		return nil, err
 	}
