@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -341,23 +340,6 @@ func (m *modeLab) freeze(stop bool) {
 	for _, pid := range m.frozen {
 		_ = syscall.Kill(pid, syscall.SIGSTOP)
 	}
-}
-
-// processesNaming lists the processes with an argument containing s.
-func processesNaming(s string) []int {
-	pids := []int{}
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if strings.Contains(string(cmdline), s) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
 }
 
 // grow creates the simulated services up to s and waits for the dataplane

@@ -126,23 +126,6 @@ func (s *sampler) taken() []ScaleSample {
 
 func mib(b uint64) float64 { return float64(b) / (1 << 20) }
 
-// procOf names a process: its binary, and a string its command line holds
-// (the lab's processes are told apart by their directories).
-type procOf struct{ binary, marker string }
-
-// pid is the process's, 0 when none runs (a wrapper such as nsenter with
-// the same arguments is not it).
-func (p procOf) pid() int {
-	for _, pid := range processesNaming(p.marker) {
-		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		argv0, _, _ := strings.Cut(string(cmdline), "\x00")
-		if filepath.Base(argv0) == p.binary {
-			return pid
-		}
-	}
-	return 0
-}
-
 // bpfMapMemory sums the memlock of the BPF maps pid holds open, as
 // /proc/PID/fdinfo reports them (what Cilium's scalability report counts).
 func bpfMapMemory(pid int) uint64 {
