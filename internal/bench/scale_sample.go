@@ -62,8 +62,7 @@ func (s *sampler) run(stop <-chan struct{}) {
 	last := map[string]cpuMark{}
 	var lastRx uint64
 	var lastRxAt time.Time
-	milli := func(p procOf) (float64, *procstat.Stat) {
-		pid := p.pid()
+	milli := func(p procOf, pid int) (float64, *procstat.Stat) {
 		if pid == 0 {
 			return 0, nil
 		}
@@ -88,25 +87,24 @@ func (s *sampler) run(stop <-chan struct{}) {
 		phase, pods := s.phase()
 		smp := ScaleSample{T: time.Since(s.start).Seconds(), Phase: phase, Pods: pods}
 		var agent *procstat.Stat
-		smp.AgentMilli, agent = milli(s.agent)
+		agentPid := s.agent.pid()
+		smp.AgentMilli, agent = milli(s.agent, agentPid)
 		if agent != nil {
 			smp.AgentRSS = mib(agent.RSSBytes)
-			if pid := s.agent.pid(); pid != 0 {
-				smp.BPFMaps = mib(bpfMapMemory(pid))
-				if rx, err := uplinkRx(pid); err == nil {
-					if !lastRxAt.IsZero() && rx >= lastRx {
-						smp.RxKiBps = float64(rx-lastRx) / 1024 / time.Since(lastRxAt).Seconds()
-					}
-					lastRx, lastRxAt = rx, time.Now()
+			smp.BPFMaps = mib(bpfMapMemory(agentPid))
+			if rx, err := uplinkRx(agentPid); err == nil {
+				if !lastRxAt.IsZero() && rx >= lastRx {
+					smp.RxKiBps = float64(rx-lastRx) / 1024 / time.Since(lastRxAt).Seconds()
 				}
+				lastRx, lastRxAt = rx, time.Now()
 			}
 		}
 		var api *procstat.Stat
-		smp.APIMilli, api = milli(s.api)
+		smp.APIMilli, api = milli(s.api, s.api.pid())
 		if api != nil {
 			smp.ControlMiBs = mib(api.RSSBytes)
 		}
-		smp.EtcdMilli, _ = milli(s.etcd)
+		smp.EtcdMilli, _ = milli(s.etcd, s.etcd.pid())
 		if m, err := agentMetricsText(s.netns); err == nil {
 			smp.AgentHeap = m["go_memstats_heap_inuse_bytes"] / (1 << 20)
 			smp.IPCache = int(m["kpath_ipcache_entries"])
