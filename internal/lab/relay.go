@@ -3,7 +3,6 @@ package lab
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -53,28 +52,7 @@ func startRelay(ctx context.Context, o Options, st *State, sock string, procs *c
 		return fmt.Errorf("hubble-relay socket %s: %w", sock, err)
 	}
 	go func() { <-ctx.Done(); ln.Close() }()
-	go relayInto(ln, st.Vnet, relayAddr)
+	dial := nsutil.Dialer(st.Vnet)
+	go nsutil.Relay(ln, func(ctx context.Context) (net.Conn, error) { return dial(ctx, "tcp", relayAddr) })
 	return nil
-}
-
-// relayInto copies each connection accepted on ln to addr in the named
-// namespace, until ln closes.
-func relayInto(ln net.Listener, netns, addr string) {
-	dial := nsutil.Dialer(netns)
-	for {
-		in, err := ln.Accept()
-		if err != nil {
-			return // closed with the lab
-		}
-		go func() {
-			defer in.Close()
-			out, err := dial(context.Background(), "tcp", addr)
-			if err != nil {
-				return
-			}
-			defer out.Close()
-			go func() { _, _ = io.Copy(out, in) }()
-			_, _ = io.Copy(in, out)
-		}()
-	}
 }

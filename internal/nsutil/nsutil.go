@@ -70,23 +70,27 @@ func Forward(ns, addr string) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s in %s: %w", addr, ns, err)
 	}
-	go func() {
-		for {
-			in, err := ln.Accept()
+	go Relay(ln, func(ctx context.Context) (net.Conn, error) { return (&net.Dialer{}).DialContext(ctx, "tcp", addr) })
+	return ln, nil
+}
+
+// Relay copies each connection accepted on ln to one dial makes, both
+// ways, until ln is closed.
+func Relay(ln net.Listener, dial func(context.Context) (net.Conn, error)) {
+	for {
+		in, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer in.Close()
+			out, err := dial(context.Background())
 			if err != nil {
 				return
 			}
-			go func() {
-				defer in.Close()
-				out, err := net.Dial("tcp", addr)
-				if err != nil {
-					return
-				}
-				defer out.Close()
-				go func() { _, _ = io.Copy(out, in) }()
-				_, _ = io.Copy(in, out)
-			}()
-		}
-	}()
-	return ln, nil
+			defer out.Close()
+			go func() { _, _ = io.Copy(out, in) }()
+			_, _ = io.Copy(in, out)
+		}()
+	}
 }
