@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/kpath/kpath/internal/hubble"
 	"github.com/kpath/kpath/internal/nsutil"
 )
 
@@ -42,14 +43,9 @@ func startRelay(ctx context.Context, o Options, st *State, sock string, procs *c
 	if _, err := procs.start(cmd, func() { logf.Close() }); err != nil {
 		return fmt.Errorf("start hubble-relay: %w", err)
 	}
-	_ = os.Remove(sock)
-	ln, err := net.Listen("unix", sock)
+	ln, err := hubble.ListenUnix(sock) // root only, as the agents' are
 	if err != nil {
-		return fmt.Errorf("hubble-relay socket %s: %w", sock, err)
-	}
-	if err := os.Chmod(sock, 0o600); err != nil {
-		ln.Close()
-		return fmt.Errorf("hubble-relay socket %s: %w", sock, err)
+		return err
 	}
 	go func() { <-ctx.Done(); ln.Close() }()
 	dial := nsutil.Dialer(st.Vnet)
