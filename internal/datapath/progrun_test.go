@@ -158,15 +158,10 @@ func TestTCNoBackendRefused(t *testing.T) {
 	mustUpsert(t, d, svcOf("10.96.0.11:53/UDP"))
 	pkt := testPkt{src: ap("10.244.0.2:5353"), dst: ap("10.96.0.11:53"), proto: 17, payload: []byte("q")}
 	in := pkt.bytes()
-	opts := &ebpf.RunOptions{Data: in, DataOut: make([]byte, len(in)+256)}
-	ret, err := d.objs.KpFromPod.Run(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ret, out := runOut(t, d.objs.KpFromPod, in)
 	if ret != tcActRedirect {
 		t.Fatalf("verdict %d for a service without backends, want TC_ACT_REDIRECT (the refusal)", ret)
 	}
-	out := opts.DataOut
 	if len(out) != 14+56 {
 		t.Fatalf("refusal of %d bytes, want 70: % x", len(out), out)
 	}
