@@ -76,11 +76,13 @@ func TestLatencyBenchSmoke(t *testing.T) {
 	}
 }
 
-// TestScaleBenchSmoke runs E2's tooling at toy size, both scenarios: the
+// TestScaleBenchSmoke runs E2's tooling at toy size, every scenario: the
 // phases are sampled, the agent's and the control plane's processes are
-// found, the agent's ipcache reaches every pod, the steady state makes its
-// changes, and the results are written. It asserts the tooling, not the
-// figures.
+// found, the agent's ipcache reaches every pod (and in (c) its services
+// every backend), the steady state makes its changes and times its policy
+// changes, the restarted agent keeps the probe's connection and answers
+// every request, and the results are written. It asserts the tooling and
+// the restart, not the figures.
 func TestScaleBenchSmoke(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.RequireTool(t, "ip", "nsenter")
@@ -89,13 +91,13 @@ func TestScaleBenchSmoke(t *testing.T) {
 		testutil.SkipOrFail(t, err.Error())
 	}
 	out := t.TempDir()
-	o := bench.ScaleOptions{Scenarios: []string{"a", "b"}, Nodes: 5, Pods: 420, LocalPods: 20, StartPods: 100, Policies: 8,
-		Steady: 6 * time.Second, ChangesPerSec: 10, BinDir: buildLabBinaries(t), K8sBin: k8sBin, Out: out}
+	o := bench.ScaleOptions{Scenarios: []string{"a", "b", "c"}, Nodes: 5, Pods: 420, LocalPods: 20, StartPods: 100, Policies: 8,
+		Steady: 6 * time.Second, ChangesPerSec: 10, PolicyChanges: 6, BinDir: buildLabBinaries(t), K8sBin: k8sBin, Out: out}
 	run, err := bench.Scale(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(run.Scenarios) != 2 {
+	if len(run.Scenarios) != 3 {
 		t.Fatalf("%d scenarios", len(run.Scenarios))
 	}
 	for _, s := range run.Scenarios {
@@ -110,16 +112,27 @@ func TestScaleBenchSmoke(t *testing.T) {
 		if st.PeakRSS <= 0 || st.LastHeap <= 0 || st.BPFMaps <= 0 || st.MeanAPIMilli <= 0 || st.MeanEtcdMilli <= 0 {
 			t.Errorf("scenario %s: a process or figure not found: %+v", s.Name, st)
 		}
-		if st.IPCache < o.Pods {
-			t.Errorf("scenario %s: the agent's ipcache holds %d addresses, want the %d pods at least", s.Name, st.IPCache, o.Pods)
+		if st.IPCache < s.Pods {
+			t.Errorf("scenario %s: the agent's ipcache holds %d addresses, want the %d pods at least", s.Name, st.IPCache, s.Pods)
 		}
 		if s.Changes < 30 {
 			t.Errorf("scenario %s: %d changes in the steady state", s.Name, s.Changes)
 		}
-		if (s.Name == "b") != (s.Policy > 0) {
-			t.Errorf("scenario %s: %d policies", s.Name, s.Policy)
+		if (s.Name != "a") != (s.Policy > 0) || (s.Name != "a") != (s.PolicyChange != nil && s.PolicyChange.N == o.PolicyChanges) {
+			t.Errorf("scenario %s: %d policies, changes timed %+v", s.Name, s.Policy, s.PolicyChange)
 		}
-		for _, f := range []string{"scale-" + s.Name + ".csv", "heap-" + s.Name + "-ramp.pb.gz", "heap-" + s.Name + "-steady.pb.gz"} {
+		if s.Name == "c" && (s.Services != 8 || st.Backends < s.Pods) {
+			t.Errorf("scenario c: %d services, %d backends programmed, want 8 and %d", s.Services, st.Backends, s.Pods)
+		}
+		if e := s.Events; e == nil || len(e.Kinds) == 0 || e.GCMilli <= 0 {
+			t.Errorf("scenario %s: no CPU by event kind: %+v", s.Name, e)
+		}
+		if r := s.Restart; r == nil || r.RestartReadyMs <= 0 || r.ColdReadyMs <= 0 {
+			t.Errorf("scenario %s: restart not measured: %+v", s.Name, r)
+		} else if p := r.Probe; p.Held < 50 || p.HeldFailed > 0 || p.Dials != 1 || p.NewFailed > 0 {
+			t.Errorf("scenario %s: traffic through a Service broke while the agent restarted: %+v", s.Name, p)
+		}
+		for _, f := range []string{"scale-" + s.Name + ".csv", "heap-" + s.Name + "-ramp.pb.gz", "heap-" + s.Name + "-steady.pb.gz", "scale.svg"} {
 			if fi, err := os.Stat(filepath.Join(out, f)); err != nil || fi.Size() == 0 {
 				t.Errorf("%s: %v", f, err)
 			}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"regexp"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -113,7 +114,11 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		log.Info("uplink programs attached", "devices", cfg.Devices)
 	}
 	sel, _ := model.ParseSelection(cfg.Selection)
-	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// The GC's CPU too: with the handlers' own (kpath_k8s_event_handler_cpu_seconds_total)
+	// it tells where steady-state CPU goes.
+	gc := collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/cpu/classes/gc/total:cpu-seconds$`)}
+	a.reg.MustRegister(collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(gc)),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.reg.MustRegister(newDatapathCollector(dp))
 	if cfg.NetworkPolicy {
 		a.store = policy.NewStore()
@@ -159,7 +164,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	ev, stopEvents := newPodEvents(client, a.cfg.NodeName)
 	defer stopEvents()
 	a.events.Store(ev)
-	wo := k8s.WatchOptions{ProxyName: a.cfg.ProxyName, NodesOnly: !a.cfg.KubeProxyReplacement}
+	wo := k8s.WatchOptions{ProxyName: a.cfg.ProxyName, NodesOnly: !a.cfg.KubeProxyReplacement, Metrics: k8s.NewEventMetrics(a.reg)}
 	if a.store != nil {
 		wo.Policy = a.store
 	}

@@ -149,7 +149,7 @@ func ControlPlane(ctx context.Context, o ControlPlaneOptions) (*ControlPlaneResu
 	res.P50ms, res.P99ms = float64(res.P50.Microseconds())/1000, float64(res.P99.Microseconds())/1000
 
 	if res.Policy != nil {
-		ips := map[model.PodKey]netip.Addr{}
+		var targets []policyTarget
 		for _, k := range local {
 			p, err := c.CoreV1().Pods(k.Namespace).Get(ctx, k.Name, metav1.GetOptions{})
 			if err != nil {
@@ -157,14 +157,18 @@ func ControlPlane(ctx context.Context, o ControlPlaneOptions) (*ControlPlaneResu
 				return nil, err
 			}
 			ip := netip.MustParseAddr(p.Status.PodIP)
-			ips[k] = ip
+			targets = append(targets, policyTarget{ns: k.Namespace, selector: map[string]string{"tier": k.Name}, ip: ip})
 			if err := a.PutUnderPolicy(ctx, ip, k); err != nil {
 				stop()
 				return nil, err
 			}
 		}
 		say("timing %d NetworkPolicy changes", o.PolicyChanges)
-		lat, err := timePolicyChanges(ctx, c, a, local, ips, o.PolicyChanges)
+		decide := func(local, peer netip.Addr) (bool, error) {
+			d, err := a.Datapath().DecidePolicy(local, peer, true, model.TCP, 9999)
+			return d.Allowed, err
+		}
+		lat, err := timePolicyChanges(ctx, c, decide, targets, o.PolicyChanges, 0)
 		if err != nil {
 			stop()
 			return nil, err

@@ -17,7 +17,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 
-	"github.com/kpath/kpath/internal/agent"
 	"github.com/kpath/kpath/internal/model"
 )
 
@@ -52,19 +51,32 @@ func policyPodIP(i int) netip.Addr {
 
 var benchTiers = []string{"web", "api", "db"}
 
-func benchPolicies(ns string) []*networkingv1.NetworkPolicy {
+func benchPolicies(ns string) []*networkingv1.NetworkPolicy { return benchPolicySet(ns, 0) }
+
+// benchPolicySet is the plan's four policies of ns; variant 1 is E2 (c)'s
+// second four: the same kinds, with their ports one higher and the
+// default deny scoped to the db tier.
+func benchPolicySet(ns string, variant int) []*networkingv1.NetworkPolicy {
 	tcp := corev1.ProtocolTCP
 	port := func(p int32) networkingv1.NetworkPolicyPort {
-		v := intstr.FromInt32(p)
+		v := intstr.FromInt32(p + int32(variant))
 		return networkingv1.NetworkPolicyPort{Protocol: &tcp, Port: &v}
 	}
 	tier := func(t string) metav1.LabelSelector {
 		return metav1.LabelSelector{MatchLabels: map[string]string{"tier": t}}
 	}
-	meta := func(name string) metav1.ObjectMeta { return metav1.ObjectMeta{Namespace: ns, Name: name} }
-	web := tier("web")
+	meta := func(name string) metav1.ObjectMeta {
+		if variant > 0 {
+			name = fmt.Sprintf("%s-%d", name, variant+1)
+		}
+		return metav1.ObjectMeta{Namespace: ns, Name: name}
+	}
+	web, denied := tier("web"), metav1.LabelSelector{}
+	if variant > 0 {
+		denied = tier("db")
+	}
 	return []*networkingv1.NetworkPolicy{
-		{ObjectMeta: meta("default-deny"), Spec: networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}}},
+		{ObjectMeta: meta("default-deny"), Spec: networkingv1.NetworkPolicySpec{PodSelector: denied, PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}}},
 		{ObjectMeta: meta("api-from-web"), Spec: networkingv1.NetworkPolicySpec{PodSelector: tier("api"),
 			Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &web}}, Ports: []networkingv1.NetworkPolicyPort{port(8080)}}}}},
 		{ObjectMeta: meta("web-from-team"), Spec: networkingv1.NetworkPolicySpec{PodSelector: web,
@@ -169,44 +181,61 @@ func loadPolicies(ctx context.Context, c kubernetes.Interface, namespaces, local
 	return local, nil
 }
 
+// policyTarget is a local pod a timed policy change selects.
+type policyTarget struct {
+	ns       string
+	selector map[string]string
+	ip       netip.Addr
+}
+
+// decideFunc says whether the node's maps allow peer's new TCP connection
+// to local's port 9999.
+type decideFunc func(local, peer netip.Addr) (bool, error)
+
 // timePolicyChanges creates, then deletes, a policy that allows one more
 // source to a local pod, and times each from the API call to the node's
-// datapath deciding that source's connections the new way.
-func timePolicyChanges(ctx context.Context, c kubernetes.Interface, a *agent.Agent, local []model.PodKey, ips map[model.PodKey]netip.Addr, changes int) ([]time.Duration, error) {
+// datapath deciding that source's connections the new way. Changes start
+// at most one per pace.
+func timePolicyChanges(ctx context.Context, c kubernetes.Interface, decide decideFunc, targets []policyTarget, changes int, pace time.Duration) ([]time.Duration, error) {
 	lat := make([]time.Duration, 0, changes)
 	for i := range changes {
-		pod := local[i/2%len(local)]
+		t := targets[i/2%len(targets)]
 		create := i%2 == 0
 		src := netip.AddrFrom4([4]byte{198, 51, 100, byte(i/2%250 + 1)})
 		name := "probe-allow"
 		start := time.Now()
 		var err error
 		if create {
-			p := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: pod.Namespace, Name: name}, Spec: networkingv1.NetworkPolicySpec{
-				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"tier": pod.Name}},
+			p := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: t.ns, Name: name}, Spec: networkingv1.NetworkPolicySpec{
+				PodSelector: metav1.LabelSelector{MatchLabels: t.selector},
 				Ingress:     []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: src.String() + "/32"}}}}},
 			}}
-			_, err = c.NetworkingV1().NetworkPolicies(pod.Namespace).Create(ctx, p, metav1.CreateOptions{})
+			_, err = c.NetworkingV1().NetworkPolicies(t.ns).Create(ctx, p, metav1.CreateOptions{})
 		} else {
 			src = netip.AddrFrom4([4]byte{198, 51, 100, byte((i-1)/2%250 + 1)})
-			err = c.NetworkingV1().NetworkPolicies(pod.Namespace).Delete(ctx, name, metav1.DeleteOptions{})
+			err = c.NetworkingV1().NetworkPolicies(t.ns).Delete(ctx, name, metav1.DeleteOptions{})
 		}
 		if err != nil {
 			return nil, fmt.Errorf("policy change %d: %w", i, err)
 		}
 		for {
-			d, err := a.Datapath().DecidePolicy(ips[pod], src, true, model.TCP, 9999)
+			allowed, err := decide(t.ip, src)
 			if err != nil {
 				return nil, err
 			}
-			if d.Allowed == create {
+			if allowed == create {
 				lat = append(lat, time.Since(start))
 				break
 			}
 			if time.Since(start) > 30*time.Second {
-				return nil, fmt.Errorf("policy change %d (%s, create %v) not enforced after 30s", i, pod, create)
+				return nil, fmt.Errorf("policy change %d (%s/%s, create %v) not enforced after 30s", i, t.ns, t.ip, create)
 			}
 			time.Sleep(200 * time.Microsecond)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(pace - time.Since(start)):
 		}
 	}
 	return lat, nil

@@ -2,22 +2,22 @@ package bench
 
 import (
 	"context"
-	"encoding/csv"
-	"encoding/json"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
+	"slices"
 	"sync/atomic"
-	"text/tabwriter"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/kpath/kpath/internal/datapath"
 	"github.com/kpath/kpath/internal/lab"
+	"github.com/kpath/kpath/internal/model"
 )
 
 // E2 (BENCHMARKS.md): the agent's cost at 1,000 nodes and 100,000 pods,
@@ -29,29 +29,34 @@ import (
 // ScaleOptions configure kpath bench scale.
 type ScaleOptions struct {
 	// Scenarios to run, each in a lab of its own: a (pods only), b (a and
-	// NetworkPolicies).
+	// NetworkPolicies), c (services of 60 pods each and policies).
 	Scenarios []string
-	// Nodes counts the measured node; Pods counts its LocalPods.
+	// Nodes counts the measured node; Pods counts its LocalPods. (c) has
+	// 60% of Pods (60k of 100k), as BENCHMARKS.md's plan.
 	Nodes, Pods, LocalPods int
 	// StartPods are written before the ramp is measured (the ramp goes
-	// from them to Pods).
+	// from them to the scenario's pods).
 	StartPods int
-	// Policies for scenario b, 4 per namespace (the plan's four kinds).
+	// Policies for scenarios b (4 per namespace) and c (8 per namespace).
 	Policies int
 	Steady   time.Duration
 	// ChangesPerSec in the steady state.
-	ChangesPerSec  int
+	ChangesPerSec int
+	// PolicyChanges are timed during (b)'s and (c)'s steady state, spread
+	// over it (policy change -> enforced).
+	PolicyChanges  int
 	BinDir, K8sBin string
 	Progress       io.Writer
-	// Out receives scale.json, scale-<scenario>.csv and the agent's heap
-	// profiles at the end of each phase, heap-<scenario>-<phase>.pb.gz.
+	// Out receives scale.json, scale-<scenario>.csv, scale.svg and the
+	// agent's heap profiles at the end of each phase,
+	// heap-<scenario>-<phase>.pb.gz.
 	Out string
 }
 
 // DefaultScaleOptions are BENCHMARKS.md's E2; Quick the --quick run.
 func DefaultScaleOptions() ScaleOptions {
-	return ScaleOptions{Scenarios: []string{"a", "b"}, Nodes: 1000, Pods: 100000, LocalPods: 100, StartPods: 20000,
-		Policies: 2000, Steady: 2 * time.Minute, ChangesPerSec: 50}
+	return ScaleOptions{Scenarios: []string{"a", "b", "c"}, Nodes: 1000, Pods: 100000, LocalPods: 100, StartPods: 20000,
+		Policies: 2000, Steady: 2 * time.Minute, ChangesPerSec: 50, PolicyChanges: 100}
 }
 
 // Quick shrinks o to the --quick size: 100 nodes, 10k pods, 200 policies.
@@ -62,15 +67,43 @@ func (o ScaleOptions) Quick() ScaleOptions {
 
 // ScaleScenario is one scenario's samples and what they add up to.
 type ScaleScenario struct {
-	Name    string        `json:"scenario"`
-	Pods    int           `json:"pods"`
-	Nodes   int           `json:"nodes"`
-	Policy  int           `json:"policies"`
-	Changes int           `json:"steady_changes"`
-	Steady  ScaleSummary  `json:"steady"`
-	Ramp    ScaleSummary  `json:"ramp"`
-	Setup   time.Duration `json:"setup_ns"`
+	Name     string `json:"scenario"`
+	Pods     int    `json:"pods"`
+	Nodes    int    `json:"nodes"`
+	Policy   int    `json:"policies"`
+	Services int    `json:"services"`
+	Backends int    `json:"backends"`
+	Changes  int    `json:"steady_changes"`
+	// Steady and Ramp sum up the phases' samples.
+	Steady ScaleSummary  `json:"steady"`
+	Ramp   ScaleSummary  `json:"ramp"`
+	Setup  time.Duration `json:"setup_ns"`
+	// Events is the steady state's work by event kind.
+	Events *ScaleEvents `json:"events,omitempty"`
+	// PolicyChange: policy change -> enforced, timed during the steady
+	// state ((b) and (c)).
+	PolicyChange *Percentiles `json:"policy_change_to_enforced,omitempty"`
+	// Restart: the agent restarted, then started cold, at full size.
+	Restart *ScaleRestart `json:"restart,omitempty"`
 	Samples []ScaleSample `json:"samples"`
+}
+
+// Percentiles of a latency, in milliseconds.
+type Percentiles struct {
+	N   int     `json:"n"`
+	P50 float64 `json:"p50_ms"`
+	P90 float64 `json:"p90_ms"`
+	P99 float64 `json:"p99_ms"`
+	Max float64 `json:"max_ms"`
+}
+
+func percentilesOf(lat []time.Duration) *Percentiles {
+	if len(lat) == 0 {
+		return nil
+	}
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	p50, p90, p99, mx := percentiles(lat)
+	return &Percentiles{N: len(lat), P50: ms(p50), P90: ms(p90), P99: ms(p99), Max: ms(mx)}
 }
 
 // ScaleSummary sums up a phase's samples: mean CPU, the peak and the
@@ -86,8 +119,10 @@ type ScaleSummary struct {
 	MeanRxKiBps   float64 `json:"agent_rx_kib_per_s_mean"`
 	MeanAPIMilli  float64 `json:"apiserver_millicores_mean"`
 	MeanEtcdMilli float64 `json:"etcd_millicores_mean"`
+	MeanKCMMilli  float64 `json:"controller_manager_millicores_mean"`
 	IPCache       int     `json:"ipcache_entries"`
 	Identities    int     `json:"identities"`
+	Backends      int     `json:"service_backends"`
 }
 
 // ScaleRun is a kpath bench scale run.
@@ -100,17 +135,23 @@ type ScaleRun struct {
 
 // Scale runs E2.
 func Scale(ctx context.Context, o ScaleOptions) (*ScaleRun, error) {
-	if o.Nodes < 2 || o.LocalPods < 0 || o.Pods-o.LocalPods > (o.Nodes-1)*scalePodsPerNode || o.StartPods > o.Pods {
-		return nil, fmt.Errorf("scale: %d pods (%d local) do not fit %d nodes of %d pods, or start %d > pods", o.Pods, o.LocalPods, o.Nodes, scalePodsPerNode, o.StartPods)
-	}
 	if o.Progress == nil {
 		o.Progress = io.Discard
 	}
+	for _, sc := range o.Scenarios {
+		if !slices.Contains([]string{"a", "b", "c"}, sc) {
+			return nil, fmt.Errorf("scenario %q: want a, b or c", sc)
+		}
+		l := newScaleLayout(sc, o)
+		if err := l.validate(); err != nil {
+			return nil, err
+		}
+		if o.StartPods > l.pods {
+			return nil, fmt.Errorf("scenario %s: %d start pods > %d pods", sc, o.StartPods, l.pods)
+		}
+	}
 	run := &ScaleRun{Machine: DescribeMachine(""), Started: time.Now(), Options: o}
 	for _, sc := range o.Scenarios {
-		if sc != "a" && sc != "b" {
-			return nil, fmt.Errorf("scenario %q: want a or b", sc)
-		}
 		res, err := scaleScenario(ctx, o, sc)
 		if err != nil {
 			return run, fmt.Errorf("scenario %s: %w", sc, err)
@@ -129,76 +170,98 @@ func scaleScenario(ctx context.Context, o ScaleOptions, name string) (*ScaleScen
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	fmt.Fprintf(o.Progress, "scenario %s: lab up\n", name)
-	l, err := lab.Start(ctx, lab.Options{Name: "scale", Dir: filepath.Join(dir, "lab"), Nodes: 1, Routing: "native", Services: "kpath",
+	l := newScaleLayout(name, o)
+	fmt.Fprintf(o.Progress, "scenario %s: %d nodes, %d pods (%d local), lab up\n", name, l.nodes, l.pods, l.local)
+	lb, err := lab.Start(ctx, lab.Options{Name: "scale", Dir: filepath.Join(dir, "lab"), Nodes: 1, Routing: "native", Services: "kpath",
 		BinDir: o.BinDir, K8sBin: o.K8sBin}, 2*time.Minute)
 	if err != nil {
 		return nil, err
 	}
-	defer l.Stop()
-	c, node := l.Client, l.State.Nodes[0]
-	namespaces := (o.Pods + scalePodsPerNS - 1) / scalePodsPerNS
-	fake := o.Pods - o.LocalPods
+	defer lb.Stop()
+	c, node := lb.Client, lb.State.Nodes[0]
 	var written atomic.Int64
 	phase := atomic.Value{}
 	phase.Store("setup")
+	labDir := filepath.Join(dir, "lab")
 	smp := &sampler{agent: procOf{"kpath-agent", "--pin-dir=" + node.PinDir},
-		api:  procOf{"kube-apiserver", "--cert-dir=" + filepath.Join(dir, "lab")},
-		etcd: procOf{"etcd", "--data-dir=" + filepath.Join(dir, "lab")}, netns: node.Netns, start: time.Now(),
+		api:  procOf{"kube-apiserver", "--cert-dir=" + labDir},
+		etcd: procOf{"etcd", "--data-dir=" + labDir}, kcm: procOf{"kube-controller-manager", "--kubeconfig=" + labDir},
+		netns: node.Netns, start: time.Now(),
 		phase: func() (string, int) { return phase.Load().(string), int(written.Load()) }}
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() { smp.run(stop); close(done) }()
-	defer func() {
+	stopSampling := func() {
 		select {
 		case <-stop:
 		default:
 			close(stop)
 		}
 		<-done
-	}()
+	}
+	defer stopSampling()
 
 	start := time.Now()
-	if err := createScaleNamespaces(ctx, c, namespaces); err != nil {
+	res := &ScaleScenario{Name: name, Pods: l.pods, Nodes: l.nodes}
+	if err := createScaleNamespaces(ctx, c, l.namespaces()); err != nil {
 		return nil, err
 	}
-	if err := createScaleNodes(ctx, c, 0, o.Nodes-1, o.Progress); err != nil {
+	if err := createScaleNodes(ctx, c, 0, l.nodes-1, o.Progress); err != nil {
 		return nil, err
 	}
-	policies := 0
-	if name == "b" {
-		if policies, err = createScalePolicies(ctx, c, namespaces, o.Policies); err != nil {
+	policyNamespaces := map[string]bool{}
+	if name != "a" {
+		var n int
+		if res.Policy, n, err = createScalePolicies(ctx, c, l, o.Policies); err != nil {
 			return nil, err
 		}
+		for i := range n {
+			policyNamespaces[scaleNS(i)] = true
+		}
 	}
-	if err := createLocalPods(ctx, c, node.Name, o.LocalPods, namespaces); err != nil {
+	if l.services > 0 {
+		if err := createScaleServices(ctx, c, l); err != nil {
+			return nil, err
+		}
+		res.Services, res.Backends = l.namespaces()*l.services, l.pods
+	}
+	local, err := createLocalPods(ctx, c, node.Name, l)
+	if err != nil {
 		return nil, err
 	}
-	written.Store(int64(o.LocalPods))
-	first := min(max(o.StartPods-o.LocalPods, 0), fake)
-	if err := createScalePods(ctx, c, 0, first, o.Progress); err != nil {
+	// The timed policy changes need isolated pods: those of the
+	// namespaces that have the plan's policies.
+	local = slices.DeleteFunc(local, func(t policyTarget) bool { return !policyNamespaces[t.ns] })
+	probe, err := startScaleProbe(ctx, c, lb.State, node.Name)
+	if err != nil {
+		return nil, err
+	}
+	written.Store(int64(l.local))
+	first := min(max(o.StartPods-l.local, 0), l.fake())
+	if err := createScalePods(ctx, c, l, 0, first, o.Progress); err != nil {
 		return nil, err
 	}
 	written.Add(int64(first))
-	setup := time.Since(start)
+	res.Setup = time.Since(start)
 
 	phase.Store("ramp")
 	rampFrom := len(smp.taken())
-	for at := first; at < fake; {
-		to := min(at+1000, fake)
-		if err := createScalePods(ctx, c, at, to, io.Discard); err != nil {
+	for at := first; at < l.fake(); {
+		to := min(at+1000, l.fake())
+		if err := createScalePods(ctx, c, l, at, to, io.Discard); err != nil {
 			return nil, err
 		}
 		written.Add(int64(to - at))
-		fmt.Fprintf(o.Progress, "\rramp: %d/%d pods", int(written.Load()), o.Pods)
+		fmt.Fprintf(o.Progress, "\rramp: %d/%d pods", int(written.Load()), l.pods)
 		at = to
 	}
 	fmt.Fprintln(o.Progress)
-	// The agent has caught up when its ipcache holds every pod.
-	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
-		if s := smp.taken(); len(s) > 0 && s[len(s)-1].IPCache >= o.Pods {
-			break
-		}
+	// The agent has caught up when its ipcache holds every pod (and, in
+	// (c), its services every backend, once the controller manager wrote
+	// the slices).
+	caughtUp := func(s ScaleSample) bool { return s.IPCache >= l.pods+2 && s.Backends >= res.Backends }
+	if err := waitSample(smp, 5*time.Minute, caughtUp); err != nil {
+		return nil, fmt.Errorf("after the ramp: %w", err)
 	}
 	rampTo := len(smp.taken())
 	profile := func(phase string) {
@@ -215,144 +278,139 @@ func scaleScenario(ctx context.Context, o ScaleOptions, name string) (*ScaleScen
 
 	phase.Store("steady")
 	fmt.Fprintf(o.Progress, "steady state: %s, %d pod changes/s\n", o.Steady, o.ChangesPerSec)
+	before, err := agentMetricsAll(node.Netns)
+	if err != nil {
+		return nil, err
+	}
 	stopChurn := make(chan struct{})
 	time.AfterFunc(o.Steady, func() { close(stopChurn) })
-	changes, err := churn(ctx, c, fake, o.Nodes-1, namespaces, o.ChangesPerSec, stopChurn)
-	if err != nil {
+	polDone := make(chan error, 1)
+	if res.Policy > 0 && o.PolicyChanges > 0 && len(local) > 0 {
+		go func() {
+			lat, err := timeScalePolicyChanges(ctx, c, node.PinDir, local, o.PolicyChanges, o.Steady)
+			res.PolicyChange = percentilesOf(lat)
+			polDone <- err
+		}()
+	} else {
+		polDone <- nil
+	}
+	steadyStart := time.Now()
+	if res.Changes, err = churn(ctx, c, l, o.ChangesPerSec, stopChurn); err != nil {
 		return nil, fmt.Errorf("steady state: %w", err)
 	}
+	steadyTime := time.Since(steadyStart)
+	if err := <-polDone; err != nil {
+		return nil, fmt.Errorf("policy changes in the steady state: %w", err)
+	}
+	after, err := agentMetricsAll(node.Netns)
+	if err != nil {
+		return nil, err
+	}
 	profile("steady")
-	close(stop)
-	<-done
+	steadyTo := len(smp.taken())
+
+	phase.Store("restart")
+	if res.Restart, err = measureRestart(ctx, o.Progress, node, probe, caughtUp, smp); err != nil {
+		return nil, fmt.Errorf("restart: %w", err)
+	}
+	stopSampling()
 	all := smp.taken()
-	res := &ScaleScenario{Name: name, Pods: o.Pods, Nodes: o.Nodes, Policy: policies, Changes: changes, Setup: setup, Samples: all,
-		Ramp: summarize(all[min(rampFrom, len(all)):min(rampTo, len(all))]), Steady: summarize(all[min(rampTo, len(all)):])}
+	res.Samples = all
+	res.Ramp = summarize(all[min(rampFrom, len(all)):min(rampTo, len(all))])
+	steady := summarize(all[min(rampTo, len(all)):min(steadyTo, len(all))])
+	res.Steady = steady
+	res.Events = eventWork(before, after, steadyTime, steady.MeanMilli)
 	return res, nil
 }
 
-// createLocalPods creates n pods on the measured node, which the lab's
-// runtime runs for real (an idle workload, the real CNI plugin), spread
-// over the namespaces with their deployments' labels, and waits until
-// they run.
-func createLocalPods(ctx context.Context, c kubernetes.Interface, node string, n, namespaces int) error {
-	err := parallel(ctx, 0, n, 4, func(i int) error {
-		ns := scaleNS(i % namespaces)
-		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("local-%d", i), Labels: deploymentLabels(ns, i%scaleDeployments)},
-			Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "app", Image: "kpath/idle"}}}}
+// waitSample waits until the sampler's last sample satisfies ok.
+func waitSample(smp *sampler, timeout time.Duration, ok func(ScaleSample) bool) error {
+	var last ScaleSample
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		if s := smp.taken(); len(s) > 0 {
+			if last = s[len(s)-1]; ok(last) {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("the agent did not catch up within %s (ipcache %d, service backends %d)", timeout, last.IPCache, last.Backends)
+}
+
+// createLocalPods creates the layout's local pods on the measured node,
+// which the lab's runtime runs for real (an idle workload, the real CNI
+// plugin), spread over the namespaces with their deployments' labels,
+// waits until they run and returns them as policy targets.
+func createLocalPods(ctx context.Context, c kubernetes.Interface, node string, l scaleLayout) ([]policyTarget, error) {
+	err := parallel(ctx, 0, l.local, 4, func(i int) error {
+		ns := scaleNS(i % l.namespaces())
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("local-%d", i), Labels: l.labels(ns, i%l.deployments())},
+			Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "app", Image: "kpath/idle",
+				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}}}}}
 		return retryTransient(ctx, func() error {
 			_, err := c.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
 			return ignoreExists(err)
 		})
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for deadline := time.Now().Add(3 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
-		l, err := c.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
+		pl, err := c.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
 		if err != nil {
 			continue
 		}
-		running := 0
-		for _, p := range l.Items {
-			if p.Status.Phase == corev1.PodRunning && p.Status.PodIP != "" {
-				running++
+		var out []policyTarget
+		for _, p := range pl.Items {
+			if ip, err := netip.ParseAddr(p.Status.PodIP); err == nil && p.Status.Phase == corev1.PodRunning && p.Namespace != scaleProbeNS {
+				out = append(out, policyTarget{ns: p.Namespace, ip: ip,
+					selector: map[string]string{"app": p.Labels["app"], "pod-template-hash": p.Labels["pod-template-hash"]}})
 			}
 		}
-		if running >= n {
-			return nil
+		if len(out) >= l.local {
+			slices.SortFunc(out, func(a, b policyTarget) int { return a.ip.Compare(b.ip) })
+			return out, nil
 		}
 	}
-	return fmt.Errorf("%d local pods not running after 3 minutes", n)
+	return nil, fmt.Errorf("%d local pods not running after 3 minutes", l.local)
 }
 
-// createScalePolicies writes the plan's four policies per namespace, up
-// to want, and returns how many.
-func createScalePolicies(ctx context.Context, c kubernetes.Interface, namespaces, want int) (int, error) {
-	n := min(want/4, namespaces)
-	err := parallel(ctx, 0, n, 8, func(i int) error {
-		for _, p := range benchPolicies(scaleNS(i)) {
-			if err := retryTransient(ctx, func() error {
-				_, err := c.NetworkingV1().NetworkPolicies(p.Namespace).Create(ctx, p, metav1.CreateOptions{})
-				return ignoreExists(err)
-			}); err != nil {
-				return err
+// createScalePolicies writes the plan's policies, 4 per namespace in (b)
+// and 8 in (c), up to want, and returns how many, in how many namespaces
+// (the first ones).
+func createScalePolicies(ctx context.Context, c kubernetes.Interface, l scaleLayout, want int) (policies, namespaces int, err error) {
+	variants := 1
+	if l.services > 0 {
+		variants = 2
+	}
+	n := min(want/(4*variants), l.namespaces())
+	err = parallel(ctx, 0, n, 8, func(i int) error {
+		for v := range variants {
+			for _, p := range benchPolicySet(scaleNS(i), v) {
+				if err := retryTransient(ctx, func() error {
+					_, err := c.NetworkingV1().NetworkPolicies(p.Namespace).Create(ctx, p, metav1.CreateOptions{})
+					return ignoreExists(err)
+				}); err != nil {
+					return err
+				}
 			}
 		}
 		return nil
 	})
-	return 4 * n, err
+	return 4 * variants * n, n, err
 }
 
-func summarize(ss []ScaleSample) ScaleSummary {
-	var s ScaleSummary
-	if len(ss) == 0 {
-		return s
-	}
-	s.Seconds = len(ss)
-	for _, x := range ss {
-		s.MeanMilli += x.AgentMilli / float64(len(ss))
-		s.MeanRxKiBps += x.RxKiBps / float64(len(ss))
-		s.MeanAPIMilli += x.APIMilli / float64(len(ss))
-		s.MeanEtcdMilli += x.EtcdMilli / float64(len(ss))
-		s.PeakMilli = max(s.PeakMilli, x.AgentMilli)
-		s.PeakRSS = max(s.PeakRSS, x.AgentRSS)
-	}
-	last := ss[len(ss)-1]
-	s.LastRSS, s.LastHeap, s.BPFMaps, s.IPCache, s.Identities = last.AgentRSS, last.AgentHeap, last.BPFMaps, last.IPCache, last.Identities
-	return s
-}
-
-// scaleTargets are E2's steady-state targets: millicores and MiB.
-var scaleTargets = map[string][2]float64{"a": {50, 150}, "b": {75, 200}, "c": {100, 250}}
-
-// Print writes the run's table.
-func (r *ScaleRun) Print(w io.Writer) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SCENARIO\tNODES\tPODS\tPOLICIES\tSTEADY CPU\tSTEADY RSS\tHEAP\tBPF MAPS\tRX\tRAMP PEAK CPU\tRAMP PEAK RSS\tAPISERVER / ETCD CPU\tTARGET CPU / RSS")
-	for _, s := range r.Scenarios {
-		t := scaleTargets[s.Name]
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%.0fm\t%.0f MiB\t%.0f MiB\t%.0f MiB\t%.0f KiB/s\t%.0fm\t%.0f MiB\t%.0fm / %.0fm\t<= %.0fm / <= %.0f MiB\n",
-			s.Name, s.Nodes, s.Pods, s.Policy, s.Steady.MeanMilli, s.Steady.PeakRSS, s.Steady.LastHeap, s.Steady.BPFMaps,
-			s.Steady.MeanRxKiBps, s.Ramp.PeakMilli, s.Ramp.PeakRSS, s.Steady.MeanAPIMilli, s.Steady.MeanEtcdMilli, t[0], t[1])
-	}
-	tw.Flush()
-}
-
-// write saves scale.json and a CSV of each scenario's samples.
-func (r *ScaleRun) write(dir string) error {
-	if dir == "" {
-		return nil
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	b, err := json.MarshalIndent(r, "", "  ")
+// timeScalePolicyChanges times policy changes that each allow one more
+// source to a local pod, spread over the steady state, reading the
+// decisions from the agent's pinned maps (no load on the agent).
+func timeScalePolicyChanges(ctx context.Context, c kubernetes.Interface, pinDir string, targets []policyTarget, changes int, over time.Duration) ([]time.Duration, error) {
+	v, err := datapath.OpenPolicyView(datapath.DefaultConfig().BPFFS, pinDir)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "scale.json"), b, 0o644); err != nil {
-		return err
+	defer v.Close()
+	decide := func(local, peer netip.Addr) (bool, error) {
+		d, err := v.Decide(local, peer, true, model.TCP, 9999)
+		return d.Allowed, err
 	}
-	for _, s := range r.Scenarios {
-		f, err := os.Create(filepath.Join(dir, "scale-"+s.Name+".csv"))
-		if err != nil {
-			return err
-		}
-		cw := csv.NewWriter(f)
-		_ = cw.Write([]string{"t_s", "phase", "pods", "agent_millicores", "agent_rss_mib", "agent_heap_mib", "bpf_maps_mib",
-			"agent_rx_kib_per_s", "ipcache_entries", "identities", "apiserver_millicores", "etcd_millicores", "apiserver_rss_mib"})
-		for _, x := range s.Samples {
-			ff := func(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) }
-			_ = cw.Write([]string{ff(x.T), x.Phase, strconv.Itoa(x.Pods), ff(x.AgentMilli), ff(x.AgentRSS), ff(x.AgentHeap), ff(x.BPFMaps),
-				ff(x.RxKiBps), strconv.Itoa(x.IPCache), strconv.Itoa(x.Identities), ff(x.APIMilli), ff(x.EtcdMilli), ff(x.ControlMiBs)})
-		}
-		cw.Flush()
-		if err := f.Close(); err != nil {
-			return err
-		}
-		if err := cw.Error(); err != nil {
-			return err
-		}
-	}
-	return nil
+	return timePolicyChanges(ctx, c, decide, targets, changes, over/time.Duration(changes+1))
 }

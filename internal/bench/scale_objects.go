@@ -12,18 +12,50 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 )
 
 // E2's object plan (BENCHMARKS.md): nodes scale-node-NNNN with /24 pod
-// CIDRs out of 10.128.0.0/10, 100 pods each; namespaces of 200 pods, each
-// 20 deployments of 10 pods labelled app, tier and pod-template-hash;
-// namespace labels team (10 values) and env.
+// CIDRs out of 10.128.0.0/10; namespaces of deployments of 10 pods
+// labelled app, tier and pod-template-hash (and svc in (c)); namespace
+// labels team (10 values) and env.
 const (
-	scalePodsPerNode = 100
-	scalePodsPerNS   = 200
-	scaleDeployments = 20
+	scaleMaxPerNode   = 100 // pods a simulated node holds in the plan
+	scalePerDeploy    = 10
+	scaleSvcDeploys   = 6 // deployments one (c) service selects: 60 pods
+	scaleChurnPerNode = 150
 )
+
+// scaleLayout is a scenario's plan: (a) and (b) have 500 namespaces x 200
+// pods (20 deployments); (c) 250 x 240 (24 deployments) and 4 services per
+// namespace, each selecting 60 pods by their svc label.
+type scaleLayout struct {
+	pods, local, nodes int // nodes counts the measured one
+	podsPerNS          int
+	services           int // per namespace
+	perNode            int // pods per simulated node
+}
+
+func newScaleLayout(scenario string, o ScaleOptions) scaleLayout {
+	l := scaleLayout{pods: o.Pods, local: o.LocalPods, nodes: o.Nodes, podsPerNS: 200}
+	if scenario == "c" {
+		l.pods, l.podsPerNS, l.services = o.Pods*6/10, 240, 4
+	}
+	l.perNode = min(scaleMaxPerNode, (l.fake()+l.nodes-2)/max(l.nodes-1, 1))
+	return l
+}
+
+func (l scaleLayout) fake() int        { return l.pods - l.local }
+func (l scaleLayout) namespaces() int  { return (l.pods + l.podsPerNS - 1) / l.podsPerNS }
+func (l scaleLayout) deployments() int { return l.podsPerNS / scalePerDeploy }
+
+func (l scaleLayout) validate() error {
+	if l.nodes < 2 || l.local < 0 || l.local > l.pods || l.fake() > (l.nodes-1)*scaleMaxPerNode {
+		return fmt.Errorf("scale: %d pods (%d local) do not fit %d nodes of %d pods", l.pods, l.local, l.nodes, scaleMaxPerNode)
+	}
+	return nil
+}
 
 func scaleNodeName(i int) string { return fmt.Sprintf("scale-node-%04d", i) }
 func scaleNS(i int) string       { return fmt.Sprintf("scale-%03d", i) }
@@ -45,24 +77,46 @@ type scalePod struct {
 	labels   map[string]string
 }
 
-func scalePodOf(i int) scalePod {
-	nsIdx, inNS := i/scalePodsPerNS, i%scalePodsPerNS
-	dep := inNS % scaleDeployments
-	node := i / scalePodsPerNode
+// pod is the plan's simulated pod i, of [0, fake()).
+func (l scaleLayout) pod(i int) scalePod {
+	nsIdx, inNS := i/l.podsPerNS, i%l.podsPerNS
+	dep := inNS % l.deployments()
+	node := i / l.perNode
 	cidr := scaleNodeCIDR(node).Addr().As4()
-	cidr[3] = byte(i%scalePodsPerNode + 1)
+	cidr[3] = byte(i%l.perNode + 1)
 	return scalePod{
-		ns: scaleNS(nsIdx), name: fmt.Sprintf("app-%02d-%d", dep, inNS/scaleDeployments), node: node,
-		ip: netip.AddrFrom4(cidr), labels: deploymentLabels(scaleNS(nsIdx), dep),
+		ns: scaleNS(nsIdx), name: fmt.Sprintf("app-%02d-%d", dep, inNS/l.deployments()), node: node,
+		ip: netip.AddrFrom4(cidr), labels: l.labels(scaleNS(nsIdx), dep),
 	}
 }
 
-// deploymentLabels are the labels of deployment dep's pods in ns.
-func deploymentLabels(ns string, dep int) map[string]string {
+// labels are the labels of deployment dep's pods in ns.
+func (l scaleLayout) labels(ns string, dep int) map[string]string {
 	h := fnv.New32a()
 	fmt.Fprintf(h, "%s/%d", ns, dep)
-	return map[string]string{"app": fmt.Sprintf("app-%02d", dep), "tier": benchTiers[dep%len(benchTiers)],
+	m := map[string]string{"app": fmt.Sprintf("app-%02d", dep), "tier": benchTiers[dep%len(benchTiers)],
 		"pod-template-hash": fmt.Sprintf("%08x", h.Sum32())}
+	if l.services > 0 {
+		m["svc"] = scaleSvcName(dep / scaleSvcDeploys)
+	}
+	return m
+}
+
+func scaleSvcName(j int) string { return fmt.Sprintf("svc-%d", j) }
+
+// createScaleServices writes (c)'s services, port 80 to the pods' named
+// port http; kube-controller-manager builds their EndpointSlices.
+func createScaleServices(ctx context.Context, c kubernetes.Interface, l scaleLayout) error {
+	return parallel(ctx, 0, l.namespaces()*l.services, 8, func(i int) error {
+		ns := scaleNS(i / l.services)
+		svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: scaleSvcName(i % l.services)},
+			Spec: corev1.ServiceSpec{Selector: map[string]string{"svc": scaleSvcName(i % l.services)},
+				Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP, TargetPort: intstr.FromString("http")}}}}
+		return retryTransient(ctx, func() error {
+			_, err := c.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{})
+			return ignoreExists(err)
+		})
+	})
 }
 
 // createScaleNodes writes nodes [from, to) with their pod CIDRs and
@@ -108,11 +162,11 @@ func createScaleNamespaces(ctx context.Context, c kubernetes.Interface, n int) e
 
 // createScalePods writes pods [from, to) bound to their simulated nodes,
 // with status written as a kubelet would (Running, Ready, the IP).
-func createScalePods(ctx context.Context, c kubernetes.Interface, from, to int, progress io.Writer) error {
+func createScalePods(ctx context.Context, c kubernetes.Interface, l scaleLayout, from, to int, progress io.Writer) error {
 	p := newProgress(progress, "pods", to-from)
 	defer p.Done()
 	return parallel(ctx, from, to, 16, func(i int) error {
-		if err := writeScalePod(ctx, c, scalePodOf(i)); err != nil {
+		if err := writeScalePod(ctx, c, l.pod(i)); err != nil {
 			return err
 		}
 		p.Add(1)
@@ -184,21 +238,22 @@ func parallel(ctx context.Context, from, to, workers int, f func(i int) error) e
 	return firstErr
 }
 
-// scaleChurnPod is the k-th pod the steady state creates: spread over the
-// namespaces and nodes, addressed past the plan's 100 per node.
-func scaleChurnPod(k, nodes, namespaces int) scalePod {
+// churnPod is the k-th pod the steady state creates: spread over the
+// namespaces and nodes, addressed past the plan's pods of each node.
+func (l scaleLayout) churnPod(k int) scalePod {
+	nodes := l.nodes - 1
 	node := k % nodes
 	ip := scaleNodeCIDR(node).Addr().As4()
-	ip[3] = byte(scalePodsPerNode + 1 + (k/nodes)%150)
-	ns := scaleNS(k % namespaces)
+	ip[3] = byte(scaleMaxPerNode + 1 + (k/nodes)%scaleChurnPerNode)
+	ns := scaleNS(k % l.namespaces())
 	return scalePod{ns: ns, name: fmt.Sprintf("churn-%d", k), node: node, ip: netip.AddrFrom4(ip),
-		labels: deploymentLabels(ns, k%scaleDeployments)}
+		labels: l.labels(ns, k%l.deployments())}
 }
 
 // churn makes rate pod changes a second until stop: a third created, a
 // third deleted (the plan's pods, spread over the namespaces), a third
 // relabelled to another deployment's labels.
-func churn(ctx context.Context, c kubernetes.Interface, pods, nodes, namespaces, rate int, stop <-chan struct{}) (changes int, err error) {
+func churn(ctx context.Context, c kubernetes.Interface, l scaleLayout, rate int, stop <-chan struct{}) (changes int, err error) {
 	t := time.NewTicker(time.Second / time.Duration(rate))
 	defer t.Stop()
 	for i := 0; ; i++ {
@@ -213,13 +268,13 @@ func churn(ctx context.Context, c kubernetes.Interface, pods, nodes, namespaces,
 		k := i / 3
 		switch i % 3 {
 		case 0:
-			err = writeScalePod(ctx, c, scaleChurnPod(k, nodes, namespaces))
+			err = writeScalePod(ctx, c, l.churnPod(k))
 		case 1:
-			sp := scalePodOf(k * 7919 % pods) // a prime stride: every namespace in turn
+			sp := l.pod(k * 7919 % l.fake()) // a prime stride: every namespace in turn
 			err = c.CoreV1().Pods(sp.ns).Delete(ctx, sp.name, metav1.DeleteOptions{})
 		case 2:
-			sp := scalePodOf((k*7919 + 1) % pods)
-			labels := deploymentLabels(sp.ns, (k+1)%scaleDeployments)
+			sp := l.pod((k*7919 + 1) % l.fake())
+			labels := l.labels(sp.ns, (k+1)%l.deployments())
 			err = retryTransient(ctx, func() error {
 				p, err := c.CoreV1().Pods(sp.ns).Get(ctx, sp.name, metav1.GetOptions{})
 				if err != nil {

@@ -2,10 +2,8 @@ package bench
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -34,18 +32,20 @@ type ScaleSample struct {
 	RxKiBps     float64 `json:"agent_rx_kib_per_s"`
 	IPCache     int     `json:"ipcache_entries"`
 	Identities  int     `json:"identities"`
+	Backends    int     `json:"service_backends"`
 	APIMilli    float64 `json:"apiserver_millicores"`
 	EtcdMilli   float64 `json:"etcd_millicores"`
+	KCMMilli    float64 `json:"controller_manager_millicores"`
 	ControlMiBs float64 `json:"apiserver_rss_mib"`
 }
 
 // sampler reads the agent's and the control plane's processes every
 // second into samples.
 type sampler struct {
-	agent, api, etcd procOf
-	netns            string // the agent's (metrics, uplink)
-	phase            func() (string, int)
-	start            time.Time
+	agent, api, etcd, kcm procOf
+	netns                 string // the agent's (metrics, uplink)
+	phase                 func() (string, int)
+	start                 time.Time
 
 	mu      sync.Mutex
 	samples []ScaleSample
@@ -105,10 +105,12 @@ func (s *sampler) run(stop <-chan struct{}) {
 			smp.ControlMiBs = mib(api.RSSBytes)
 		}
 		smp.EtcdMilli, _ = milli(s.etcd, s.etcd.pid())
+		smp.KCMMilli, _ = milli(s.kcm, s.kcm.pid())
 		if m, err := agentMetricsText(s.netns); err == nil {
 			smp.AgentHeap = m["go_memstats_heap_inuse_bytes"] / (1 << 20)
 			smp.IPCache = int(m["kpath_ipcache_entries"])
 			smp.Identities = int(m["kpath_identities"])
+			smp.Backends = int(m["kpath_service_backends"])
 		}
 		s.mu.Lock()
 		s.samples = append(s.samples, smp)
@@ -180,6 +182,21 @@ func uplinkRx(pid int) (uint64, error) {
 // agentMetricsText reads the unlabelled samples of the agent's metrics in
 // its node's namespace.
 func agentMetricsText(netns string) (map[string]float64, error) {
+	all, err := agentMetricsAll(netns)
+	if err != nil {
+		return nil, err
+	}
+	for name := range all {
+		if strings.Contains(name, "{") {
+			delete(all, name)
+		}
+	}
+	return all, nil
+}
+
+// agentMetricsAll reads every sample of the agent's metrics, keyed by the
+// name with its labels as exposed (name{a="x",b="y"}).
+func agentMetricsAll(netns string) (map[string]float64, error) {
 	body, err := getInNetns(netns, "http://127.0.0.1:9964/metrics", 2*time.Second)
 	if err != nil {
 		return nil, err
@@ -191,10 +208,11 @@ func agentMetricsText(netns string) (map[string]float64, error) {
 	}
 	out := map[string]float64{}
 	for _, line := range strings.Split(string(b), "\n") {
-		name, val, ok := strings.Cut(line, " ")
-		if !ok || strings.HasPrefix(line, "#") || strings.Contains(name, "{") {
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 || strings.HasPrefix(line, "#") {
 			continue
 		}
+		name, val := line[:i], line[i+1:]
 		if v, err := strconv.ParseFloat(strings.TrimSpace(val), 64); err == nil {
 			out[name] = v
 		}
@@ -205,11 +223,7 @@ func agentMetricsText(netns string) (map[string]float64, error) {
 // saveHeapProfile writes the agent's heap profile (Go's pprof format,
 // after a GC) from its local API socket to path.
 func saveHeapProfile(socket, path string) error {
-	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
-		}, DisableKeepAlives: true}}
-	resp, err := c.Get("http://kpath-agent/debug/pprof/heap?gc=1")
+	resp, err := agentHTTP(socket, 30*time.Second).Get("http://kpath-agent/debug/pprof/heap?gc=1")
 	if err != nil {
 		return fmt.Errorf("heap profile: %w", err)
 	}

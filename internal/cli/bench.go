@@ -196,15 +196,21 @@ func newScaleCommand() *cobra.Command {
 	var scenarios string
 	cmd := &cobra.Command{
 		Use:   "scale",
-		Short: "E2: the agent's CPU and memory at 1,000 nodes and 100,000 pods (scenarios a, b)",
+		Short: "E2: the agent's CPU and memory at 1,000 nodes and 100,000 pods (scenarios a, b, c)",
 		Long: `E2 (BENCHMARKS.md): a lab with one real node (a real kpath-agent with its
 production defaults, its share of the pods run for real through the CNI plugin),
 NODES-1 more Node objects and PODS pods as API objects with their status written,
 on the plan's namespaces, deployments and labels; (b) adds the plan's
-NetworkPolicies. Pods ramp from --start-pods to --pods, then --steady of
---changes-per-sec pod changes (created, deleted, relabelled). Every second it samples
-the agent's CPU, RSS, Go heap, BPF map memory and the bytes it receives, and the API
-server's and etcd's CPU apart. Writes scale.json and a CSV per scenario to --out.`,
+NetworkPolicies; (c) has 60% of the pods, behind 4 Services a namespace of 60 pods
+each (EndpointSlices by the real kube-controller-manager), and 8 policies a
+namespace. Pods ramp from --start-pods to the scenario's pods, then --steady of
+--changes-per-sec pod changes (created, deleted, relabelled), with --policy-changes
+timed (change -> enforced) in (b) and (c). Then the agent is restarted over its
+pinned maps while a probe holds a connection through a Service and opens new ones,
+and started cold. Every second it samples the agent's CPU, RSS, Go heap, BPF map
+memory and the bytes it receives, and the API server's, etcd's and the controller
+manager's CPU apart. Writes scale.json, a CSV per scenario, the chart scale.svg
+and the agent's heap profiles to --out.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if quick {
@@ -232,14 +238,15 @@ server's and etcd's CPU apart. Writes scale.json and a CSV per scenario to --out
 	}
 	f := cmd.Flags()
 	f.BoolVar(&quick, "quick", false, "100 nodes, 10,000 pods, 200 policies")
-	f.StringVar(&scenarios, "scenarios", "a,b", "scenarios to run: a (pods), b (pods and policies)")
+	f.StringVar(&scenarios, "scenarios", strings.Join(o.Scenarios, ","), "scenarios to run: a (pods), b (pods and policies), c (services and policies)")
 	f.IntVar(&o.Nodes, "nodes", o.Nodes, "nodes, the measured one included")
 	f.IntVar(&o.Pods, "pods", o.Pods, "pods, the measured node's included")
 	f.IntVar(&o.LocalPods, "local-pods", o.LocalPods, "pods run for real on the measured node")
 	f.IntVar(&o.StartPods, "start-pods", o.StartPods, "pods before the ramp")
-	f.IntVar(&o.Policies, "policies", o.Policies, "NetworkPolicies in scenario b (4 per namespace)")
+	f.IntVar(&o.Policies, "policies", o.Policies, "NetworkPolicies in scenarios b (4 per namespace) and c (8)")
+	f.IntVar(&o.PolicyChanges, "policy-changes", o.PolicyChanges, "policy changes timed in the steady state of b and c")
 	f.DurationVar(&o.Steady, "steady", o.Steady, "steady state length")
 	f.IntVar(&o.ChangesPerSec, "changes-per-sec", o.ChangesPerSec, "pod changes per second in the steady state")
-	f.StringVar(&o.Out, "out", "out/e2", "directory for scale.json and the CSVs")
+	f.StringVar(&o.Out, "out", "out/e2", "directory for scale.json, the CSVs, the chart and the heap profiles")
 	return cmd
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 
 	"github.com/cilium/ebpf"
 
@@ -306,9 +307,50 @@ type PolicyDecision struct {
 // ingress the direction, for the destination port (0 for portless
 // protocols). The kernel does the longest-prefix matches.
 func (d *Datapath) DecidePolicy(local, peer netip.Addr, ingress bool, proto model.Protocol, port uint16) (PolicyDecision, error) {
+	return policyMaps{d.objs.KpEndpoint, d.objs.KpIpcache, d.objs.KpPolicy, d.objs.KpPolicyCidr}.decide(local, peer, ingress, proto, port)
+}
+
+// policyMaps are the maps a policy decision reads.
+type policyMaps struct{ endpoint, ipcache, policy, cidr *ebpf.Map }
+
+// PolicyView reads the policy maps another process pinned (a running
+// agent's), without loading or changing anything: for tools and
+// benchmarks that watch enforcement from outside the agent.
+type PolicyView struct{ m policyMaps }
+
+// OpenPolicyView opens the policy maps pinned under bpffs/pinDir,
+// read-only.
+func OpenPolicyView(bpffs, pinDir string) (*PolicyView, error) {
+	dir := filepath.Join(bpffs, pinDir)
+	ro := &ebpf.LoadPinOptions{ReadOnly: true}
+	var maps [4]*ebpf.Map
+	for i, name := range []string{kpathMapKpEndpoint, kpathMapKpIpcache, kpathMapKpPolicy, kpathMapKpPolicyCidr} {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), ro)
+		if err != nil {
+			for _, o := range maps[:i] {
+				o.Close()
+			}
+			return nil, fmt.Errorf("open pinned policy map %s (is an agent running with pin directory %s?): %w", name, dir, err)
+		}
+		maps[i] = m
+	}
+	return &PolicyView{policyMaps{maps[0], maps[1], maps[2], maps[3]}}, nil
+}
+
+// Decide is Datapath.DecidePolicy over the pinned maps.
+func (v *PolicyView) Decide(local, peer netip.Addr, ingress bool, proto model.Protocol, port uint16) (PolicyDecision, error) {
+	return v.m.decide(local, peer, ingress, proto, port)
+}
+
+// Close releases the view's map handles.
+func (v *PolicyView) Close() error {
+	return errors.Join(v.m.endpoint.Close(), v.m.ipcache.Close(), v.m.policy.Close(), v.m.cidr.Close())
+}
+
+func (m policyMaps) decide(local, peer netip.Addr, ingress bool, proto model.Protocol, port uint16) (PolicyDecision, error) {
 	var out PolicyDecision
 	var ev kpathEndpoint
-	if err := d.objs.KpEndpoint.Lookup(addrToBPF(local), &ev); err != nil {
+	if err := m.endpoint.Lookup(addrToBPF(local), &ev); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			out.Allowed, out.Reason = true, "not a local endpoint: no policy enforced here"
 			return out, nil
@@ -319,7 +361,7 @@ func (d *Datapath) DecidePolicy(local, peer netip.Addr, ingress bool, proto mode
 	out.Endpoint, out.Set = true, ep.Set
 	out.Identity = uint32(policy.IdentityWorld)
 	var ic kpathIpcacheEntry
-	if err := d.objs.KpIpcache.Lookup(addrToBPF(peer), &ic); err == nil {
+	if err := m.ipcache.Lookup(addrToBPF(peer), &ic); err == nil {
 		out.Identity = ic.Identity
 	}
 	out.Isolated = ingress && ep.IngressIsolated || !ingress && ep.EgressIsolated
@@ -336,15 +378,15 @@ func (d *Datapath) DecidePolicy(local, peer netip.Addr, ingress bool, proto mode
 	}
 	k := kpathPolicyKey{Prefixlen: 96, Set: ep.Set, Peer: out.Identity, Dir: polDir(ingress), Proto: uint8(proto), Dport: portToBPF(port)}
 	var v kpathPolicyEntry
-	if err := d.objs.KpPolicy.Lookup(k, &v); err == nil {
+	if err := m.policy.Lookup(k, &v); err == nil {
 		out.Allowed, out.Rule, out.Reason = true, v.Rule, "allowed by an entry for the peer's identity"
 		return out, nil
 	}
 	var c kpathPolicyCidr
 	ck := kpathPolicyCidrKey{Prefixlen: 96, Set: ep.Set, Dir: polDir(ingress), Addr: addrToBPF(peer)}
-	if err := d.objs.KpPolicyCidr.Lookup(ck, &c); err == nil && c.Group != 0 {
+	if err := m.cidr.Lookup(ck, &c); err == nil && c.Group != 0 {
 		k.Peer = policy.CIDRGroupBase | c.Group
-		if err := d.objs.KpPolicy.Lookup(k, &v); err == nil {
+		if err := m.policy.Lookup(k, &v); err == nil {
 			out.Allowed, out.Rule, out.ByCIDR, out.Reason = true, v.Rule, true, "allowed by an entry for the peer's address (ipBlock or all peers)"
 			return out, nil
 		}

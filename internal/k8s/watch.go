@@ -29,6 +29,8 @@ type WatchOptions struct {
 	// Policy, when set, receives Pods (of every namespace and node),
 	// Namespaces and NetworkPolicies; nil: these kinds are not watched.
 	Policy PolicySink
+	// Metrics, when set, count the events and their handlers' CPU.
+	Metrics *EventMetrics
 }
 
 // Watcher runs the informers that fill a Cache.
@@ -36,6 +38,7 @@ type Watcher struct {
 	factory informers.SharedInformerFactory
 	extra   []informers.SharedInformerFactory // with other list options
 	synced  []cache.InformerSynced
+	metrics *EventMetrics
 }
 
 // NewWatcher sets up informers for Services, EndpointSlices and Nodes that
@@ -43,7 +46,7 @@ type Watcher struct {
 // NetworkPolicies that feed it. Call Start, then WaitForSync.
 func NewWatcher(client kubernetes.Interface, c *Cache, opts WatchOptions) (*Watcher, error) {
 	f := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(slimTransform))
-	w := &Watcher{factory: f}
+	w := &Watcher{factory: f, metrics: opts.Metrics}
 
 	if !opts.NodesOnly {
 		if err := w.watchServices(client, c, opts); err != nil {
@@ -51,7 +54,7 @@ func NewWatcher(client kubernetes.Interface, c *Cache, opts WatchOptions) (*Watc
 		}
 	}
 	nodes := f.Core().V1().Nodes().Informer()
-	if _, err := nodes.AddEventHandler(handler(func(obj any) {
+	if _, err := nodes.AddEventHandler(w.handler("node", func(obj any) {
 		n := obj.(*corev1.Node)
 		c.SetNode(n.Name, Node(n))
 	}, func(_, name string) {
@@ -72,7 +75,7 @@ func NewWatcher(client kubernetes.Interface, c *Cache, opts WatchOptions) (*Watc
 // sink.
 func (w *Watcher) watchPolicy(sink PolicySink) error {
 	pods := w.factory.Core().V1().Pods().Informer()
-	if _, err := pods.AddEventHandler(handler(func(obj any) {
+	if _, err := pods.AddEventHandler(w.handler("pod", func(obj any) {
 		if p, ok := takePod(obj); ok {
 			sink.SetPod(p.Key, p)
 		}
@@ -83,7 +86,7 @@ func (w *Watcher) watchPolicy(sink PolicySink) error {
 	}
 
 	namespaces := w.factory.Core().V1().Namespaces().Informer()
-	if _, err := namespaces.AddEventHandler(handler(func(obj any) {
+	if _, err := namespaces.AddEventHandler(w.handler("namespace", func(obj any) {
 		n := obj.(*corev1.Namespace)
 		sink.SetNamespace(n.Name, Namespace(n))
 	}, func(_, name string) {
@@ -93,7 +96,7 @@ func (w *Watcher) watchPolicy(sink PolicySink) error {
 	}
 
 	policies := w.factory.Networking().V1().NetworkPolicies().Informer()
-	if _, err := policies.AddEventHandler(handler(func(obj any) {
+	if _, err := policies.AddEventHandler(w.handler("networkpolicy", func(obj any) {
 		np := obj.(*networkingv1.NetworkPolicy)
 		sink.SetPolicy(model.PolicyKey{Namespace: np.Namespace, Name: np.Name}, NetworkPolicy(np))
 	}, func(ns, name string) {
@@ -117,7 +120,7 @@ func (w *Watcher) watchServices(client kubernetes.Interface, c *Cache, opts Watc
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = svcSelector }))
 	svc := svcInf.Core().V1().Services().Informer()
 	w.extra = append(w.extra, svcInf)
-	if _, err := svc.AddEventHandler(handler(func(obj any) {
+	if _, err := svc.AddEventHandler(w.handler("service", func(obj any) {
 		s := obj.(*corev1.Service)
 		c.SetService(model.ServiceKey{Namespace: s.Namespace, Name: s.Name}, ServiceSpec(s))
 	}, func(ns, name string) {
@@ -130,7 +133,7 @@ func (w *Watcher) watchServices(client kubernetes.Interface, c *Cache, opts Watc
 	// The service a slice belonged to, so a slice whose label changes or
 	// that is deleted leaves the right service.
 	owner := map[string]model.ServiceKey{}
-	if _, err := eps.AddEventHandler(handler(func(obj any) {
+	if _, err := eps.AddEventHandler(w.handler("endpointslice", func(obj any) {
 		s := obj.(*discoveryv1.EndpointSlice)
 		id := s.Namespace + "/" + s.Name
 		m := EndpointSlice(s)
@@ -156,19 +159,21 @@ func (w *Watcher) watchServices(client kubernetes.Interface, c *Cache, opts Watc
 	return nil
 }
 
-// handler adapts upsert and delete callbacks to client-go's handler. One
-// informer delivers its events in order from one goroutine, so the
-// callbacks need no locking of their own.
-func handler(upsert func(obj any), del func(ns, name string)) cache.ResourceEventHandler {
+// handler adapts upsert and delete callbacks of one kind to client-go's
+// handler, counted in the watcher's metrics. One informer delivers its
+// events in order from one goroutine, so the callbacks need no locking of
+// their own.
+func (w *Watcher) handler(kind string, upsert func(obj any), del func(ns, name string)) cache.ResourceEventHandler {
+	up := func(obj any) { w.metrics.observe(kind, "upsert", func() { upsert(obj) }) }
 	return cache.ResourceEventHandlerFuncs{
-		AddFunc:    upsert,
-		UpdateFunc: func(_, obj any) { upsert(obj) },
+		AddFunc:    up,
+		UpdateFunc: func(_, obj any) { up(obj) },
 		DeleteFunc: func(obj any) {
 			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 				obj = t.Obj
 			}
 			if m, ok := obj.(metav1.Object); ok {
-				del(m.GetNamespace(), m.GetName())
+				w.metrics.observe(kind, "delete", func() { del(m.GetNamespace(), m.GetName()) })
 			}
 		},
 	}

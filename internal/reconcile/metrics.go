@@ -14,6 +14,7 @@ type Metrics struct {
 	errors   prometheus.Counter
 	pending  prometheus.Gauge
 	applied  prometheus.Gauge
+	backends prometheus.Gauge
 	problems *prometheus.CounterVec
 }
 
@@ -42,12 +43,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "kpath_service_frontends",
 			Help: "Frontends applied to the datapath.",
 		}),
+		backends: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kpath_service_backends",
+			Help: "Backends of the frontends applied to the datapath, summed over the frontends.",
+		}),
 		problems: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kpath_service_input_problems_total",
 			Help: "Service input kpath could not use, by reason (unsupported-protocol, invalid-endpoint, frontend-clash).",
 		}, []string{"reason"}),
 	}
-	reg.MustRegister(m.latency, m.duration, m.errors, m.pending, m.applied, m.problems)
+	reg.MustRegister(m.latency, m.duration, m.errors, m.pending, m.applied, m.backends, m.problems)
 	return m
 }
 
@@ -57,7 +62,7 @@ func (m *Metrics) observeLatency(d time.Duration) {
 	}
 }
 
-func (m *Metrics) observeSync(d time.Duration, failed, pending, applied int) {
+func (m *Metrics) observeSync(d time.Duration, failed, pending, applied, backends int) {
 	if m == nil {
 		return
 	}
@@ -65,6 +70,7 @@ func (m *Metrics) observeSync(d time.Duration, failed, pending, applied int) {
 	m.errors.Add(float64(failed))
 	m.pending.Set(float64(pending))
 	m.applied.Set(float64(applied))
+	m.backends.Set(float64(backends))
 }
 
 func (m *Metrics) countProblem(reason string) {

@@ -282,7 +282,13 @@ func (r *Reconciler) Sync(full bool) error {
 	}
 	r.lastErr = firstErr
 	r.syncs++
-	r.opts.Metrics.observeSync(time.Since(start), len(failed), r.cache.Pending(), len(r.applied))
+	if r.opts.Metrics != nil {
+		backends := 0
+		for _, s := range r.applied {
+			backends += len(s.Backends)
+		}
+		r.opts.Metrics.observeSync(time.Since(start), len(failed), r.cache.Pending(), len(r.applied), backends)
+	}
 	return firstErr
 }
 
