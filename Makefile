@@ -24,8 +24,10 @@ check-generated: generate
 k8s-bins:
 	hack/k8s/build.sh >/dev/null
 
-# The hubble CLI and hubble-relay from the pinned Cilium module (hack/cilium,
-# cached; about 2.5 minutes cold), the stock clients of kpath's Hubble API.
+# From the pinned Cilium module (hack/cilium, cached; about 5.5 minutes cold):
+# the hubble CLI and hubble-relay, the stock clients of kpath's Hubble API, and
+# cilium-agent, cilium-cni and cilium-dbg with the agent's BPF sources, the
+# real Cilium as a peer.
 cilium-bins:
 	hack/cilium/build.sh >/dev/null
 

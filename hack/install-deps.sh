@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what kpath needs on a Debian machine (as root), skipping what is
 # already there. Go itself is expected to be installed.
-#   runtime (demo, tests): iproute2, etcd-server, iptables, conntrack, nftables
+#   runtime (demo, tests): iproute2, etcd-server, iptables, conntrack, nftables,
+#     clang-19 (the Cilium peer's cilium-agent)
 #   regenerating the BPF objects (make generate): clang, llvm, libbpf-dev, linux-libc-dev
 set -euo pipefail
 
@@ -14,6 +15,7 @@ need iptables    # the real kube-proxy, run beside kpath in differential tests a
 need conntrack
 need nftables
 need apache2-utils # ab, the load of the E1 latency benchmark
+need clang-19    # cilium-agent (the Cilium peer, hack/cilium) compiles its BPF programs at start and needs clang >= 18.1; it execs only clang, not llc
 if [[ "${1:-}" == "--bpf" ]]; then
 	need clang
 	need llvm
