@@ -271,7 +271,10 @@ func churn(ctx context.Context, c kubernetes.Interface, l scaleLayout, rate int,
 			err = writeScalePod(ctx, c, l.churnPod(k))
 		case 1:
 			sp := l.pod(k * 7919 % l.fake()) // a prime stride: every namespace in turn
-			err = c.CoreV1().Pods(sp.ns).Delete(ctx, sp.name, metav1.DeleteOptions{})
+			// At once, as the kubelet confirms a deletion: no kubelet
+			// runs on the simulated nodes, so a graceful delete would
+			// leave the pod terminating for ever.
+			err = c.CoreV1().Pods(sp.ns).Delete(ctx, sp.name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
 		case 2:
 			sp := l.pod((k*7919 + 1) % l.fake())
 			labels := l.labels(sp.ns, (k+1)%l.deployments())

@@ -6,13 +6,10 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"sync/atomic"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/kpath/kpath/internal/model"
@@ -91,49 +88,6 @@ func Pod(p *corev1.Pod) *model.Pod {
 	})
 	out.NamedPorts = slices.Compact(out.NamedPorts)
 	return out
-}
-
-// podObject is what the Pod informer keeps of a pod (the transform makes
-// it): the metadata the informer keys and versions it by, and the model
-// until the event handler hands it to the policy store, which then holds
-// the only copy (with its identity's shared labels).
-type podObject struct {
-	metav1.ObjectMeta
-	pod atomic.Pointer[model.Pod]
-}
-
-func newPodObject(p *corev1.Pod) *podObject {
-	o := &podObject{ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID,
-		ResourceVersion: p.ResourceVersion, DeletionTimestamp: p.DeletionTimestamp}}
-	o.pod.Store(Pod(p))
-	return o
-}
-
-// GetObjectKind and DeepCopyObject make it a runtime.Object, as informer
-// stores expect their items to be.
-func (p *podObject) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
-
-func (p *podObject) DeepCopyObject() runtime.Object {
-	c := &podObject{ObjectMeta: *p.ObjectMeta.DeepCopy()}
-	if m := p.pod.Load(); m != nil {
-		cp := *m
-		c.pod.Store(&cp)
-	}
-	return c
-}
-
-// takePod is the model of an object the Pod informer hands out, taken
-// from it: each object is handed to the handler once (the informers have
-// no resync), and false when it has been.
-func takePod(obj any) (*model.Pod, bool) {
-	switch o := obj.(type) {
-	case *podObject:
-		p := o.pod.Swap(nil)
-		return p, p != nil
-	case *corev1.Pod: // an informer without the transform
-		return Pod(o), true
-	}
-	return nil, false
 }
 
 // Namespace converts a Namespace.

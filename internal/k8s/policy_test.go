@@ -357,34 +357,16 @@ func TestSlimTransformPolicyKinds(t *testing.T) {
 		Status: corev1.PodStatus{Phase: corev1.PodFailed, PodIP: "10.0.0.1", PodIPs: []corev1.PodIP{{IP: "10.0.0.1"}},
 			Conditions: []corev1.PodCondition{{Type: corev1.PodReady}}, ContainerStatuses: []corev1.ContainerStatus{{Name: "app"}}},
 	}
+	// Pods go to the policy store through podStore, not an informer: the
+	// model it hands on is Pod's, with nothing lost.
 	before := Pod(pod)
-	obj, err := slimTransform(pod)
-	if err != nil {
+	sink := &recordSink{pods: map[model.PodKey]*model.Pod{}}
+	st := newPodStore(sink, nil)
+	if err := st.Add(pod); err != nil {
 		t.Fatal(err)
 	}
-	// The informer keeps the model and the metadata it keys by, nothing
-	// of the decoded Pod.
-	po, ok := obj.(*podObject)
-	if !ok {
-		t.Fatalf("pod transformed to %T, want *podObject", obj)
-	}
-	if cp := po.DeepCopyObject().(*podObject); cp.pod.Load() == po.pod.Load() || !reflect.DeepEqual(cp.pod.Load(), po.pod.Load()) {
-		t.Errorf("deep copy shares or loses the model")
-	}
-	if after, _ := takePod(po); !reflect.DeepEqual(after, before) {
-		t.Errorf("pod transform lost data: %+v vs %+v", after, before)
-	}
-	if _, ok := takePod(po); ok {
-		t.Error("a pod's model handed out twice: the informer would keep a second copy")
-	}
-	if po.Annotations != nil || po.ManagedFields != nil || po.OwnerReferences != nil || po.Labels != nil {
-		t.Errorf("pod transform kept unread metadata: %+v", po.ObjectMeta)
-	}
-	if po.DeletionTimestamp == nil || po.UID != "u" || po.ResourceVersion != "7" || po.Name != "x" || po.Namespace != "ns" {
-		t.Errorf("pod transform lost metadata: %+v", po.ObjectMeta)
-	}
-	if key, err := cache.MetaNamespaceKeyFunc(po); err != nil || key != "ns/x" {
-		t.Errorf("informer key %q, %v", key, err)
+	if got := sink.pods[model.PodKey{Namespace: "ns", Name: "x"}]; !reflect.DeepEqual(got, before) {
+		t.Errorf("pod store handed on %+v, want %+v", got, before)
 	}
 
 	ns := &corev1.Namespace{ObjectMeta: heavy, Spec: corev1.NamespaceSpec{Finalizers: []corev1.FinalizerName{"f"}},
@@ -522,4 +504,65 @@ func TestWatcherFeedsPolicySink(t *testing.T) {
 		np, npok := sink.policies[polk]
 		return pok && p == nil && nok && n == nil && npok && np == nil
 	})
+}
+
+// recordSink is a PolicySink that keeps the last pods it was given.
+type recordSink struct {
+	pods map[model.PodKey]*model.Pod
+	sets int
+}
+
+func (r *recordSink) SetPod(k model.PodKey, p *model.Pod) {
+	r.sets++
+	if p == nil {
+		delete(r.pods, k)
+		return
+	}
+	r.pods[k] = p
+}
+func (r *recordSink) SetNamespace(string, *model.Namespace)          {}
+func (r *recordSink) SetPolicy(model.PolicyKey, *model.NetworkPolicy) {}
+
+// The pod store as the reflector drives it: a list, watch events, and a
+// relist after which the pods not listed are gone (an informer's
+// Replace), with nothing kept but keys.
+func TestPodStoreFollowsListsAndWatches(t *testing.T) {
+	pod := func(name, ip string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, Labels: map[string]string{"app": name}},
+			Status: corev1.PodStatus{PodIPs: []corev1.PodIP{{IP: ip}}}}
+	}
+	key := func(name string) model.PodKey { return model.PodKey{Namespace: "ns", Name: name} }
+	sink := &recordSink{pods: map[model.PodKey]*model.Pod{}}
+	st := newPodStore(sink, nil)
+	if st.hasSynced() {
+		t.Fatal("synced before the first list")
+	}
+	if err := st.Replace([]any{pod("a", "10.0.0.1"), pod("b", "10.0.0.2")}, "1"); err != nil {
+		t.Fatal(err)
+	}
+	if !st.hasSynced() || len(sink.pods) != 2 {
+		t.Fatalf("after the list: synced %v, pods %v", st.hasSynced(), sink.pods)
+	}
+	_ = st.Add(pod("c", "10.0.0.3"))
+	_ = st.Update(pod("a", "10.0.0.9"))
+	_ = st.Delete(cache.DeletedFinalStateUnknown{Key: "ns/b", Obj: pod("b", "10.0.0.2")})
+	if got := sink.pods[key("a")]; got == nil || got.IPs[0].String() != "10.0.0.9" {
+		t.Errorf("update not handed on: %+v", got)
+	}
+	if _, ok := sink.pods[key("b")]; ok {
+		t.Error("deleted pod still in the sink")
+	}
+	// The relist misses c (deleted while the watch was down) and brings d.
+	if err := st.Replace([]any{pod("a", "10.0.0.9"), pod("d", "10.0.0.4")}, "9"); err != nil {
+		t.Fatal(err)
+	}
+	if len(sink.pods) != 2 || sink.pods[key("a")] == nil || sink.pods[key("d")] == nil {
+		t.Errorf("after the relist: %v, want a and d", sink.pods)
+	}
+	if len(st.keys) != 2 {
+		t.Errorf("store keeps %d keys, want 2", len(st.keys))
+	}
+	if err := st.Add(&corev1.Service{}); err == nil {
+		t.Error("a Service accepted as a pod")
+	}
 }

@@ -39,6 +39,8 @@ type Watcher struct {
 	extra   []informers.SharedInformerFactory // with other list options
 	synced  []cache.InformerSynced
 	metrics *EventMetrics
+	client  kubernetes.Interface
+	runners []func(context.Context) // started by Start, besides the informers
 }
 
 // NewWatcher sets up informers for Services, EndpointSlices and Nodes that
@@ -46,7 +48,7 @@ type Watcher struct {
 // NetworkPolicies that feed it. Call Start, then WaitForSync.
 func NewWatcher(client kubernetes.Interface, c *Cache, opts WatchOptions) (*Watcher, error) {
 	f := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(slimTransform))
-	w := &Watcher{factory: f, metrics: opts.Metrics}
+	w := &Watcher{factory: f, metrics: opts.Metrics, client: client}
 
 	if !opts.NodesOnly {
 		if err := w.watchServices(client, c, opts); err != nil {
@@ -71,19 +73,11 @@ func NewWatcher(client kubernetes.Interface, c *Cache, opts WatchOptions) (*Watc
 	return w, nil
 }
 
-// watchPolicy adds the Pod, Namespace and NetworkPolicy informers that feed
-// sink.
+// watchPolicy adds the Pod reflector and the Namespace and NetworkPolicy
+// informers that feed sink.
 func (w *Watcher) watchPolicy(sink PolicySink) error {
-	pods := w.factory.Core().V1().Pods().Informer()
-	if _, err := pods.AddEventHandler(w.handler("pod", func(obj any) {
-		if p, ok := takePod(obj); ok {
-			sink.SetPod(p.Key, p)
-		}
-	}, func(ns, name string) {
-		sink.SetPod(model.PodKey{Namespace: ns, Name: name}, nil)
-	})); err != nil {
-		return fmt.Errorf("pod informer: %w", err)
-	}
+	pods := newPodStore(sink, w.metrics)
+	w.runners = append(w.runners, func(ctx context.Context) { runPodReflector(ctx, w.client, pods) })
 
 	namespaces := w.factory.Core().V1().Namespaces().Informer()
 	if _, err := namespaces.AddEventHandler(w.handler("namespace", func(obj any) {
@@ -105,7 +99,7 @@ func (w *Watcher) watchPolicy(sink PolicySink) error {
 		return fmt.Errorf("network policy informer: %w", err)
 	}
 
-	w.synced = append(w.synced, pods.HasSynced, namespaces.HasSynced, policies.HasSynced)
+	w.synced = append(w.synced, pods.hasSynced, namespaces.HasSynced, policies.HasSynced)
 	return nil
 }
 
@@ -184,6 +178,9 @@ func (w *Watcher) Start(ctx context.Context) {
 	w.factory.Start(ctx.Done())
 	for _, f := range w.extra {
 		f.Start(ctx.Done())
+	}
+	for _, run := range w.runners {
+		go run(ctx)
 	}
 }
 
