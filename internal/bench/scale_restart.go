@@ -67,6 +67,12 @@ type scaleProbe struct {
 func startScaleProbe(ctx context.Context, c kubernetes.Interface, st *lab.State, node string) (*scaleProbe, error) {
 	if err := retryTransient(ctx, func() error {
 		_, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: scaleProbeNS}}, metav1.CreateOptions{})
+		if err = ignoreExists(err); err != nil {
+			return err
+		}
+		// The controller manager makes it too, but maybe not before the
+		// pods are created, which need it.
+		_, err = c.CoreV1().ServiceAccounts(scaleProbeNS).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{})
 		return ignoreExists(err)
 	}); err != nil {
 		return nil, err
