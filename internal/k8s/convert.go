@@ -1,7 +1,7 @@
-// Package k8s watches the Kubernetes API with client-go informers and turns
-// what it sees into kpath's model types. Informers keep slim copies of the
-// objects (a transform drops every field kpath does not read), because an
-// agent on every node of a 100,000-pod cluster must stay small.
+// Package k8s watches the Kubernetes API with client-go reflectors and
+// turns what it sees into kpath's model types as it arrives, keeping no API
+// object, because an agent on every node of a 100,000-pod cluster must
+// stay small.
 package k8s
 
 import (
@@ -10,8 +10,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	networkingv1 "k8s.io/api/networking/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kpath/kpath/internal/model"
 )
@@ -160,57 +158,4 @@ func Node(n *corev1.Node) *model.Node {
 		out.PodCIDR = p
 	}
 	return out
-}
-
-// slimMeta keeps what informers need to key and version objects, and the
-// labels kpath reads.
-func slimMeta(m *metav1.ObjectMeta, keepLabels ...string) {
-	var labels map[string]string
-	for _, k := range keepLabels {
-		if v, ok := m.Labels[k]; ok {
-			if labels == nil {
-				labels = map[string]string{}
-			}
-			labels[k] = v
-		}
-	}
-	keepMeta(m, labels)
-}
-
-// slimMetaAllLabels is slimMeta keeping every label: NetworkPolicy
-// selectors may read any of them.
-func slimMetaAllLabels(m *metav1.ObjectMeta) { keepMeta(m, m.Labels) }
-
-func keepMeta(m *metav1.ObjectMeta, labels map[string]string) {
-	*m = metav1.ObjectMeta{
-		Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion,
-		DeletionTimestamp: m.DeletionTimestamp, Labels: labels,
-	}
-}
-
-// slimTransform is the informers' transform: it drops fields kpath does not
-// read before the object is stored.
-func slimTransform(obj any) (any, error) {
-	switch o := obj.(type) {
-	case *corev1.Service:
-		slimMeta(&o.ObjectMeta, LabelServiceProxyName)
-		o.Status.Conditions = nil
-		o.Spec.Selector = nil
-	case *discoveryv1.EndpointSlice:
-		slimMeta(&o.ObjectMeta, LabelServiceName)
-		for i := range o.Endpoints {
-			e := &o.Endpoints[i]
-			e.TargetRef, e.Hostname, e.Hints, e.DeprecatedTopology, e.Zone = nil, nil, nil, nil, nil
-		}
-	case *corev1.Node:
-		slimMeta(&o.ObjectMeta)
-		o.Spec = corev1.NodeSpec{PodCIDR: o.Spec.PodCIDR, PodCIDRs: o.Spec.PodCIDRs}
-		o.Status = corev1.NodeStatus{Addresses: o.Status.Addresses}
-	case *corev1.Namespace:
-		slimMetaAllLabels(&o.ObjectMeta)
-		o.Spec, o.Status = corev1.NamespaceSpec{}, corev1.NamespaceStatus{}
-	case *networkingv1.NetworkPolicy:
-		o.ObjectMeta = metav1.ObjectMeta{Name: o.Name, Namespace: o.Namespace, ResourceVersion: o.ResourceVersion}
-	}
-	return obj, nil
 }

@@ -75,26 +75,6 @@ func TestServiceConversion(t *testing.T) {
 	}
 }
 
-func TestSlimTransformKeepsWhatIsRead(t *testing.T) {
-	n := &corev1.Node{
-		ObjectMeta: metav1.ObjectMeta{Name: "n1", Annotations: map[string]string{"big": "x"}, ManagedFields: []metav1.ManagedFieldsEntry{{}}},
-		Spec:       corev1.NodeSpec{PodCIDR: "10.244.1.0/24", ProviderID: "x"},
-		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.0.1"}},
-			Images: []corev1.ContainerImage{{Names: []string{"a"}}}},
-	}
-	before := Node(n)
-	if _, err := slimTransform(n); err != nil {
-		t.Fatal(err)
-	}
-	after := Node(n)
-	if after.Name != before.Name || after.PodCIDR != before.PodCIDR || len(after.Addrs) != 1 {
-		t.Errorf("transform lost data: %+v vs %+v", after, before)
-	}
-	if n.Annotations != nil || n.ManagedFields != nil || n.Status.Images != nil || n.Spec.ProviderID != "" {
-		t.Errorf("transform kept unread fields: %+v", n)
-	}
-}
-
 // TestNodeAddressOrder: InternalIPs come first whatever the status order,
 // so Addrs[0] is the node IP routes and Hubble peers use; hostnames and
 // IPv6 are left out.

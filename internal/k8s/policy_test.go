@@ -16,7 +16,6 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	clienttesting "k8s.io/client-go/testing"
-	"k8s.io/client-go/tools/cache"
 
 	"github.com/kpath/kpath/internal/model"
 )
@@ -337,68 +336,6 @@ func TestNamespaceConversion(t *testing.T) {
 	}
 }
 
-func TestSlimTransformPolicyKinds(t *testing.T) {
-	always := corev1.ContainerRestartPolicyAlways
-	heavy := metav1.ObjectMeta{
-		Name: "x", Namespace: "ns", UID: "u", ResourceVersion: "7", Labels: map[string]string{"a": "1", "b": "2"},
-		Annotations: map[string]string{"big": "x"}, ManagedFields: []metav1.ManagedFieldsEntry{{}},
-		OwnerReferences: []metav1.OwnerReference{{}}, DeletionTimestamp: &metav1.Time{Time: time.Unix(1, 0)},
-	}
-	pod := &corev1.Pod{
-		ObjectMeta: heavy,
-		Spec: corev1.PodSpec{
-			NodeName: "n1", HostNetwork: true, ServiceAccountName: "sa",
-			Containers: []corev1.Container{{Name: "app", Image: "img", Env: []corev1.EnvVar{{Name: "E"}},
-				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 80}}}},
-			InitContainers: []corev1.Container{{Name: "side", Image: "img", RestartPolicy: &always,
-				Ports: []corev1.ContainerPort{{Name: "m", ContainerPort: 9090}}}},
-			Volumes: []corev1.Volume{{Name: "v"}},
-		},
-		Status: corev1.PodStatus{Phase: corev1.PodFailed, PodIP: "10.0.0.1", PodIPs: []corev1.PodIP{{IP: "10.0.0.1"}},
-			Conditions: []corev1.PodCondition{{Type: corev1.PodReady}}, ContainerStatuses: []corev1.ContainerStatus{{Name: "app"}}},
-	}
-	// Pods go to the policy store through podStore, not an informer: the
-	// model it hands on is Pod's, with nothing lost.
-	before := Pod(pod)
-	sink := &recordSink{pods: map[model.PodKey]*model.Pod{}}
-	st := newPodStore(sink, nil)
-	if err := st.Add(pod); err != nil {
-		t.Fatal(err)
-	}
-	if got := sink.pods[model.PodKey{Namespace: "ns", Name: "x"}]; !reflect.DeepEqual(got, before) {
-		t.Errorf("pod store handed on %+v, want %+v", got, before)
-	}
-
-	ns := &corev1.Namespace{ObjectMeta: heavy, Spec: corev1.NamespaceSpec{Finalizers: []corev1.FinalizerName{"f"}},
-		Status: corev1.NamespaceStatus{Phase: corev1.NamespaceActive}}
-	nsBefore := Namespace(ns)
-	if _, err := slimTransform(ns); err != nil {
-		t.Fatal(err)
-	}
-	if after := Namespace(ns); !reflect.DeepEqual(after, nsBefore) {
-		t.Errorf("namespace transform lost data: %+v vs %+v", after, nsBefore)
-	}
-	if ns.Annotations != nil || ns.Spec.Finalizers != nil || ns.Status.Phase != "" {
-		t.Errorf("namespace transform kept unread fields: %+v", ns)
-	}
-
-	np := &networkingv1.NetworkPolicy{ObjectMeta: heavy, Spec: networkingv1.NetworkPolicySpec{
-		PodSelector: appWeb,
-		Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{v4Peer},
-			Ports: []networkingv1.NetworkPolicyPort{{Port: namedPort("http")}}}},
-	}}
-	npBefore := NetworkPolicy(np)
-	if _, err := slimTransform(np); err != nil {
-		t.Fatal(err)
-	}
-	if after := NetworkPolicy(np); !reflect.DeepEqual(after, npBefore) {
-		t.Errorf("network policy transform lost data: %+v vs %+v", after, npBefore)
-	}
-	if np.Annotations != nil || np.Labels != nil || np.ManagedFields != nil || np.ResourceVersion != "7" {
-		t.Errorf("network policy transform kept the wrong metadata: %+v", np.ObjectMeta)
-	}
-}
-
 // recordingSink is a PolicySink that keeps the latest value of each key.
 type recordingSink struct {
 	mu         sync.Mutex
@@ -504,65 +441,4 @@ func TestWatcherFeedsPolicySink(t *testing.T) {
 		np, npok := sink.policies[polk]
 		return pok && p == nil && nok && n == nil && npok && np == nil
 	})
-}
-
-// recordSink is a PolicySink that keeps the last pods it was given.
-type recordSink struct {
-	pods map[model.PodKey]*model.Pod
-	sets int
-}
-
-func (r *recordSink) SetPod(k model.PodKey, p *model.Pod) {
-	r.sets++
-	if p == nil {
-		delete(r.pods, k)
-		return
-	}
-	r.pods[k] = p
-}
-func (r *recordSink) SetNamespace(string, *model.Namespace)          {}
-func (r *recordSink) SetPolicy(model.PolicyKey, *model.NetworkPolicy) {}
-
-// The pod store as the reflector drives it: a list, watch events, and a
-// relist after which the pods not listed are gone (an informer's
-// Replace), with nothing kept but keys.
-func TestPodStoreFollowsListsAndWatches(t *testing.T) {
-	pod := func(name, ip string) *corev1.Pod {
-		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, Labels: map[string]string{"app": name}},
-			Status: corev1.PodStatus{PodIPs: []corev1.PodIP{{IP: ip}}}}
-	}
-	key := func(name string) model.PodKey { return model.PodKey{Namespace: "ns", Name: name} }
-	sink := &recordSink{pods: map[model.PodKey]*model.Pod{}}
-	st := newPodStore(sink, nil)
-	if st.hasSynced() {
-		t.Fatal("synced before the first list")
-	}
-	if err := st.Replace([]any{pod("a", "10.0.0.1"), pod("b", "10.0.0.2")}, "1"); err != nil {
-		t.Fatal(err)
-	}
-	if !st.hasSynced() || len(sink.pods) != 2 {
-		t.Fatalf("after the list: synced %v, pods %v", st.hasSynced(), sink.pods)
-	}
-	_ = st.Add(pod("c", "10.0.0.3"))
-	_ = st.Update(pod("a", "10.0.0.9"))
-	_ = st.Delete(cache.DeletedFinalStateUnknown{Key: "ns/b", Obj: pod("b", "10.0.0.2")})
-	if got := sink.pods[key("a")]; got == nil || got.IPs[0].String() != "10.0.0.9" {
-		t.Errorf("update not handed on: %+v", got)
-	}
-	if _, ok := sink.pods[key("b")]; ok {
-		t.Error("deleted pod still in the sink")
-	}
-	// The relist misses c (deleted while the watch was down) and brings d.
-	if err := st.Replace([]any{pod("a", "10.0.0.9"), pod("d", "10.0.0.4")}, "9"); err != nil {
-		t.Fatal(err)
-	}
-	if len(sink.pods) != 2 || sink.pods[key("a")] == nil || sink.pods[key("d")] == nil {
-		t.Errorf("after the relist: %v, want a and d", sink.pods)
-	}
-	if len(st.keys) != 2 {
-		t.Errorf("store keeps %d keys, want 2", len(st.keys))
-	}
-	if err := st.Add(&corev1.Service{}); err == nil {
-		t.Error("a Service accepted as a pod")
-	}
 }

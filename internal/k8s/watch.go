@@ -4,19 +4,20 @@ import (
 	"context"
 	"fmt"
 	"time"
+	"unique"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/informers"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/kpath/kpath/internal/model"
 )
 
-// WatchOptions tune the informers.
+// WatchOptions tune the watches.
 type WatchOptions struct {
 	// ProxyName: with it empty, services labelled with any
 	// service.kubernetes.io/service-proxy-name are filtered out by the API
@@ -33,103 +34,99 @@ type WatchOptions struct {
 	Metrics *EventMetrics
 }
 
-// Watcher runs the informers that fill a Cache.
+// Watcher runs the reflectors that fill a Cache (and a PolicySink). Each
+// kind is listed and watched by a client-go Reflector into a modelStore,
+// which converts objects as they arrive and keeps none of them.
 type Watcher struct {
-	factory informers.SharedInformerFactory
-	extra   []informers.SharedInformerFactory // with other list options
-	synced  []cache.InformerSynced
-	metrics *EventMetrics
 	client  kubernetes.Interface
-	runners []func(context.Context) // started by Start, besides the informers
+	metrics *EventMetrics
+	runs    []func(context.Context)
+	synced  []cache.InformerSynced
 }
 
-// NewWatcher sets up informers for Services, EndpointSlices and Nodes that
-// feed c, and, with opts.Policy set, for Pods, Namespaces and
+// NewWatcher sets up the watches of Services, EndpointSlices and Nodes
+// that feed c, and, with opts.Policy set, of Pods, Namespaces and
 // NetworkPolicies that feed it. Call Start, then WaitForSync.
 func NewWatcher(client kubernetes.Interface, c *Cache, opts WatchOptions) (*Watcher, error) {
-	f := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(slimTransform))
-	w := &Watcher{factory: f, metrics: opts.Metrics, client: client}
-
+	w := &Watcher{client: client, metrics: opts.Metrics}
 	if !opts.NodesOnly {
-		if err := w.watchServices(client, c, opts); err != nil {
-			return nil, err
-		}
+		w.watchServices(c, opts)
 	}
-	nodes := f.Core().V1().Nodes().Informer()
-	if _, err := nodes.AddEventHandler(w.handler("node", func(obj any) {
+	nodes := client.CoreV1().Nodes()
+	w.watch("node", listWatch(nodes.List, nodes.Watch, nil), &corev1.Node{}, func(obj any) {
 		n := obj.(*corev1.Node)
 		c.SetNode(n.Name, Node(n))
 	}, func(_, name string) {
 		c.SetNode(name, nil)
-	})); err != nil {
-		return nil, err
-	}
-	w.synced = append(w.synced, nodes.HasSynced)
+	})
 	if opts.Policy != nil {
-		if err := w.watchPolicy(opts.Policy); err != nil {
-			return nil, err
-		}
+		w.watchPolicy(opts.Policy)
 	}
 	return w, nil
 }
 
-// watchPolicy adds the Pod reflector and the Namespace and NetworkPolicy
-// informers that feed sink.
-func (w *Watcher) watchPolicy(sink PolicySink) error {
-	pods := newPodStore(sink, w.metrics)
-	w.runners = append(w.runners, func(ctx context.Context) { runPodReflector(ctx, w.client, pods) })
+// watch adds a reflector of one kind: upsert gets each object created,
+// changed or listed, del each deleted.
+func (w *Watcher) watch(kind string, lw *cache.ListWatch, example runtime.Object, upsert func(obj any), del func(ns, name string)) {
+	s := newModelStore(kind, w.metrics, upsert, del)
+	w.runs = append(w.runs, func(ctx context.Context) { runReflector(ctx, w.client, lw, example, s) })
+	w.synced = append(w.synced, s.hasSynced)
+}
 
-	namespaces := w.factory.Core().V1().Namespaces().Informer()
-	if _, err := namespaces.AddEventHandler(w.handler("namespace", func(obj any) {
+// watchPolicy adds the Pod, Namespace and NetworkPolicy watches that feed
+// sink.
+func (w *Watcher) watchPolicy(sink PolicySink) {
+	pods := w.client.CoreV1().Pods(metav1.NamespaceAll)
+	w.watch("pod", listWatch(pods.List, pods.Watch, nil), &corev1.Pod{}, func(obj any) {
+		m := Pod(obj.(*corev1.Pod))
+		// 100k pods share a few thousand namespaces and nodes: one string
+		// each, not one per pod.
+		m.Key.Namespace, m.NodeName = unique.Make(m.Key.Namespace).Value(), unique.Make(m.NodeName).Value()
+		sink.SetPod(m.Key, m)
+	}, func(ns, name string) {
+		sink.SetPod(model.PodKey{Namespace: ns, Name: name}, nil)
+	})
+
+	namespaces := w.client.CoreV1().Namespaces()
+	w.watch("namespace", listWatch(namespaces.List, namespaces.Watch, nil), &corev1.Namespace{}, func(obj any) {
 		n := obj.(*corev1.Namespace)
 		sink.SetNamespace(n.Name, Namespace(n))
 	}, func(_, name string) {
 		sink.SetNamespace(name, nil)
-	})); err != nil {
-		return fmt.Errorf("namespace informer: %w", err)
-	}
+	})
 
-	policies := w.factory.Networking().V1().NetworkPolicies().Informer()
-	if _, err := policies.AddEventHandler(w.handler("networkpolicy", func(obj any) {
+	policies := w.client.NetworkingV1().NetworkPolicies(metav1.NamespaceAll)
+	w.watch("networkpolicy", listWatch(policies.List, policies.Watch, nil), &networkingv1.NetworkPolicy{}, func(obj any) {
 		np := obj.(*networkingv1.NetworkPolicy)
 		sink.SetPolicy(model.PolicyKey{Namespace: np.Namespace, Name: np.Name}, NetworkPolicy(np))
 	}, func(ns, name string) {
 		sink.SetPolicy(model.PolicyKey{Namespace: ns, Name: name}, nil)
-	})); err != nil {
-		return fmt.Errorf("network policy informer: %w", err)
-	}
-
-	w.synced = append(w.synced, pods.hasSynced, namespaces.HasSynced, policies.HasSynced)
-	return nil
+	})
 }
 
-// watchServices adds the Service informer (filtered by the proxy-name
-// label on the server) and the EndpointSlice informer.
-func (w *Watcher) watchServices(client kubernetes.Interface, c *Cache, opts WatchOptions) error {
+// watchServices adds the Service watch (filtered by the proxy-name label
+// on the server) and the EndpointSlice watch.
+func (w *Watcher) watchServices(c *Cache, opts WatchOptions) {
 	svcSelector := "!" + LabelServiceProxyName
 	if opts.ProxyName != "" {
 		svcSelector = LabelServiceProxyName + "=" + opts.ProxyName
 	}
-	svcInf := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(slimTransform),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = svcSelector }))
-	svc := svcInf.Core().V1().Services().Informer()
-	w.extra = append(w.extra, svcInf)
-	if _, err := svc.AddEventHandler(w.handler("service", func(obj any) {
-		s := obj.(*corev1.Service)
-		c.SetService(model.ServiceKey{Namespace: s.Namespace, Name: s.Name}, ServiceSpec(s))
-	}, func(ns, name string) {
-		c.SetService(model.ServiceKey{Namespace: ns, Name: name}, nil)
-	})); err != nil {
-		return err
-	}
+	services := w.client.CoreV1().Services(metav1.NamespaceAll)
+	w.watch("service", listWatch(services.List, services.Watch, func(o *metav1.ListOptions) { o.LabelSelector = svcSelector }), &corev1.Service{},
+		func(obj any) {
+			s := obj.(*corev1.Service)
+			c.SetService(model.ServiceKey{Namespace: s.Namespace, Name: s.Name}, ServiceSpec(s))
+		}, func(ns, name string) {
+			c.SetService(model.ServiceKey{Namespace: ns, Name: name}, nil)
+		})
 
-	eps := w.factory.Discovery().V1().EndpointSlices().Informer()
 	// The service a slice belonged to, so a slice whose label changes or
 	// that is deleted leaves the right service.
-	owner := map[string]model.ServiceKey{}
-	if _, err := eps.AddEventHandler(w.handler("endpointslice", func(obj any) {
+	owner := map[objectKey]model.ServiceKey{}
+	slices := w.client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll)
+	w.watch("endpointslice", listWatch(slices.List, slices.Watch, nil), &discoveryv1.EndpointSlice{}, func(obj any) {
 		s := obj.(*discoveryv1.EndpointSlice)
-		id := s.Namespace + "/" + s.Name
+		id := objectKey{s.Namespace, s.Name}
 		m := EndpointSlice(s)
 		if old, ok := owner[id]; ok && (m == nil || old != m.Service) {
 			c.SetEndpointSlice(old, s.Name, nil)
@@ -140,56 +137,27 @@ func (w *Watcher) watchServices(client kubernetes.Interface, c *Cache, opts Watc
 			c.SetEndpointSlice(m.Service, s.Name, m)
 		}
 	}, func(ns, name string) {
-		id := ns + "/" + name
+		id := objectKey{ns, name}
 		if old, ok := owner[id]; ok {
 			c.SetEndpointSlice(old, name, nil)
 			delete(owner, id)
 		}
-	})); err != nil {
-		return err
-	}
-
-	w.synced = append(w.synced, svc.HasSynced, eps.HasSynced)
-	return nil
+	})
 }
 
-// handler adapts upsert and delete callbacks of one kind to client-go's
-// handler, counted in the watcher's metrics. One informer delivers its
-// events in order from one goroutine, so the callbacks need no locking of
-// their own.
-func (w *Watcher) handler(kind string, upsert func(obj any), del func(ns, name string)) cache.ResourceEventHandler {
-	up := func(obj any) { w.metrics.observe(kind, "upsert", func() { upsert(obj) }) }
-	return cache.ResourceEventHandlerFuncs{
-		AddFunc:    up,
-		UpdateFunc: func(_, obj any) { up(obj) },
-		DeleteFunc: func(obj any) {
-			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-				obj = t.Obj
-			}
-			if m, ok := obj.(metav1.Object); ok {
-				w.metrics.observe(kind, "delete", func() { del(m.GetNamespace(), m.GetName()) })
-			}
-		},
-	}
-}
-
-// Start runs the informers until ctx ends.
+// Start runs the reflectors until ctx ends.
 func (w *Watcher) Start(ctx context.Context) {
-	w.factory.Start(ctx.Done())
-	for _, f := range w.extra {
-		f.Start(ctx.Done())
-	}
-	for _, run := range w.runners {
+	for _, run := range w.runs {
 		go run(ctx)
 	}
 }
 
-// WaitForSync blocks until every informer has listed its objects once.
+// WaitForSync blocks until every kind has been listed once.
 func (w *Watcher) WaitForSync(ctx context.Context, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if !cache.WaitForCacheSync(ctx.Done(), w.synced...) {
-		return fmt.Errorf("informers did not sync within %s: is the API server reachable?", timeout)
+		return fmt.Errorf("the API watches did not sync within %s: is the API server reachable?", timeout)
 	}
 	return nil
 }

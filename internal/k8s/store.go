@@ -1,0 +1,141 @@
+package k8s
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+)
+
+// modelStore is a reflector's store that keeps no API object, in place of
+// an informer's: each object is converted as it arrives and handed on (to
+// the Cache or the policy sink, which hold kpath's models), and only the
+// keys are kept, to tell after a relist which objects went away. An
+// informer keeps every object a second time (slimmed or not) under a
+// string key and an index entry, for listers kpath never calls: at 100k
+// pods that was more than half of the agent's live heap.
+type modelStore struct {
+	kind    string
+	metrics *EventMetrics
+	upsert  func(obj any)
+	del     func(ns, name string)
+
+	keys   map[objectKey]struct{} // the reflector calls from one goroutine
+	synced atomic.Bool
+}
+
+type objectKey struct{ ns, name string }
+
+var _ cache.ReflectorStore = (*modelStore)(nil)
+
+func newModelStore(kind string, m *EventMetrics, upsert func(obj any), del func(ns, name string)) *modelStore {
+	return &modelStore{kind: kind, metrics: m, upsert: upsert, del: del, keys: map[objectKey]struct{}{}}
+}
+
+func keyOf(obj any) (objectKey, error) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	m, ok := obj.(metav1.Object)
+	if !ok {
+		return objectKey{}, fmt.Errorf("not an API object: %T", obj)
+	}
+	return objectKey{m.GetNamespace(), m.GetName()}, nil
+}
+
+// Add is an object created (or listed).
+func (s *modelStore) Add(obj any) error {
+	k, err := keyOf(obj)
+	if err != nil {
+		return fmt.Errorf("%s store: %w", s.kind, err)
+	}
+	s.metrics.observe(s.kind, "upsert", func() {
+		s.keys[k] = struct{}{}
+		s.upsert(obj)
+	})
+	return nil
+}
+
+// Update is an object changed.
+func (s *modelStore) Update(obj any) error { return s.Add(obj) }
+
+// Delete is an object deleted.
+func (s *modelStore) Delete(obj any) error {
+	k, err := keyOf(obj)
+	if err != nil {
+		return fmt.Errorf("%s store: %w", s.kind, err)
+	}
+	s.remove(k)
+	return nil
+}
+
+func (s *modelStore) remove(k objectKey) {
+	s.metrics.observe(s.kind, "delete", func() {
+		delete(s.keys, k)
+		s.del(k.ns, k.name)
+	})
+}
+
+// Replace is a (re)list: every listed object is upserted and every object
+// not listed deleted.
+func (s *modelStore) Replace(list []any, _ string) error {
+	listed := make(map[objectKey]struct{}, len(list))
+	for _, obj := range list {
+		k, err := keyOf(obj)
+		if err != nil {
+			return fmt.Errorf("%s store: %w", s.kind, err)
+		}
+		listed[k] = struct{}{}
+		if err := s.Add(obj); err != nil {
+			return err
+		}
+	}
+	var gone []objectKey
+	for k := range s.keys {
+		if _, ok := listed[k]; !ok {
+			gone = append(gone, k)
+		}
+	}
+	for _, k := range gone {
+		s.remove(k)
+	}
+	s.synced.Store(true)
+	return nil
+}
+
+// Resync is a no-op: there is no queue to replay.
+func (s *modelStore) Resync() error { return nil }
+
+// hasSynced reports whether the first list has been stored.
+func (s *modelStore) hasSynced() bool { return s.synced.Load() }
+
+// listWatch adapts a typed client's List and Watch to a reflector's.
+func listWatch[L runtime.Object](list func(context.Context, metav1.ListOptions) (L, error),
+	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error), tweak func(*metav1.ListOptions)) *cache.ListWatch {
+	if tweak == nil {
+		tweak = func(*metav1.ListOptions) {}
+	}
+	return &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			tweak(&o)
+			return list(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			tweak(&o)
+			return watchFn(ctx, o)
+		},
+	}
+}
+
+// runReflector lists and watches lw's objects (of example's type) into s
+// until ctx ends.
+func runReflector(ctx context.Context, client kubernetes.Interface, lw *cache.ListWatch, example runtime.Object, s *modelStore) {
+	r := cache.NewReflectorWithOptions(cache.ToListWatcherWithWatchListSemantics(lw, client), example, s,
+		cache.ReflectorOptions{Name: "kpath " + s.kind})
+	r.RunWithContext(ctx)
+}
