@@ -113,6 +113,7 @@ type ScaleSummary struct {
 	MeanMilli     float64 `json:"agent_millicores_mean"`
 	PeakMilli     float64 `json:"agent_millicores_peak"`
 	PeakRSS       float64 `json:"agent_rss_mib_peak"`
+	PeakAnon      float64 `json:"agent_anon_rss_mib_peak"`
 	LastRSS       float64 `json:"agent_rss_mib_last"`
 	LastHeap      float64 `json:"agent_heap_mib_last"`
 	BPFMaps       float64 `json:"bpf_maps_mib"`

@@ -33,6 +33,7 @@ func summarize(ss []ScaleSample) ScaleSummary {
 		s.MeanKCMMilli += x.KCMMilli / n
 		s.PeakMilli = max(s.PeakMilli, x.AgentMilli)
 		s.PeakRSS = max(s.PeakRSS, x.AgentRSS)
+		s.PeakAnon = max(s.PeakAnon, x.AgentAnon)
 	}
 	last := ss[len(ss)-1]
 	s.LastRSS, s.LastHeap, s.BPFMaps, s.IPCache, s.Identities, s.Backends = last.AgentRSS, last.AgentHeap, last.BPFMaps, last.IPCache, last.Identities, last.Backends
@@ -118,11 +119,11 @@ var scaleTargets = map[string][2]float64{"a": {50, 150}, "b": {75, 200}, "c": {1
 // Print writes the run's tables.
 func (r *ScaleRun) Print(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SCENARIO\tNODES\tPODS\tPOLICIES\tSERVICES\tSTEADY CPU\tSTEADY RSS\tHEAP\tBPF MAPS\tRX\tRAMP PEAK CPU\tRAMP PEAK RSS\tAPISERVER / ETCD / KCM CPU\tTARGET CPU / RSS")
+	fmt.Fprintln(tw, "SCENARIO\tNODES\tPODS\tPOLICIES\tSERVICES\tSTEADY CPU\tSTEADY RSS (ANON)\tHEAP\tBPF MAPS\tRX\tRAMP PEAK CPU\tRAMP PEAK RSS\tAPISERVER / ETCD / KCM CPU\tTARGET CPU / RSS")
 	for _, s := range r.Scenarios {
 		t := scaleTargets[s.Name]
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%.0fm\t%.0f MiB\t%.0f MiB\t%.0f MiB\t%.0f KiB/s\t%.0fm\t%.0f MiB\t%.0fm / %.0fm / %.0fm\t<= %.0fm / <= %.0f MiB\n",
-			s.Name, s.Nodes, s.Pods, s.Policy, s.Services, s.Steady.MeanMilli, s.Steady.PeakRSS, s.Steady.LastHeap, s.Steady.BPFMaps,
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%.0fm\t%.0f MiB (%.0f)\t%.0f MiB\t%.0f MiB\t%.0f KiB/s\t%.0fm\t%.0f MiB\t%.0fm / %.0fm / %.0fm\t<= %.0fm / <= %.0f MiB\n",
+			s.Name, s.Nodes, s.Pods, s.Policy, s.Services, s.Steady.MeanMilli, s.Steady.PeakRSS, s.Steady.PeakAnon, s.Steady.LastHeap, s.Steady.BPFMaps,
 			s.Steady.MeanRxKiBps, s.Ramp.PeakMilli, s.Ramp.PeakRSS, s.Steady.MeanAPIMilli, s.Steady.MeanEtcdMilli, s.Steady.MeanKCMMilli, t[0], t[1])
 	}
 	tw.Flush()
@@ -183,12 +184,12 @@ func writeScaleCSV(path string, samples []ScaleSample) error {
 		return err
 	}
 	cw := csv.NewWriter(f)
-	_ = cw.Write([]string{"t_s", "phase", "pods", "agent_millicores", "agent_rss_mib", "agent_heap_mib", "bpf_maps_mib",
+	_ = cw.Write([]string{"t_s", "phase", "pods", "agent_millicores", "agent_rss_mib", "agent_anon_rss_mib", "agent_heap_mib", "bpf_maps_mib",
 		"agent_rx_kib_per_s", "ipcache_entries", "identities", "service_backends", "apiserver_millicores", "etcd_millicores",
 		"controller_manager_millicores", "apiserver_rss_mib"})
 	ff := func(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) }
 	for _, x := range samples {
-		_ = cw.Write([]string{ff(x.T), x.Phase, strconv.Itoa(x.Pods), ff(x.AgentMilli), ff(x.AgentRSS), ff(x.AgentHeap), ff(x.BPFMaps),
+		_ = cw.Write([]string{ff(x.T), x.Phase, strconv.Itoa(x.Pods), ff(x.AgentMilli), ff(x.AgentRSS), ff(x.AgentAnon), ff(x.AgentHeap), ff(x.BPFMaps),
 			ff(x.RxKiBps), strconv.Itoa(x.IPCache), strconv.Itoa(x.Identities), strconv.Itoa(x.Backends), ff(x.APIMilli), ff(x.EtcdMilli),
 			ff(x.KCMMilli), ff(x.ControlMiBs)})
 	}
@@ -210,11 +211,11 @@ func scaleChart(r *ScaleRun) []byte {
 	)
 	rows := []struct {
 		label, unit string
-		v           func(ScaleSample) float64
+		v, part     func(ScaleSample) float64 // part: drawn thin under v, when set
 		target      int
 	}{
-		{"agent CPU", "millicores", func(s ScaleSample) float64 { return s.AgentMilli }, 0},
-		{"agent RSS", "MiB", func(s ScaleSample) float64 { return s.AgentRSS }, 1},
+		{"agent CPU", "millicores", func(s ScaleSample) float64 { return s.AgentMilli }, nil, 0},
+		{"agent RSS", "MiB", func(s ScaleSample) float64 { return s.AgentRSS }, func(s ScaleSample) float64 { return s.AgentAnon }, 1},
 	}
 	width := left + max(len(r.Scenarios), 1)*(panelW+gapX)
 	height := top + len(rows)*(panelH+gapY)
@@ -223,7 +224,7 @@ func scaleChart(r *ScaleRun) []byte {
 	b.WriteString(`<rect width="100%" height="100%" fill="white"/>` + "\n")
 	fmt.Fprintf(&b, `<text x="%d" y="24" font-size="16" font-weight="bold">E2: kpath-agent at %d nodes, one sample a second (ramp, steady state with %d pod changes/s, restart)</text>`+"\n",
 		left, r.Options.Nodes, r.Options.ChangesPerSec)
-	fmt.Fprintf(&b, `<text x="%d" y="44">blue: the agent; dashed red: the target; grey: pods in the API (right axis)</text>`+"\n", left)
+	fmt.Fprintf(&b, `<text x="%d" y="44">blue: the agent (thin: its anonymous RSS, without the executable's file pages); dashed red: the target; grey: pods in the API (right axis)</text>`+"\n", left)
 	for si, s := range r.Scenarios {
 		var ss []ScaleSample
 		for _, x := range s.Samples {
@@ -270,12 +271,18 @@ func scaleChart(r *ScaleRun) []byte {
 					fmt.Fprintf(&b, `<line x1="%.1f" y1="0" x2="%.1f" y2="%d" stroke="#999" stroke-dasharray="2,3"/><text x="%.1f" y="12" fill="#666">%s</text>`+"\n", x, x, panelH, x+3, ss[i].Phase)
 				}
 			}
-			var pods, vals []string
+			var pods, vals, parts []string
 			for _, x := range ss {
 				pods = append(pods, fmt.Sprintf("%.1f,%.1f", xOf(x.T), panelH-float64(x.Pods)/float64(max(maxPods, 1))*panelH))
 				vals = append(vals, fmt.Sprintf("%.1f,%.1f", xOf(x.T), yOf(row.v(x))))
+				if row.part != nil {
+					parts = append(parts, fmt.Sprintf("%.1f,%.1f", xOf(x.T), yOf(row.part(x))))
+				}
 			}
 			fmt.Fprintf(&b, `<polyline points="%s" fill="none" stroke="#bbb" stroke-width="2"/>`+"\n", strings.Join(pods, " "))
+			if len(parts) > 0 {
+				fmt.Fprintf(&b, `<polyline points="%s" fill="none" stroke="#1f77b4" stroke-width="0.7"/>`+"\n", strings.Join(parts, " "))
+			}
 			fmt.Fprintf(&b, `<polyline points="%s" fill="none" stroke="#1f77b4" stroke-width="1.5"/>`+"\n", strings.Join(vals, " "))
 			fmt.Fprintf(&b, `<line x1="0" y1="%.1f" x2="%d" y2="%.1f" stroke="#d62728" stroke-dasharray="6,4"/>`+"\n", yOf(target), panelW, yOf(target))
 			b.WriteString("</g>\n")

@@ -27,6 +27,7 @@ type ScaleSample struct {
 	// addresses and identities its ipcache holds.
 	AgentMilli  float64 `json:"agent_millicores"`
 	AgentRSS    float64 `json:"agent_rss_mib"`
+	AgentAnon   float64 `json:"agent_anon_rss_mib"` // RSS less the executable's file pages
 	AgentHeap   float64 `json:"agent_heap_mib"`
 	BPFMaps     float64 `json:"bpf_maps_mib"`
 	RxKiBps     float64 `json:"agent_rx_kib_per_s"`
@@ -91,6 +92,9 @@ func (s *sampler) run(stop <-chan struct{}) {
 		smp.AgentMilli, agent = milli(s.agent, agentPid)
 		if agent != nil {
 			smp.AgentRSS = mib(agent.RSSBytes)
+			if anon, err := procstat.AnonRSS(agentPid); err == nil {
+				smp.AgentAnon = mib(anon)
+			}
 			smp.BPFMaps = mib(bpfMapMemory(agentPid))
 			if rx, err := uplinkRx(agentPid); err == nil {
 				if !lastRxAt.IsZero() && rx >= lastRx {

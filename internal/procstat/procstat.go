@@ -60,3 +60,23 @@ func parse(s string) (Stat, error) {
 		RSSBytes: num(24) * uint64(os.Getpagesize()),
 	}, nil
 }
+
+// AnonRSS is the anonymous part of pid's RSS (RssAnon of
+// /proc/PID/status): the memory the process itself allocated, without the
+// file pages it maps (its executable's text, shared and reclaimable).
+func AnonRSS(pid int) (uint64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, fmt.Errorf("process %d: %w", pid, err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "RssAnon:"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("process %d: RssAnon %q: %w", pid, v, err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("process %d: no RssAnon in its status", pid)
+}

@@ -34,3 +34,17 @@ func TestReadSelf(t *testing.T) {
 		t.Error("pid -1 read")
 	}
 }
+
+func TestAnonRSSOfSelf(t *testing.T) {
+	anon, err := AnonRSS(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := Read(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if anon == 0 || anon > st.RSSBytes {
+		t.Errorf("anonymous RSS %d, RSS %d", anon, st.RSSBytes)
+	}
+}
