@@ -16,6 +16,7 @@ need conntrack
 need nftables
 need apache2-utils # ab, the load of the E1 latency benchmark
 need clang-19    # cilium-agent (the Cilium peer, hack/cilium) compiles its BPF programs at start and needs clang >= 18.1; it execs only clang, not llc
+need ipset       # cilium-agent manages ipsets in its node's namespace
 if [[ "${1:-}" == "--bpf" ]]; then
 	need clang
 	need llvm

@@ -19,6 +19,8 @@
 #             "state-dir", default /var/run/cilium; the compiled objects in
 #             <state-dir>/state). --bpf-root is the bpffs mount (default
 #             /sys/fs/bpf), not the sources.
+#   crds/     Cilium's CustomResourceDefinitions (v2, v2alpha1), which the
+#             lab applies before the agents start (the operator's job).
 #   bin-path/ clang -> /usr/bin/clang-19 (hack/install-deps.sh installs it):
 #             the agent execs "clang" from PATH (pkg/datapath/loader, no llc)
 #             and needs clang >= 18.1, Debian 12's clang is 14; put this
@@ -37,16 +39,21 @@ CACHED_BUILD_TAGS=osusergo cached_build "$out" "$ldflags" \
 	github.com/cilium/cilium/{hubble,hubble-relay,cilium-dbg,plugins/cilium-cni} \
 	github.com/cilium/cilium/daemon=cilium-agent >/dev/null
 
-# The BPF sources, copied once per module directory (.source names it).
-src=$(go list -m -f '{{.Dir}}' github.com/cilium/cilium)/bpf
-if [[ "$(cat "$out/bpf/.source" 2>/dev/null)" != "$src" ]]; then
-	echo "copying $src into $out/bpf" >&2
-	rm -rf "$out/bpf" "$out/bpf.tmp"
-	cp -r "$src" "$out/bpf.tmp"
-	chmod -R u+w "$out/bpf.tmp"
-	echo "$src" >"$out/bpf.tmp/.source"
-	mv "$out/bpf.tmp" "$out/bpf"
-fi
+# The BPF sources and the CRDs (which the lab applies, as Cilium's operator
+# would), copied once per module directory (.source names it).
+mod=$(go list -m -f '{{.Dir}}' github.com/cilium/cilium)
+copy_once() { # SRC DEST
+	if [[ "$(cat "$2/.source" 2>/dev/null)" != "$1" ]]; then
+		echo "copying $1 into $2" >&2
+		rm -rf "$2" "$2.tmp"
+		cp -r "$1" "$2.tmp"
+		chmod -R u+w "$2.tmp"
+		echo "$1" >"$2.tmp/.source"
+		mv "$2.tmp" "$2"
+	fi
+}
+copy_once "$mod/bpf" "$out/bpf"
+copy_once "$mod/pkg/k8s/apis/cilium.io/client/crds" "$out/crds"
 
 clang=/usr/bin/clang-19
 mkdir -p "$out/bin-path"
