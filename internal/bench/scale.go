@@ -321,6 +321,8 @@ func scaleScenario(ctx context.Context, o ScaleOptions, name string) (*ScaleScen
 	steady := summarize(all[min(rampTo, len(all)):min(steadyTo, len(all))])
 	res.Steady = steady
 	res.Events = eventWork(before, after, steadyTime, steady.MeanMilli)
+	restart := summarize(all[min(steadyTo, len(all)):])
+	res.Restart.PeakRSS, res.Restart.PeakAnon = restart.PeakRSS, restart.PeakAnon
 	return res, nil
 }
 

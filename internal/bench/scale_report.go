@@ -129,15 +129,15 @@ func (r *ScaleRun) Print(w io.Writer) {
 	tw.Flush()
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SCENARIO\tPOLICY CHANGE P50 / P99\tRESTART -> READY\tKILL -> READY\tCOLD START -> READY\tPROBE HELD (FAILED, DIALS)\tPROBE NEW (FAILED)")
+	fmt.Fprintln(tw, "SCENARIO\tPOLICY CHANGE P50 / P99\tRESTART -> READY\tKILL -> READY\tCOLD START -> READY\tPROBE HELD (FAILED, DIALS)\tPROBE NEW (FAILED)\tRESTARTS' PEAK RSS (ANON)")
 	for _, s := range r.Scenarios {
 		pc := "-"
 		if p := s.PolicyChange; p != nil {
 			pc = fmt.Sprintf("%.1f / %.1f ms (%d)", p.P50, p.P99, p.N)
 		}
 		if x := s.Restart; x != nil {
-			fmt.Fprintf(tw, "%s\t%s\t%.0f ms\t%.0f ms\t%.0f ms\t%d (%d, %d)\t%d (%d)\n", s.Name, pc, x.RestartReadyMs, x.KillToReadyMs, x.ColdReadyMs,
-				x.Probe.Held, x.Probe.HeldFailed, x.Probe.Dials, x.Probe.New, x.Probe.NewFailed)
+			fmt.Fprintf(tw, "%s\t%s\t%.0f ms\t%.0f ms\t%.0f ms\t%d (%d, %d)\t%d (%d)\t%.0f MiB (%.0f)\n", s.Name, pc, x.RestartReadyMs, x.KillToReadyMs, x.ColdReadyMs,
+				x.Probe.Held, x.Probe.HeldFailed, x.Probe.Dials, x.Probe.New, x.Probe.NewFailed, x.PeakRSS, x.PeakAnon)
 		}
 	}
 	tw.Flush()

@@ -43,6 +43,10 @@ type ScaleRestart struct {
 	// Probe is the traffic during the restart (not the cold start, which
 	// loses connection state by design).
 	Probe ProbeStats `json:"probe"`
+	// PeakRSS and PeakAnon are the agents' peaks over both restarts:
+	// what a restart at full size costs (the initial lists).
+	PeakRSS  float64 `json:"agent_rss_mib_peak"`
+	PeakAnon float64 `json:"agent_anon_rss_mib_peak"`
 }
 
 // ProbeStats count the probe's requests through a Service: on one held

@@ -137,8 +137,14 @@ exec commands in.`,
 				return err
 			}
 			logf := func(f string, a ...any) { fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05 ")+f+"\n", a...) }
+			var ciliumBin string
+			if services == "cilium" {
+				if ciliumBin, err = testenv.CiliumBinDir(); err != nil {
+					return fmt.Errorf("services cilium: %w (make cilium-bins builds them)", err)
+				}
+			}
 			return lab.Supervise(ctx, lab.Options{Dir: dir, Nodes: nodes, Routing: mode, Services: services,
-				BinDir: binDir, K8sBin: k8sBin, HubbleRelay: relayBin, Log: logf})
+				BinDir: binDir, K8sBin: k8sBin, HubbleRelay: relayBin, CiliumBin: ciliumBin, Log: logf})
 		},
 	}
 	supervise.Flags().IntVar(&nodes, "nodes", 2, "")
@@ -179,11 +185,7 @@ exec commands in.`,
 			fmt.Fprintln(tw)
 			fmt.Fprintln(tw, "NODE\tNETNS\tADDRESS\tPOD CIDR\tAGENT")
 			for _, n := range st.Nodes {
-				agent := "down"
-				if _, err := os.Stat(n.AgentSocket); err == nil {
-					agent = "up"
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.Netns, n.IP, n.PodCIDR, agent)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.Netns, n.IP, n.PodCIDR, st.AgentHealth(n))
 			}
 		})
 	}

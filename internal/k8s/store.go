@@ -7,6 +7,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -19,10 +20,16 @@ import (
 // informer keeps every object a second time (slimmed or not) under a
 // string key and an index entry, for listers kpath never calls: at 100k
 // pods that was more than half of the agent's live heap.
+//
+// It is also a TransformingStore: a streamed initial list (WatchList, on
+// by default since Kubernetes 1.35) is gathered by the reflector before it
+// is handed over, and the transform converts each object as it arrives, so
+// a restarting agent holds 100k models then, not 100k decoded Pods (1 GiB).
 type modelStore struct {
 	kind    string
 	metrics *EventMetrics
-	upsert  func(obj any)
+	convert func(obj any) any // the API object to its model (may be nil)
+	apply   func(k objectKey, model any)
 	del     func(ns, name string)
 
 	keys   map[objectKey]struct{} // the reflector calls from one goroutine
@@ -31,10 +38,40 @@ type modelStore struct {
 
 type objectKey struct{ ns, name string }
 
-var _ cache.ReflectorStore = (*modelStore)(nil)
+// modelObject is an object converted by the transform: its key (in the
+// metadata a reflector's temporary store keys by) and its model.
+type modelObject struct {
+	metav1.ObjectMeta
+	model any
+}
 
-func newModelStore(kind string, m *EventMetrics, upsert func(obj any), del func(ns, name string)) *modelStore {
-	return &modelStore{kind: kind, metrics: m, upsert: upsert, del: del, keys: map[objectKey]struct{}{}}
+// GetObjectKind and DeepCopyObject make it a runtime.Object. The model is
+// never written after conversion, so copies share it.
+func (o *modelObject) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
+
+func (o *modelObject) DeepCopyObject() runtime.Object { c := *o; return &c }
+
+var (
+	_ cache.ReflectorStore    = (*modelStore)(nil)
+	_ cache.TransformingStore = (*modelStore)(nil)
+)
+
+func newModelStore(kind string, m *EventMetrics, convert func(obj any) any, apply func(k objectKey, model any), del func(ns, name string)) *modelStore {
+	return &modelStore{kind: kind, metrics: m, convert: convert, apply: apply, del: del, keys: map[objectKey]struct{}{}}
+}
+
+// Transformer converts objects of a streamed list as they arrive.
+func (s *modelStore) Transformer() cache.TransformFunc {
+	return func(obj any) (any, error) {
+		if _, ok := obj.(*modelObject); ok {
+			return obj, nil
+		}
+		k, err := keyOf(obj)
+		if err != nil {
+			return nil, fmt.Errorf("%s store: %w", s.kind, err)
+		}
+		return &modelObject{ObjectMeta: metav1.ObjectMeta{Namespace: k.ns, Name: k.name}, model: s.convert(obj)}, nil
+	}
 }
 
 func keyOf(obj any) (objectKey, error) {
@@ -56,7 +93,11 @@ func (s *modelStore) Add(obj any) error {
 	}
 	s.metrics.observe(s.kind, "upsert", func() {
 		s.keys[k] = struct{}{}
-		s.upsert(obj)
+		if mo, ok := obj.(*modelObject); ok {
+			s.apply(k, mo.model)
+		} else {
+			s.apply(k, s.convert(obj))
+		}
 	})
 	return nil
 }

@@ -17,9 +17,8 @@ func TestModelStoreFollowsListsAndWatches(t *testing.T) {
 			Status: corev1.PodStatus{PodIPs: []corev1.PodIP{{IP: ip}}}}
 	}
 	got := map[string]string{} // name -> IP
-	st := newModelStore("pod", nil, func(obj any) {
-		p := obj.(*corev1.Pod)
-		got[p.Name] = p.Status.PodIPs[0].IP
+	st := newModelStore("pod", nil, func(obj any) any { return obj.(*corev1.Pod).Status.PodIPs[0].IP }, func(k objectKey, ip any) {
+		got[k.name] = ip.(string)
 	}, func(ns, name string) {
 		if ns != "ns" {
 			t.Errorf("delete of %s/%s", ns, name)
@@ -53,5 +52,28 @@ func TestModelStoreFollowsListsAndWatches(t *testing.T) {
 	}
 	if err := st.Add("not an object"); err == nil {
 		t.Error("a non-object accepted")
+	}
+
+	// A streamed list's objects are converted as they arrive; the store
+	// takes them converted (and raw ones from the watch that follows).
+	tr := st.Transformer()
+	conv, err := tr(pod("e", "10.0.0.5"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mo, ok := conv.(*modelObject); !ok || mo.Name != "e" || mo.Namespace != "ns" || mo.model != "10.0.0.5" {
+		t.Fatalf("transformed to %#v", conv)
+	}
+	if again, _ := tr(conv); again != conv {
+		t.Error("a converted object converted again")
+	}
+	if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(conv); err != nil || key != "ns/e" {
+		t.Errorf("a reflector's temporary store keys it %q, %v", key, err)
+	}
+	if err := st.Replace([]any{conv}, "10"); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got["e"] != "10.0.0.5" {
+		t.Errorf("after a streamed list: %v", got)
 	}
 }

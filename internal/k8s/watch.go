@@ -53,9 +53,8 @@ func NewWatcher(client kubernetes.Interface, c *Cache, opts WatchOptions) (*Watc
 		w.watchServices(c, opts)
 	}
 	nodes := client.CoreV1().Nodes()
-	w.watch("node", listWatch(nodes.List, nodes.Watch, nil), &corev1.Node{}, func(obj any) {
-		n := obj.(*corev1.Node)
-		c.SetNode(n.Name, Node(n))
+	w.watch("node", listWatch(nodes.List, nodes.Watch, nil), &corev1.Node{}, func(obj any) any { return Node(obj.(*corev1.Node)) }, func(k objectKey, m any) {
+		c.SetNode(k.name, m.(*model.Node))
 	}, func(_, name string) {
 		c.SetNode(name, nil)
 	})
@@ -65,10 +64,10 @@ func NewWatcher(client kubernetes.Interface, c *Cache, opts WatchOptions) (*Watc
 	return w, nil
 }
 
-// watch adds a reflector of one kind: upsert gets each object created,
-// changed or listed, del each deleted.
-func (w *Watcher) watch(kind string, lw *cache.ListWatch, example runtime.Object, upsert func(obj any), del func(ns, name string)) {
-	s := newModelStore(kind, w.metrics, upsert, del)
+// watch adds a reflector of one kind: apply gets the model (convert's) of
+// each object created, changed or listed, del each one deleted.
+func (w *Watcher) watch(kind string, lw *cache.ListWatch, example runtime.Object, convert func(obj any) any, apply func(k objectKey, model any), del func(ns, name string)) {
+	s := newModelStore(kind, w.metrics, convert, apply, del)
 	w.runs = append(w.runs, func(ctx context.Context) { runReflector(ctx, w.client, lw, example, s) })
 	w.synced = append(w.synced, s.hasSynced)
 }
@@ -77,28 +76,33 @@ func (w *Watcher) watch(kind string, lw *cache.ListWatch, example runtime.Object
 // sink.
 func (w *Watcher) watchPolicy(sink PolicySink) {
 	pods := w.client.CoreV1().Pods(metav1.NamespaceAll)
-	w.watch("pod", listWatch(pods.List, pods.Watch, nil), &corev1.Pod{}, func(obj any) {
+	w.watch("pod", listWatch(pods.List, pods.Watch, nil), &corev1.Pod{}, func(obj any) any {
 		m := Pod(obj.(*corev1.Pod))
 		// 100k pods share a few thousand namespaces and nodes: one string
 		// each, not one per pod.
 		m.Key.Namespace, m.NodeName = unique.Make(m.Key.Namespace).Value(), unique.Make(m.NodeName).Value()
-		sink.SetPod(m.Key, m)
+		return m
+	}, func(_ objectKey, m any) {
+		p := m.(*model.Pod)
+		sink.SetPod(p.Key, p)
 	}, func(ns, name string) {
 		sink.SetPod(model.PodKey{Namespace: ns, Name: name}, nil)
 	})
 
 	namespaces := w.client.CoreV1().Namespaces()
-	w.watch("namespace", listWatch(namespaces.List, namespaces.Watch, nil), &corev1.Namespace{}, func(obj any) {
-		n := obj.(*corev1.Namespace)
-		sink.SetNamespace(n.Name, Namespace(n))
+	w.watch("namespace", listWatch(namespaces.List, namespaces.Watch, nil), &corev1.Namespace{}, func(obj any) any {
+		return Namespace(obj.(*corev1.Namespace))
+	}, func(k objectKey, m any) {
+		sink.SetNamespace(k.name, m.(*model.Namespace))
 	}, func(_, name string) {
 		sink.SetNamespace(name, nil)
 	})
 
 	policies := w.client.NetworkingV1().NetworkPolicies(metav1.NamespaceAll)
-	w.watch("networkpolicy", listWatch(policies.List, policies.Watch, nil), &networkingv1.NetworkPolicy{}, func(obj any) {
-		np := obj.(*networkingv1.NetworkPolicy)
-		sink.SetPolicy(model.PolicyKey{Namespace: np.Namespace, Name: np.Name}, NetworkPolicy(np))
+	w.watch("networkpolicy", listWatch(policies.List, policies.Watch, nil), &networkingv1.NetworkPolicy{}, func(obj any) any {
+		return NetworkPolicy(obj.(*networkingv1.NetworkPolicy))
+	}, func(k objectKey, m any) {
+		sink.SetPolicy(model.PolicyKey{Namespace: k.ns, Name: k.name}, m.(*model.NetworkPolicy))
 	}, func(ns, name string) {
 		sink.SetPolicy(model.PolicyKey{Namespace: ns, Name: name}, nil)
 	})
@@ -113,9 +117,9 @@ func (w *Watcher) watchServices(c *Cache, opts WatchOptions) {
 	}
 	services := w.client.CoreV1().Services(metav1.NamespaceAll)
 	w.watch("service", listWatch(services.List, services.Watch, func(o *metav1.ListOptions) { o.LabelSelector = svcSelector }), &corev1.Service{},
-		func(obj any) {
-			s := obj.(*corev1.Service)
-			c.SetService(model.ServiceKey{Namespace: s.Namespace, Name: s.Name}, ServiceSpec(s))
+		func(obj any) any { return ServiceSpec(obj.(*corev1.Service)) },
+		func(k objectKey, m any) {
+			c.SetService(model.ServiceKey{Namespace: k.ns, Name: k.name}, m.(*model.ServiceSpec))
 		}, func(ns, name string) {
 			c.SetService(model.ServiceKey{Namespace: ns, Name: name}, nil)
 		})
@@ -124,17 +128,17 @@ func (w *Watcher) watchServices(c *Cache, opts WatchOptions) {
 	// that is deleted leaves the right service.
 	owner := map[objectKey]model.ServiceKey{}
 	slices := w.client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll)
-	w.watch("endpointslice", listWatch(slices.List, slices.Watch, nil), &discoveryv1.EndpointSlice{}, func(obj any) {
-		s := obj.(*discoveryv1.EndpointSlice)
-		id := objectKey{s.Namespace, s.Name}
-		m := EndpointSlice(s)
+	w.watch("endpointslice", listWatch(slices.List, slices.Watch, nil), &discoveryv1.EndpointSlice{}, func(obj any) any {
+		return EndpointSlice(obj.(*discoveryv1.EndpointSlice))
+	}, func(id objectKey, mo any) {
+		m := mo.(*model.EndpointSlice) // nil: not a slice kpath serves
 		if old, ok := owner[id]; ok && (m == nil || old != m.Service) {
-			c.SetEndpointSlice(old, s.Name, nil)
+			c.SetEndpointSlice(old, id.name, nil)
 			delete(owner, id)
 		}
 		if m != nil {
 			owner[id] = m.Service
-			c.SetEndpointSlice(m.Service, s.Name, m)
+			c.SetEndpointSlice(m.Service, id.name, m)
 		}
 	}, func(ns, name string) {
 		id := objectKey{ns, name}

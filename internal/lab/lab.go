@@ -93,7 +93,7 @@ type NodeInfo struct {
 // Service dataplanes a lab node can run: kpath with its socket hook,
 // kpath per packet only, the real kube-proxy (kpath keeps pod networking
 // with kube-proxy replacement off), or nothing at all.
-var ServiceModes = []string{"kpath", "kpath-tc", "kube-proxy-iptables", "kube-proxy-nftables", "none"}
+var ServiceModes = []string{"kpath", "kpath-tc", "kube-proxy-iptables", "kube-proxy-nftables", "cilium", "none"}
 
 // State is what a running lab records in its directory.
 type State struct {
@@ -111,8 +111,12 @@ type State struct {
 	// HubbleRelay is the unix socket of the lab's hubble-relay (every
 	// node's flows: hubble --server unix://...); "" when none runs.
 	HubbleRelay string `json:"hubbleRelay,omitempty"`
-	Ready       bool   `json:"ready"`
-	Error       string `json:"error,omitempty"`
+	// Dir is the lab's directory; CiliumBin the Cilium binaries' (Services
+	// cilium).
+	Dir       string `json:"dir"`
+	CiliumBin string `json:"ciliumBin,omitempty"`
+	Ready     bool   `json:"ready"`
+	Error     string `json:"error,omitempty"`
 }
 
 // Options configure a lab.
@@ -133,6 +137,9 @@ type Options struct {
 	// HubbleRelay is a hubble-relay binary to run over the nodes' Hubble
 	// servers ("" for none).
 	HubbleRelay string
+	// CiliumBin holds cilium-agent, cilium-cni, cilium-dbg, the agent's
+	// BPF sources and CRDs (hack/cilium/build.sh), for Services "cilium".
+	CiliumBin string
 	Log         func(format string, args ...any)
 }
 
@@ -179,11 +186,17 @@ func Supervise(ctx context.Context, o Options) (err error) {
 	if !slices.Contains(ServiceModes, o.Services) {
 		return fmt.Errorf("service dataplane %q: want one of %v", o.Services, ServiceModes)
 	}
+	if o.Services == "cilium" {
+		if o.Routing != "native" || o.CiliumBin == "" || o.Dir == "/run" || strings.HasPrefix(o.Dir, "/run/") {
+			return fmt.Errorf("services cilium: needs native routing (got %q), the Cilium binaries (make cilium-bins; got %q) and a lab directory outside /run (got %s)", o.Routing, o.CiliumBin, o.Dir)
+		}
+	}
 	nm, err := namesFor(o.Name)
 	if err != nil {
 		return err
 	}
-	st := &State{Pid: os.Getpid(), Name: o.Name, NetnsPrefix: nm.netns, Vnet: nm.vnet(), Routing: o.Routing, Services: o.Services}
+	st := &State{Pid: os.Getpid(), Name: o.Name, NetnsPrefix: nm.netns, Vnet: nm.vnet(), Routing: o.Routing, Services: o.Services,
+		Dir: o.Dir, CiliumBin: o.CiliumBin}
 	vnet := st.Vnet
 	defer func() {
 		if err != nil {
@@ -277,10 +290,28 @@ func Supervise(ctx context.Context, o Options) (err error) {
 
 	procs := &children{}
 	defer procs.stop(5 * time.Second)
-	for _, n := range st.Nodes {
-		o.Log("starting kpath-agent and the node runtime on %s", n.Name)
-		if err := startAgent(o, env, n, procs); err != nil {
+	if o.Services == "cilium" {
+		o.Log("applying Cilium's CRDs")
+		if err := applyCiliumCRDs(ctx, env.Kubeconfig, o.CiliumBin); err != nil {
 			return err
+		}
+	}
+	for _, n := range st.Nodes {
+		nodeCNIBin := cniBin
+		conf := []byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"kpath","plugins":[{"type":"kpath","agentSocket":%q}]}`, n.AgentSocket))
+		if o.Services == "cilium" {
+			o.Log("starting cilium-agent (it compiles its BPF programs first) and the node runtime on %s", n.Name)
+			if err := startCilium(o, env, n, procs); err != nil {
+				return err
+			}
+			if nodeCNIBin, conf, err = ciliumCNI(o, n); err != nil {
+				return err
+			}
+		} else {
+			o.Log("starting kpath-agent and the node runtime on %s", n.Name)
+			if err := startAgent(o, env, n, procs); err != nil {
+				return err
+			}
 		}
 		if mode, ok := strings.CutPrefix(o.Services, "kube-proxy-"); ok {
 			if err := startKubeProxy(o, env, n, mode, procs); err != nil {
@@ -291,13 +322,12 @@ func Supervise(ctx context.Context, o Options) (err error) {
 		if err != nil {
 			return err
 		}
-		netconf, err := libcni.ConfListFromBytes([]byte(fmt.Sprintf(
-			`{"cniVersion":"1.1.0","name":"kpath","plugins":[{"type":"kpath","agentSocket":%q}]}`, n.AgentSocket)))
+		netconf, err := libcni.ConfListFromBytes(conf)
 		if err != nil {
 			return err
 		}
 		rt := &Runtime{Client: env.Client, Node: n.Name, NodeNetns: n.Netns, NetnsPrefix: nm.netns, NetConf: netconf, Cgroup: cg,
-			CNI:      libcni.NewCNIConfigWithCacheDir([]string{cniBin}, filepath.Join(o.Dir, n.Name, "cni-cache"), nil),
+			CNI:      libcni.NewCNIConfigWithCacheDir([]string{nodeCNIBin}, filepath.Join(o.Dir, n.Name, "cni-cache"), nil),
 			KpathBin: filepath.Join(o.BinDir, "kpath"), LabDir: o.Dir, ServiceAccountCA: env.ServingCert,
 			Log: slog.New(slog.NewTextHandler(logWriter(o.Log), nil))}
 		go keepRuntime(ctx, rt, o.Log)
@@ -490,6 +520,10 @@ func Down(dir, name string, log func(string, ...any)) error {
 				errs = append(errs, err)
 			}
 		}
+	}
+	// Mounts under the lab's directory (Cilium nodes' mount namespaces).
+	if err := unmountUnder(dir); err != nil {
+		errs = append(errs, err)
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		errs = append(errs, err)
