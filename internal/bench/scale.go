@@ -80,9 +80,11 @@ type ScaleScenario struct {
 	Setup  time.Duration `json:"setup_ns"`
 	// Events is the steady state's work by event kind.
 	Events *ScaleEvents `json:"events,omitempty"`
-	// PolicyChange: policy change -> enforced, timed during the steady
-	// state ((b) and (c)).
-	PolicyChange *Percentiles `json:"policy_change_to_enforced,omitempty"`
+	// PolicyChange: policy change -> enforced, timed after the steady
+	// state with its churn going on ((b) and (c)); PolicyPhase sums up
+	// that phase.
+	PolicyChange *Percentiles  `json:"policy_change_to_enforced,omitempty"`
+	PolicyPhase  *ScaleSummary `json:"policy_phase,omitempty"`
 	// Restart: the agent restarted, then started cold, at full size.
 	Restart *ScaleRestart `json:"restart,omitempty"`
 	Samples []ScaleSample `json:"samples"`
@@ -285,30 +287,43 @@ func scaleScenario(ctx context.Context, o ScaleOptions, name string) (*ScaleScen
 	}
 	stopChurn := make(chan struct{})
 	time.AfterFunc(o.Steady, func() { close(stopChurn) })
-	polDone := make(chan error, 1)
-	if res.Policy > 0 && o.PolicyChanges > 0 && len(local) > 0 {
-		go func() {
-			lat, err := timeScalePolicyChanges(ctx, c, node.PinDir, local, o.PolicyChanges, o.Steady)
-			res.PolicyChange = percentilesOf(lat)
-			polDone <- err
-		}()
-	} else {
-		polDone <- nil
-	}
 	steadyStart := time.Now()
-	if res.Changes, err = churn(ctx, c, l, o.ChangesPerSec, stopChurn); err != nil {
+	if res.Changes, err = churn(ctx, c, l, o.ChangesPerSec, stopChurn, 0); err != nil {
 		return nil, fmt.Errorf("steady state: %w", err)
 	}
 	steadyTime := time.Since(steadyStart)
-	if err := <-polDone; err != nil {
-		return nil, fmt.Errorf("policy changes in the steady state: %w", err)
-	}
 	after, err := agentMetricsAll(node.Netns)
 	if err != nil {
 		return nil, err
 	}
 	profile("steady")
 	steadyTo := len(smp.taken())
+
+	// Policy changes, timed while the churn goes on: a phase of their own,
+	// so the steady state's CPU is the pod churn's alone (as the seed's
+	// figures are), and this phase's is reported beside it.
+	policyTo := steadyTo
+	if res.Policy > 0 && o.PolicyChanges > 0 && len(local) > 0 {
+		phase.Store("policy")
+		fmt.Fprintf(o.Progress, "policy changes: %d, one each %s, with the churn going on\n", o.PolicyChanges, scalePolicyPace)
+		stopChurn := make(chan struct{})
+		churned := make(chan error, 1)
+		go func() {
+			n, err := churn(ctx, c, l, o.ChangesPerSec, stopChurn, res.Changes)
+			res.Changes = n
+			churned <- err
+		}()
+		lat, err := timeScalePolicyChanges(ctx, c, node.PinDir, local, o.PolicyChanges)
+		close(stopChurn)
+		if cerr := <-churned; err == nil && cerr != nil {
+			err = fmt.Errorf("churn: %w", cerr)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("policy changes: %w", err)
+		}
+		res.PolicyChange = percentilesOf(lat)
+		policyTo = len(smp.taken())
+	}
 
 	phase.Store("restart")
 	if res.Restart, err = measureRestart(ctx, o.Progress, node, probe, caughtUp, smp); err != nil {
@@ -320,8 +335,12 @@ func scaleScenario(ctx context.Context, o ScaleOptions, name string) (*ScaleScen
 	res.Ramp = summarize(all[min(rampFrom, len(all)):min(rampTo, len(all))])
 	steady := summarize(all[min(rampTo, len(all)):min(steadyTo, len(all))])
 	res.Steady = steady
+	if policyTo > steadyTo {
+		p := summarize(all[steadyTo:min(policyTo, len(all))])
+		res.PolicyPhase = &p
+	}
 	res.Events = eventWork(before, after, steadyTime, steady.MeanMilli)
-	restart := summarize(all[min(steadyTo, len(all)):])
+	restart := summarize(all[min(policyTo, len(all)):])
 	res.Restart.PeakRSS, res.Restart.PeakAnon = restart.PeakRSS, restart.PeakAnon
 	return res, nil
 }
@@ -402,10 +421,13 @@ func createScalePolicies(ctx context.Context, c kubernetes.Interface, l scaleLay
 	return 4 * variants * n, n, err
 }
 
+// scalePolicyPace is how often E2 starts a timed policy change.
+const scalePolicyPace = 500 * time.Millisecond
+
 // timeScalePolicyChanges times policy changes that each allow one more
-// source to a local pod, spread over the steady state, reading the
-// decisions from the agent's pinned maps (no load on the agent).
-func timeScalePolicyChanges(ctx context.Context, c kubernetes.Interface, pinDir string, targets []policyTarget, changes int, over time.Duration) ([]time.Duration, error) {
+// source to a local pod, reading the decisions from the agent's pinned
+// maps (no load on the agent).
+func timeScalePolicyChanges(ctx context.Context, c kubernetes.Interface, pinDir string, targets []policyTarget, changes int) ([]time.Duration, error) {
 	v, err := datapath.OpenPolicyView(datapath.DefaultConfig().BPFFS, pinDir)
 	if err != nil {
 		return nil, err
@@ -415,5 +437,5 @@ func timeScalePolicyChanges(ctx context.Context, c kubernetes.Interface, pinDir 
 		d, err := v.Decide(local, peer, true, model.TCP, 9999)
 		return d.Allowed, err
 	}
-	return timePolicyChanges(ctx, c, decide, targets, changes, over/time.Duration(changes+1))
+	return timePolicyChanges(ctx, c, decide, targets, changes, scalePolicyPace)
 }

@@ -252,11 +252,12 @@ func (l scaleLayout) churnPod(k int) scalePod {
 
 // churn makes rate pod changes a second until stop: a third created, a
 // third deleted (the plan's pods, spread over the namespaces), a third
-// relabelled to another deployment's labels.
-func churn(ctx context.Context, c kubernetes.Interface, l scaleLayout, rate int, stop <-chan struct{}) (changes int, err error) {
+// relabelled to another deployment's labels. It goes on from change from
+// (what an earlier churn made) and returns how many it made.
+func churn(ctx context.Context, c kubernetes.Interface, l scaleLayout, rate int, stop <-chan struct{}, from int) (changes int, err error) {
 	t := time.NewTicker(time.Second / time.Duration(rate))
 	defer t.Stop()
-	for i := 0; ; i++ {
+	for i := from; ; i++ {
 		select {
 		case <-stop:
 			return changes, nil

@@ -134,6 +134,9 @@ func (r *ScaleRun) Print(w io.Writer) {
 		pc := "-"
 		if p := s.PolicyChange; p != nil {
 			pc = fmt.Sprintf("%.1f / %.1f ms (%d)", p.P50, p.P99, p.N)
+			if s.PolicyPhase != nil {
+				pc += fmt.Sprintf(", CPU %.0fm", s.PolicyPhase.MeanMilli)
+			}
 		}
 		if x := s.Restart; x != nil {
 			fmt.Fprintf(tw, "%s\t%s\t%.0f ms\t%.0f ms\t%.0f ms\t%d (%d, %d)\t%d (%d)\t%.0f MiB (%.0f)\n", s.Name, pc, x.RestartReadyMs, x.KillToReadyMs, x.ColdReadyMs,

@@ -63,6 +63,8 @@ func (s *sampler) run(stop <-chan struct{}) {
 	last := map[string]cpuMark{}
 	var lastRx uint64
 	var lastRxAt time.Time
+	var metrics map[string]float64
+	tick := 0
 	milli := func(p procOf, pid int) (float64, *procstat.Stat) {
 		if pid == 0 {
 			return 0, nil
@@ -110,7 +112,16 @@ func (s *sampler) run(stop <-chan struct{}) {
 		}
 		smp.EtcdMilli, _ = milli(s.etcd, s.etcd.pid())
 		smp.KCMMilli, _ = milli(s.kcm, s.kcm.pid())
-		if m, err := agentMetricsText(s.netns); err == nil {
+		// The agent's metrics every scrapeEvery, as a Prometheus would
+		// scrape them (each scrape is work for the agent); the samples in
+		// between repeat the last.
+		if tick%scrapeEvery == 0 || metrics == nil {
+			if m, err := agentMetricsText(s.netns); err == nil {
+				metrics = m
+			}
+		}
+		tick++
+		if m := metrics; m != nil {
 			smp.AgentHeap = m["go_memstats_heap_inuse_bytes"] / (1 << 20)
 			smp.IPCache = int(m["kpath_ipcache_entries"])
 			smp.Identities = int(m["kpath_identities"])
@@ -121,6 +132,10 @@ func (s *sampler) run(stop <-chan struct{}) {
 		s.mu.Unlock()
 	}
 }
+
+// scrapeEvery is how often (in samples, seconds) the sampler reads the
+// agent's metrics.
+const scrapeEvery = 5
 
 func (s *sampler) taken() []ScaleSample {
 	s.mu.Lock()

@@ -53,14 +53,19 @@ type Changes struct {
 	// Identities added or removed, and which (copies, as they were).
 	Identities        bool
 	ChangedIdentities []IdentityInfo
-	// Policies or namespace labels changed: which pods a rule selects.
+	// Namespace labels changed: which pods any rule selects.
 	Selection bool
+	// PolicyNamespaces are the namespaces whose NetworkPolicies changed.
+	// A policy selects pods of its own namespace only, so such a change
+	// touches only the policy sets that hold one of these namespaces'
+	// policies and the endpoints in them.
+	PolicyNamespaces map[string]struct{}
 	// Since is when the first of these changes arrived.
 	Since time.Time
 }
 
 func (c *Changes) any() bool {
-	return len(c.IPs) > 0 || len(c.Pods) > 0 || c.Identities || c.Selection
+	return len(c.IPs) > 0 || len(c.Pods) > 0 || c.Identities || c.Selection || len(c.PolicyNamespaces) > 0
 }
 
 // NewStore returns an empty store.
@@ -81,7 +86,7 @@ func NewStore() *Store {
 }
 
 func (s *Store) resetChanges() {
-	s.changes = Changes{IPs: map[netip.Addr]struct{}{}, Pods: map[model.PodKey]struct{}{}}
+	s.changes = Changes{IPs: map[netip.Addr]struct{}{}, Pods: map[model.PodKey]struct{}{}, PolicyNamespaces: map[string]struct{}{}}
 }
 
 func (s *Store) signal() {
@@ -227,7 +232,7 @@ func (s *Store) SetPolicy(k model.PolicyKey, p *model.NetworkPolicy) {
 		}
 		m[k.Name] = compilePolicy(p)
 	}
-	s.changes.Selection = true
+	s.changes.PolicyNamespaces[k.Namespace] = struct{}{}
 	s.signal()
 }
 

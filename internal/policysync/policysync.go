@@ -278,15 +278,17 @@ func (s *Syncer) Sync(full bool) error {
 	all := full || changes.Selection
 	podIPs := len(changes.IPs) > 0
 	for _, st := range s.sets {
-		if all || podIPs && needsPodIPs(st) || changes.Identities && s.store.SetSelectsAny(st.ps, changes.ChangedIdentities) {
+		if all || podIPs && needsPodIPs(st) || holdsPolicyOf(st.ps, changes.PolicyNamespaces) ||
+			changes.Identities && s.store.SetSelectsAny(st.ps, changes.ChangedIdentities) {
 			if err := s.recompileLocked(st); err != nil {
 				errs = append(errs, err)
 			}
 		}
 	}
-	// An endpoint's set changes with the policies or its own pod.
+	// An endpoint's set changes with its own pod and with the policies of
+	// its namespace (the only ones that can select it).
 	for ip, ep := range s.endpoints {
-		if all || changedPod(changes, ep.pod) {
+		if _, ok := changes.PolicyNamespaces[ep.pod.Namespace]; all || ok || changedPod(changes, ep.pod) {
 			errs = append(errs, s.syncEndpointLocked(ip))
 		}
 	}
@@ -315,6 +317,21 @@ func (s *Syncer) Sync(full bool) error {
 	}
 	s.m.observeSync(time.Since(start), s)
 	return err
+}
+
+// holdsPolicyOf: the set holds a policy of one of the namespaces.
+func holdsPolicyOf(ps policy.PolicySet, namespaces map[string]struct{}) bool {
+	if len(namespaces) == 0 {
+		return false
+	}
+	for _, keys := range [][]model.PolicyKey{ps.Ingress, ps.Egress} {
+		for _, k := range keys {
+			if _, ok := namespaces[k.Namespace]; ok {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func changedPod(c policy.Changes, k model.PodKey) bool {
