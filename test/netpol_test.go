@@ -73,7 +73,11 @@ func upLab(t *testing.T, bin, k8sBin, name, routing, services string, nodes int,
 		}
 	}
 	t.Cleanup(l.down)
-	waitFor(t, 2*time.Minute, "lab ready", func() bool {
+	ready := 2 * time.Minute
+	if services == "cilium" {
+		ready = 10 * time.Minute // each cilium-agent compiles its BPF programs first
+	}
+	waitFor(t, ready, "lab ready", func() bool {
 		var err error
 		l.st, err = klab.LoadState(l.dir)
 		if err == nil && l.st.Error != "" {

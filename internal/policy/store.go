@@ -326,6 +326,13 @@ func (s *Store) Identities() []IdentityInfo {
 	return out
 }
 
+// IdentityCount is how many pod identities are in use.
+func (s *Store) IdentityCount() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.ids.byID)
+}
+
 // Counts reports pods, namespaces, policies and identities held.
 func (s *Store) Counts() (pods, namespaces, policies, identities int) {
 	s.mu.RLock()

@@ -73,6 +73,7 @@ func (m *Metrics) observeSync(d time.Duration, s *Syncer) {
 	m.entries.Set(float64(st.Entries))
 	m.cidrs.Set(float64(st.CIDRs))
 	m.ipcache.Set(float64(st.IPCache))
-	_, _, _, ids := s.store.Counts()
-	m.idents.Set(float64(ids))
+	// Not Counts: it walks every namespace's policies, and this runs on
+	// every sync.
+	m.idents.Set(float64(s.store.IdentityCount()))
 }
