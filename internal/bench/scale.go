@@ -85,6 +85,8 @@ type ScaleScenario struct {
 	// that phase.
 	PolicyChange *Percentiles  `json:"policy_change_to_enforced,omitempty"`
 	PolicyPhase  *ScaleSummary `json:"policy_phase,omitempty"`
+	// PolicyPhaseChanges are the pod changes made during that phase.
+	PolicyPhaseChanges int `json:"policy_phase_pod_changes,omitempty"`
 	// Restart: the agent restarted, then started cold, at full size.
 	Restart *ScaleRestart `json:"restart,omitempty"`
 	Samples []ScaleSample `json:"samples"`
@@ -308,9 +310,10 @@ func scaleScenario(ctx context.Context, o ScaleOptions, name string) (*ScaleScen
 		fmt.Fprintf(o.Progress, "policy changes: %d, one each %s, with the churn going on\n", o.PolicyChanges, scalePolicyPace)
 		stopChurn := make(chan struct{})
 		churned := make(chan error, 1)
+		steadyChanges := res.Changes
 		go func() {
-			n, err := churn(ctx, c, l, o.ChangesPerSec, stopChurn, res.Changes)
-			res.Changes = n
+			n, err := churn(ctx, c, l, o.ChangesPerSec, stopChurn, steadyChanges)
+			res.PolicyPhaseChanges = n
 			churned <- err
 		}()
 		lat, err := timeScalePolicyChanges(ctx, c, node.PinDir, local, o.PolicyChanges)
