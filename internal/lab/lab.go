@@ -140,7 +140,7 @@ type Options struct {
 	// CiliumBin holds cilium-agent, cilium-cni, cilium-dbg, the agent's
 	// BPF sources and CRDs (hack/cilium/build.sh), for Services "cilium".
 	CiliumBin string
-	Log         func(format string, args ...any)
+	Log       func(format string, args ...any)
 }
 
 // LoadState reads a lab's state.
