@@ -294,3 +294,40 @@ func scaleChart(r *ScaleRun) []byte {
 	b.WriteString("</svg>\n")
 	return []byte(b.String())
 }
+
+// LoadScaleRuns reads scale.json files and merges them, a later file's
+// scenarios replacing an earlier one's of the same name (to put the runs
+// of a scenario that was measured again beside the others).
+func LoadScaleRuns(paths []string) (*ScaleRun, error) {
+	var run *ScaleRun
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, err
+		}
+		var r ScaleRun
+		if err := json.Unmarshal(b, &r); err != nil {
+			return nil, fmt.Errorf("%s: %w", p, err)
+		}
+		if run == nil {
+			run = &r
+			continue
+		}
+		for _, s := range r.Scenarios {
+			i := slices.IndexFunc(run.Scenarios, func(o ScaleScenario) bool { return o.Name == s.Name })
+			if i < 0 {
+				run.Scenarios = append(run.Scenarios, s)
+			} else {
+				run.Scenarios[i] = s
+			}
+		}
+	}
+	if run == nil {
+		return nil, fmt.Errorf("no scale.json given")
+	}
+	slices.SortFunc(run.Scenarios, func(a, b ScaleScenario) int { return strings.Compare(a.Name, b.Name) })
+	return run, nil
+}
+
+// Write saves the run's files (scale.json, the CSVs, scale.svg) to dir.
+func (r *ScaleRun) Write(dir string) error { return r.write(dir) }

@@ -193,7 +193,7 @@ each later run's modes replacing the earlier's (a mode re-measured after a fix).
 func newScaleCommand() *cobra.Command {
 	o := bench.DefaultScaleOptions()
 	var quick bool
-	var scenarios string
+	var scenarios, from string
 	cmd := &cobra.Command{
 		Use:   "scale",
 		Short: "E2: the agent's CPU and memory at 1,000 nodes and 100,000 pods (scenarios a, b, c)",
@@ -222,6 +222,14 @@ and the agent's heap profiles to --out.`,
 				}
 				o = q
 			}
+			if from != "" {
+				r, err := bench.LoadScaleRuns(strings.Split(from, ","))
+				if err != nil {
+					return err
+				}
+				r.Print(cmd.OutOrStdout())
+				return r.Write(o.Out)
+			}
 			o.Scenarios = strings.Split(scenarios, ",")
 			binDir, k8sBin, err := labBinaries()
 			if err != nil {
@@ -248,5 +256,6 @@ and the agent's heap profiles to --out.`,
 	f.DurationVar(&o.Steady, "steady", o.Steady, "steady state length")
 	f.IntVar(&o.ChangesPerSec, "changes-per-sec", o.ChangesPerSec, "pod changes per second in the steady state")
 	f.StringVar(&o.Out, "out", "out/e2", "directory for scale.json, the CSVs, the chart and the heap profiles")
+	f.StringVar(&from, "from", "", "re-render these scale.json files (A.json,B.json: B's scenarios replace A's) into --out instead of measuring")
 	return cmd
 }
