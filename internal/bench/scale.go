@@ -46,7 +46,7 @@ type ScaleOptions struct {
 	// over it (policy change -> enforced).
 	PolicyChanges  int
 	BinDir, K8sBin string
-	Progress       io.Writer
+	Progress       io.Writer `json:"-"`
 	// Out receives scale.json, scale-<scenario>.csv, scale.svg and the
 	// agent's heap profiles at the end of each phase,
 	// heap-<scenario>-<phase>.pb.gz.

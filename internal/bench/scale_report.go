@@ -247,12 +247,18 @@ func scaleChart(r *ScaleRun) []byte {
 		for ri, row := range rows {
 			ox, oy := left+si*(panelW+gapX), top+ri*(panelH+gapY)
 			target := scaleTargets[s.Name][row.target]
-			ymax := target
+			// The axis fits the ramp, steady and policy phases; the restarts'
+			// peaks (their initial lists) are clipped and labelled.
+			ymax, peak := target, 0.0
 			for _, x := range ss {
-				ymax = max(ymax, row.v(x))
+				if x.Phase == "restart" {
+					peak = max(peak, row.v(x))
+				} else {
+					ymax = max(ymax, row.v(x))
+				}
 			}
 			ymax = niceCeil(ymax * 1.05)
-			yOf := func(v float64) float64 { return panelH - v/ymax*panelH }
+			yOf := func(v float64) float64 { return panelH - min(v, ymax)/ymax*panelH }
 			fmt.Fprintf(&b, `<g transform="translate(%d,%d)">`+"\n", ox, oy)
 			fmt.Fprintf(&b, `<text x="0" y="-10" font-weight="bold">(%s) %s: %d pods, %d policies, %d services</text>`+"\n", html.EscapeString(s.Name), row.label, s.Pods, s.Policy, s.Services)
 			fmt.Fprintf(&b, `<rect width="%d" height="%d" fill="none" stroke="#333"/>`+"\n", panelW, panelH)
@@ -268,11 +274,15 @@ func scaleChart(r *ScaleRun) []byte {
 				fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle">%.0f</text>`+"\n", xOf(t0+t), panelH+16, t)
 			}
 			// Phase boundaries.
-			for i := 1; i < len(ss); i++ {
+			for i, n := 1, 0; i < len(ss); i++ {
 				if ss[i].Phase != ss[i-1].Phase {
 					x := xOf(ss[i].T)
-					fmt.Fprintf(&b, `<line x1="%.1f" y1="0" x2="%.1f" y2="%d" stroke="#999" stroke-dasharray="2,3"/><text x="%.1f" y="12" fill="#666">%s</text>`+"\n", x, x, panelH, x+3, ss[i].Phase)
+					fmt.Fprintf(&b, `<line x1="%.1f" y1="0" x2="%.1f" y2="%d" stroke="#999" stroke-dasharray="2,3"/><text x="%.1f" y="%d" fill="#666">%s</text>`+"\n", x, x, panelH, x+3, 12+14*(n%2), ss[i].Phase)
+					n++
 				}
+			}
+			if peak > ymax {
+				fmt.Fprintf(&b, `<text x="%d" y="%d" text-anchor="end" fill="#1f77b4">restarts' peak %.0f (clipped)</text>`+"\n", panelW-4, 40, peak)
 			}
 			var pods, vals, parts []string
 			for _, x := range ss {
