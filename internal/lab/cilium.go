@@ -13,7 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -37,7 +37,9 @@ import (
 //   - /proc/sys/kernel read-only (the agent would tune host-wide sysctls);
 //   - its lib directory (the BPF sources it compiles at start) and state
 //     directory under the lab's directory;
-//   - its cgroup root the node's cgroup, where the runtime puts the pods.
+//   - a cgroup namespace rooted at the node's cgroup (where the runtime
+//     puts the pods), so the cgroup2 it mounts for its socket LB is the
+//     node's.
 //
 // The mount namespace is kept by a bind mount of its file in the node's
 // lab directory, as ip netns keeps network namespaces, so cilium-cni runs
@@ -98,6 +100,9 @@ func (c ciliumNode) setupMountNS(n NodeInfo, ciliumBin string) error {
 	view := filepath.Join(c.dir, "netns-view")
 	script := strings.Join([]string{
 		"set -e",
+		// The host's bpffs leaves the node's view (the agent wants a
+		// single mount there): a fresh one in its place.
+		"while mountpoint -q /sys/fs/bpf; do umount -l /sys/fs/bpf; done",
 		"mount -t bpf bpf /sys/fs/bpf",
 		"mount --rbind /run/netns " + view,
 		"mount -t tmpfs -o mode=755 tmpfs /run",
@@ -133,7 +138,9 @@ func (c ciliumNode) args(env *testenv.Env, n NodeInfo) []string {
 		"--devices=eth0", "--direct-routing-device=eth0",
 		"--enable-health-checking=false", "--enable-endpoint-health-checking=false",
 		"--cni-exclusive=false", "--write-cni-conf-when-ready=",
-		"--bpf-root=/sys/fs/bpf", "--cgroup-root=" + n.Cgroup,
+		// In its cgroup namespace (see startCilium): the agent mounts
+		// cgroup2 here, the node's cgroup its root.
+		"--bpf-root=/sys/fs/bpf", "--cgroup-root=/run/cilium/cgroupv2",
 		"--lib-dir=" + filepath.Join(c.dir, "lib"), "--state-dir=" + filepath.Join(c.dir, "state"),
 		"--socket-path=" + c.sock,
 		"--prometheus-serve-addr=127.0.0.1:9962", "--agent-health-port=9879",
@@ -154,13 +161,22 @@ func startCilium(o Options, env *testenv.Env, n NodeInfo, procs *children) error
 		if err != nil {
 			return nil, nil, err
 		}
-		cmd := c.nsenter(n, append([]string{filepath.Join(o.CiliumBin, "cilium-agent")}, c.args(env, n)...)...)
+		cg, err := os.Open(n.Cgroup)
+		if err != nil {
+			logf.Close()
+			return nil, nil, err
+		}
+		// Born in the node's cgroup, the agent unshares a cgroup namespace
+		// rooted there: the cgroup2 it mounts for its socket LB has the
+		// node's cgroup as its root, so the programs land on the node, not
+		// on the host's root.
+		cmd := c.nsenter(n, append([]string{"unshare", "--cgroup", "--", filepath.Join(o.CiliumBin, "cilium-agent")}, c.args(env, n)...)...)
 		cmd.Env = append(os.Environ(), "K8S_NODE_NAME="+n.Name,
 			// clang >= 18.1 (hack/cilium/build.sh links it here).
 			"PATH="+filepath.Join(o.CiliumBin, "bin-path")+":"+os.Getenv("PATH"))
 		cmd.Stdout, cmd.Stderr = logf, logf
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		return cmd, func() { logf.Close() }, nil
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+		return cmd, func() { logf.Close(); cg.Close() }, nil
 	}, o.Log)
 	if err != nil {
 		return fmt.Errorf("start cilium-agent on %s: %w", n.Name, err)
@@ -172,11 +188,18 @@ func startCilium(o Options, env *testenv.Env, n NodeInfo, procs *children) error
 		}
 		select {
 		case <-exited:
-			return fmt.Errorf("cilium-agent on %s exited (log: %s)", n.Name, logPath)
+			return fmt.Errorf("cilium-agent on %s exited (log: %s):\n%s", n.Name, logPath, tailFile(logPath, 15))
 		default:
 		}
 	}
-	return fmt.Errorf("cilium-agent on %s not ready within 5 minutes (log: %s)", n.Name, logPath)
+	return fmt.Errorf("cilium-agent on %s not ready within 5 minutes (log: %s):\n%s", n.Name, logPath, tailFile(logPath, 15))
+}
+
+// tailFile is the last n lines of a log.
+func tailFile(path string, n int) string {
+	data, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // dbg runs cilium-dbg against node n's agent.
@@ -206,11 +229,8 @@ func ciliumCNI(o Options, n NodeInfo) (binDir string, conf []byte, err error) {
 // applyCiliumCRDs creates Cilium's CustomResourceDefinitions (the
 // operator's job in a cluster; the agents wait for them) from the pinned
 // module's YAML, which hack/cilium/build.sh copies beside the binaries.
-func applyCiliumCRDs(ctx context.Context, kubeconfig, ciliumBin string) error {
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		return err
-	}
+// cfg reaches the API server (in the vnet namespace).
+func applyCiliumCRDs(ctx context.Context, cfg *rest.Config, ciliumBin string) error {
 	dc, err := dynamic.NewForConfig(cfg)
 	if err != nil {
 		return err

@@ -292,7 +292,7 @@ func Supervise(ctx context.Context, o Options) (err error) {
 	defer procs.stop(5 * time.Second)
 	if o.Services == "cilium" {
 		o.Log("applying Cilium's CRDs")
-		if err := applyCiliumCRDs(ctx, env.Kubeconfig, o.CiliumBin); err != nil {
+		if err := applyCiliumCRDs(ctx, env.Config, o.CiliumBin); err != nil {
 			return err
 		}
 	}
