@@ -14,9 +14,10 @@ import (
 	"github.com/kpath/kpath/internal/testutil"
 )
 
-// TestLatencyBenchSmoke runs E1's tooling at toy size: every mode is
-// measured, the results (JSON, CSV, chart, markdown) are written and the
-// targets evaluated. It asserts the tooling, not timings.
+// TestLatencyBenchSmoke runs E1's tooling at toy size: every mode (the real
+// Cilium among them) is measured, the results (JSON, CSV, chart, markdown)
+// are written and the targets evaluated. It asserts the tooling, not
+// timings.
 func TestLatencyBenchSmoke(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.RequireTool(t, "ab", "ip", "nsenter", "iptables", "nft")
@@ -24,13 +25,14 @@ func TestLatencyBenchSmoke(t *testing.T) {
 	if err != nil {
 		testutil.SkipOrFail(t, err.Error())
 	}
+	ciliumBin := ciliumPrerequisites(t)
 	out := t.TempDir()
-	modes := []string{"none", "kpath", "kpath-tc", "kube-proxy-iptables", "kube-proxy-nftables"}
+	modes := []string{"none", "kpath", "kpath-tc", "kube-proxy-iptables", "kube-proxy-nftables", "cilium"}
 	// 1000 requests: a run must outlast the churner's first 50 ms tick, or
 	// a loaded row (none has only its direct run) shows no churn at all.
 	run, err := bench.Latency(context.Background(), bench.LatencyOptions{
 		Points: []int{0, 20}, Requests: 1000, Rounds: 1, Modes: modes, Scenarios: []string{"loaded", "quiet"},
-		OutDir: out, BinDir: buildLabBinaries(t), K8sBin: k8sBin, Progress: io.Discard,
+		OutDir: out, BinDir: buildLabBinaries(t), K8sBin: k8sBin, CiliumBin: ciliumBin, Progress: io.Discard,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -63,7 +65,7 @@ func TestLatencyBenchSmoke(t *testing.T) {
 		}
 	}
 	// The dataplanes' logs are kept beside the results.
-	for _, f := range []string{"kpath-agent.log", "kube-proxy-iptables-kube-proxy.log", "kube-proxy-nftables-kube-proxy.log"} {
+	for _, f := range []string{"kpath-agent.log", "kube-proxy-iptables-kube-proxy.log", "kube-proxy-nftables-kube-proxy.log", "cilium-cilium-agent.log"} {
 		if st, err := os.Stat(filepath.Join(out, "logs", f)); err != nil || st.Size() == 0 {
 			t.Errorf("logs/%s: %v", f, err)
 		}

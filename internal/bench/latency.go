@@ -33,6 +33,7 @@ type LatencyOptions struct {
 	OutDir    string   // latency.json, latency.csv, latency.svg, latency.md, rewritten after every scenario; logs/ at the end
 	BinDir    string   // kpath, kpath-agent, kpath-cni
 	K8sBin    string
+	CiliumBin string // for mode cilium (hack/cilium/build.sh's directory)
 	Command   string // the command line, recorded to reproduce the run
 	Progress  io.Writer
 }
@@ -233,7 +234,7 @@ func (m *modeLab) say(f string, a ...any) {
 // lab names.
 var labNames = map[string]string{"none": "e1-none", "kpath": "e1-kpath", "kpath-tc": "e1-kpath-tc", "kpath-policy": "e1-kpath-pol",
 	NoFlowsMode:           "e1-kpath-nofl",
-	"kube-proxy-iptables": "e1-iptables", "kube-proxy-nftables": "e1-nftables"}
+	"kube-proxy-iptables": "e1-iptables", "kube-proxy-nftables": "e1-nftables", "cilium": "e1-cilium"}
 
 // start brings the mode's lab up with the echo and client pods and the
 // target service.
@@ -249,8 +250,8 @@ func (m *modeLab) start(ctx context.Context, o LatencyOptions) error {
 	done := make(chan error, 1)
 	go func() {
 		done <- lab.Supervise(lctx, lab.Options{Name: name, Dir: m.labDir, Nodes: 1, Routing: "native", Services: labServices(m.mode),
-			AgentArgs: agentArgs(m.mode),
-			BinDir:    o.BinDir, K8sBin: o.K8sBin, Log: func(string, ...any) {}})
+			AgentArgs: agentArgs(m.mode), CiliumBin: o.CiliumBin,
+			BinDir: o.BinDir, K8sBin: o.K8sBin, Log: func(string, ...any) {}})
 	}()
 	m.stop = func() {
 		cancel()
@@ -287,7 +288,7 @@ func (m *modeLab) start(ctx context.Context, o LatencyOptions) error {
 	if m.cg, err = os.Open(node.Cgroup); err != nil {
 		return err
 	}
-	m.dp = dataplaneProbe{mode: m.mode, node: node, kubeconfig: m.st.Kubeconfig, kpathBin: filepath.Join(o.BinDir, "kpath")}
+	m.dp = dataplaneProbe{mode: m.mode, node: node, st: m.st, kubeconfig: m.st.Kubeconfig, kpathBin: filepath.Join(o.BinDir, "kpath")}
 	m.churn = &churner{c: m.c}
 	return nil
 }
@@ -312,7 +313,7 @@ func (m *modeLab) keepLogs() {
 	if m.logDir == "" || m.st == nil || len(m.st.Nodes) == 0 || os.MkdirAll(m.logDir, 0o755) != nil {
 		return
 	}
-	for _, f := range []string{"agent.log", "kube-proxy.log"} {
+	for _, f := range []string{"agent.log", "kube-proxy.log", "cilium-agent.log"} {
 		if b, err := os.ReadFile(filepath.Join(m.labDir, m.st.Nodes[0].Name, f)); err == nil {
 			_ = os.WriteFile(filepath.Join(m.logDir, m.mode+"-"+f), b, 0o644)
 		}

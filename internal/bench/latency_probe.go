@@ -30,6 +30,7 @@ import (
 type dataplaneProbe struct {
 	mode       string
 	node       lab.NodeInfo
+	st         *lab.State
 	kubeconfig string // this lab's: tells its processes from any other lab's
 	kpathBin   string
 }
@@ -112,6 +113,20 @@ func (p dataplaneProbe) waitReady(ctx context.Context, services int, base change
 	for deadline := time.Now().Add(readyWait); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if p.mode == "cilium" {
+			// Cilium's own view: its service map holds a frontend with
+			// backends for each service (+2: kubernetes and the target).
+			n, err := p.st.CiliumServices(ctx, p.node)
+			if err != nil {
+				last = err.Error()
+			} else if n >= services+2 {
+				return nil
+			} else {
+				last = fmt.Sprintf("cilium: %d of %d services with backends", n, services+2)
+			}
+			time.Sleep(200 * time.Millisecond) // each look lists every service
+			continue
 		}
 		if !p.kubeProxy() {
 			var s agent.Status
@@ -215,9 +230,12 @@ type usage struct{ rssMiB, cpuSeconds float64 }
 // kube-proxy) and reports its RSS and CPU seconds, waited-for children
 // (iptables-restore, nft) included.
 func (p dataplaneProbe) usage() usage {
-	name := "kpath-agent"
-	if p.kubeProxy() {
+	name, kubeconfigArg := "kpath-agent", "--kubeconfig="
+	switch {
+	case p.kubeProxy():
 		name = "kube-proxy"
+	case p.mode == "cilium":
+		name, kubeconfigArg = "cilium-agent", "--k8s-kubeconfig-path="
 	}
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
@@ -227,8 +245,10 @@ func (p dataplaneProbe) usage() usage {
 		}
 		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		args := strings.Split(string(cmdline), "\x00")
-		if len(args) == 0 || filepath.Base(args[0]) != name || !slices.Contains(args, "--hostname-override="+p.node.Name) && !slices.Contains(args, "--node-name="+p.node.Name) ||
-			!slices.Contains(args, "--kubeconfig="+p.kubeconfig) {
+		// cilium-agent takes its node's name from the environment: one
+		// node per E1 lab, so its kubeconfig tells it apart.
+		if len(args) == 0 || filepath.Base(args[0]) != name || !slices.Contains(args, kubeconfigArg+p.kubeconfig) ||
+			name != "cilium-agent" && !slices.Contains(args, "--hostname-override="+p.node.Name) && !slices.Contains(args, "--node-name="+p.node.Name) {
 			continue
 		}
 		st, err := procstat.Read(pid)

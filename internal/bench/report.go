@@ -158,6 +158,7 @@ var latencyModes = []struct{ mode, label, color string }{
 	{"kpath-noflows", "kpath, flows off", "#e377c2"},
 	{"kube-proxy-iptables", "kube-proxy iptables", "#1f77b4"},
 	{"kube-proxy-nftables", "kube-proxy nftables", "#2ca02c"},
+	{"cilium", "Cilium 1.20 (KPR, socket LB)", "#ff7f0e"},
 }
 
 // rowIndex finds rows by (mode, scenario, services, target).

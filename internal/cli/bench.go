@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -142,6 +143,13 @@ each later run's modes replacing the earlier's (a mode re-measured after a fix).
 				}
 				o.BinDir = filepath.Dir(self)
 			}
+			if slices.Contains(o.Modes, "cilium") {
+				dir, err := testenv.CiliumBinDir()
+				if err != nil {
+					return fmt.Errorf("mode cilium: %w (make cilium-bins builds it)", err)
+				}
+				o.CiliumBin = dir
+			}
 			o.Progress = cmd.ErrOrStderr()
 			o.Command = "kpath " + strings.Join(os.Args[1:], " ")
 			// The labs' node runtimes run in this process; their watches
@@ -180,7 +188,7 @@ each later run's modes replacing the earlier's (a mode re-measured after a fix).
 	cmd.Flags().IntVar(&o.Requests, "requests", 50000, "ab requests per run")
 	cmd.Flags().IntVar(&o.Rounds, "rounds", 3, "direct/service alternations per point")
 	cmd.Flags().StringSliceVar(&o.Modes, "modes", []string{"none", "kpath", "kpath-tc", "kube-proxy-iptables", "kube-proxy-nftables"},
-		"service dataplanes; also kpath-policy: kpath with the client and echo pods isolated and allowed to each other by NetworkPolicy; kpath-noflows: kpath with flow events off")
+		"service dataplanes; also kpath-policy: kpath with the client and echo pods isolated and allowed to each other by NetworkPolicy; kpath-noflows: kpath with flow events off; cilium: the real cilium-agent (make cilium-bins)")
 	cmd.Flags().StringSliceVar(&o.Scenarios, "scenario", []string{"loaded", "quiet"}, "loaded and/or quiet")
 	cmd.Flags().StringVar(&o.OutDir, "out", "out/e1", "directory for latency.{json,csv,svg,md}")
 	cmd.Flags().BoolVar(&quick, "quick", false, "S up to 1.6k, 10,000 requests, 2 rounds")

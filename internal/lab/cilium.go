@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -300,4 +301,33 @@ func (s *State) AgentHealth(n NodeInfo) string {
 		return "kpath-agent starting"
 	}
 	return "kpath-agent ready"
+}
+
+// CiliumServices counts the ClusterIP frontends node n's cilium-agent holds
+// with at least one backend (its own view, from cilium-dbg service list).
+func (s *State) CiliumServices(ctx context.Context, n NodeInfo) (int, error) {
+	c := ciliumPaths(s.Dir, n)
+	cmd := c.dbg(s.CiliumBin, n, "service", "list", "-o", "json")
+	out, err := cmd.Output()
+	if err != nil {
+		return 0, fmt.Errorf("cilium-dbg service list on %s: %w", n.Name, err)
+	}
+	var svcs []struct {
+		Spec struct {
+			BackendAddresses []json.RawMessage `json:"backend-addresses"`
+			Flags            struct {
+				Type string `json:"type"`
+			} `json:"flags"`
+		} `json:"spec"`
+	}
+	if err := json.Unmarshal(out, &svcs); err != nil {
+		return 0, fmt.Errorf("cilium-dbg service list on %s: %w", n.Name, err)
+	}
+	count := 0
+	for _, sv := range svcs {
+		if len(sv.Spec.BackendAddresses) > 0 && sv.Spec.Flags.Type == "ClusterIP" {
+			count++
+		}
+	}
+	return count, ctx.Err()
 }
