@@ -92,7 +92,8 @@ type NodeInfo struct {
 
 // Service dataplanes a lab node can run: kpath with its socket hook,
 // kpath per packet only, the real kube-proxy (kpath keeps pod networking
-// with kube-proxy replacement off), or nothing at all.
+// with kube-proxy replacement off), the real Cilium in place of kpath
+// (cilium.go), or nothing at all.
 var ServiceModes = []string{"kpath", "kpath-tc", "kube-proxy-iptables", "kube-proxy-nftables", "cilium", "none"}
 
 // State is what a running lab records in its directory.
