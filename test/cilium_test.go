@@ -1,22 +1,16 @@
 package test
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/kpath/kpath/internal/datapath"
 	klab "github.com/kpath/kpath/internal/lab"
@@ -80,46 +74,12 @@ func TestLabCilium(t *testing.T) {
 
 	l := upLab(t, bin, k8sBin, "cil", "native", "cilium", 2, func(o *klab.Options) { o.CiliumBin = ciliumBin })
 	st, c := l.st, l.c
-	bg := context.Background()
 	for _, n := range st.Nodes {
 		if h := st.AgentHealth(n); !strings.HasPrefix(h, "cilium-agent OK") {
 			t.Errorf("%s: %s", n.Name, h)
 		}
 	}
-	svc, err := c.CoreV1().Services("default").Create(bg, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
-		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, Selector: map[string]string{"app": "echo"},
-			Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range []struct{ name, node, image, app string }{
-		{"echo-1", "node-1", "kpath/echo", "echo"}, {"echo-2", "node-1", "kpath/echo", "echo"}, {"client", "node-2", "kpath/client", ""},
-	} {
-		labels := map[string]string{}
-		if p.app != "" {
-			labels["app"] = p.app
-		}
-		if _, err := c.CoreV1().Pods("default").Create(bg, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: p.name, Labels: labels},
-			Spec: corev1.PodSpec{NodeName: p.node, Containers: []corev1.Container{{Name: "main", Image: p.image,
-				Ports: []corev1.ContainerPort{{ContainerPort: 8080}}}}}}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	pods := map[string]*corev1.Pod{}
-	waitFor(t, 2*time.Minute, "pods running", func() bool {
-		pl, err := c.CoreV1().Pods("default").List(bg, metav1.ListOptions{})
-		if err != nil {
-			return false
-		}
-		for i := range pl.Items {
-			if pl.Items[i].Status.PodIP != "" {
-				pods[pl.Items[i].Name] = &pl.Items[i]
-			}
-		}
-		return len(pods) == 3
-	})
+	svc, pods := echoPods(t, c)
 	// A pod's processes live in its node's cgroup (where Cilium's socket
 	// LB is attached): the probes from pods are run there too.
 	node2 := st.Nodes[1]
@@ -130,20 +90,10 @@ func TestLabCilium(t *testing.T) {
 	defer cg.Close()
 	probe := func(netns, url string, n int) workload.ProbeResult {
 		t.Helper()
-		var r workload.ProbeResult
-		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(250 * time.Millisecond) {
-			cmd := exec.Command("ip", "netns", "exec", netns, filepath.Join(bin, "kpath"), "workload", "probe", url,
-				"-n", fmt.Sprint(n), "--timeout", "2s", "-o", "json")
-			if netns != st.Vnet {
-				cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
-			}
-			out, _ := cmd.Output()
-			r = workload.ProbeResult{}
-			_ = json.Unmarshal(out, &r)
-			if (r.Requests == n && r.Failures == 0) || time.Now().After(deadline) {
-				return r
-			}
+		if netns == st.Vnet {
+			return labProbe(t, bin, netns, nil, url, n)
 		}
+		return labProbe(t, bin, netns, cg, url, n)
 	}
 	// Both backends answer (the Service's second one may take a moment to
 	// reach the agent's service map).

@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/kpath/kpath/internal/cniapi"
 	"github.com/kpath/kpath/internal/cniplugin"
@@ -78,40 +79,7 @@ func labScenario(t *testing.T, bin, k8sBin, mode, services string) {
 	l := upLab(t, bin, k8sBin, "test", mode, services, 2)
 	st, c, dir, down := l.st, l.c, l.dir, l.down
 	bg := context.Background()
-	svc, err := c.CoreV1().Services("default").Create(bg, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
-		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, Selector: map[string]string{"app": "echo"},
-			Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mkPod := func(name, node, image string, labels map[string]string) {
-		_, err := c.CoreV1().Pods("default").Create(bg, &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
-			Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "main", Image: image,
-				Ports: []corev1.ContainerPort{{ContainerPort: 8080}}}}},
-		}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	mkPod("echo-1", "node-1", "kpath/echo", map[string]string{"app": "echo"})
-	mkPod("echo-2", "node-1", "kpath/echo", map[string]string{"app": "echo"})
-	mkPod("client", "node-2", "kpath/client", nil)
-	pods := map[string]*corev1.Pod{}
-	waitFor(t, time.Minute, "pods running", func() bool {
-		l, err := c.CoreV1().Pods("default").List(bg, metav1.ListOptions{})
-		if err != nil {
-			return false
-		}
-		for i := range l.Items {
-			if l.Items[i].Status.PodIP != "" {
-				pods[l.Items[i].Name] = &l.Items[i]
-			}
-		}
-		return len(pods) == 3
-	})
+	svc, pods := echoPods(t, c)
 	node2 := st.Nodes[1]
 	cg, err := os.Open(node2.Cgroup)
 	if err != nil {
@@ -121,22 +89,7 @@ func labScenario(t *testing.T, bin, k8sBin, mode, services string) {
 	clientNS := st.PodNetns("node-2", pods["client"].UID)
 	probe := func(netns string, cgroup *os.File, url string, n int) workload.ProbeResult {
 		t.Helper()
-		var r workload.ProbeResult
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			cmd := exec.Command("ip", "netns", "exec", netns, filepath.Join(bin, "kpath"), "workload", "probe", url,
-				"-n", fmt.Sprint(n), "--timeout", "2s", "-o", "json")
-			if cgroup != nil {
-				cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cgroup.Fd())}
-			}
-			out, _ := cmd.Output()
-			r = workload.ProbeResult{}
-			_ = json.Unmarshal(out, &r)
-			if (r.Requests == n && r.Failures == 0) || time.Now().After(deadline) {
-				return r
-			}
-			time.Sleep(250 * time.Millisecond)
-		}
+		return labProbe(t, bin, netns, cgroup, url, n)
 	}
 	both := func(what string, r workload.ProbeResult) {
 		t.Helper()
@@ -250,5 +203,71 @@ func TestLabDownAfterFailedUp(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); err == nil {
 		t.Error("state directory left")
+	}
+}
+
+// echoPods creates the lab scenarios' NodePort Service "echo" and its pods:
+// echo-1 and echo-2 on node-1, a client on node-2, and waits until they run.
+func echoPods(t *testing.T, c kubernetes.Interface) (*corev1.Service, map[string]*corev1.Pod) {
+	t.Helper()
+	bg := context.Background()
+	svc, err := c.CoreV1().Services("default").Create(bg, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, Selector: map[string]string{"app": "echo"},
+			Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []struct {
+		name, node, image string
+		labels            map[string]string
+	}{
+		{"echo-1", "node-1", "kpath/echo", map[string]string{"app": "echo"}},
+		{"echo-2", "node-1", "kpath/echo", map[string]string{"app": "echo"}},
+		{"client", "node-2", "kpath/client", nil},
+	} {
+		if _, err := c.CoreV1().Pods("default").Create(bg, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: p.name, Labels: p.labels},
+			Spec: corev1.PodSpec{NodeName: p.node, Containers: []corev1.Container{{Name: "main", Image: p.image,
+				Ports: []corev1.ContainerPort{{ContainerPort: 8080}}}}},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pods := map[string]*corev1.Pod{}
+	waitFor(t, 2*time.Minute, "pods running", func() bool {
+		l, err := c.CoreV1().Pods("default").List(bg, metav1.ListOptions{})
+		if err != nil {
+			return false
+		}
+		for i := range l.Items {
+			if l.Items[i].Status.PodIP != "" {
+				pods[l.Items[i].Name] = &l.Items[i]
+			}
+		}
+		return len(pods) == 3
+	})
+	return svc, pods
+}
+
+// labProbe runs kpath workload probe in a lab namespace (and, with cgroup
+// set, in that cgroup, as a pod's processes are) until all n requests are
+// answered or 20 s have passed.
+func labProbe(t *testing.T, bin, netns string, cgroup *os.File, url string, n int) workload.ProbeResult {
+	t.Helper()
+	var r workload.ProbeResult
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(250 * time.Millisecond) {
+		cmd := exec.Command("ip", "netns", "exec", netns, filepath.Join(bin, "kpath"), "workload", "probe", url,
+			"-n", fmt.Sprint(n), "--timeout", "2s", "-o", "json")
+		if cgroup != nil {
+			cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cgroup.Fd())}
+		}
+		out, _ := cmd.Output()
+		r = workload.ProbeResult{}
+		_ = json.Unmarshal(out, &r)
+		if (r.Requests == n && r.Failures == 0) || time.Now().After(deadline) {
+			return r
+		}
 	}
 }
