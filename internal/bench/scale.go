@@ -105,7 +105,6 @@ func percentilesOf(lat []time.Duration) *Percentiles {
 	if len(lat) == 0 {
 		return nil
 	}
-	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	p50, p90, p99, mx := percentiles(lat)
 	return &Percentiles{N: len(lat), P50: ms(p50), P90: ms(p90), P99: ms(p99), Max: ms(mx)}
 }

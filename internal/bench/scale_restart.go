@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +16,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kpath/kpath/internal/agent"
+	"github.com/kpath/kpath/internal/cniapi"
 	"github.com/kpath/kpath/internal/datapath"
 	"github.com/kpath/kpath/internal/lab"
 	"github.com/kpath/kpath/internal/nsutil"
@@ -255,23 +255,9 @@ func restartAgent(ctx context.Context, ag procOf, socket string, sig syscall.Sig
 	return 0, 0, fmt.Errorf("no agent ready within 2 minutes of the %s", sig)
 }
 
-// agentHTTP is a client of the agent's local API socket.
-func agentHTTP(socket string, timeout time.Duration) *http.Client {
-	return &http.Client{Timeout: timeout, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
-		}, DisableKeepAlives: true}}
-}
-
 func agentStatus(socket string) (agent.Status, error) {
 	var st agent.Status
-	resp, err := agentHTTP(socket, 2*time.Second).Get("http://kpath-agent/v1/status")
-	if err != nil {
-		return st, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return st, fmt.Errorf("agent status: %s", resp.Status)
-	}
-	return st, json.NewDecoder(resp.Body).Decode(&st)
+	c := cniapi.NewClient(socket)
+	c.Timeout = 2 * time.Second
+	return st, c.Do("GET", "/v1/status", nil, &st)
 }

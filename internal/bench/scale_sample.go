@@ -2,8 +2,10 @@ package bench
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -237,6 +239,14 @@ func agentMetricsAll(netns string) (map[string]float64, error) {
 		}
 	}
 	return out, nil
+}
+
+// agentHTTP is a client of the agent's local API socket.
+func agentHTTP(socket string, timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+		}, DisableKeepAlives: true}}
 }
 
 // saveHeapProfile writes the agent's heap profile (Go's pprof format,

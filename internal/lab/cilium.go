@@ -123,7 +123,7 @@ func (c ciliumNode) setupMountNS(n NodeInfo, ciliumBin string) error {
 	return nil
 }
 
-// ciliumArgs are cilium-agent's flags on node n (see the configuration
+// args are cilium-agent's flags on node n (see the configuration
 // above).
 func (c ciliumNode) args(env *testenv.Env, n NodeInfo) []string {
 	return []string{
