@@ -187,8 +187,8 @@ each later run's modes replacing the earlier's (a mode re-measured after a fix).
 	cmd.Flags().IntSliceVar(&o.Points, "points", []int{0, 100, 500, 1600, 5000, 10000}, "numbers of simulated services (10 endpoints each)")
 	cmd.Flags().IntVar(&o.Requests, "requests", 50000, "ab requests per run")
 	cmd.Flags().IntVar(&o.Rounds, "rounds", 3, "direct/service alternations per point")
-	cmd.Flags().StringSliceVar(&o.Modes, "modes", []string{"none", "kpath", "kpath-tc", "kube-proxy-iptables", "kube-proxy-nftables"},
-		"service dataplanes; also kpath-policy: kpath with the client and echo pods isolated and allowed to each other by NetworkPolicy; kpath-noflows: kpath with flow events off; cilium: the real cilium-agent (make cilium-bins)")
+	cmd.Flags().StringSliceVar(&o.Modes, "modes", []string{"none", "kpath", "kpath-tc", "kube-proxy-iptables", "kube-proxy-nftables", "cilium"},
+		"service dataplanes (cilium: the real cilium-agent, make cilium-bins); also kpath-policy: kpath with the client and echo pods isolated and allowed to each other by NetworkPolicy; kpath-noflows: kpath with flow events off")
 	cmd.Flags().StringSliceVar(&o.Scenarios, "scenario", []string{"loaded", "quiet"}, "loaded and/or quiet")
 	cmd.Flags().StringVar(&o.OutDir, "out", "out/e1", "directory for latency.{json,csv,svg,md}")
 	cmd.Flags().BoolVar(&quick, "quick", false, "S up to 1.6k, 10,000 requests, 2 rounds")

@@ -131,6 +131,9 @@ func (c ciliumNode) args(env *testenv.Env, n NodeInfo) []string {
 		"--cluster-name=kpath-lab", "--cluster-id=0",
 		"--routing-mode=native", "--ipv4-native-routing-cidr=" + ClusterCIDR, "--auto-direct-node-routes=false",
 		"--kube-proxy-replacement=true", "--bpf-lb-sock=true",
+		// AKS's 65536 holds ~6k services of 10 endpoints; the benchmarks
+		// go to 110k service slots (E1) and 244k (E2's c): kpath's room.
+		"--bpf-lb-map-max=262144",
 		"--enable-ipv4=true", "--enable-ipv6=false",
 		"--enable-l7-proxy=false", "--enable-hubble=false",
 		"--identity-allocation-mode=crd",
