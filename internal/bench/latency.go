@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kpath/kpath/internal/dataplane"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 )
@@ -160,7 +161,7 @@ func Latency(ctx context.Context, o LatencyOptions) (*LatencyRun, error) {
 			}
 			acc := make([]*scenarioAcc, len(ms))
 			for i, m := range ms {
-				acc[i] = &scenarioAcc{drops0: m.dp.drops(ctx), samples: map[string][]abResult{}}
+				acc[i] = &scenarioAcc{drops0: m.dp.Drops(ctx, m.node), samples: map[string][]abResult{}}
 			}
 			for round := range o.Rounds {
 				for k := range ms {
@@ -201,7 +202,7 @@ var simLatency = simService{ns: benchNamespace, prefix: "sim", backends: 10}
 // grow creates the simulated services up to s and waits for the dataplane
 // to hold them.
 func (m *modeLab) grow(ctx context.Context, s int) error {
-	base, err := m.dp.changes(ctx)
+	base, err := m.dp.Counters(ctx, m.node)
 	if err != nil {
 		return fmt.Errorf("dataplane before S=%d: %w", s, err)
 	}
@@ -215,7 +216,7 @@ func (m *modeLab) grow(ctx context.Context, s int) error {
 		added, m.created = s-m.created, s
 	}
 	start := time.Now()
-	if err := m.dp.waitReady(ctx, m.created, base, added); err != nil {
+	if err := m.waitReady(ctx, base, added); err != nil {
 		var late *notReadyError
 		if !errors.As(err, &late) || ctx.Err() != nil {
 			return fmt.Errorf("S=%d: %w", m.created, err)
@@ -239,7 +240,7 @@ type scenarioAcc struct {
 	samples   map[string][]abResult
 	churned   int
 	churnTime time.Duration
-	syncs     changeCounts // the dataplane's counters after the last round, read while it ran
+	syncs     dataplane.Counters // the dataplane's counters after the last round, read while it ran
 }
 
 // measure runs one round of the scenario on the lab: direct to the echo
@@ -253,7 +254,7 @@ func (m *modeLab) measure(ctx context.Context, o LatencyOptions, scenario string
 	}
 	m.freeze(false)
 	defer m.freeze(true)
-	cpu0 := m.dp.usage()
+	cpu0 := m.usage()
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	if loaded {
@@ -266,13 +267,11 @@ func (m *modeLab) measure(ctx context.Context, o LatencyOptions, scenario string
 	defer func() {
 		close(stop)
 		wg.Wait()
-		acc.cpu += m.dp.usage().cpuSeconds - cpu0.cpuSeconds
+		acc.cpu += m.usage().cpuSeconds - cpu0.cpuSeconds
 		// Before the lab is frozen again: a stopped kube-proxy does not
 		// answer its metrics.
-		if m.dp.kubeProxy() {
-			if c, err := m.dp.changes(ctx); err == nil {
-				acc.syncs = c
-			}
+		if c, err := m.dp.Counters(ctx, m.node); err == nil {
+			acc.syncs = c
 		}
 	}()
 	targets := []struct{ name, url, ports string }{
@@ -310,8 +309,8 @@ func (m *modeLab) measure(ctx context.Context, o LatencyOptions, scenario string
 
 // rows turns a scenario's rounds into its rows (medians), and reports them.
 func (acc *scenarioAcc) rows(ctx context.Context, m *modeLab, scenario string) []LatencyRow {
-	use := m.dp.usage()
-	dropped, dropDetail := dropsSince(acc.drops0, m.dp.drops(ctx))
+	use := m.usage()
+	dropped, dropDetail := dropsSince(acc.drops0, m.dp.Drops(ctx, m.node))
 	var rate float64
 	if acc.churnTime > 0 {
 		rate = float64(acc.churned) / acc.churnTime.Seconds()
@@ -328,9 +327,9 @@ func (acc *scenarioAcc) rows(ctx context.Context, m *modeLab, scenario string) [
 			row.ReadyMs = -1
 		}
 		row.ChurnPerSec, row.Drops, row.DropReasons = rate, dropped, dropDetail
-		if acc.syncs.fullSyncs > m.syncBase.fullSyncs {
-			row.FullSyncs = int(acc.syncs.fullSyncs - m.syncBase.fullSyncs)
-			row.FullSyncSeconds = acc.syncs.fullSyncSeconds - m.syncBase.fullSyncSeconds
+		if acc.syncs.FullSyncs > m.syncBase.FullSyncs {
+			row.FullSyncs = int(acc.syncs.FullSyncs - m.syncBase.FullSyncs)
+			row.FullSyncSeconds = acc.syncs.FullSyncSeconds - m.syncBase.FullSyncSeconds
 		}
 		m.say("S=%d %s %s: total %.0f ms, mean %.3f ms, p50 %.2f ms, p99 %.2f ms, dataplane %.0f MiB %.1f CPU s, churn %.1f/s, failed %d %s, drops %d %s",
 			m.created, scenario, tg, row.TotalMs, row.MeanMs, row.P50Ms, row.P99Ms, row.RSSMiB, row.CPUSeconds, rate, row.Failed, row.Failures, row.Drops, row.DropReasons)

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/kpath/kpath/internal/dataplane"
 	"github.com/kpath/kpath/internal/lab"
 )
 
@@ -33,13 +34,14 @@ type modeLab struct {
 	clientNS string
 	echoIP   string
 	cg       *os.File // the node's cgroup, where ab runs (the socket hook applies)
-	dp       dataplaneProbe
+	dp       dataplane.Dataplane
+	node     lab.NodeInfo // the measured one
 	churn    *churner
-	created  int           // simulated services so far
-	syncBase changeCounts  // the dataplane's counters before the current point's objects
-	ready    time.Duration // last object created -> dataplane ready, at the current point
-	frozen   []int         // processes stopped by freeze
-	err      error         // the mode stopped
+	created  int                // simulated services so far
+	syncBase dataplane.Counters // the dataplane's counters before the current point's objects
+	ready    time.Duration      // last object created -> dataplane ready, at the current point
+	frozen   []int              // processes stopped by freeze
+	err      error              // the mode stopped
 }
 
 func (m *modeLab) say(f string, a ...any) {
@@ -104,7 +106,10 @@ func (m *modeLab) start(ctx context.Context, o LatencyOptions) error {
 	if m.cg, err = os.Open(node.Cgroup); err != nil {
 		return err
 	}
-	m.dp = dataplaneProbe{mode: m.mode, node: node, st: m.st, kubeconfig: m.st.Kubeconfig, kpathBin: filepath.Join(o.BinDir, "kpath")}
+	if m.dp, err = m.st.Dataplane(); err != nil {
+		return err
+	}
+	m.node = node
 	m.churn = &churner{c: m.c}
 	return nil
 }
@@ -122,16 +127,16 @@ func (m *modeLab) close() {
 	}
 }
 
-// keepLogs copies the node's kpath-agent and kube-proxy logs to
-// logDir/<mode>-<file>, so a figure that looks wrong can be read against
-// what the dataplane did after the lab is gone.
+// keepLogs copies the node's dataplane logs to logDir/<mode>-<file>, so a
+// figure that looks wrong can be read against what the dataplane did after
+// the lab is gone.
 func (m *modeLab) keepLogs() {
-	if m.logDir == "" || m.st == nil || len(m.st.Nodes) == 0 || os.MkdirAll(m.logDir, 0o755) != nil {
+	if m.logDir == "" || m.dp == nil || os.MkdirAll(m.logDir, 0o755) != nil {
 		return
 	}
-	for _, f := range []string{"agent.log", "kube-proxy.log", "cilium-agent.log"} {
-		if b, err := os.ReadFile(filepath.Join(m.labDir, m.st.Nodes[0].Name, f)); err == nil {
-			_ = os.WriteFile(filepath.Join(m.logDir, m.mode+"-"+f), b, 0o644)
+	for _, f := range m.dp.Logs(m.node) {
+		if b, err := os.ReadFile(f); err == nil {
+			_ = os.WriteFile(filepath.Join(m.logDir, m.mode+"-"+filepath.Base(f)), b, 0o644)
 		}
 	}
 }

@@ -13,9 +13,11 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kpath/kpath/internal/datapath"
+	"github.com/kpath/kpath/internal/dataplane"
 	"github.com/kpath/kpath/internal/lab"
 	"github.com/kpath/kpath/internal/model"
 )
@@ -31,6 +33,10 @@ type ScaleOptions struct {
 	// Scenarios to run, each in a lab of its own: a (pods only), b (a and
 	// NetworkPolicies), c (services of 60 pods each and policies).
 	Scenarios []string
+	// Dataplanes measured on each scenario, each in a lab of its own:
+	// kpath, cilium (the real cilium-agent, with the objects the other
+	// nodes' agents and Cilium's operator would write: scale_cilium.go).
+	Dataplanes []string
 	// Nodes counts the measured node; Pods counts its LocalPods. (c) has
 	// 60% of Pods (60k of 100k), as BENCHMARKS.md's plan.
 	Nodes, Pods, LocalPods int
@@ -46,6 +52,7 @@ type ScaleOptions struct {
 	// over it (policy change -> enforced).
 	PolicyChanges  int
 	BinDir, K8sBin string
+	CiliumBin      string    `json:"-"`
 	Progress       io.Writer `json:"-"`
 	// Out receives scale.json, scale-<scenario>.csv, scale.svg and the
 	// agent's heap profiles at the end of each phase,
@@ -55,7 +62,7 @@ type ScaleOptions struct {
 
 // DefaultScaleOptions are BENCHMARKS.md's E2; Quick the --quick run.
 func DefaultScaleOptions() ScaleOptions {
-	return ScaleOptions{Scenarios: []string{"a", "b", "c"}, Nodes: 1000, Pods: 100000, LocalPods: 100, StartPods: 20000,
+	return ScaleOptions{Scenarios: []string{"a", "b", "c"}, Dataplanes: []string{"kpath"}, Nodes: 1000, Pods: 100000, LocalPods: 100, StartPods: 20000,
 		Policies: 2000, Steady: 2 * time.Minute, ChangesPerSec: 50, PolicyChanges: 100}
 }
 
@@ -67,13 +74,16 @@ func (o ScaleOptions) Quick() ScaleOptions {
 
 // ScaleScenario is one scenario's samples and what they add up to.
 type ScaleScenario struct {
-	Name     string `json:"scenario"`
-	Pods     int    `json:"pods"`
-	Nodes    int    `json:"nodes"`
-	Policy   int    `json:"policies"`
-	Services int    `json:"services"`
-	Backends int    `json:"backends"`
-	Changes  int    `json:"steady_changes"`
+	Name string `json:"scenario"`
+	// Dataplane is the measured node's: kpath ("" in runs before the
+	// cilium column) or cilium.
+	Dataplane string `json:"dataplane,omitempty"`
+	Pods      int    `json:"pods"`
+	Nodes     int    `json:"nodes"`
+	Policy    int    `json:"policies"`
+	Services  int    `json:"services"`
+	Backends  int    `json:"backends"`
+	Changes   int    `json:"steady_changes"`
 	// Steady and Ramp sum up the phases' samples.
 	Steady ScaleSummary  `json:"steady"`
 	Ramp   ScaleSummary  `json:"ramp"`
@@ -154,43 +164,70 @@ func Scale(ctx context.Context, o ScaleOptions) (*ScaleRun, error) {
 			return nil, fmt.Errorf("scenario %s: %d start pods > %d pods", sc, o.StartPods, l.pods)
 		}
 	}
+	for _, dp := range o.Dataplanes {
+		if dp != "kpath" && dp != "cilium" {
+			return nil, fmt.Errorf("dataplane %q: want kpath or cilium", dp)
+		}
+	}
 	run := &ScaleRun{Machine: DescribeMachine(""), Started: time.Now(), Options: o}
 	for _, sc := range o.Scenarios {
-		res, err := scaleScenario(ctx, o, sc)
-		if err != nil {
-			return run, fmt.Errorf("scenario %s: %w", sc, err)
-		}
-		run.Scenarios = append(run.Scenarios, *res)
-		if err := run.write(o.Out); err != nil {
-			return run, err
+		for _, dp := range o.Dataplanes {
+			res, err := scaleScenario(ctx, o, sc, dp)
+			if err != nil {
+				return run, fmt.Errorf("scenario %s (%s): %w", sc, dp, err)
+			}
+			run.Scenarios = append(run.Scenarios, *res)
+			if err := run.write(o.Out); err != nil {
+				return run, err
+			}
 		}
 	}
 	return run, nil
 }
 
-func scaleScenario(ctx context.Context, o ScaleOptions, name string) (*ScaleScenario, error) {
+func scaleScenario(ctx context.Context, o ScaleOptions, name, mode string) (*ScaleScenario, error) {
 	dir, err := os.MkdirTemp("", "kpath-e2-")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
 	l := newScaleLayout(name, o)
-	fmt.Fprintf(o.Progress, "scenario %s: %d nodes, %d pods (%d local), lab up\n", name, l.nodes, l.pods, l.local)
-	lb, err := lab.Start(ctx, lab.Options{Name: "scale", Dir: filepath.Join(dir, "lab"), Nodes: 1, Routing: "native", Services: "kpath",
-		BinDir: o.BinDir, K8sBin: o.K8sBin}, 2*time.Minute)
+	fmt.Fprintf(o.Progress, "scenario %s (%s): %d nodes, %d pods (%d local), lab up\n", name, mode, l.nodes, l.pods, l.local)
+	lb, err := lab.Start(ctx, lab.Options{Name: "scale", Dir: filepath.Join(dir, "lab"), Nodes: 1, Routing: "native", Services: mode,
+		BinDir: o.BinDir, K8sBin: o.K8sBin, CiliumBin: o.CiliumBin}, 5*time.Minute)
 	if err != nil {
 		return nil, err
 	}
 	defer lb.Stop()
 	c, node := lb.Client, lb.State.Nodes[0]
+	dp, err := lb.State.Dataplane()
+	if err != nil {
+		return nil, err
+	}
+	var peers *ciliumPeers
+	if mode == "cilium" {
+		cfg, err := lab.RestConfig(lb.State)
+		if err != nil {
+			return nil, err
+		}
+		dc, err := dynamic.NewForConfig(cfg)
+		if err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(o.Progress, "cilium: %d CiliumNodes, %d CiliumIdentities\n", l.nodes-1, l.namespaces()*l.deployments())
+		if peers, err = startCiliumPeers(ctx, dc, l, o.Progress); err != nil {
+			return nil, err
+		}
+		defer peers.close()
+	}
 	var written atomic.Int64
 	phase := atomic.Value{}
 	phase.Store("setup")
 	labDir := filepath.Join(dir, "lab")
-	smp := &sampler{agent: procOf{"kpath-agent", "--pin-dir=" + node.PinDir},
+	smp := &sampler{agent: dp.Agent(node), gauges: func() (dataplane.Gauges, error) { return dp.Gauges(ctx, node) },
 		api:  procOf{"kube-apiserver", "--cert-dir=" + labDir},
 		etcd: procOf{"etcd", "--data-dir=" + labDir}, kcm: procOf{"kube-controller-manager", "--kubeconfig=" + labDir},
-		netns: node.Netns, start: time.Now(),
+		start: time.Now(),
 		phase: func() (string, int) { return phase.Load().(string), int(written.Load()) }}
 	stop := make(chan struct{})
 	done := make(chan struct{})
@@ -206,7 +243,7 @@ func scaleScenario(ctx context.Context, o ScaleOptions, name string) (*ScaleScen
 	defer stopSampling()
 
 	start := time.Now()
-	res := &ScaleScenario{Name: name, Pods: l.pods, Nodes: l.nodes}
+	res := &ScaleScenario{Name: name, Dataplane: mode, Pods: l.pods, Nodes: l.nodes}
 	if err := createScaleNamespaces(ctx, c, l.namespaces()); err != nil {
 		return nil, err
 	}
@@ -236,13 +273,13 @@ func scaleScenario(ctx context.Context, o ScaleOptions, name string) (*ScaleScen
 	// The timed policy changes need isolated pods: those of the
 	// namespaces that have the plan's policies.
 	local = slices.DeleteFunc(local, func(t policyTarget) bool { return !policyNamespaces[t.ns] })
-	probe, err := startScaleProbe(ctx, c, lb.State, node.Name)
+	probe, err := startScaleProbe(ctx, c, lb.State, node, filepath.Join(o.BinDir, "kpath"))
 	if err != nil {
 		return nil, err
 	}
 	written.Store(int64(l.local))
 	first := min(max(o.StartPods-l.local, 0), l.fake())
-	if err := createScalePods(ctx, c, l, 0, first, o.Progress); err != nil {
+	if err := createScalePods(ctx, c, l, 0, first, peers, o.Progress); err != nil {
 		return nil, err
 	}
 	written.Add(int64(first))
@@ -252,7 +289,7 @@ func scaleScenario(ctx context.Context, o ScaleOptions, name string) (*ScaleScen
 	rampFrom := len(smp.taken())
 	for at := first; at < l.fake(); {
 		to := min(at+1000, l.fake())
-		if err := createScalePods(ctx, c, l, at, to, io.Discard); err != nil {
+		if err := createScalePods(ctx, c, l, at, to, peers, io.Discard); err != nil {
 			return nil, err
 		}
 		written.Add(int64(to - at))
@@ -262,14 +299,18 @@ func scaleScenario(ctx context.Context, o ScaleOptions, name string) (*ScaleScen
 	fmt.Fprintln(o.Progress)
 	// The agent has caught up when its ipcache holds every pod (and, in
 	// (c), its services every backend, once the controller manager wrote
-	// the slices).
-	caughtUp := func(s ScaleSample) bool { return s.IPCache >= l.pods+2 && s.Backends >= res.Backends }
+	// the slices). Cilium's ipcache holds the other nodes' addresses too.
+	wantIPs := l.pods + 2
+	if mode == "cilium" {
+		wantIPs += l.nodes - 1
+	}
+	caughtUp := func(s ScaleSample) bool { return s.IPCache >= wantIPs && s.Backends >= res.Backends }
 	if err := waitSample(smp, 5*time.Minute, caughtUp); err != nil {
 		return nil, fmt.Errorf("after the ramp: %w", err)
 	}
 	rampTo := len(smp.taken())
 	profile := func(phase string) {
-		if o.Out == "" {
+		if o.Out == "" || mode != "kpath" { // kpath-agent's pprof, on its local API
 			return
 		}
 		if err := os.MkdirAll(o.Out, 0o755); err == nil {
@@ -282,18 +323,25 @@ func scaleScenario(ctx context.Context, o ScaleOptions, name string) (*ScaleScen
 
 	phase.Store("steady")
 	fmt.Fprintf(o.Progress, "steady state: %s, %d pod changes/s\n", o.Steady, o.ChangesPerSec)
-	before, err := agentMetricsAll(node.Netns)
+	// kpath-agent's work by event kind, from its metrics.
+	eventMetrics := func() (map[string]float64, error) {
+		if mode != "kpath" {
+			return nil, nil
+		}
+		return dataplane.Scrape(node.Netns, dataplane.KpathMetrics)
+	}
+	before, err := eventMetrics()
 	if err != nil {
 		return nil, err
 	}
 	stopChurn := make(chan struct{})
 	time.AfterFunc(o.Steady, func() { close(stopChurn) })
 	steadyStart := time.Now()
-	if res.Changes, err = churn(ctx, c, l, o.ChangesPerSec, stopChurn, 0); err != nil {
+	if res.Changes, err = churn(ctx, c, l, o.ChangesPerSec, stopChurn, 0, peers); err != nil {
 		return nil, fmt.Errorf("steady state: %w", err)
 	}
 	steadyTime := time.Since(steadyStart)
-	after, err := agentMetricsAll(node.Netns)
+	after, err := eventMetrics()
 	if err != nil {
 		return nil, err
 	}
@@ -304,14 +352,16 @@ func scaleScenario(ctx context.Context, o ScaleOptions, name string) (*ScaleScen
 	// so the steady state's CPU is the pod churn's alone (as the seed's
 	// figures are), and this phase's is reported beside it.
 	policyTo := steadyTo
-	if res.Policy > 0 && o.PolicyChanges > 0 && len(local) > 0 {
+	// Timed in kpath's policy map: not for Cilium, whose per-endpoint maps
+	// this harness does not read yet.
+	if res.Policy > 0 && o.PolicyChanges > 0 && len(local) > 0 && mode == "kpath" {
 		phase.Store("policy")
 		fmt.Fprintf(o.Progress, "policy changes: %d, one each %s, with the churn going on\n", o.PolicyChanges, scalePolicyPace)
 		stopChurn := make(chan struct{})
 		churned := make(chan error, 1)
 		steadyChanges := res.Changes
 		go func() {
-			n, err := churn(ctx, c, l, o.ChangesPerSec, stopChurn, steadyChanges)
+			n, err := churn(ctx, c, l, o.ChangesPerSec, stopChurn, steadyChanges, peers)
 			res.PolicyPhaseChanges = n
 			churned <- err
 		}()
@@ -328,7 +378,7 @@ func scaleScenario(ctx context.Context, o ScaleOptions, name string) (*ScaleScen
 	}
 
 	phase.Store("restart")
-	if res.Restart, err = measureRestart(ctx, o.Progress, node, probe, caughtUp, smp); err != nil {
+	if res.Restart, err = measureRestart(ctx, o.Progress, dp, node, probe, caughtUp, smp); err != nil {
 		return nil, fmt.Errorf("restart: %w", err)
 	}
 	stopSampling()

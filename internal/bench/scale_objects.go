@@ -69,12 +69,16 @@ func scaleNodeCIDR(i int) netip.Prefix {
 // traffic goes to simulated nodes).
 func scaleNodeIP(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 250, byte(i >> 8), byte(i)}) }
 
-// scalePod is pod i of the plan: its namespace, name, node and labels.
+// scalePod is pod i of the plan: its namespace (and its index), name,
+// node, deployment and labels, and the CiliumEndpointSlice that holds it
+// in the cilium column.
 type scalePod struct {
-	ns, name string
-	node     int
-	ip       netip.Addr
-	labels   map[string]string
+	ns, name   string
+	nsIdx, dep int
+	node       int
+	ip         netip.Addr
+	labels     map[string]string
+	slice      string
 }
 
 // pod is the plan's simulated pod i, of [0, fake()).
@@ -85,8 +89,9 @@ func (l scaleLayout) pod(i int) scalePod {
 	cidr := scaleNodeCIDR(node).Addr().As4()
 	cidr[3] = byte(i%l.perNode + 1)
 	return scalePod{
-		ns: scaleNS(nsIdx), name: fmt.Sprintf("app-%02d-%d", dep, inNS/l.deployments()), node: node,
+		ns: scaleNS(nsIdx), name: fmt.Sprintf("app-%02d-%d", dep, inNS/l.deployments()), nsIdx: nsIdx, dep: dep, node: node,
 		ip: netip.AddrFrom4(cidr), labels: l.labels(scaleNS(nsIdx), dep),
+		slice: fmt.Sprintf("ces-%s-%d", scaleNS(nsIdx), inNS/cesMaxEndpoints),
 	}
 }
 
@@ -151,8 +156,7 @@ func createScaleNodes(ctx context.Context, c kubernetes.Interface, from, to int,
 // createScaleNamespaces writes namespaces [0, n) with their labels.
 func createScaleNamespaces(ctx context.Context, c kubernetes.Interface, n int) error {
 	return parallel(ctx, 0, n, 8, func(i int) error {
-		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: scaleNS(i),
-			Labels: map[string]string{"team": fmt.Sprintf("team-%d", i%10), "env": []string{"prod", "dev"}[i%2]}}}
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: scaleNS(i), Labels: scaleNSLabels(i)}}
 		return retryTransient(ctx, func() error {
 			_, err := c.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{})
 			return ignoreExists(err)
@@ -160,14 +164,25 @@ func createScaleNamespaces(ctx context.Context, c kubernetes.Interface, n int) e
 	})
 }
 
+// scaleNSLabels are namespace i's labels.
+func scaleNSLabels(i int) map[string]string {
+	return map[string]string{"team": fmt.Sprintf("team-%d", i%10), "env": []string{"prod", "dev"}[i%2]}
+}
+
 // createScalePods writes pods [from, to) bound to their simulated nodes,
 // with status written as a kubelet would (Running, Ready, the IP).
-func createScalePods(ctx context.Context, c kubernetes.Interface, l scaleLayout, from, to int, progress io.Writer) error {
+// The cilium column's peers (nil otherwise) get each pod as its agent's
+// endpoint.
+func createScalePods(ctx context.Context, c kubernetes.Interface, l scaleLayout, from, to int, peers *ciliumPeers, progress io.Writer) error {
 	p := newProgress(progress, "pods", to-from)
 	defer p.Done()
 	return parallel(ctx, from, to, 16, func(i int) error {
-		if err := writeScalePod(ctx, c, l.pod(i)); err != nil {
+		sp := l.pod(i)
+		if err := writeScalePod(ctx, c, sp); err != nil {
 			return err
+		}
+		if peers != nil {
+			peers.upsert(sp)
 		}
 		p.Add(1)
 		return nil
@@ -245,16 +260,18 @@ func (l scaleLayout) churnPod(k int) scalePod {
 	node := k % nodes
 	ip := scaleNodeCIDR(node).Addr().As4()
 	ip[3] = byte(scaleMaxPerNode + 1 + (k/nodes)%scaleChurnPerNode)
-	ns := scaleNS(k % l.namespaces())
-	return scalePod{ns: ns, name: fmt.Sprintf("churn-%d", k), node: node, ip: netip.AddrFrom4(ip),
-		labels: l.labels(ns, k%l.deployments())}
+	nsIdx, dep := k%l.namespaces(), k%l.deployments()
+	ns := scaleNS(nsIdx)
+	return scalePod{ns: ns, name: fmt.Sprintf("churn-%d", k), nsIdx: nsIdx, dep: dep, node: node, ip: netip.AddrFrom4(ip),
+		labels: l.labels(ns, dep), slice: fmt.Sprintf("ces-%s-churn-%d", ns, k/(l.namespaces()*cesMaxEndpoints))}
 }
 
 // churn makes rate pod changes a second until stop: a third created, a
 // third deleted (the plan's pods, spread over the namespaces), a third
 // relabelled to another deployment's labels. It goes on from change from
-// (what an earlier churn made) and returns how many it made.
-func churn(ctx context.Context, c kubernetes.Interface, l scaleLayout, rate int, stop <-chan struct{}, from int) (changes int, err error) {
+// (what an earlier churn made) and returns how many it made. The cilium
+// column's peers (nil otherwise) follow every change.
+func churn(ctx context.Context, c kubernetes.Interface, l scaleLayout, rate int, stop <-chan struct{}, from int, peers *ciliumPeers) (changes int, err error) {
 	t := time.NewTicker(time.Second / time.Duration(rate))
 	defer t.Stop()
 	for i := from; ; i++ {
@@ -267,30 +284,39 @@ func churn(ctx context.Context, c kubernetes.Interface, l scaleLayout, rate int,
 		}
 		var err error
 		k := i / 3
+		var mirror func()
 		switch i % 3 {
 		case 0:
-			err = writeScalePod(ctx, c, l.churnPod(k))
+			sp := l.churnPod(k)
+			err = writeScalePod(ctx, c, sp)
+			mirror = func() { peers.upsert(sp) }
 		case 1:
 			sp := l.pod(k * 7919 % l.fake()) // a prime stride: every namespace in turn
 			// At once, as the kubelet confirms a deletion: no kubelet
 			// runs on the simulated nodes, so a graceful delete would
 			// leave the pod terminating for ever.
 			err = c.CoreV1().Pods(sp.ns).Delete(ctx, sp.name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+			mirror = func() { peers.remove(sp) }
 		case 2:
 			sp := l.pod((k*7919 + 1) % l.fake())
-			labels := l.labels(sp.ns, (k+1)%l.deployments())
+			sp.dep = (k + 1) % l.deployments()
+			sp.labels = l.labels(sp.ns, sp.dep)
 			err = retryTransient(ctx, func() error {
 				p, err := c.CoreV1().Pods(sp.ns).Get(ctx, sp.name, metav1.GetOptions{})
 				if err != nil {
 					return err
 				}
-				p.Labels = labels
+				p.Labels = sp.labels
 				_, err = c.CoreV1().Pods(sp.ns).Update(ctx, p, metav1.UpdateOptions{})
 				return err
 			})
+			mirror = func() { peers.upsert(sp) }
 		}
 		if err != nil && !apierrors.IsNotFound(err) {
 			return changes, err
+		}
+		if err == nil && peers != nil {
+			mirror()
 		}
 		changes++
 	}

@@ -66,7 +66,7 @@ type ScaleEventKind struct {
 
 func eventWork(before, after map[string]float64, d time.Duration, totalMilli float64) *ScaleEvents {
 	sec := d.Seconds()
-	if sec <= 0 {
+	if sec <= 0 || after == nil {
 		return nil
 	}
 	delta := func(name string) float64 { return after[name] - before[name] }
@@ -113,23 +113,40 @@ func labelValue(name, l string) string {
 	return v
 }
 
+// dataplane is the scenario's measured dataplane (kpath in runs before
+// the cilium column).
+func (s ScaleScenario) dataplane() string {
+	if s.Dataplane == "" {
+		return "kpath"
+	}
+	return s.Dataplane
+}
+
+// key names a scenario's run: a, b, c for kpath's, a-cilium for Cilium's.
+func (s ScaleScenario) key() string {
+	if s.dataplane() == "kpath" {
+		return s.Name
+	}
+	return s.Name + "-" + s.dataplane()
+}
+
 // scaleTargets are E2's steady-state targets: millicores and MiB.
 var scaleTargets = map[string][2]float64{"a": {50, 150}, "b": {75, 200}, "c": {100, 250}}
 
 // Print writes the run's tables.
 func (r *ScaleRun) Print(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SCENARIO\tNODES\tPODS\tPOLICIES\tSERVICES\tSTEADY CPU\tSTEADY RSS (ANON)\tHEAP\tBPF MAPS\tRX\tRAMP PEAK CPU\tRAMP PEAK RSS\tAPISERVER / ETCD / KCM CPU\tTARGET CPU / RSS")
+	fmt.Fprintln(tw, "SCENARIO\tDATAPLANE\tNODES\tPODS\tPOLICIES\tSERVICES\tSTEADY CPU\tSTEADY RSS (ANON)\tHEAP\tBPF MAPS\tRX\tRAMP PEAK CPU\tRAMP PEAK RSS\tAPISERVER / ETCD / KCM CPU\tTARGET CPU / RSS")
 	for _, s := range r.Scenarios {
 		t := scaleTargets[s.Name]
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%.0fm\t%.0f MiB (%.0f)\t%.0f MiB\t%.0f MiB\t%.0f KiB/s\t%.0fm\t%.0f MiB\t%.0fm / %.0fm / %.0fm\t<= %.0fm / <= %.0f MiB\n",
-			s.Name, s.Nodes, s.Pods, s.Policy, s.Services, s.Steady.MeanMilli, s.Steady.PeakRSS, s.Steady.PeakAnon, s.Steady.LastHeap, s.Steady.BPFMaps,
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%.0fm\t%.0f MiB (%.0f)\t%.0f MiB\t%.0f MiB\t%.0f KiB/s\t%.0fm\t%.0f MiB\t%.0fm / %.0fm / %.0fm\t<= %.0fm / <= %.0f MiB\n",
+			s.Name, s.dataplane(), s.Nodes, s.Pods, s.Policy, s.Services, s.Steady.MeanMilli, s.Steady.PeakRSS, s.Steady.PeakAnon, s.Steady.LastHeap, s.Steady.BPFMaps,
 			s.Steady.MeanRxKiBps, s.Ramp.PeakMilli, s.Ramp.PeakRSS, s.Steady.MeanAPIMilli, s.Steady.MeanEtcdMilli, s.Steady.MeanKCMMilli, t[0], t[1])
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SCENARIO\tPOLICY CHANGE P50 / P99\tRESTART -> READY\tKILL -> READY\tCOLD START -> READY\tPROBE HELD (FAILED, DIALS)\tPROBE NEW (FAILED)\tRESTARTS' PEAK RSS (ANON)")
+	fmt.Fprintln(tw, "SCENARIO\tDATAPLANE\tPOLICY CHANGE P50 / P99\tRESTART -> READY\tKILL -> READY\tCOLD START -> READY\tPROBE HELD (FAILED, DIALS)\tPROBE NEW (FAILED)\tRESTARTS' PEAK RSS (ANON)")
 	for _, s := range r.Scenarios {
 		pc := "-"
 		if p := s.PolicyChange; p != nil {
@@ -139,7 +156,7 @@ func (r *ScaleRun) Print(w io.Writer) {
 			}
 		}
 		if x := s.Restart; x != nil {
-			fmt.Fprintf(tw, "%s\t%s\t%.0f ms\t%.0f ms\t%.0f ms\t%d (%d, %d)\t%d (%d)\t%.0f MiB (%.0f)\n", s.Name, pc, x.RestartReadyMs, x.KillToReadyMs, x.ColdReadyMs,
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f ms\t%.0f ms\t%.0f ms\t%d (%d, %d)\t%d (%d)\t%.0f MiB (%.0f)\n", s.Name, s.dataplane(), pc, x.RestartReadyMs, x.KillToReadyMs, x.ColdReadyMs,
 				x.Probe.Held, x.Probe.HeldFailed, x.Probe.Dials, x.Probe.New, x.Probe.NewFailed, x.PeakRSS, x.PeakAnon)
 		}
 	}
@@ -174,7 +191,7 @@ func (r *ScaleRun) write(dir string) error {
 		return err
 	}
 	for _, s := range r.Scenarios {
-		if err := writeScaleCSV(filepath.Join(dir, "scale-"+s.Name+".csv"), s.Samples); err != nil {
+		if err := writeScaleCSV(filepath.Join(dir, "scale-"+s.key()+".csv"), s.Samples); err != nil {
 			return err
 		}
 	}
@@ -225,9 +242,9 @@ func scaleChart(r *ScaleRun) []byte {
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", width, height, width, height)
 	b.WriteString(`<rect width="100%" height="100%" fill="white"/>` + "\n")
-	fmt.Fprintf(&b, `<text x="%d" y="24" font-size="16" font-weight="bold">E2: kpath-agent at %d nodes, one sample a second (ramp, steady state with %d pod changes/s, restart)</text>`+"\n",
+	fmt.Fprintf(&b, `<text x="%d" y="24" font-size="16" font-weight="bold">E2: the measured node's agent at %d nodes, one sample a second (ramp, steady state with %d pod changes/s, restart)</text>`+"\n",
 		left, r.Options.Nodes, r.Options.ChangesPerSec)
-	fmt.Fprintf(&b, `<text x="%d" y="44">blue: the agent (thin: its anonymous RSS, without the executable's file pages); dashed red: the target; grey: pods in the API (right axis)</text>`+"\n", left)
+	fmt.Fprintf(&b, `<text x="%d" y="44">blue: kpath-agent, orange: cilium-agent (thin: its anonymous RSS, without the executable's file pages); dashed red: the target; grey: pods in the API (right axis)</text>`+"\n", left)
 	for si, s := range r.Scenarios {
 		var ss []ScaleSample
 		for _, x := range s.Samples {
@@ -237,6 +254,10 @@ func scaleChart(r *ScaleRun) []byte {
 		}
 		if len(ss) < 2 {
 			continue
+		}
+		color := "#1f77b4"
+		if s.dataplane() == "cilium" {
+			color = "#ff7f0e"
 		}
 		t0, t1 := ss[0].T, ss[len(ss)-1].T
 		xOf := func(t float64) float64 { return (t - t0) / max(t1-t0, 1) * panelW }
@@ -260,7 +281,7 @@ func scaleChart(r *ScaleRun) []byte {
 			ymax = niceCeil(ymax * 1.05)
 			yOf := func(v float64) float64 { return panelH - min(v, ymax)/ymax*panelH }
 			fmt.Fprintf(&b, `<g transform="translate(%d,%d)">`+"\n", ox, oy)
-			fmt.Fprintf(&b, `<text x="0" y="-10" font-weight="bold">(%s) %s: %d pods, %d policies, %d services</text>`+"\n", html.EscapeString(s.Name), row.label, s.Pods, s.Policy, s.Services)
+			fmt.Fprintf(&b, `<text x="0" y="-10" font-weight="bold">(%s) %s: %d pods, %d policies, %d services</text>`+"\n", html.EscapeString(s.key()), row.label, s.Pods, s.Policy, s.Services)
 			fmt.Fprintf(&b, `<rect width="%d" height="%d" fill="none" stroke="#333"/>`+"\n", panelW, panelH)
 			for i := 0; i <= 4; i++ {
 				v := ymax * float64(i) / 4
@@ -282,7 +303,7 @@ func scaleChart(r *ScaleRun) []byte {
 				}
 			}
 			if peak > ymax {
-				fmt.Fprintf(&b, `<text x="%d" y="%d" text-anchor="end" fill="#1f77b4">restarts' peak %.0f (clipped)</text>`+"\n", panelW-4, 40, peak)
+				fmt.Fprintf(&b, `<text x="%d" y="%d" text-anchor="end" fill="%s">restarts' peak %.0f (clipped)</text>`+"\n", panelW-4, 40, color, peak)
 			}
 			var pods, vals, parts []string
 			for _, x := range ss {
@@ -294,9 +315,9 @@ func scaleChart(r *ScaleRun) []byte {
 			}
 			fmt.Fprintf(&b, `<polyline points="%s" fill="none" stroke="#bbb" stroke-width="2"/>`+"\n", strings.Join(pods, " "))
 			if len(parts) > 0 {
-				fmt.Fprintf(&b, `<polyline points="%s" fill="none" stroke="#1f77b4" stroke-width="0.7"/>`+"\n", strings.Join(parts, " "))
+				fmt.Fprintf(&b, `<polyline points="%s" fill="none" stroke="%s" stroke-width="0.7"/>`+"\n", strings.Join(parts, " "), color)
 			}
-			fmt.Fprintf(&b, `<polyline points="%s" fill="none" stroke="#1f77b4" stroke-width="1.5"/>`+"\n", strings.Join(vals, " "))
+			fmt.Fprintf(&b, `<polyline points="%s" fill="none" stroke="%s" stroke-width="1.5"/>`+"\n", strings.Join(vals, " "), color)
 			fmt.Fprintf(&b, `<line x1="0" y1="%.1f" x2="%d" y2="%.1f" stroke="#d62728" stroke-dasharray="6,4"/>`+"\n", yOf(target), panelW, yOf(target))
 			b.WriteString("</g>\n")
 		}
@@ -306,8 +327,8 @@ func scaleChart(r *ScaleRun) []byte {
 }
 
 // LoadScaleRuns reads scale.json files and merges them, a later file's
-// scenarios replacing an earlier one's of the same name (to put the runs
-// of a scenario that was measured again beside the others).
+// scenarios replacing an earlier one's of the same name and dataplane (to
+// put the runs of a scenario that was measured again beside the others).
 func LoadScaleRuns(paths []string) (*ScaleRun, error) {
 	var run *ScaleRun
 	for _, p := range paths {
@@ -324,7 +345,7 @@ func LoadScaleRuns(paths []string) (*ScaleRun, error) {
 			continue
 		}
 		for _, s := range r.Scenarios {
-			i := slices.IndexFunc(run.Scenarios, func(o ScaleScenario) bool { return o.Name == s.Name })
+			i := slices.IndexFunc(run.Scenarios, func(o ScaleScenario) bool { return o.key() == s.key() })
 			if i < 0 {
 				run.Scenarios = append(run.Scenarios, s)
 			} else {
@@ -335,7 +356,7 @@ func LoadScaleRuns(paths []string) (*ScaleRun, error) {
 	if run == nil {
 		return nil, fmt.Errorf("no scale.json given")
 	}
-	slices.SortFunc(run.Scenarios, func(a, b ScaleScenario) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(run.Scenarios, func(a, b ScaleScenario) int { return strings.Compare(a.key(), b.key()) })
 	return run, nil
 }
 

@@ -1,11 +1,15 @@
 package bench
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"sync"
 	"syscall"
 	"time"
@@ -15,9 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/kpath/kpath/internal/agent"
-	"github.com/kpath/kpath/internal/cniapi"
-	"github.com/kpath/kpath/internal/datapath"
+	"github.com/kpath/kpath/internal/dataplane"
 	"github.com/kpath/kpath/internal/lab"
 	"github.com/kpath/kpath/internal/nsutil"
 )
@@ -60,15 +62,20 @@ type ProbeStats struct {
 	NewFailed  int `json:"new_connection_failed"`
 }
 
+// scaleProbe is the probe's client: a `kpath bench probe` process in the
+// client pod's network namespace and in the node's cgroup (the pods'), so
+// its connections take the path a pod's do, the socket hook included.
 type scaleProbe struct {
 	netns  string // the client pod's
 	svcURL string
+	cgroup string
+	kpath  string
 }
 
 // startScaleProbe creates the probe's echo server and client pods on the
 // measured node and a Service in front of the echo server, and waits
 // until they run.
-func startScaleProbe(ctx context.Context, c kubernetes.Interface, st *lab.State, node string) (*scaleProbe, error) {
+func startScaleProbe(ctx context.Context, c kubernetes.Interface, st *lab.State, node lab.NodeInfo, kpath string) (*scaleProbe, error) {
 	if err := retryTransient(ctx, func() error {
 		_, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: scaleProbeNS}}, metav1.CreateOptions{})
 		if err = ignoreExists(err); err != nil {
@@ -86,9 +93,9 @@ func startScaleProbe(ctx context.Context, c kubernetes.Interface, st *lab.State,
 		Ports: []corev1.ServicePort{{Port: 80, Protocol: corev1.ProtocolTCP, TargetPort: intstr.FromInt32(8080)}}}}
 	pods := []*corev1.Pod{
 		{ObjectMeta: metav1.ObjectMeta{Namespace: scaleProbeNS, Name: "echo", Labels: sel},
-			Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "echo", Image: "kpath/echo", Ports: []corev1.ContainerPort{{ContainerPort: 8080}}}}}},
+			Spec: corev1.PodSpec{NodeName: node.Name, Containers: []corev1.Container{{Name: "echo", Image: "kpath/echo", Ports: []corev1.ContainerPort{{ContainerPort: 8080}}}}}},
 		{ObjectMeta: metav1.ObjectMeta{Namespace: scaleProbeNS, Name: "client"},
-			Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "client", Image: "kpath/idle"}}}},
+			Spec: corev1.PodSpec{NodeName: node.Name, Containers: []corev1.Container{{Name: "client", Image: "kpath/idle"}}}},
 	}
 	if err := retryTransient(ctx, func() error {
 		_, err := c.CoreV1().Services(scaleProbeNS).Create(ctx, svc, metav1.CreateOptions{})
@@ -111,10 +118,11 @@ func startScaleProbe(ctx context.Context, c kubernetes.Interface, st *lab.State,
 		if err1 != nil || err2 != nil || err3 != nil || echo.Status.Phase != corev1.PodRunning || client.Status.Phase != corev1.PodRunning {
 			continue
 		}
-		p := &scaleProbe{netns: st.PodNetns(node, client.UID), svcURL: "http://" + net.JoinHostPort(s.Spec.ClusterIP, "80") + "/"}
+		p := &scaleProbe{netns: st.PodNetns(node.Name, client.UID), svcURL: "http://" + net.JoinHostPort(s.Spec.ClusterIP, "80") + "/",
+			cgroup: node.Cgroup, kpath: kpath}
 		// The Service's frontend may lag the pods: ready when it answers.
 		for time.Now().Before(deadline) {
-			if st := p.run(200*time.Millisecond, nil); st.NewFailed == 0 && st.HeldFailed == 0 {
+			if st, err := p.run(200*time.Millisecond, nil); err == nil && st.New > 0 && st.NewFailed == 0 && st.HeldFailed == 0 {
 				return p, nil
 			}
 		}
@@ -122,12 +130,54 @@ func startScaleProbe(ctx context.Context, c kubernetes.Interface, st *lab.State,
 	return nil, fmt.Errorf("probe pods in %s not answering within 2 minutes", scaleProbeNS)
 }
 
-// run sends a request on the held connection and one on a new connection
-// every 20 ms (each waits for the one before), for at least d and then until stop (nil: d only).
-func (p *scaleProbe) run(d time.Duration, stop <-chan struct{}) ProbeStats {
+// run runs the probe's client for at least d and then until stop (nil:
+// d only), and returns what it counted.
+func (p *scaleProbe) run(d time.Duration, stop <-chan struct{}) (ProbeStats, error) {
+	cg, err := os.Open(p.cgroup)
+	if err != nil {
+		return ProbeStats{}, err
+	}
+	defer cg.Close()
+	var out bytes.Buffer
+	args := []string{"bench", "probe", "--netns", p.netns, "--url", p.svcURL, "--for", d.String()}
+	if stop != nil {
+		args = append(args, "--until-stopped")
+	}
+	cmd := exec.Command(p.kpath, args...)
+	cmd.Stdout, cmd.Stderr = &out, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	if err := cmd.Start(); err != nil {
+		return ProbeStats{}, fmt.Errorf("probe: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		select {
+		case <-stop:
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+		case <-exited:
+		}
+	}()
+	err = cmd.Wait()
+	close(exited)
+	if err != nil {
+		return ProbeStats{}, fmt.Errorf("probe: %w", err)
+	}
+	var st ProbeStats
+	if err := json.Unmarshal(out.Bytes(), &st); err != nil {
+		return ProbeStats{}, fmt.Errorf("probe's counts: %w", err)
+	}
+	return st, nil
+}
+
+// ProbeService is `kpath bench probe`, E2's probe client: it sends a
+// request through the Service at url on one held connection and one on a
+// new connection every 20 ms (each waits for the one before), from the
+// network namespace netns, for at least d and then until stop (nil: d
+// only).
+func ProbeService(netns, url string, d time.Duration, stop <-chan struct{}) ProbeStats {
 	var st ProbeStats
 	var mu sync.Mutex
-	dial := nsutil.Dialer(p.netns)
+	dial := nsutil.Dialer(netns)
 	held := &http.Client{Timeout: time.Second, Transport: &http.Transport{MaxConnsPerHost: 1, MaxIdleConnsPerHost: 1,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			mu.Lock()
@@ -161,7 +211,7 @@ func (p *scaleProbe) run(d time.Duration, stop <-chan struct{}) ProbeStats {
 			}
 		}
 		<-t.C
-		ok := get(held, p.svcURL)
+		ok := get(held, url)
 		mu.Lock()
 		st.Held++
 		if !ok {
@@ -169,7 +219,7 @@ func (p *scaleProbe) run(d time.Duration, stop <-chan struct{}) ProbeStats {
 		}
 		mu.Unlock()
 		st.New++
-		if !get(fresh, p.svcURL) {
+		if !get(fresh, url) {
 			st.NewFailed++
 		}
 	}
@@ -177,16 +227,21 @@ func (p *scaleProbe) run(d time.Duration, stop <-chan struct{}) ProbeStats {
 
 // measureRestart restarts the node's agent (SIGTERM; the lab starts it
 // again as a DaemonSet would) with the probe running, then kills it and
-// removes its pins for a cold start, and times both to ready.
-func measureRestart(ctx context.Context, progress io.Writer, node lab.NodeInfo, probe *scaleProbe, caughtUp func(ScaleSample) bool, smp *sampler) (*ScaleRestart, error) {
-	ag := procOf{"kpath-agent", "--pin-dir=" + node.PinDir}
+// removes its state (pinned maps) for a cold start, and times both to
+// ready.
+func measureRestart(ctx context.Context, progress io.Writer, dp dataplane.Dataplane, node lab.NodeInfo, probe *scaleProbe, caughtUp func(ScaleSample) bool, smp *sampler) (*ScaleRestart, error) {
 	res := &ScaleRestart{}
 	stopProbe := make(chan struct{})
 	probed := make(chan ProbeStats, 1)
-	go func() { probed <- probe.run(time.Second, stopProbe) }()
+	probeErr := make(chan error, 1)
+	go func() {
+		st, err := probe.run(time.Second, stopProbe)
+		probed <- st
+		probeErr <- err
+	}()
 	time.Sleep(2 * time.Second)
 	killed := time.Now()
-	newPid, ready, err := restartAgent(ctx, ag, node.AgentSocket, syscall.SIGTERM, nil)
+	newPid, ready, err := restartAgent(ctx, dp, node, syscall.SIGTERM, nil)
 	if err != nil {
 		close(stopProbe)
 		<-probed
@@ -196,25 +251,25 @@ func measureRestart(ctx context.Context, progress io.Writer, node lab.NodeInfo, 
 	time.Sleep(3 * time.Second)
 	close(stopProbe)
 	res.Probe = <-probed
+	if err := <-probeErr; err != nil {
+		return nil, err
+	}
 	fmt.Fprintf(progress, "restart over pinned maps: ready %s after start (%s after the kill); probe %+v\n",
-		ready.Round(time.Millisecond), time.Since(killed).Round(time.Millisecond), res.Probe)
+		ready.Round(time.Millisecond), time.Duration(res.KillToReadyMs*float64(time.Millisecond)).Round(time.Millisecond), res.Probe)
 	if err := waitSample(smp, time.Minute, caughtUp); err != nil {
 		return nil, fmt.Errorf("after the restart: %w", err)
 	}
-
-	pins := datapath.DefaultConfig()
-	pins.PinDir = node.PinDir
-	_, ready, err = restartAgent(ctx, ag, node.AgentSocket, syscall.SIGKILL, func(pid int) error {
+	_, ready, err = restartAgent(ctx, dp, node, syscall.SIGKILL, func(pid int) error {
 		if pid != newPid {
 			return fmt.Errorf("agent %d is not the restarted one (%d)", pid, newPid)
 		}
-		return datapath.Reset(pins)
+		return dp.Reset(node)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cold start: %w", err)
 	}
 	res.ColdReadyMs = ms(ready)
-	fmt.Fprintf(progress, "cold start (pins removed): ready %s after start\n", ready.Round(time.Millisecond))
+	fmt.Fprintf(progress, "cold start (state removed): ready %s after start\n", ready.Round(time.Millisecond))
 	return res, nil
 }
 
@@ -222,16 +277,18 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // restartAgent signals the running agent, runs exited (if set) once it
 // has exited, and waits for the lab's next agent to be ready: its pid and
-// its start -> ready.
-func restartAgent(ctx context.Context, ag procOf, socket string, sig syscall.Signal, exited func(pid int) error) (int, time.Duration, error) {
-	pid := ag.pid()
+// its start -> ready (its own figure, or from when its process appeared
+// for an agent that reports none).
+func restartAgent(ctx context.Context, dp dataplane.Dataplane, node lab.NodeInfo, sig syscall.Signal, exited func(pid int) error) (int, time.Duration, error) {
+	ag := dp.Agent(node)
+	pid := ag.Pid()
 	if pid == 0 {
 		return 0, 0, fmt.Errorf("no agent running")
 	}
 	if err := syscall.Kill(pid, sig); err != nil {
 		return 0, 0, fmt.Errorf("signal agent %d: %w", pid, err)
 	}
-	deadline := time.Now().Add(2 * time.Minute)
+	deadline := time.Now().Add(3 * time.Minute)
 	for lab.ProcessAlive(pid) {
 		if time.Now().After(deadline) {
 			return 0, 0, fmt.Errorf("agent %d still running after %s", pid, sig)
@@ -243,21 +300,21 @@ func restartAgent(ctx context.Context, ag procOf, socket string, sig syscall.Sig
 			return 0, 0, err
 		}
 	}
+	var seen time.Time
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		if p := ag.pid(); p != 0 && p != pid {
-			if st, err := agentStatus(socket); err == nil && st.Ready {
-				d, err := time.ParseDuration(st.StartToReady)
-				return p, d, err
+		t := time.Now()
+		if p := ag.Pid(); p != 0 && p != pid {
+			if seen.IsZero() {
+				seen = t
+			}
+			if up, ready := dp.Up(ctx, node); up {
+				if ready == 0 {
+					ready = time.Since(seen)
+				}
+				return p, ready, nil
 			}
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(max(20*time.Millisecond, time.Since(t)))
 	}
-	return 0, 0, fmt.Errorf("no agent ready within 2 minutes of the %s", sig)
-}
-
-func agentStatus(socket string) (agent.Status, error) {
-	var st agent.Status
-	c := cniapi.NewClient(socket)
-	c.Timeout = 2 * time.Second
-	return st, c.Do("GET", "/v1/status", nil, &st)
+	return 0, 0, fmt.Errorf("no agent ready within 3 minutes of the %s", sig)
 }

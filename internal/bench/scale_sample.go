@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kpath/kpath/internal/dataplane"
 	"github.com/kpath/kpath/internal/procstat"
 )
 
@@ -45,10 +46,12 @@ type ScaleSample struct {
 // sampler reads the agent's and the control plane's processes every
 // second into samples.
 type sampler struct {
-	agent, api, etcd, kcm procOf
-	netns                 string // the agent's (metrics, uplink)
-	phase                 func() (string, int)
-	start                 time.Time
+	agent          dataplane.Process
+	api, etcd, kcm procOf
+	// gauges reads the agent's own figures (its metrics, its maps).
+	gauges func() (dataplane.Gauges, error)
+	phase  func() (string, int)
+	start  time.Time
 
 	mu      sync.Mutex
 	samples []ScaleSample
@@ -65,9 +68,9 @@ func (s *sampler) run(stop <-chan struct{}) {
 	last := map[string]cpuMark{}
 	var lastRx uint64
 	var lastRxAt time.Time
-	var metrics map[string]float64
+	var gauges *dataplane.Gauges
 	tick := 0
-	milli := func(p procOf, pid int) (float64, *procstat.Stat) {
+	milli := func(key string, pid int) (float64, *procstat.Stat) {
 		if pid == 0 {
 			return 0, nil
 		}
@@ -76,8 +79,8 @@ func (s *sampler) run(stop <-chan struct{}) {
 			return 0, nil
 		}
 		now := time.Now()
-		m, ok := last[p.binary]
-		last[p.binary] = cpuMark{st.CPU + st.ChildrenCPU, now}
+		m, ok := last[key]
+		last[key] = cpuMark{st.CPU + st.ChildrenCPU, now}
 		if !ok || st.CPU+st.ChildrenCPU < m.cpu {
 			return 0, &st
 		}
@@ -92,8 +95,8 @@ func (s *sampler) run(stop <-chan struct{}) {
 		phase, pods := s.phase()
 		smp := ScaleSample{T: time.Since(s.start).Seconds(), Phase: phase, Pods: pods}
 		var agent *procstat.Stat
-		agentPid := s.agent.pid()
-		smp.AgentMilli, agent = milli(s.agent, agentPid)
+		agentPid := s.agent.Pid()
+		smp.AgentMilli, agent = milli("agent", agentPid)
 		if agent != nil {
 			smp.AgentRSS = mib(agent.RSSBytes)
 			if anon, err := procstat.AnonRSS(agentPid); err == nil {
@@ -108,26 +111,24 @@ func (s *sampler) run(stop <-chan struct{}) {
 			}
 		}
 		var api *procstat.Stat
-		smp.APIMilli, api = milli(s.api, s.api.pid())
+		smp.APIMilli, api = milli("api", s.api.pid())
 		if api != nil {
 			smp.ControlMiBs = mib(api.RSSBytes)
 		}
-		smp.EtcdMilli, _ = milli(s.etcd, s.etcd.pid())
-		smp.KCMMilli, _ = milli(s.kcm, s.kcm.pid())
-		// The agent's metrics every scrapeEvery, as a Prometheus would
-		// scrape them (each scrape is work for the agent); the samples in
-		// between repeat the last.
-		if tick%scrapeEvery == 0 || metrics == nil {
-			if m, err := agentMetricsText(s.netns); err == nil {
-				metrics = m
+		smp.EtcdMilli, _ = milli("etcd", s.etcd.pid())
+		smp.KCMMilli, _ = milli("kcm", s.kcm.pid())
+		// The agent's gauges every scrapeEvery, as a Prometheus would
+		// scrape its metrics (each scrape is work for the agent); the
+		// samples in between repeat the last.
+		if tick%scrapeEvery == 0 || gauges == nil {
+			if g, err := s.gauges(); err == nil {
+				gauges = &g
 			}
 		}
 		tick++
-		if m := metrics; m != nil {
-			smp.AgentHeap = m["go_memstats_heap_inuse_bytes"] / (1 << 20)
-			smp.IPCache = int(m["kpath_ipcache_entries"])
-			smp.Identities = int(m["kpath_identities"])
-			smp.Backends = int(m["kpath_service_backends"])
+		if g := gauges; g != nil {
+			smp.AgentHeap = g.HeapBytes / (1 << 20)
+			smp.IPCache, smp.Identities, smp.Backends = g.IPCache, g.Identities, g.Backends
 		}
 		s.mu.Lock()
 		s.samples = append(s.samples, smp)
@@ -198,47 +199,6 @@ func uplinkRx(pid int) (uint64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no eth0 in pid %d's namespace", pid)
-}
-
-// agentMetricsText reads the unlabelled samples of the agent's metrics in
-// its node's namespace.
-func agentMetricsText(netns string) (map[string]float64, error) {
-	all, err := agentMetricsAll(netns)
-	if err != nil {
-		return nil, err
-	}
-	for name := range all {
-		if strings.Contains(name, "{") {
-			delete(all, name)
-		}
-	}
-	return all, nil
-}
-
-// agentMetricsAll reads every sample of the agent's metrics, keyed by the
-// name with its labels as exposed (name{a="x",b="y"}).
-func agentMetricsAll(netns string) (map[string]float64, error) {
-	body, err := getInNetns(netns, "http://127.0.0.1:9964/metrics", 2*time.Second)
-	if err != nil {
-		return nil, err
-	}
-	defer body.Close()
-	b, err := io.ReadAll(body)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]float64{}
-	for _, line := range strings.Split(string(b), "\n") {
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 || strings.HasPrefix(line, "#") {
-			continue
-		}
-		name, val := line[:i], line[i+1:]
-		if v, err := strconv.ParseFloat(strings.TrimSpace(val), 64); err == nil {
-			out[name] = v
-		}
-	}
-	return out, nil
 }
 
 // agentHTTP is a client of the agent's local API socket.

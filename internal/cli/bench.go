@@ -1,11 +1,14 @@
 package cli
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -70,7 +73,37 @@ restarted over its pinned maps.`,
 	cp.Flags().IntVar(&o.Policies, "policies", 2000, "NetworkPolicies to load (four per namespace; 0: no policy part)")
 	cp.Flags().IntVar(&o.PolicyChanges, "policy-changes", 200, "NetworkPolicy changes to time")
 	cp.Flags().StringVar(&o.BinDir, "k8s-bin", "", "directory with kube-apiserver (default: make k8s-bins' cache)")
-	cmd.AddCommand(cp, newLatencyCommand(), newScaleCommand())
+	cmd.AddCommand(cp, newLatencyCommand(), newScaleCommand(), newProbeCommand())
+	return cmd
+}
+
+// newProbeCommand is E2's probe client, which kpath bench scale starts in
+// the measured node's cgroup (so its connections take a pod's path) and
+// stops with SIGTERM.
+func newProbeCommand() *cobra.Command {
+	var netns, url string
+	var d time.Duration
+	var untilStopped bool
+	cmd := &cobra.Command{
+		Use:    "probe",
+		Short:  "E2's probe: requests through a Service on a held and on new connections; prints the counts as JSON",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
+			defer stop()
+			var until <-chan struct{}
+			if untilStopped {
+				until = ctx.Done()
+			}
+			st := bench.ProbeService(netns, url, d, until)
+			return json.NewEncoder(cmd.OutOrStdout()).Encode(st)
+		},
+	}
+	cmd.Flags().StringVar(&netns, "netns", "", "network namespace to send from (a pod's)")
+	cmd.Flags().StringVar(&url, "url", "", "the Service's URL")
+	cmd.Flags().DurationVar(&d, "for", time.Second, "run this long")
+	cmd.Flags().BoolVar(&untilStopped, "until-stopped", false, "after --for, go on until SIGTERM")
 	return cmd
 }
 
@@ -201,7 +234,7 @@ each later run's modes replacing the earlier's (a mode re-measured after a fix).
 func newScaleCommand() *cobra.Command {
 	o := bench.DefaultScaleOptions()
 	var quick bool
-	var scenarios, from string
+	var scenarios, dataplanes, from string
 	cmd := &cobra.Command{
 		Use:   "scale",
 		Short: "E2: the agent's CPU and memory at 1,000 nodes and 100,000 pods (scenarios a, b, c)",
@@ -238,10 +271,15 @@ and the agent's heap profiles to --out.`,
 				r.Print(cmd.OutOrStdout())
 				return r.Write(o.Out)
 			}
-			o.Scenarios = strings.Split(scenarios, ",")
+			o.Scenarios, o.Dataplanes = strings.Split(scenarios, ","), strings.Split(dataplanes, ",")
 			binDir, k8sBin, err := labBinaries()
 			if err != nil {
 				return err
+			}
+			if slices.Contains(o.Dataplanes, "cilium") {
+				if o.CiliumBin, err = testenv.CiliumBinDir(); err != nil {
+					return fmt.Errorf("dataplane cilium: %w (make cilium-bins builds it)", err)
+				}
 			}
 			o.BinDir, o.K8sBin, o.Progress = binDir, k8sBin, cmd.ErrOrStderr()
 			klog.SetLogger(logr.Discard()) // client-go's throttling notes would cut through the progress line
@@ -255,6 +293,7 @@ and the agent's heap profiles to --out.`,
 	f := cmd.Flags()
 	f.BoolVar(&quick, "quick", false, "100 nodes, 10,000 pods, 200 policies")
 	f.StringVar(&scenarios, "scenarios", strings.Join(o.Scenarios, ","), "scenarios to run: a (pods), b (pods and policies), c (services and policies)")
+	f.StringVar(&dataplanes, "dataplanes", strings.Join(o.Dataplanes, ","), "measured node's dataplanes, each scenario in a lab of its own: kpath, cilium (the real cilium-agent, with the CiliumNodes, CiliumIdentities and CiliumEndpointSlices the other nodes' agents and the operator would write)")
 	f.IntVar(&o.Nodes, "nodes", o.Nodes, "nodes, the measured one included")
 	f.IntVar(&o.Pods, "pods", o.Pods, "pods, the measured node's included")
 	f.IntVar(&o.LocalPods, "local-pods", o.LocalPods, "pods run for real on the measured node")

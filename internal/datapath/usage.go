@@ -95,3 +95,19 @@ func countKeys(m *ebpf.Map) (int, error) {
 		prev = append(prev[:0], next...)
 	}
 }
+
+// CountPinned counts the entries of the map pinned at path, opened
+// read-only: another agent's map (the benchmarks count Cilium's ipcache and
+// backends this way, through /proc/PID/root into its mount namespace).
+func CountPinned(path string) (int, error) {
+	m, err := ebpf.LoadPinnedMap(path, &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		return 0, fmt.Errorf("open pinned map %s: %w", path, err)
+	}
+	defer m.Close()
+	n, err := countKeys(m)
+	if err != nil {
+		return 0, fmt.Errorf("count %s: %w", path, err)
+	}
+	return n, nil
+}

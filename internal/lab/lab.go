@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -22,11 +21,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/util/retry"
 
-	"github.com/kpath/kpath/internal/cniapi"
 	"github.com/kpath/kpath/internal/datapath"
+	"github.com/kpath/kpath/internal/dataplane"
 	"github.com/kpath/kpath/internal/nsutil"
 	"github.com/kpath/kpath/internal/procstat"
 	"github.com/kpath/kpath/internal/testenv"
@@ -76,25 +76,13 @@ func owns(prefix, name string) bool {
 }
 
 // NodeInfo describes one lab node.
-type NodeInfo struct {
-	Name        string `json:"name"`
-	Netns       string `json:"netns"`
-	PinDir      string `json:"pinDir"` // the node datapath's, under the bpffs
-	IP          string `json:"ip"`
-	PodCIDR     string `json:"podCIDR"`
-	AgentSocket string `json:"agentSocket"`
-	// HubbleSocket serves Hubble's Observer API (hubble --server unix://...).
-	HubbleSocket string `json:"hubbleSocket"`
-	// HubbleAddress is the same API over TCP, where hubble-relay dials it.
-	HubbleAddress string `json:"hubbleAddress"`
-	Cgroup        string `json:"cgroup"`
-}
+type NodeInfo = dataplane.Node
 
-// Service dataplanes a lab node can run: kpath with its socket hook,
-// kpath per packet only, the real kube-proxy (kpath keeps pod networking
-// with kube-proxy replacement off), the real Cilium in place of kpath
-// (cilium.go), or nothing at all.
-var ServiceModes = []string{"kpath", "kpath-tc", "kube-proxy-iptables", "kube-proxy-nftables", "cilium", "none"}
+// ServiceModes are the service dataplanes a lab node can run: kpath with
+// its socket hook, kpath per packet only, the real kube-proxy (kpath keeps
+// pod networking with kube-proxy replacement off), the real Cilium in
+// place of kpath, or nothing at all (internal/dataplane).
+var ServiceModes = dataplane.Modes
 
 // State is what a running lab records in its directory.
 type State struct {
@@ -112,9 +100,10 @@ type State struct {
 	// HubbleRelay is the unix socket of the lab's hubble-relay (every
 	// node's flows: hubble --server unix://...); "" when none runs.
 	HubbleRelay string `json:"hubbleRelay,omitempty"`
-	// Dir is the lab's directory; CiliumBin the Cilium binaries' (Services
-	// cilium).
+	// Dir is the lab's directory; BinDir kpath's binaries'; CiliumBin the
+	// Cilium binaries' (Services cilium).
 	Dir       string `json:"dir"`
+	BinDir    string `json:"binDir,omitempty"`
 	CiliumBin string `json:"ciliumBin,omitempty"`
 	Ready     bool   `json:"ready"`
 	Error     string `json:"error,omitempty"`
@@ -184,20 +173,17 @@ func Supervise(ctx context.Context, o Options) (err error) {
 	if o.Services == "" {
 		o.Services = "kpath"
 	}
-	if !slices.Contains(ServiceModes, o.Services) {
-		return fmt.Errorf("service dataplane %q: want one of %v", o.Services, ServiceModes)
-	}
-	if o.Services == "cilium" {
-		if o.Routing != "native" || o.CiliumBin == "" || o.Dir == "/run" || strings.HasPrefix(o.Dir, "/run/") {
-			return fmt.Errorf("services cilium: needs native routing (got %q), the Cilium binaries (make cilium-bins; got %q) and a lab directory outside /run (got %s)", o.Routing, o.CiliumBin, o.Dir)
-		}
+	cluster := dataplane.Cluster{Dir: o.Dir, Routing: o.Routing, ClusterCIDR: ClusterCIDR,
+		BinDir: o.BinDir, K8sBin: o.K8sBin, CiliumBin: o.CiliumBin, AgentArgs: o.AgentArgs, Log: o.Log}
+	if _, err := dataplane.New(o.Services, cluster); err != nil {
+		return err
 	}
 	nm, err := namesFor(o.Name)
 	if err != nil {
 		return err
 	}
 	st := &State{Pid: os.Getpid(), Name: o.Name, NetnsPrefix: nm.netns, Vnet: nm.vnet(), Routing: o.Routing, Services: o.Services,
-		Dir: o.Dir, CiliumBin: o.CiliumBin}
+		Dir: o.Dir, BinDir: o.BinDir, CiliumBin: o.CiliumBin}
 	vnet := st.Vnet
 	defer func() {
 		if err != nil {
@@ -241,15 +227,6 @@ func Supervise(ctx context.Context, o Options) (err error) {
 	if err != nil {
 		return err
 	}
-	cniBin := filepath.Join(o.Dir, "cni-bin")
-	if err := os.MkdirAll(cniBin, 0o755); err != nil {
-		return err
-	}
-	_ = os.Remove(filepath.Join(cniBin, "kpath"))
-	if err := os.Symlink(filepath.Join(o.BinDir, "kpath-cni"), filepath.Join(cniBin, "kpath")); err != nil {
-		return err
-	}
-
 	for i := 1; i <= o.Nodes; i++ {
 		n := NodeInfo{Name: fmt.Sprintf("node-%d", i), IP: fmt.Sprintf("192.168.200.%d", 10+i)}
 		n.Netns, n.PinDir = nm.netns+n.Name, nm.pin+n.Name
@@ -291,44 +268,30 @@ func Supervise(ctx context.Context, o Options) (err error) {
 
 	procs := &children{}
 	defer procs.stop(5 * time.Second)
-	if o.Services == "cilium" {
-		o.Log("applying Cilium's CRDs")
-		if err := applyCiliumCRDs(ctx, env.Config, o.CiliumBin); err != nil {
-			return err
-		}
+	cluster.Kubeconfig = env.Kubeconfig
+	dp, err := dataplane.New(o.Services, cluster)
+	if err != nil {
+		return err
+	}
+	if err := dp.Setup(ctx, env.Config); err != nil {
+		return fmt.Errorf("set up %s: %w", o.Services, err)
 	}
 	for _, n := range st.Nodes {
-		nodeCNIBin := cniBin
-		conf := []byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"kpath","plugins":[{"type":"kpath","agentSocket":%q}]}`, n.AgentSocket))
-		if o.Services == "cilium" {
-			o.Log("starting cilium-agent (it compiles its BPF programs first) and the node runtime on %s", n.Name)
-			if err := startCilium(o, env, n, procs); err != nil {
-				return err
-			}
-			if nodeCNIBin, conf, err = ciliumCNI(o, n); err != nil {
-				return err
-			}
-		} else {
-			o.Log("starting kpath-agent and the node runtime on %s", n.Name)
-			if err := startAgent(o, env, n, procs); err != nil {
-				return err
-			}
-		}
-		if mode, ok := strings.CutPrefix(o.Services, "kube-proxy-"); ok {
-			if err := startKubeProxy(o, env, n, mode, procs); err != nil {
-				return err
-			}
+		o.Log("starting the %s dataplane and the node runtime on %s", o.Services, n.Name)
+		wiring, err := dp.Start(ctx, n, keeper{procs, o.Log})
+		if err != nil {
+			return err
 		}
 		cg, err := os.Open(n.Cgroup)
 		if err != nil {
 			return err
 		}
-		netconf, err := libcni.ConfListFromBytes(conf)
+		netconf, err := libcni.ConfListFromBytes(wiring.Conf)
 		if err != nil {
 			return err
 		}
 		rt := &Runtime{Client: env.Client, Node: n.Name, NodeNetns: n.Netns, NetnsPrefix: nm.netns, NetConf: netconf, Cgroup: cg,
-			CNI:      libcni.NewCNIConfigWithCacheDir([]string{nodeCNIBin}, filepath.Join(o.Dir, n.Name, "cni-cache"), nil),
+			CNI:      libcni.NewCNIConfigWithCacheDir([]string{wiring.BinDir}, filepath.Join(o.Dir, n.Name, "cni-cache"), nil),
 			KpathBin: filepath.Join(o.BinDir, "kpath"), LabDir: o.Dir, ServiceAccountCA: env.ServingCert,
 			Log: slog.New(slog.NewTextHandler(logWriter(o.Log), nil))}
 		go keepRuntime(ctx, rt, o.Log)
@@ -391,74 +354,6 @@ func registerNode(ctx context.Context, c kubernetes.Interface, n NodeInfo) (stri
 		time.Sleep(200 * time.Millisecond)
 	}
 	return "", fmt.Errorf("kube-controller-manager gave %s no pod CIDR within 60s", n.Name)
-}
-
-func startAgent(o Options, env *testenv.Env, n NodeInfo, procs *children) error {
-	dir := filepath.Join(o.Dir, n.Name)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	logPath := filepath.Join(dir, "agent.log")
-	args := []string{"--net=/run/netns/" + n.Netns, filepath.Join(o.BinDir, "kpath-agent"),
-		"--kubeconfig=" + env.Kubeconfig, "--node-name=" + n.Name, "--pin-dir=" + n.PinDir,
-		"--device=eth0", "--routing=" + o.Routing, "--cluster-cidr=" + ClusterCIDR,
-		"--cgroup-root=" + n.Cgroup, "--api-socket=" + n.AgentSocket, "--ipam-dir=" + filepath.Join(dir, "ipam"),
-		"--hubble-socket=" + n.HubbleSocket, "--hubble-listen-address=" + n.HubbleAddress,
-		"--metrics-addr=127.0.0.1:9964"}
-	args = append(args, o.AgentArgs...)
-	switch o.Services {
-	case "kpath-tc":
-		args = append(args, "--socket-hook=false")
-	case "kpath":
-	default: // kube-proxy or none: kpath keeps pod networking only
-		args = append(args, "--kube-proxy-replacement=false")
-	}
-	exited, err := procs.keep("kpath-agent on "+n.Name, func() (*exec.Cmd, func(), error) {
-		logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-		if err != nil {
-			return nil, nil, err
-		}
-		cmd := exec.Command("nsenter", args...)
-		cmd.Stdout, cmd.Stderr = logf, logf
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		return cmd, func() { logf.Close() }, nil
-	}, o.Log)
-	if err != nil {
-		return fmt.Errorf("start agent on %s: %w", n.Name, err)
-	}
-	client := cniapi.NewClient(n.AgentSocket)
-	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if client.Do("GET", "/v1/cni/status", nil, nil) == nil {
-			return nil
-		}
-		select {
-		case <-exited:
-			return fmt.Errorf("kpath-agent on %s exited (log: %s)", n.Name, logPath)
-		default:
-		}
-	}
-	return fmt.Errorf("kpath-agent on %s not ready within 60s (log: %s)", n.Name, logPath)
-}
-
-// startKubeProxy runs the real kube-proxy (iptables or nftables mode) in a
-// node's namespace, in place of kpath's service handling.
-func startKubeProxy(o Options, env *testenv.Env, n NodeInfo, mode string, procs *children) error {
-	logf, err := os.Create(filepath.Join(o.Dir, n.Name, "kube-proxy.log"))
-	if err != nil {
-		return err
-	}
-	cmd := exec.Command("nsenter", "--net=/run/netns/"+n.Netns, filepath.Join(o.K8sBin, "kube-proxy"),
-		"--kubeconfig="+env.Kubeconfig, "--hostname-override="+n.Name, "--proxy-mode="+mode,
-		"--cluster-cidr="+ClusterCIDR,
-		// A node namespace cannot set the host-wide conntrack table sizes.
-		"--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0", "--conntrack-tcp-timeout-close-wait=0",
-		"--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=127.0.0.1:10256")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if _, err := procs.start(cmd, func() { logf.Close() }); err != nil {
-		return fmt.Errorf("start kube-proxy on %s: %w", n.Name, err)
-	}
-	return nil
 }
 
 // Down stops the lab named name whose directory is dir and removes
@@ -565,13 +460,23 @@ func ProcessAlive(pid int) bool {
 // Client returns a client for a lab's API server, which is reachable only
 // from inside the lab's vnet namespace.
 func Client(st *State) (kubernetes.Interface, error) {
+	cfg, err := RestConfig(st)
+	if err != nil {
+		return nil, err
+	}
+	return kubernetes.NewForConfig(cfg)
+}
+
+// RestConfig reaches the lab's API server (in its vnet namespace) from
+// the host, for clients other than the typed one (dynamic, for CRDs).
+func RestConfig(st *State) (*rest.Config, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", st.Kubeconfig)
 	if err != nil {
 		return nil, err
 	}
 	cfg.QPS, cfg.Burst = 500, 1000
 	cfg.Dial = nsutil.Dialer(st.Vnet)
-	return kubernetes.NewForConfig(cfg)
+	return cfg, nil
 }
 
 // PodNetns is the network namespace of a pod of this lab's node.

@@ -1,4 +1,4 @@
-package lab
+package dataplane
 
 import (
 	"context"
@@ -11,17 +11,15 @@ import (
 	"syscall"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"github.com/kpath/kpath/internal/cniapi"
-	"github.com/kpath/kpath/internal/testenv"
+	"github.com/kpath/kpath/internal/datapath"
 )
 
 // The real Cilium as a lab node's dataplane (--services cilium): the
@@ -62,18 +60,28 @@ type ciliumNode struct {
 	sock    string // the agent's API socket, as the host sees it
 }
 
-func ciliumPaths(labDir string, n NodeInfo) ciliumNode {
+// cilium is the real cilium-agent as a node's dataplane, in place of
+// kpath-agent.
+type cilium struct{ c Cluster }
+
+func (d cilium) Mode() string { return "cilium" }
+
+func (d cilium) paths(n Node) ciliumNode { return ciliumPaths(d.c.Dir, n) }
+
+func (d cilium) log(n Node) string { return filepath.Join(d.c.nodeDir(n), "cilium-agent.log") }
+
+func ciliumPaths(labDir string, n Node) ciliumNode {
 	dir := filepath.Join(labDir, n.Name, "cilium")
 	return ciliumNode{dir: dir, mountNS: filepath.Join(dir, "ns", "mnt"), sock: filepath.Join(dir, "state", "cilium.sock")}
 }
 
 // nsenterNode runs args in the node's network and mount namespaces.
-func (c ciliumNode) nsenter(n NodeInfo, args ...string) *exec.Cmd {
+func (c ciliumNode) nsenter(n Node, args ...string) *exec.Cmd {
 	return exec.Command("nsenter", append([]string{"--net=/run/netns/" + n.Netns, "--mount=" + c.mountNS, "--"}, args...)...)
 }
 
 // setupMountNS makes the node's mount namespace and its mounts.
-func (c ciliumNode) setupMountNS(n NodeInfo, ciliumBin string) error {
+func (c ciliumNode) setupMountNS(n Node, ciliumBin string) error {
 	nsDir := filepath.Dir(c.mountNS)
 	for _, d := range []string{nsDir, filepath.Join(c.dir, "lib"), filepath.Join(c.dir, "state"), filepath.Join(c.dir, "netns-view")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -125,24 +133,24 @@ func (c ciliumNode) setupMountNS(n NodeInfo, ciliumBin string) error {
 
 // args are cilium-agent's flags on node n (see the configuration
 // above).
-func (c ciliumNode) args(env *testenv.Env, n NodeInfo) []string {
+func (c ciliumNode) args(cl Cluster) []string {
 	return []string{
-		"--k8s-kubeconfig-path=" + env.Kubeconfig,
+		"--k8s-kubeconfig-path=" + cl.Kubeconfig,
 		"--cluster-name=kpath-lab", "--cluster-id=0",
-		"--routing-mode=native", "--ipv4-native-routing-cidr=" + ClusterCIDR, "--auto-direct-node-routes=false",
+		"--routing-mode=native", "--ipv4-native-routing-cidr=" + cl.ClusterCIDR, "--auto-direct-node-routes=false",
 		"--kube-proxy-replacement=true", "--bpf-lb-sock=true",
 		// AKS's 65536 holds ~6k services of 10 endpoints; the benchmarks
 		// go to 110k service slots (E1) and 244k (E2's c): kpath's room.
 		"--bpf-lb-map-max=262144",
 		"--enable-ipv4=true", "--enable-ipv6=false",
 		"--enable-l7-proxy=false", "--enable-hubble=false",
-		"--identity-allocation-mode=crd",
+		"--identity-allocation-mode=crd", "--enable-cilium-endpoint-slice=true",
 		"--ipam=kubernetes", "--k8s-require-ipv4-pod-cidr=true",
 		"--enable-endpoint-routes=true", "--enable-ipv4-masquerade=false", "--enable-bpf-masquerade=false",
 		"--devices=eth0", "--direct-routing-device=eth0",
 		"--enable-health-checking=false", "--enable-endpoint-health-checking=false",
 		"--cni-exclusive=false", "--write-cni-conf-when-ready=",
-		// In its cgroup namespace (see startCilium): the agent mounts
+		// In its cgroup namespace (see Start): the agent mounts
 		// cgroup2 here, the node's cgroup its root.
 		"--bpf-root=/sys/fs/bpf", "--cgroup-root=/run/cilium/cgroupv2",
 		"--lib-dir=" + filepath.Join(c.dir, "lib"), "--state-dir=" + filepath.Join(c.dir, "state"),
@@ -152,15 +160,15 @@ func (c ciliumNode) args(env *testenv.Env, n NodeInfo) []string {
 	}
 }
 
-// startCilium runs cilium-agent on node n, restarted as a DaemonSet's pod
-// would be, and waits until its API answers.
-func startCilium(o Options, env *testenv.Env, n NodeInfo, procs *children) error {
-	c := ciliumPaths(o.Dir, n)
-	if err := c.setupMountNS(n, o.CiliumBin); err != nil {
-		return err
+// Start runs cilium-agent on node n, restarted as a DaemonSet's pod would
+// be, and waits until its API answers.
+func (d cilium) Start(_ context.Context, n Node, k Keeper) (CNI, error) {
+	c := d.paths(n)
+	if err := c.setupMountNS(n, d.c.CiliumBin); err != nil {
+		return CNI{}, err
 	}
-	logPath := filepath.Join(o.Dir, n.Name, "cilium-agent.log")
-	exited, err := procs.keep("cilium-agent on "+n.Name, func() (*exec.Cmd, func(), error) {
+	logPath := d.log(n)
+	exited, err := k.Keep("cilium-agent on "+n.Name, func() (*exec.Cmd, func(), error) {
 		logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 		if err != nil {
 			return nil, nil, err
@@ -174,54 +182,49 @@ func startCilium(o Options, env *testenv.Env, n NodeInfo, procs *children) error
 		// rooted there: the cgroup2 it mounts for its socket LB has the
 		// node's cgroup as its root, so the programs land on the node, not
 		// on the host's root.
-		cmd := c.nsenter(n, append([]string{"unshare", "--cgroup", "--", filepath.Join(o.CiliumBin, "cilium-agent")}, c.args(env, n)...)...)
+		cmd := c.nsenter(n, append([]string{"unshare", "--cgroup", "--", filepath.Join(d.c.CiliumBin, "cilium-agent")}, c.args(d.c)...)...)
 		cmd.Env = append(os.Environ(), "K8S_NODE_NAME="+n.Name,
 			// clang >= 18.1 (hack/cilium/build.sh links it here).
-			"PATH="+filepath.Join(o.CiliumBin, "bin-path")+":"+os.Getenv("PATH"))
+			"PATH="+filepath.Join(d.c.CiliumBin, "bin-path")+":"+os.Getenv("PATH"))
 		cmd.Stdout, cmd.Stderr = logf, logf
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, UseCgroupFD: true, CgroupFD: int(cg.Fd())}
 		return cmd, func() { logf.Close(); cg.Close() }, nil
-	}, o.Log)
+	})
 	if err != nil {
-		return fmt.Errorf("start cilium-agent on %s: %w", n.Name, err)
+		return CNI{}, fmt.Errorf("start cilium-agent on %s: %w", n.Name, err)
 	}
 	// Its BPF programs are compiled at start: a minute or two here.
 	for deadline := time.Now().Add(5 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
-		if out, err := c.dbg(o.CiliumBin, n, "status", "--brief").CombinedOutput(); err == nil && strings.HasPrefix(strings.TrimSpace(string(out)), "OK") {
-			return nil
+		if up, _ := d.Up(context.Background(), n); up {
+			binDir, conf, err := d.cni(n)
+			return CNI{BinDir: binDir, Conf: conf}, err
 		}
 		select {
 		case <-exited:
-			return fmt.Errorf("cilium-agent on %s exited (log: %s):\n%s", n.Name, logPath, tailFile(logPath, 15))
+			return CNI{}, fmt.Errorf("cilium-agent on %s exited (log: %s):\n%s", n.Name, logPath, tailFile(logPath, 15))
 		default:
 		}
 	}
-	return fmt.Errorf("cilium-agent on %s not ready within 5 minutes (log: %s):\n%s", n.Name, logPath, tailFile(logPath, 15))
-}
-
-// tailFile is the last n lines of a log.
-func tailFile(path string, n int) string {
-	data, _ := os.ReadFile(path)
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+	return CNI{}, fmt.Errorf("cilium-agent on %s not ready within 5 minutes (log: %s):\n%s", n.Name, logPath, tailFile(logPath, 15))
 }
 
 // dbg runs cilium-dbg against node n's agent.
-func (c ciliumNode) dbg(ciliumBin string, n NodeInfo, args ...string) *exec.Cmd {
-	return c.nsenter(n, append([]string{filepath.Join(ciliumBin, "cilium-dbg"), "-H", "unix://" + c.sock}, args...)...)
+func (d cilium) dbg(n Node, args ...string) *exec.Cmd {
+	c := d.paths(n)
+	return c.nsenter(n, append([]string{filepath.Join(d.c.CiliumBin, "cilium-dbg"), "-H", "unix://" + c.sock}, args...)...)
 }
 
 // ciliumCNI writes node n's cilium-cni wrapper, which runs the plugin in
 // the node's mount namespace (where the agent's socket and its run
 // directory are), and returns its directory and the network configuration
 // Cilium installs (05-cilium.conflist).
-func ciliumCNI(o Options, n NodeInfo) (binDir string, conf []byte, err error) {
-	c := ciliumPaths(o.Dir, n)
+func (d cilium) cni(n Node) (binDir string, conf []byte, err error) {
+	c := d.paths(n)
 	binDir = filepath.Join(c.dir, "cni-bin")
 	if err := os.MkdirAll(binDir, 0o755); err != nil {
 		return "", nil, err
 	}
-	wrapper := fmt.Sprintf("#!/bin/sh\nCILIUM_SOCK=%s exec nsenter --mount=%s -- %s \"$@\"\n", c.sock, c.mountNS, filepath.Join(o.CiliumBin, "cilium-cni"))
+	wrapper := fmt.Sprintf("#!/bin/sh\nCILIUM_SOCK=%s exec nsenter --mount=%s -- %s \"$@\"\n", c.sock, c.mountNS, filepath.Join(d.c.CiliumBin, "cilium-cni"))
 	if err := os.WriteFile(filepath.Join(binDir, "cilium-cni"), []byte(wrapper), 0o755); err != nil {
 		return "", nil, err
 	}
@@ -230,11 +233,12 @@ func ciliumCNI(o Options, n NodeInfo) (binDir string, conf []byte, err error) {
 	return binDir, conf, nil
 }
 
-// applyCiliumCRDs creates Cilium's CustomResourceDefinitions (the
+// Setup creates Cilium's CustomResourceDefinitions (the
 // operator's job in a cluster; the agents wait for them) from the pinned
 // module's YAML, which hack/cilium/build.sh copies beside the binaries.
 // cfg reaches the API server (in the vnet namespace).
-func applyCiliumCRDs(ctx context.Context, cfg *rest.Config, ciliumBin string) error {
+func (d cilium) Setup(ctx context.Context, cfg *rest.Config) error {
+	ciliumBin := d.c.CiliumBin
 	dc, err := dynamic.NewForConfig(cfg)
 	if err != nil {
 		return err
@@ -260,58 +264,30 @@ func applyCiliumCRDs(ctx context.Context, cfg *rest.Config, ciliumBin string) er
 	return nil
 }
 
-// unmountUnder unmounts what is mounted under dir (the Cilium nodes'
-// namespace files and binds), deepest first, so that their namespaces and
-// bpffs go once their processes have.
-func unmountUnder(dir string) error {
-	data, err := os.ReadFile("/proc/self/mountinfo")
+// Up: cilium-agent's own status is OK. It reports no start -> ready.
+func (d cilium) Up(ctx context.Context, n Node) (bool, time.Duration) {
+	out, err := d.dbg(n, "status", "--brief").CombinedOutput()
+	return err == nil && strings.HasPrefix(strings.TrimSpace(string(out)), "OK"), 0
+}
+
+// Ready: Cilium's own service map holds a ClusterIP frontend with backends
+// for every service (cilium-dbg service list, which reads the agent's
+// tables).
+func (d cilium) Ready(ctx context.Context, n Node, w Want) (bool, string) {
+	got, err := d.services(ctx, n)
 	if err != nil {
-		return err
+		return false, err.Error()
 	}
-	var points []string
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
-			points = append(points, f[4])
-		}
+	if got >= w.Services {
+		return true, ""
 	}
-	var firstErr error
-	for i := len(points) - 1; i >= 0; i-- {
-		if err := syscall.Unmount(points[i], syscall.MNT_DETACH); err != nil && firstErr == nil && err != syscall.EINVAL {
-			firstErr = fmt.Errorf("unmount %s: %w", points[i], err)
-		}
-	}
-	return firstErr
+	return false, fmt.Sprintf("cilium: %d of %d services with backends", got, w.Services)
 }
 
-// AgentHealth is node n's dataplane agent as kpath lab status shows it:
-// kpath-agent's readiness, or cilium-agent's own status line.
-func (s *State) AgentHealth(n NodeInfo) string {
-	if s.Services == "cilium" {
-		c := ciliumPaths(s.Dir, n)
-		out, err := c.dbg(s.CiliumBin, n, "status", "--brief").CombinedOutput()
-		line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
-		if err != nil {
-			return "cilium-agent down: " + line
-		}
-		return "cilium-agent " + line
-	}
-	var st struct{ Ready bool }
-	if err := cniapi.NewClient(n.AgentSocket).Do("GET", "/v1/status", nil, &st); err != nil {
-		return "kpath-agent down"
-	}
-	if !st.Ready {
-		return "kpath-agent starting"
-	}
-	return "kpath-agent ready"
-}
-
-// CiliumServices counts the ClusterIP frontends node n's cilium-agent holds
-// with at least one backend (its own view, from cilium-dbg service list).
-func (s *State) CiliumServices(ctx context.Context, n NodeInfo) (int, error) {
-	c := ciliumPaths(s.Dir, n)
-	cmd := c.dbg(s.CiliumBin, n, "service", "list", "-o", "json")
-	out, err := cmd.Output()
+// services counts the ClusterIP frontends n's agent holds with at least one
+// backend.
+func (d cilium) services(ctx context.Context, n Node) (int, error) {
+	out, err := d.dbg(n, "service", "list", "-o", "json").Output()
 	if err != nil {
 		return 0, fmt.Errorf("cilium-dbg service list on %s: %w", n.Name, err)
 	}
@@ -332,5 +308,99 @@ func (s *State) CiliumServices(ctx context.Context, n NodeInfo) (int, error) {
 			count++
 		}
 	}
-	return count, ctx.Err()
+	return count, nil
+}
+
+// Reset removes what a restarted agent resumes from: its pinned maps (the
+// node's bpffs) and its state directory (restored endpoints).
+func (d cilium) Reset(n Node) error {
+	c := d.paths(n)
+	state := filepath.Join(c.dir, "state")
+	// maps.debug and progs.debug are the bpffs's own iterators.
+	out, err := c.nsenter(n, "sh", "-c", "find /sys/fs/bpf -mindepth 1 -maxdepth 1 ! -name '*.debug' -exec rm -rf {} + && rm -rf "+state+"/*").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("reset cilium on %s: %w: %s", n.Name, err, out)
+	}
+	return nil
+}
+
+func (d cilium) Counters(context.Context, Node) (Counters, error) { return Counters{}, nil }
+
+// The maps Gauges counts, pinned in the node's bpffs.
+const (
+	ciliumGlobals  = "/sys/fs/bpf/tc/globals/"
+	ciliumIPCache  = ciliumGlobals + "cilium_ipcache_v2"
+	ciliumBackends = ciliumGlobals + "cilium_lb4_backends_v3"
+)
+
+// Gauges: the heap from the agent's metrics, the ipcache's and backends'
+// entries counted in its maps (through /proc/PID/root, into its mount
+// namespace), as Cilium's scalability report reads them. Identities are
+// not reported: cilium_identity counts those the agent allocated (its own
+// pods', reserved and well-known), not the cluster's it holds.
+func (d cilium) Gauges(ctx context.Context, n Node) (Gauges, error) {
+	pid := d.Agent(n).Pid()
+	if pid == 0 {
+		return Gauges{}, fmt.Errorf("no cilium-agent on %s", n.Name)
+	}
+	m, err := Scrape(n.Netns, CiliumMetrics)
+	if err != nil {
+		return Gauges{}, err
+	}
+	g := Gauges{HeapBytes: m["go_memstats_heap_inuse_bytes"]}
+	root := fmt.Sprintf("/proc/%d/root", pid)
+	if g.IPCache, err = datapath.CountPinned(root + ciliumIPCache); err != nil {
+		return g, err
+	}
+	if g.Backends, err = datapath.CountPinned(root + ciliumBackends); err != nil {
+		return g, err
+	}
+	return g, nil
+}
+
+// Drops are the agent's drop counters (cilium_drop_count_total, from its
+// metrics map), by direction/reason.
+func (d cilium) Drops(ctx context.Context, n Node) map[string]uint64 {
+	m, err := Scrape(n.Netns, CiliumMetrics)
+	if err != nil {
+		return nil
+	}
+	out := map[string]uint64{}
+	for k, v := range m {
+		labels, ok := strings.CutPrefix(k, "cilium_drop_count_total{")
+		if !ok {
+			continue
+		}
+		dir, reason := labelOf(labels, "direction"), labelOf(labels, "reason")
+		out[strings.ToLower(dir)+"/"+reason] += uint64(v)
+	}
+	return out
+}
+
+// labelOf is label l's value in a sample's a="x",b="y"} labels.
+func labelOf(labels, l string) string {
+	_, v, ok := strings.Cut(labels, l+`="`)
+	if !ok {
+		return ""
+	}
+	v, _, _ = strings.Cut(v, `"`)
+	return v
+}
+
+// Agent: the node's cilium-agent, told apart from other labs' and nodes'
+// by its state directory.
+func (d cilium) Agent(n Node) Process {
+	return Process{Binary: "cilium-agent", Args: []string{"--state-dir=" + filepath.Join(d.paths(n).dir, "state")}}
+}
+
+func (d cilium) Logs(n Node) []string { return []string{d.log(n)} }
+
+// Health is cilium-agent's own status line.
+func (d cilium) Health(ctx context.Context, n Node) string {
+	out, err := d.dbg(n, "status", "--brief").CombinedOutput()
+	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	if err != nil {
+		return "cilium-agent down: " + line
+	}
+	return "cilium-agent " + line
 }
