@@ -144,3 +144,50 @@ func TestScaleBenchSmoke(t *testing.T) {
 	run.Print(&b)
 	t.Logf("\n%s", b.String())
 }
+
+// TestScaleBenchCiliumSmoke runs E2's cilium column at toy size on
+// scenario c (services and policies): the real cilium-agent sees the
+// simulated nodes' pods through the CiliumEndpointSlices the harness
+// writes (its ipcache holds them all), programs every service backend,
+// and comes back from a restart and a cold start with the probe's
+// connection through a Service kept.
+func TestScaleBenchCiliumSmoke(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireTool(t, "ip", "nsenter")
+	k8sBin, err := testenv.BinDir()
+	if err != nil {
+		testutil.SkipOrFail(t, err.Error())
+	}
+	ciliumBin := ciliumPrerequisites(t)
+	out := t.TempDir()
+	o := bench.ScaleOptions{Scenarios: []string{"c"}, Dataplanes: []string{"cilium"}, Nodes: 5, Pods: 420, LocalPods: 20, StartPods: 100,
+		Policies: 8, Steady: 6 * time.Second, ChangesPerSec: 10, PolicyChanges: 6, BinDir: buildLabBinaries(t), K8sBin: k8sBin,
+		CiliumBin: ciliumBin, Out: out}
+	run, err := bench.Scale(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(run.Scenarios) != 1 {
+		t.Fatalf("%d scenarios", len(run.Scenarios))
+	}
+	s := run.Scenarios[0]
+	st := s.Steady
+	if s.Dataplane != "cilium" || st.PeakRSS <= 0 || st.LastHeap <= 0 || st.BPFMaps <= 0 || s.Changes < 30 {
+		t.Errorf("cilium-agent's figures not found: %+v, %d changes", st, s.Changes)
+	}
+	// Its ipcache holds the pods and the other nodes' addresses.
+	if st.IPCache < s.Pods+s.Nodes-1 || st.Backends < s.Pods {
+		t.Errorf("cilium-agent holds %d addresses and %d backends, want %d and %d at least", st.IPCache, st.Backends, s.Pods+s.Nodes-1, s.Pods)
+	}
+	if r := s.Restart; r == nil || r.RestartReadyMs <= 0 || r.ColdReadyMs <= 0 {
+		t.Errorf("restart not measured: %+v", r)
+	} else if p := r.Probe; p.Held < 50 || p.HeldFailed > 0 || p.Dials != 1 || p.NewFailed > 0 {
+		t.Errorf("traffic through a Service broke while cilium-agent restarted: %+v", p)
+	}
+	if fi, err := os.Stat(filepath.Join(out, "scale-c-cilium.csv")); err != nil || fi.Size() == 0 {
+		t.Errorf("scale-c-cilium.csv: %v", err)
+	}
+	var b strings.Builder
+	run.Print(&b)
+	t.Logf("\n%s", b.String())
+}

@@ -164,6 +164,9 @@ func Scale(ctx context.Context, o ScaleOptions) (*ScaleRun, error) {
 			return nil, fmt.Errorf("scenario %s: %d start pods > %d pods", sc, o.StartPods, l.pods)
 		}
 	}
+	if len(o.Dataplanes) == 0 {
+		o.Dataplanes = []string{"kpath"}
+	}
 	for _, dp := range o.Dataplanes {
 		if dp != "kpath" && dp != "cilium" {
 			return nil, fmt.Errorf("dataplane %q: want kpath or cilium", dp)
@@ -306,6 +309,9 @@ func scaleScenario(ctx context.Context, o ScaleOptions, name, mode string) (*Sca
 	}
 	caughtUp := func(s ScaleSample) bool { return s.IPCache >= wantIPs && s.Backends >= res.Backends }
 	if err := waitSample(smp, 5*time.Minute, caughtUp); err != nil {
+		if peers != nil {
+			err = fmt.Errorf("%w; %d CiliumEndpointSlices not written yet", err, peers.pending())
+		}
 		return nil, fmt.Errorf("after the ramp: %w", err)
 	}
 	rampTo := len(smp.taken())

@@ -5,11 +5,14 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"reflect"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -28,10 +31,14 @@ import (
 //   - the CiliumEndpointSlices holding the simulated pods, as the operator
 //     batches the agents' CiliumEndpoints (AKS runs with slices): up to 100
 //     endpoints of one namespace each, rewritten as pods come, go and
-//     change labels.
+//     change labels;
+//   - the slices of the measured agent's own CiliumEndpoints (its pods), as
+//     the operator folds them in: with slices on, the agent learns even its
+//     own pods' addresses from them.
 
 // Cilium's resources the harness writes.
 var (
+	ciliumEndpointsGVR  = schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumendpoints"}
 	ciliumNodesGVR      = schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumnodes"}
 	ciliumIdentitiesGVR = schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumidentities"}
 	ciliumSlicesGVR     = schema.GroupVersionResource{Group: "cilium.io", Version: "v2alpha1", Resource: "ciliumendpointslices"}
@@ -190,7 +197,7 @@ func (p *ciliumPeers) run(ctx context.Context) {
 	t := time.NewTicker(ciliumFlushEvery)
 	defer t.Stop()
 	var told time.Time
-	for {
+	for tick := 0; ; tick++ {
 		select {
 		case <-p.stop:
 			return
@@ -198,7 +205,13 @@ func (p *ciliumPeers) run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if err := p.flush(ctx); err != nil && time.Since(told) > time.Minute {
+		err := p.flush(ctx)
+		if tick%5 == 0 { // every second, as the operator's informer would see them
+			if lerr := p.syncLocal(ctx); err == nil {
+				err = lerr
+			}
+		}
+		if err != nil && time.Since(told) > time.Minute {
 			fmt.Fprintf(p.progress, "cilium peers: %v (retried)\n", err)
 			told = time.Now()
 		}
@@ -242,6 +255,14 @@ func (p *ciliumPeers) flush(ctx context.Context) error {
 		r := p.dc.Resource(ciliumSlicesGVR)
 		if obj.GetResourceVersion() == "" {
 			out, err = r.Create(ctx, obj, metav1.CreateOptions{})
+			if apierrors.IsAlreadyExists(err) {
+				// An earlier create timed out but was written: take its
+				// version and write this one over it.
+				if cur, gerr := r.Get(ctx, names[i], metav1.GetOptions{}); gerr == nil {
+					obj.SetResourceVersion(cur.GetResourceVersion())
+					out, err = r.Update(ctx, obj, metav1.UpdateOptions{})
+				}
+			}
 		} else {
 			out, err = r.Update(ctx, obj, metav1.UpdateOptions{})
 		}
@@ -254,6 +275,60 @@ func (p *ciliumPeers) flush(ctx context.Context) error {
 		s.obj = out
 		return nil
 	})
+}
+
+// syncLocal folds the measured agent's CiliumEndpoints (the only ones in
+// the cluster: the simulated nodes have none) into slices of their own,
+// ces-local-<namespace>-<k>.
+func (p *ciliumPeers) syncLocal(ctx context.Context) error {
+	l, err := p.dc.Resource(ciliumEndpointsGVR).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("cilium endpoints: %w", err)
+	}
+	byNS := map[string][]unstructured.Unstructured{}
+	for _, cep := range l.Items {
+		byNS[cep.GetNamespace()] = append(byNS[cep.GetNamespace()], cep)
+	}
+	want := map[string]map[string]map[string]any{} // slice -> pod -> endpoint
+	nsOf := map[string]string{}
+	for ns, ceps := range byNS {
+		slices.SortFunc(ceps, func(a, b unstructured.Unstructured) int { return strings.Compare(a.GetName(), b.GetName()) })
+		for i, cep := range ceps {
+			id, _, _ := unstructured.NestedInt64(cep.Object, "status", "identity", "id")
+			networking, ok, _ := unstructured.NestedMap(cep.Object, "status", "networking")
+			if !ok || id == 0 {
+				continue // not yet identified and addressed
+			}
+			ep := map[string]any{"name": cep.GetName(), "id": id, "networking": networking, "encryption": map[string]any{}}
+			if ports, ok, _ := unstructured.NestedSlice(cep.Object, "status", "named-ports"); ok {
+				ep["named-ports"] = ports
+			}
+			name := fmt.Sprintf("ces-local-%s-%d", ns, i/cesMaxEndpoints)
+			if want[name] == nil {
+				want[name] = map[string]map[string]any{}
+			}
+			want[name][cep.GetName()] = ep
+			nsOf[name] = ns
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for name, eps := range want {
+		s := p.slices[name]
+		if s == nil {
+			s = &cesState{ns: nsOf[name], eps: map[string]map[string]any{}}
+			p.slices[name] = s
+		}
+		if !reflect.DeepEqual(s.eps, eps) {
+			s.eps, s.dirty = eps, true
+		}
+	}
+	for name, s := range p.slices {
+		if strings.HasPrefix(name, "ces-local-") && want[name] == nil && len(s.eps) > 0 {
+			s.eps, s.dirty = map[string]map[string]any{}, true
+		}
+	}
+	return nil
 }
 
 // pending counts the slices not written since they changed.
