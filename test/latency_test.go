@@ -33,6 +33,7 @@ func TestLatencyBenchSmoke(t *testing.T) {
 	run, err := bench.Latency(context.Background(), bench.LatencyOptions{
 		Points: []int{0, 20}, Requests: 1000, Rounds: 1, Modes: modes, Scenarios: []string{"loaded", "quiet"},
 		OutDir: out, BinDir: buildLabBinaries(t), K8sBin: k8sBin, CiliumBin: ciliumBin, Progress: io.Discard,
+		LabPrefix: "e1t", // not a kpath bench latency's labs, which it would sweep
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -94,7 +95,8 @@ func TestScaleBenchSmoke(t *testing.T) {
 	}
 	out := t.TempDir()
 	o := bench.ScaleOptions{Scenarios: []string{"a", "b", "c"}, Nodes: 5, Pods: 420, LocalPods: 20, StartPods: 100, Policies: 8,
-		Steady: 6 * time.Second, ChangesPerSec: 10, PolicyChanges: 6, BinDir: buildLabBinaries(t), K8sBin: k8sBin, Out: out}
+		Steady: 6 * time.Second, ChangesPerSec: 10, PolicyChanges: 6, BinDir: buildLabBinaries(t), K8sBin: k8sBin, Out: out,
+		LabName: "scale-test"} // not a kpath bench scale's lab, which it would sweep
 	run, err := bench.Scale(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
@@ -162,7 +164,7 @@ func TestScaleBenchCiliumSmoke(t *testing.T) {
 	out := t.TempDir()
 	o := bench.ScaleOptions{Scenarios: []string{"c"}, Dataplanes: []string{"cilium"}, Nodes: 5, Pods: 420, LocalPods: 20, StartPods: 100,
 		Policies: 8, Steady: 6 * time.Second, ChangesPerSec: 10, PolicyChanges: 6, BinDir: buildLabBinaries(t), K8sBin: k8sBin,
-		CiliumBin: ciliumBin, Out: out}
+		CiliumBin: ciliumBin, Out: out, LabName: "scale-test"}
 	run, err := bench.Scale(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)

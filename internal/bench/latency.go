@@ -30,6 +30,10 @@ type LatencyOptions struct {
 	K8sBin    string
 	CiliumBin string // for mode cilium (hack/cilium/build.sh's directory)
 	Command   string // the command line, recorded to reproduce the run
+	// LabPrefix starts the labs' names (default e1): a run sweeps any lab
+	// of its names still up, so runs side by side need prefixes of their
+	// own (the tests use one).
+	LabPrefix string `json:"-"`
 	Progress  io.Writer
 }
 

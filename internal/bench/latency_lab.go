@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -49,7 +50,7 @@ func (m *modeLab) say(f string, a ...any) {
 }
 
 // labNames are the names of E1's labs, one per mode, short enough for
-// lab names.
+// lab names with a LabPrefix of a few letters in place of e1.
 var labNames = map[string]string{"none": "e1-none", "kpath": "e1-kpath", "kpath-tc": "e1-kpath-tc", "kpath-policy": "e1-kpath-pol",
 	NoFlowsMode:           "e1-kpath-nofl",
 	"kube-proxy-iptables": "e1-iptables", "kube-proxy-nftables": "e1-nftables", "cilium": "e1-cilium"}
@@ -58,6 +59,9 @@ var labNames = map[string]string{"none": "e1-none", "kpath": "e1-kpath", "kpath-
 // target service.
 func (m *modeLab) start(ctx context.Context, o LatencyOptions) error {
 	name := labNames[m.mode]
+	if o.LabPrefix != "" {
+		name = o.LabPrefix + strings.TrimPrefix(name, "e1")
+	}
 	dir, err := os.MkdirTemp("", "kpath-e1-")
 	if err != nil {
 		return err

@@ -52,8 +52,11 @@ type ScaleOptions struct {
 	// over it (policy change -> enforced).
 	PolicyChanges  int
 	BinDir, K8sBin string
-	CiliumBin      string    `json:"-"`
-	Progress       io.Writer `json:"-"`
+	CiliumBin      string `json:"-"`
+	// LabName is the scenarios' lab's (default scale): a run sweeps a lab
+	// of that name still up, so runs side by side need names of their own.
+	LabName  string    `json:"-"`
+	Progress io.Writer `json:"-"`
 	// Out receives scale.json, scale-<scenario>.csv, scale.svg and the
 	// agent's heap profiles at the end of each phase,
 	// heap-<scenario>-<phase>.pb.gz.
@@ -196,7 +199,11 @@ func scaleScenario(ctx context.Context, o ScaleOptions, name, mode string) (*Sca
 	defer os.RemoveAll(dir)
 	l := newScaleLayout(name, o)
 	fmt.Fprintf(o.Progress, "scenario %s (%s): %d nodes, %d pods (%d local), lab up\n", name, mode, l.nodes, l.pods, l.local)
-	lb, err := lab.Start(ctx, lab.Options{Name: "scale", Dir: filepath.Join(dir, "lab"), Nodes: 1, Routing: "native", Services: mode,
+	labName := o.LabName
+	if labName == "" {
+		labName = "scale"
+	}
+	lb, err := lab.Start(ctx, lab.Options{Name: labName, Dir: filepath.Join(dir, "lab"), Nodes: 1, Routing: "native", Services: mode,
 		BinDir: o.BinDir, K8sBin: o.K8sBin, CiliumBin: o.CiliumBin}, 5*time.Minute)
 	if err != nil {
 		return nil, err
