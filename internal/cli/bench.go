@@ -250,8 +250,11 @@ timed (change -> enforced) in (b) and (c). Then the agent is restarted over its
 pinned maps while a probe holds a connection through a Service and opens new ones,
 and started cold. Every second it samples the agent's CPU, RSS, Go heap, BPF map
 memory and the bytes it receives, and the API server's, etcd's and the controller
-manager's CPU apart. Writes scale.json, a CSV per scenario, the chart scale.svg
-and the agent's heap profiles to --out.`,
+manager's CPU apart. With --dataplanes kpath,cilium each scenario runs again with
+the real cilium-agent on the measured node, the harness writing the CiliumNodes,
+CiliumIdentities and CiliumEndpointSlices the other nodes' agents and Cilium's
+operator would (docs/cilium.md). Writes scale.json, a CSV per scenario and
+dataplane, the chart scale.svg and kpath-agent's heap profiles to --out.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if quick {
