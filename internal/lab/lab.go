@@ -175,7 +175,7 @@ func Supervise(ctx context.Context, o Options) (err error) {
 	}
 	cluster := dataplane.Cluster{Dir: o.Dir, Routing: o.Routing, ClusterCIDR: ClusterCIDR,
 		BinDir: o.BinDir, K8sBin: o.K8sBin, CiliumBin: o.CiliumBin, AgentArgs: o.AgentArgs, Log: o.Log}
-	if _, err := dataplane.New(o.Services, cluster); err != nil {
+	if _, err := dataplane.New(o.Services, cluster); err != nil { // before anything is built
 		return err
 	}
 	nm, err := namesFor(o.Name)
