@@ -151,8 +151,9 @@ func TestScaleBenchSmoke(t *testing.T) {
 // scenario c (services and policies): the real cilium-agent sees the
 // simulated nodes' pods through the CiliumEndpointSlices the harness
 // writes (its ipcache holds them all), programs every service backend,
-// and comes back from a restart and a cold start with the probe's
-// connection through a Service kept.
+// enforces each timed policy change in its own maps, and comes back from
+// a restart and a cold start with the probe's connection through a
+// Service kept.
 func TestScaleBenchCiliumSmoke(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.RequireTool(t, "ip", "nsenter")
@@ -180,6 +181,11 @@ func TestScaleBenchCiliumSmoke(t *testing.T) {
 	// Its ipcache holds the pods and the other nodes' addresses.
 	if st.IPCache < s.Pods+s.Nodes-1 || st.Backends < s.Pods {
 		t.Errorf("cilium-agent holds %d addresses and %d backends, want %d and %d at least", st.IPCache, st.Backends, s.Pods+s.Nodes-1, s.Pods)
+	}
+	// Each change allows or disallows a source, read in Cilium's own
+	// policy map of the local endpoint.
+	if s.PolicyChange == nil || s.PolicyChange.N != o.PolicyChanges {
+		t.Errorf("%d policies, changes timed %+v", s.Policy, s.PolicyChange)
 	}
 	if r := s.Restart; r == nil || r.RestartReadyMs <= 0 || r.ColdReadyMs <= 0 {
 		t.Errorf("restart not measured: %+v", r)

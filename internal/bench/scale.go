@@ -16,10 +16,8 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/kpath/kpath/internal/datapath"
 	"github.com/kpath/kpath/internal/dataplane"
 	"github.com/kpath/kpath/internal/lab"
-	"github.com/kpath/kpath/internal/model"
 )
 
 // E2 (BENCHMARKS.md): the agent's cost at 1,000 nodes and 100,000 pods,
@@ -365,9 +363,7 @@ func scaleScenario(ctx context.Context, o ScaleOptions, name, mode string) (*Sca
 	// so the steady state's CPU is the pod churn's alone (as the seed's
 	// figures are), and this phase's is reported beside it.
 	policyTo := steadyTo
-	// Timed in kpath's policy map: not for Cilium, whose per-endpoint maps
-	// this harness does not read yet.
-	if res.Policy > 0 && o.PolicyChanges > 0 && len(local) > 0 && mode == "kpath" {
+	if res.Policy > 0 && o.PolicyChanges > 0 && len(local) > 0 {
 		phase.Store("policy")
 		fmt.Fprintf(o.Progress, "policy changes: %d, one each %s, with the churn going on\n", o.PolicyChanges, scalePolicyPace)
 		stopChurn := make(chan struct{})
@@ -378,7 +374,7 @@ func scaleScenario(ctx context.Context, o ScaleOptions, name, mode string) (*Sca
 			res.PolicyPhaseChanges = n
 			churned <- err
 		}()
-		lat, err := timeScalePolicyChanges(ctx, c, node.PinDir, local, o.PolicyChanges)
+		lat, err := timeScalePolicyChanges(ctx, c, dp, node, local, o.PolicyChanges)
 		close(stopChurn)
 		if cerr := <-churned; err == nil && cerr != nil {
 			err = fmt.Errorf("churn: %w", cerr)
@@ -490,17 +486,14 @@ func createScalePolicies(ctx context.Context, c kubernetes.Interface, l scaleLay
 const scalePolicyPace = 500 * time.Millisecond
 
 // timeScalePolicyChanges times policy changes that each allow one more
-// source to a local pod, reading the decisions from the agent's pinned
+// source to a local pod, reading the decisions from the dataplane's pinned
 // maps (no load on the agent).
-func timeScalePolicyChanges(ctx context.Context, c kubernetes.Interface, pinDir string, targets []policyTarget, changes int) ([]time.Duration, error) {
-	v, err := datapath.OpenPolicyView(datapath.DefaultConfig().BPFFS, pinDir)
+func timeScalePolicyChanges(ctx context.Context, c kubernetes.Interface, dp dataplane.Dataplane, node lab.NodeInfo, targets []policyTarget, changes int) ([]time.Duration, error) {
+	v, err := dp.OpenPolicy(ctx, node)
 	if err != nil {
 		return nil, err
 	}
 	defer v.Close()
-	decide := func(local, peer netip.Addr) (bool, error) {
-		d, err := v.Decide(local, peer, true, model.TCP, 9999)
-		return d.Allowed, err
-	}
+	decide := func(local, peer netip.Addr) (bool, error) { return v.AllowedIn(local, peer, 9999) }
 	return timePolicyChanges(ctx, c, decide, targets, changes, scalePolicyPace)
 }

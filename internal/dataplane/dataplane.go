@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -100,6 +101,15 @@ type Gauges struct {
 	IPCache, Identities, Backends int
 }
 
+// PolicyView answers what a node's datapath decides now for a new
+// connection.
+type PolicyView interface {
+	// AllowedIn tells whether a new TCP connection from peer to port on
+	// the local endpoint local is let in.
+	AllowedIn(local, peer netip.Addr, port uint16) (bool, error)
+	Close() error
+}
+
 // ErrNotMeasured is a figure a dataplane does not report.
 var ErrNotMeasured = errors.New("not reported by this dataplane")
 
@@ -127,6 +137,9 @@ type Dataplane interface {
 	Gauges(ctx context.Context, n Node) (Gauges, error)
 	// Drops are n's datapath drop counters by direction/reason.
 	Drops(ctx context.Context, n Node) map[string]uint64
+	// OpenPolicy reads n's policy decisions from its datapath's maps,
+	// without work for the agent.
+	OpenPolicy(ctx context.Context, n Node) (PolicyView, error)
 	// Agent is n's service dataplane process, whose CPU and memory the
 	// benchmarks report.
 	Agent(n Node) Process

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"github.com/kpath/kpath/internal/agent"
 	"github.com/kpath/kpath/internal/cniapi"
 	"github.com/kpath/kpath/internal/datapath"
+	"github.com/kpath/kpath/internal/model"
 )
 
 // kpath is kpath-agent as a node's dataplane: with its socket hook
@@ -162,6 +164,24 @@ func (d kpath) Drops(ctx context.Context, n Node) map[string]uint64 {
 		}
 	}
 	return m
+}
+
+// kpathPolicy is kpath's pinned policy maps.
+type kpathPolicy struct{ v *datapath.PolicyView }
+
+func (p kpathPolicy) AllowedIn(local, peer netip.Addr, port uint16) (bool, error) {
+	d, err := p.v.Decide(local, peer, true, model.TCP, port)
+	return d.Allowed, err
+}
+
+func (p kpathPolicy) Close() error { return p.v.Close() }
+
+func (d kpath) OpenPolicy(_ context.Context, n Node) (PolicyView, error) {
+	v, err := datapath.OpenPolicyView(datapath.DefaultConfig().BPFFS, n.PinDir)
+	if err != nil {
+		return nil, err
+	}
+	return kpathPolicy{v}, nil
 }
 
 func (d kpath) Agent(n Node) Process {
