@@ -445,8 +445,10 @@ func createLocalPods(ctx context.Context, c kubernetes.Interface, node string, l
 		var out []policyTarget
 		for _, p := range pl.Items {
 			if ip, err := netip.ParseAddr(p.Status.PodIP); err == nil && p.Status.Phase == corev1.PodRunning && p.Namespace != scaleProbeNS {
-				out = append(out, policyTarget{ns: p.Namespace, ip: ip,
-					selector: map[string]string{"app": p.Labels["app"], "pod-template-hash": p.Labels["pod-template-hash"]}})
+				// app names the deployment in its namespace, as
+				// pod-template-hash does; Cilium leaves the hash out of
+				// the labels its policies select on.
+				out = append(out, policyTarget{ns: p.Namespace, ip: ip, selector: map[string]string{"app": p.Labels["app"]}})
 			}
 		}
 		if len(out) >= l.local {
