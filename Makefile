@@ -33,10 +33,11 @@ cilium-bins:
 
 # Every test. Privileged ones skip without root, unless KPATH_REQUIRE_PRIVILEGED=1.
 # -p 1: the privileged suites share the machine's bpffs and cgroups; one
-# package at a time keeps them from competing for 2 cores.
+# package at a time keeps them from competing for 2 cores. test/ runs for
+# about 10 minutes, go test's default limit: 30 gives it room.
 test: k8s-bins cilium-bins
 	hack/install-deps.sh
-	KPATH_K8S_BIN=$$(hack/k8s/build.sh) KPATH_CILIUM_BIN=$$(hack/cilium/build.sh) $(GO) test -p 1 -count=1 ./...
+	KPATH_K8S_BIN=$$(hack/k8s/build.sh) KPATH_CILIUM_BIN=$$(hack/cilium/build.sh) $(GO) test -p 1 -count=1 -timeout 30m ./...
 
 # Only tests that need no privileges.
 test-unit:

@@ -248,6 +248,24 @@ func echoPods(t *testing.T, c kubernetes.Interface) (*corev1.Service, map[string
 		}
 		return len(pods) == 3
 	})
+	// Both echo pods ready in the service's slice: the dataplanes follow
+	// the slice, and a machine under load can write it well after the
+	// pods run.
+	waitFor(t, 2*time.Minute, "both echo pods in the service's EndpointSlice", func() bool {
+		l, err := c.DiscoveryV1().EndpointSlices("default").List(bg, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=echo"})
+		if err != nil {
+			return false
+		}
+		ready := 0
+		for _, s := range l.Items {
+			for _, e := range s.Endpoints {
+				if e.Conditions.Ready == nil || *e.Conditions.Ready {
+					ready++
+				}
+			}
+		}
+		return ready == 2
+	})
 	return svc, pods
 }
 
