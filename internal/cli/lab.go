@@ -152,18 +152,28 @@ exec commands in.`,
 	supervise.Flags().StringVar(&services, "services", "kpath", "")
 	supervise.Flags().StringVar(&relayBin, "hubble-relay", "", "")
 
+	var downName string
 	down := &cobra.Command{
 		Use:   "down",
 		Short: "Stop the lab and remove everything it made",
-		Args:  cobra.NoArgs,
+		Long: `Stop the lab and remove everything it made. A lab that kpath bench or a test
+named (its state in --dir says so) is swept by its own names; --name sweeps
+the leftovers of a named lab whose directory is gone.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			err := lab.Down(dir, "", func(f string, a ...any) { fmt.Fprintf(cmd.OutOrStdout(), f+"\n", a...) })
+			name := downName
+			if st, err := lab.LoadState(dir); err == nil && name == "" {
+				name = st.Name
+			}
+			err := lab.Down(dir, name, func(f string, a ...any) { fmt.Fprintf(cmd.OutOrStdout(), f+"\n", a...) })
 			if err == nil {
 				fmt.Fprintln(cmd.OutOrStdout(), "lab removed")
 			}
 			return err
 		},
 	}
+
+	down.Flags().StringVar(&downName, "name", "", "the lab's name (default: its state's; \"\" for kpath lab up's)")
 
 	status := &cobra.Command{Use: "status", Short: "Show the lab's nodes and pods", Args: cobra.NoArgs}
 	statusOut := outputFlag(status)
