@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -62,6 +63,8 @@ type ciliumPeers struct {
 	l        scaleLayout
 	progress io.Writer // where a failed write is told, once a minute at most
 
+	writes *rate.Limiter // the operator's rate limit on slice writes
+
 	mu     sync.Mutex
 	slices map[string]*cesState
 	stop   chan struct{}
@@ -108,7 +111,8 @@ func (l scaleLayout) securityLabels(ns, dep int) map[string]string {
 // startCiliumPeers writes the simulated nodes' CiliumNodes and the plan's
 // identities, and starts writing slices as pods are added.
 func startCiliumPeers(ctx context.Context, dc dynamic.Interface, l scaleLayout, progress io.Writer) (*ciliumPeers, error) {
-	p := &ciliumPeers{dc: dc, l: l, progress: progress, slices: map[string]*cesState{}, stop: make(chan struct{}), done: make(chan struct{})}
+	p := &ciliumPeers{dc: dc, l: l, progress: progress, writes: rate.NewLimiter(cesWriteQPS, cesWriteBurst),
+		slices: map[string]*cesState{}, stop: make(chan struct{}), done: make(chan struct{})}
 	err := parallel(ctx, 0, l.nodes-1, 8, func(i int) error {
 		obj := &unstructured.Unstructured{Object: map[string]any{
 			"apiVersion": "cilium.io/v2", "kind": "CiliumNode",
@@ -191,6 +195,14 @@ func (p *ciliumPeers) remove(sp scalePod) {
 // coalesces its endpoints' changes the same way.
 const ciliumFlushEvery = 200 * time.Millisecond
 
+// The operator's default rate of slice writes (ces-rate-limits,
+// [{"nodes":0,"limit":10,"burst":20}]): changes wait, and coalesce,
+// behind it.
+const (
+	cesWriteQPS   = 10
+	cesWriteBurst = 20
+)
+
 // run writes the changed slices every ciliumFlushEvery until close.
 func (p *ciliumPeers) run(ctx context.Context) {
 	defer close(p.done)
@@ -231,6 +243,11 @@ func (p *ciliumPeers) flush(ctx context.Context) error {
 	p.mu.Unlock()
 	slices.Sort(names)
 	return parallel(ctx, 0, len(names), 8, func(i int) error {
+		if p.writes != nil {
+			if err := p.writes.Wait(ctx); err != nil {
+				return err
+			}
+		}
 		p.mu.Lock()
 		s := p.slices[names[i]]
 		s.dirty = false
