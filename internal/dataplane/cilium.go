@@ -162,7 +162,7 @@ func (c ciliumNode) args(cl Cluster) []string {
 
 // Start runs cilium-agent on node n, restarted as a DaemonSet's pod would
 // be, and waits until its API answers.
-func (d cilium) Start(_ context.Context, n Node, k Keeper) (CNI, error) {
+func (d cilium) Start(ctx context.Context, n Node, k Keeper) (CNI, error) {
 	c := d.paths(n)
 	if err := c.setupMountNS(n, d.c.CiliumBin); err != nil {
 		return CNI{}, err
@@ -195,7 +195,7 @@ func (d cilium) Start(_ context.Context, n Node, k Keeper) (CNI, error) {
 	}
 	// Its BPF programs are compiled at start: a minute or two here.
 	for deadline := time.Now().Add(5 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
-		if up, _ := d.Up(context.Background(), n); up {
+		if up, _ := d.Up(ctx, n); up {
 			binDir, conf, err := d.cni(n)
 			return CNI{BinDir: binDir, Conf: conf}, err
 		}
