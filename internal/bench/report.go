@@ -214,7 +214,7 @@ func (t Target) Verdict() string {
 // LatencyTargets evaluates BENCHMARKS.md's E1 targets for kpath (and, for
 // information, kpath-tc): loaded at the largest point, within 10% of the
 // none floor and at most 0.6x kube-proxy iptables; never slower than
-// kube-proxy nftables; quiet service latency within 5% of direct.
+// kube-proxy nftables or Cilium; quiet service latency within 5% of direct.
 func LatencyTargets(run *LatencyRun) []Target {
 	ix := indexRows(run.Rows)
 	pts := runPoints(run.Rows)
@@ -264,6 +264,9 @@ func LatencyTargets(run *LatencyRun) []Target {
 			out = append(out, ratio(fmt.Sprintf("%s %s, loaded, S=%d: <= 0.6x kube-proxy iptables", m, tg, top), r, ipt, ok, okI, 0.6))
 		}
 		out = append(out, worstVs(m+" vs kube-proxy nftables, every point: never slower", m, "kube-proxy-nftables", 1))
+		if slices.Contains(run.Modes, "cilium") {
+			out = append(out, worstVs(m+" vs Cilium, every point: never slower", m, "cilium", 1))
+		}
 		worst := Target{Name: m + " quiet, every point: service <= 1.05x direct", Limit: 1.05, Missing: true}
 		for _, s := range pts {
 			svc, ok := ix.get(m, "quiet", s, "service")

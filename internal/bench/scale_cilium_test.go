@@ -18,12 +18,12 @@ func TestCiliumSecurityLabels(t *testing.T) {
 	m := l.securityLabels(1, 3)
 	for k, want := range map[string]string{
 		"k8s:app": "app-03", "k8s:tier": benchTiers[3%len(benchTiers)],
-		"k8s:io.kubernetes.pod.namespace":                                 "scale-001",
-		"k8s:io.cilium.k8s.namespace.labels.team":                         "team-1",
-		"k8s:io.cilium.k8s.namespace.labels.env":                          "dev",
+		"k8s:io.kubernetes.pod.namespace":                                "scale-001",
+		"k8s:io.cilium.k8s.namespace.labels.team":                        "team-1",
+		"k8s:io.cilium.k8s.namespace.labels.env":                         "dev",
 		"k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name": "scale-001",
-		"k8s:io.cilium.k8s.policy.serviceaccount":                         "default",
-		"k8s:io.cilium.k8s.policy.cluster":                                ciliumClusterName,
+		"k8s:io.cilium.k8s.policy.serviceaccount":                        "default",
+		"k8s:io.cilium.k8s.policy.cluster":                               ciliumClusterName,
 	} {
 		if m[k] != want {
 			t.Errorf("%s = %q, want %q", k, m[k], want)
