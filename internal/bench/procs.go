@@ -1,11 +1,11 @@
 package bench
 
 import (
-	"fmt"
-	"os"
 	"path/filepath"
-	"strconv"
+	"slices"
 	"strings"
+
+	"github.com/kpath/kpath/internal/procstat"
 )
 
 // Finding the lab's processes (dataplanes, control plane) to sample or
@@ -13,19 +13,9 @@ import (
 
 // processesNaming lists the processes with an argument containing s.
 func processesNaming(s string) []int {
-	pids := []int{}
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if strings.Contains(string(cmdline), s) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
+	return procstat.Find(func(argv []string) bool {
+		return slices.ContainsFunc(argv, func(a string) bool { return strings.Contains(a, s) })
+	})
 }
 
 // procOf names a process: its binary, and a string its command line holds
@@ -35,12 +25,11 @@ type procOf struct{ binary, marker string }
 // pid is the process's, 0 when none runs (a wrapper such as nsenter with
 // the same arguments is not it).
 func (p procOf) pid() int {
-	for _, pid := range processesNaming(p.marker) {
-		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		argv0, _, _ := strings.Cut(string(cmdline), "\x00")
-		if filepath.Base(argv0) == p.binary {
-			return pid
-		}
+	pids := procstat.Find(func(argv []string) bool {
+		return filepath.Base(argv[0]) == p.binary && slices.ContainsFunc(argv, func(a string) bool { return strings.Contains(a, p.marker) })
+	})
+	if len(pids) == 0 {
+		return 0
 	}
-	return 0
+	return pids[0]
 }

@@ -11,14 +11,13 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
+	"github.com/kpath/kpath/internal/procstat"
 	"k8s.io/client-go/rest"
 )
 
@@ -179,22 +178,13 @@ type Process struct {
 // Pid is the process's, 0 when none runs (a wrapper such as nsenter with
 // the same arguments is not it).
 func (p Process) Pid() int {
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		args := strings.Split(string(cmdline), "\x00")
-		if filepath.Base(args[0]) != p.Binary {
-			continue
-		}
-		if !slices.ContainsFunc(p.Args, func(a string) bool { return !slices.Contains(args, a) }) {
-			return pid
-		}
+	pids := procstat.Find(func(argv []string) bool {
+		return filepath.Base(argv[0]) == p.Binary && !slices.ContainsFunc(p.Args, func(a string) bool { return !slices.Contains(argv, a) })
+	})
+	if len(pids) == 0 {
+		return 0
 	}
-	return 0
+	return pids[0]
 }
 
 // nodeDir is node n's directory in the lab.

@@ -191,8 +191,8 @@ func (d kpath) Agent(n Node) Process {
 func (d kpath) Logs(n Node) []string { return []string{filepath.Join(d.c.nodeDir(n), "agent.log")} }
 
 func (d kpath) Health(_ context.Context, n Node) string {
-	var st struct{ Ready bool }
-	if err := cniapi.NewClient(n.AgentSocket).Do("GET", "/v1/status", nil, &st); err != nil {
+	st, err := d.status(n)
+	if err != nil {
 		return "kpath-agent down"
 	}
 	if !st.Ready {

@@ -52,17 +52,6 @@ func Scrape(netns, url string) (map[string]float64, error) {
 	return out, nil
 }
 
-// Unlabelled keeps the samples of m without labels.
-func Unlabelled(m map[string]float64) map[string]float64 {
-	out := make(map[string]float64, len(m))
-	for k, v := range m {
-		if !strings.Contains(k, "{") {
-			out[k] = v
-		}
-	}
-	return out
-}
-
 // getInNetns GETs url from inside the named network namespace. No
 // keep-alive: a transport per call would otherwise leave its idle
 // connection open, and polling every 20 ms through a 15-minute wait ran

@@ -80,3 +80,25 @@ func AnonRSS(pid int) (uint64, error) {
 	}
 	return 0, fmt.Errorf("process %d: no RssAnon in its status", pid)
 }
+
+// Find lists the processes (other than this one) whose command line, split
+// into its arguments, match accepts. A process that exits meanwhile is
+// skipped.
+func Find(match func(argv []string) bool) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil || len(cmdline) == 0 {
+			continue
+		}
+		if match(strings.Split(strings.TrimSuffix(string(cmdline), "\x00"), "\x00")) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
