@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* The programs on a pod's host-side veth.
  *
- * kp_from_pod (tc ingress: what the pod sends) translates new connections to
+ * kp_from_pod (tc ingress: what the pod sends) first drops what the pod
+ * sends from an address that is not its own (lib/srcval.h); then it
+ * translates new connections to
  * a service frontend that the socket hook did not translate (it is off, or
  * the traffic does not come from a hooked socket), through connection
  * tracking so every packet of a connection goes to the same backend; then
@@ -16,15 +18,21 @@
 #include "lib/xlate.h"
 #include "lib/hairpin.h"
 #include "lib/policy.h"
+#include "lib/srcval.h"
 
 SEC("tc")
 int kp_from_pod(struct __sk_buff *skb)
 {
 	struct pkt p = {};
-	int r = pod_parse(skb, &p, KP_DIR_FROM_POD);
+	int r = src_check_l2(skb, KP_DIR_FROM_POD);
 
 	if (r != XLATE_CONTINUE)
 		return r;
+	r = pod_parse(skb, &p, KP_DIR_FROM_POD);
+	if (r != XLATE_CONTINUE)
+		return r;
+	if (!src_bound(skb, p.saddr))
+		return drop_invalid_source(skb, &p, KP_DIR_FROM_POD);
 	struct ct_entry *svc = NULL;
 
 	r = hairpin_reply(skb, &p);

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -34,6 +35,17 @@ type cniLab struct {
 }
 
 // pins lists the pinned tcx links of a host-side interface.
+// dp runs `kpath dp ARGS` on the agent's pinned datapath in the node.
+func (l *cniLab) dp(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("nsenter", append([]string{"--net=/run/netns/" + l.node, filepath.Join(l.binDir, "cli", "kpath"), "dp",
+		"--pin-dir", filepath.Base(l.pinPath)}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kpath dp %v: %v: %s", args, err, out)
+	}
+	return string(out)
+}
+
 func (l *cniLab) pins(hostIf string) []string {
 	m, _ := filepath.Glob(filepath.Join(l.pinPath, "links", "tcx_"+hostIf+"_*"))
 	return m
@@ -183,6 +195,15 @@ func TestCNIPlugin(t *testing.T) {
 		t.Errorf("host interface %s, want %s", r1.Interfaces[0].Name, want)
 	}
 
+	t.Run("addresses bound to their interfaces", func(t *testing.T) {
+		out := l.dp(t, "pods")
+		for ip, r := range map[string]*types100.Result{ip1: r1, ip2: r2} {
+			if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(ip) + `\s+\d+\s+` + r.Interfaces[0].Name + `$`).MatchString(out) {
+				t.Errorf("%s not bound to %s:\n%s", ip, r.Interfaces[0].Name, out)
+			}
+		}
+	})
+
 	t.Run("traffic between pods", func(t *testing.T) {
 		startHelper(t, strings.TrimPrefix(p2.NetNS, "/run/netns/"), "backend", "p2", nil)
 		client := startHelper(t, strings.TrimPrefix(p1.NetNS, "/run/netns/"), "client", "p1", nil)
@@ -237,6 +258,9 @@ func TestCNIPlugin(t *testing.T) {
 		}
 		if pins := l.pins(r1.Interfaces[0].Name); len(pins) != 0 {
 			t.Fatalf("programs still attached after DEL: %v", pins)
+		}
+		if out := l.dp(t, "pods"); strings.Contains(out, ip1+" ") {
+			t.Fatalf("address %s still bound after DEL:\n%s", ip1, out)
 		}
 		p3 := l.pod(t, "p3")
 		if _, err := l.add(t, list, p3); err != nil {

@@ -24,6 +24,29 @@ import (
 	"github.com/kpath/kpath/internal/testutil"
 )
 
+// observeFlows runs `kpath observe -o json --last 0 ARGS` against an
+// agent's socket and decodes its flows.
+func observeFlows(t *testing.T, bin, socket string, args ...string) []flows.Flow {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(bin, "kpath"), append([]string{"--socket", socket, "observe", "-o", "json", "--last", "0"}, args...)...)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("kpath observe %v: %v", args, err)
+	}
+	var fs []flows.Flow
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if line == "" {
+			continue
+		}
+		var f flows.Flow
+		if err := json.Unmarshal([]byte(line), &f); err != nil {
+			t.Fatalf("kpath observe output %q: %v", line, err)
+		}
+		fs = append(fs, f)
+	}
+	return fs
+}
+
 // flowsShow: the probes just made appear in `kpath observe` on x/a's node:
 // denied connections as drops naming the policy that isolates x/a, and the
 // Service x/s-a's translations.
@@ -33,23 +56,7 @@ func (n *npCluster) flowsShow(bin, services string) {
 	node := n.st.Nodes[0] // node-1 runs x/a
 	observe := func(args ...string) []flows.Flow {
 		t.Helper()
-		cmd := exec.Command(filepath.Join(bin, "kpath"), append([]string{"--socket", node.AgentSocket, "observe", "-o", "json", "--last", "0"}, args...)...)
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("kpath observe %v: %v", args, err)
-		}
-		var fs []flows.Flow
-		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-			if line == "" {
-				continue
-			}
-			var f flows.Flow
-			if err := json.Unmarshal([]byte(line), &f); err != nil {
-				t.Fatalf("kpath observe output %q: %v", line, err)
-			}
-			fs = append(fs, f)
-		}
-		return fs
+		return observeFlows(t, bin, node.AgentSocket, args...)
 	}
 	n.nodePortShows(observe)
 	drops := observe("--verdict", "DROPPED", "--to-pod", "x/a")

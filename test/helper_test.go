@@ -121,7 +121,13 @@ type clientResult struct {
 //	              server closes it (as ab's are: the server closes first, so
 //	              the client's ports are free again at once)
 //	flood ADDR D  UDP datagrams to ADDR for duration D, as fast as they go
+//	forge SRC ADDR PROTO N  N TCP SYNs or UDP datagrams to ADDR with source
+//	              address SRC (raw socket; forge_helper_test.go)
+//	capture       start queueing every IPv4 packet of the namespace
+//	captured PORT D  what arrived from the forger's port to PORT, by
+//	              "proto source", once nothing came for D
 func clientMain() {
+	var capt *capture
 	var held net.Conn
 	var heldR *bufio.Reader
 	var keep *http.Client
@@ -217,6 +223,19 @@ func clientMain() {
 				c.Close()
 				res.Counts["sent"] = sent
 			}
+		case "forge":
+			err = forgeCommand(f, &res)
+		case "capture":
+			capt, err = startCapture()
+		case "captured":
+			port, _ := strconv.Atoi(f[1])
+			d, _ := time.ParseDuration(f[2])
+			if capt == nil {
+				err = fmt.Errorf("captured: no capture started")
+				break
+			}
+			res.Counts, err = capt.count(uint16(port), d)
+			capt = nil
 		case "lines":
 			n, _ := strconv.Atoi(f[2])
 			for range n {

@@ -458,6 +458,7 @@ func netpolScenario(t *testing.T, bin, k8sBin, services string) {
 	}
 
 	n.expect("no policies")
+	n.forgedSources(bin)
 
 	n.apply(netpol("x", "deny-ingress", all, ingressOnly, nil, nil))
 	n.expect("default deny ingress in x")

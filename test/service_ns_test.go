@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"testing"
 	"time"
@@ -26,6 +27,7 @@ type lab struct {
 	clientIP, be1, be2 string
 	clientNS, clientIf string
 	hostIfs            []string
+	podAddrs           []netip.Addr // of hostIfs' pods
 }
 
 // openDatapath opens a datapath with small maps under a pin directory of
@@ -119,6 +121,7 @@ func newTopology(t *testing.T, cg *os.File) *lab {
 		hostIf := "kpt" + id + p.name
 		testutil.WirePod(t, testutil.PodSpec{Node: l.node, Pod: ns, HostIf: hostIf, Addr: p.addr})
 		l.hostIfs = append(l.hostIfs, hostIf)
+		l.podAddrs = append(l.podAddrs, netip.MustParseAddr(p.addr))
 		switch p.name {
 		case "c":
 			l.client = startHelper(t, ns, "client", "client", cg)
@@ -134,10 +137,10 @@ func newTopology(t *testing.T, cg *os.File) *lab {
 func (l *lab) attach(t *testing.T, d *datapath.Datapath) {
 	t.Helper()
 	l.d = d
-	for _, hostIf := range l.hostIfs {
+	for i, hostIf := range l.hostIfs {
 		err := testutil.InNetns(l.node, func() error {
 			for range 2 {
-				if err := d.AttachPod(hostIf); err != nil {
+				if err := d.AttachPod(hostIf, l.podAddrs[i]); err != nil {
 					return err
 				}
 			}

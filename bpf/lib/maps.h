@@ -134,6 +134,19 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } kp_endpoint SEC(".maps");
 
+/* Local pods: pod address -> the host-side interface it lives behind
+ * (struct local_pod). Written when the CNI plugin attaches a pod and
+ * deleted when it releases it; a pod's packets must carry a source bound
+ * to the interface they arrive on (lib/srcval.h). Independent of policy:
+ * source validation holds with policy enforcement off. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __be32);
+	__type(value, struct local_pod);
+	__uint(max_entries, 16384);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} kp_local_pod SEC(".maps");
+
 /* Policy allow entries of every policy set (struct policy_key). Allocated
  * on demand (an LPM trie is never preallocated). */
 struct {

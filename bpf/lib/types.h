@@ -30,7 +30,9 @@ enum kp_reason {
 	KP_DROP_CT_CREATE = 6,   /* connection tracking entry could not be written */
 	KP_DROP_REWRITE = 7,     /* header rewrite or checksum update failed */
 	KP_DROP_POLICY = 8,      /* denied by NetworkPolicy (egress on FROM_POD, ingress on TO_POD) */
-	KP_REASON_MAX = 9,
+	KP_DROP_INVALID_SOURCE = 9, /* a pod sent from an address that is not its own (lib/srcval.h) */
+	KP_DROP_UNSUPPORTED_L3 = 10, /* a pod sent neither IPv4 nor ARP (or a VLAN tag), which policy cannot see */
+	KP_REASON_MAX = 11,
 };
 
 /* lb_frontend.flags */
@@ -233,6 +235,13 @@ struct endpoint {
 	__u8 pad[3];
 };
 
+/* A pod of this node as its host-side interface sees it (kp_local_pod):
+ * the interface the pod's address lives behind. */
+struct local_pod {
+	__u32 ifindex; /* the host-side veth (in the node's namespace) */
+	__u32 pad;
+};
+
 /* ipcache value: the identity of an address of the cluster. */
 struct ipcache_entry {
 	__u32 identity;
@@ -334,7 +343,11 @@ struct flow_event {
 	__u8 tcp_flags;     /* the packet's */
 	__u8 match;         /* enum flow_match */
 	__u8 pol_dir;       /* enum pol_dir of the verdict */
-	__u8 pad[7];
+	__u8 pad[3];
+	/* The interface the packet came in on, for drops of packets whose
+	 * source cannot be trusted (KP_DROP_INVALID_SOURCE): it names the
+	 * sender. 0 otherwise. */
+	__u32 ifindex;
 };
 
 /* Counters of flow events (kp_event_stats index). */

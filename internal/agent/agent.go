@@ -222,6 +222,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.rec.Sync(true); err != nil {
 		a.log.Error("initial sync incomplete; retrying", "error", err)
 	}
+	a.cni.restorePods()
 	if a.psync != nil {
 		// Until now the pinned policy kept enforcing; the pods this node
 		// has are known before the first sync, so theirs is adopted.

@@ -122,7 +122,12 @@ func (e *endpoints) register(mux *http.ServeMux) {
 				return
 			}
 		}
-		if err := e.a.dp.AttachPod(req.HostIf); err != nil {
+		if !req.Addr.IsValid() {
+			// Bound to no address, the pod could send nothing.
+			apiError(w, http.StatusBadRequest, fmt.Errorf("attach %s: the request has no pod address (kpath-cni older than kpath-agent?)", req.HostIf))
+			return
+		}
+		if err := e.a.dp.AttachPod(req.HostIf, req.Addr); err != nil {
 			apiError(w, http.StatusInternalServerError, err)
 			return
 		}
@@ -164,6 +169,7 @@ func (e *endpoints) register(mux *http.ServeMux) {
 		}
 		if req.HostIf != "" {
 			resp.Attached, _ = e.a.dp.PodAttached(req.HostIf)
+			resp.Bound = e.bound(req.HostIf, resp.Addr)
 		}
 		writeJSON(w, resp)
 	})
@@ -202,6 +208,9 @@ func (e *endpoints) release(al ipam.Allocator, o ipam.Owner) (ipam.Allocation, b
 	for _, a := range al.Allocations() {
 		if a.Owner == o {
 			e.a.unregisterEndpoint(a.Addr)
+			if err := e.a.dp.UnbindPod(a.Addr); err != nil {
+				return ipam.Allocation{}, false, err
+			}
 		}
 		if a.Owner == o && a.Extra["hostIf"] != "" {
 			if err := e.a.dp.DetachPod(a.Extra["hostIf"]); err != nil {
@@ -210,6 +219,78 @@ func (e *endpoints) release(al ipam.Allocator, o ipam.Owner) (ipam.Allocation, b
 		}
 	}
 	return al.Release(o)
+}
+
+// restorePods brings the pods this node already runs (IPAM's allocations)
+// up to this agent's datapath at start: each one's address bound to its
+// interface and its programs upgraded to this version (an older agent's may
+// predate a check, such as source validation); bindings of pods that are
+// gone are removed, so no interface can send from a released address.
+func (e *endpoints) restorePods() {
+	al, err := e.allocator()
+	if err != nil {
+		e.a.log.Warn("no IPAM yet: existing pods keep their programs until their next CNI call", "error", err)
+		return
+	}
+	want := map[netip.Addr]int{}
+	for _, a := range al.Allocations() {
+		hostIf := a.Extra["hostIf"]
+		if hostIf == "" {
+			continue
+		}
+		l, err := netlink.LinkByName(hostIf)
+		if err != nil {
+			continue // the pod's veth is gone; CNI DEL or GC releases it
+		}
+		if err := e.a.dp.AttachPod(hostIf, a.Addr); err != nil {
+			e.a.log.Error("restore pod programs", "hostIf", hostIf, "addr", a.Addr, "error", err)
+			continue
+		}
+		want[a.Addr] = l.Attrs().Index
+	}
+	bound, err := e.a.dp.LocalPods()
+	if err != nil {
+		e.a.log.Error("read local pod bindings", "error", err)
+		return
+	}
+	for addr, ifindex := range bound {
+		if want[addr] != ifindex {
+			if err := e.a.dp.UnbindPod(addr); err != nil {
+				e.a.log.Error("remove a stale pod binding", "addr", addr, "error", err)
+			}
+		}
+	}
+	e.a.log.Info("pods restored", "pods", len(want), "stale bindings", len(bound)-len(want))
+}
+
+// bound reports whether addr is bound to the interface hostIf.
+func (e *endpoints) bound(hostIf string, addr netip.Addr) bool {
+	l, err := netlink.LinkByName(hostIf)
+	if err != nil || !addr.IsValid() {
+		return false
+	}
+	pods, err := e.a.dp.LocalPods()
+	return err == nil && pods[addr] == l.Attrs().Index
+}
+
+// podOfInterface names the pod behind a host-side interface (from IPAM's
+// allocations), for flows whose source address cannot be trusted.
+func (e *endpoints) podOfInterface(ifindex int) (model.PodKey, netip.Addr, bool) {
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return model.PodKey{}, netip.Addr{}, false
+	}
+	al, err := e.allocator()
+	if err != nil {
+		return model.PodKey{}, netip.Addr{}, false
+	}
+	for _, a := range al.Allocations() {
+		if a.Extra["hostIf"] == l.Attrs().Name {
+			k, _ := parsePodKey(a.Extra[podExtraKey])
+			return k, a.Addr, true
+		}
+	}
+	return model.PodKey{}, netip.Addr{}, false
 }
 
 func decode(w http.ResponseWriter, r *http.Request, v any) bool {

@@ -128,6 +128,26 @@ func (s *flowSource) endpoint(ip netip.Addr, port uint16) flows.Endpoint {
 	return e
 }
 
+// sender is the pod behind a host-side interface, with the source it used.
+func (s *flowSource) sender(ifindex int, src netip.AddrPort) flows.Endpoint {
+	e := flows.Endpoint{IP: src.Addr(), Port: src.Port()}
+	k, own, ok := s.a.cni.podOfInterface(ifindex)
+	if !ok {
+		return e
+	}
+	if k.Name != "" {
+		e.Namespace, e.Pod = k.Namespace, k.Name
+	}
+	if s.a.store != nil {
+		p, id := s.a.store.Describe(own, s.a.cfg.NodeName)
+		if p.Pod != nil {
+			e.Namespace, e.Pod, e.Labels = p.Pod.Key.Namespace, p.Pod.Key.Name, p.Pod.Labels
+		}
+		e.Identity = uint32(id)
+	}
+	return e
+}
+
 // flagString names TCP flags as Hubble's printer does ("SYN, ACK").
 func flagString(f uint8) string { return strings.Join(datapath.TCPFlagNames(f), ", ") }
 
@@ -136,6 +156,11 @@ func (s *flowSource) enrich(fe *datapath.FlowEvent) flows.Flow {
 		Time: fe.Time, Node: s.a.cfg.NodeName, Type: fe.Type.String(), Dir: fe.Dir, Proto: fe.Proto.String(),
 		Source: s.endpoint(fe.Src.Addr(), fe.Src.Port()), Destination: s.endpoint(fe.Dst.Addr(), fe.Dst.Port()),
 		Cookie: fe.Cookie, Verdict: flows.Forwarded,
+	}
+	if fe.IfIndex != 0 {
+		// The source address is forged: the sender is the pod behind the
+		// interface, shown with the address it forged.
+		f.Source = s.sender(fe.IfIndex, fe.Src)
 	}
 	if fe.Proto == 1 {
 		f.Proto = "ICMP"

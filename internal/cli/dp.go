@@ -2,11 +2,15 @@ package cli
 
 import (
 	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/vishvananda/netlink"
 
 	"github.com/kpath/kpath/internal/datapath"
 	"github.com/kpath/kpath/internal/model"
@@ -60,7 +64,7 @@ commands and across agent restarts. Map sizes are taken from the pinned maps.`,
 	cmd.PersistentFlags().StringVar(&f.pinDir, "pin-dir", def.PinDir, "directory under the bpffs for kpath's maps and links")
 	cmd.PersistentFlags().StringVar(&f.attachMode, "tc-attach", string(def.TCAttach), "how to attach to interfaces: auto, tcx or legacy")
 	cmd.PersistentFlags().Uint32Var(&f.maglevSize, "maglev-table-size", 0, fmt.Sprintf("Maglev table size, a prime (default %d, or the pinned tables' size)", def.MaglevTableSize))
-	cmd.AddCommand(dpAttach(f), dpDetach(f), dpService(f), dpCT(f), dpCounters(f), dpReset(f))
+	cmd.AddCommand(dpAttach(f), dpDetach(f), dpPods(f), dpService(f), dpCT(f), dpCounters(f), dpReset(f))
 	return cmd
 }
 
@@ -70,7 +74,7 @@ func dpAttach(f *dpFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "attach",
 		Short: "Attach the per-packet programs to pod interfaces and/or the socket hooks to a cgroup",
-		Example: `  kpath dp attach --iface veth1a2b3c
+		Example: `  kpath dp attach --iface veth1a2b3c=10.244.0.5
   kpath dp attach --cgroup auto`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if len(ifaces) == 0 && len(devices) == 0 && cgroup == "" {
@@ -82,10 +86,14 @@ func dpAttach(f *dpFlags) *cobra.Command {
 			}
 			defer d.Close()
 			for _, i := range ifaces {
-				if err := d.AttachPod(i); err != nil {
+				name, addrs, err := parsePodIface(i)
+				if err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "attached to %s\n", i)
+				if err := d.AttachPod(name, addrs...); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "attached to %s (sources %v)\n", name, addrs)
 			}
 			for _, dev := range devices {
 				if err := d.AttachDevice(dev); err != nil {
@@ -107,10 +115,29 @@ func dpAttach(f *dpFlags) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringSliceVar(&ifaces, "iface", nil, "host-side veth of a pod (repeatable)")
+	cmd.Flags().StringArrayVar(&ifaces, "iface", nil, "host-side veth of a pod and the pod's addresses, NAME=ADDR[,ADDR...]; "+
+		"the pod's packets from any other source are dropped (repeatable)")
 	cmd.Flags().StringSliceVar(&devices, "device", nil, "node uplink device, for NodePorts from outside (repeatable)")
 	cmd.Flags().StringVar(&cgroup, "cgroup", "", `cgroup v2 directory for the socket hooks ("auto": the cgroup v2 root)`)
 	return cmd
+}
+
+// parsePodIface reads NAME=ADDR[,ADDR...].
+func parsePodIface(s string) (string, []netip.Addr, error) {
+	name, list, ok := strings.Cut(s, "=")
+	if !ok || name == "" || list == "" {
+		return "", nil, fmt.Errorf("--iface %q: want NAME=ADDR[,ADDR...], the host-side veth and the pod's addresses "+
+			"(a pod may send only from its own addresses)", s)
+	}
+	var addrs []netip.Addr
+	for a := range strings.SplitSeq(list, ",") {
+		addr, err := netip.ParseAddr(a)
+		if err != nil {
+			return "", nil, fmt.Errorf("--iface %q: pod address: %w", s, err)
+		}
+		addrs = append(addrs, addr)
+	}
+	return name, addrs, nil
 }
 
 func dpDetach(f *dpFlags) *cobra.Command {
@@ -279,6 +306,48 @@ func dpCT(f *dpFlags) *cobra.Command {
 		},
 	}
 	cmd.AddCommand(list, gc)
+	return cmd
+}
+
+// podBinding is one row of `kpath dp pods`.
+type podBinding struct {
+	Addr      netip.Addr `json:"addr"`
+	Ifindex   int        `json:"ifindex"`
+	Interface string     `json:"interface,omitempty"` // "" when the interface is gone
+}
+
+func dpPods(f *dpFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "pods", Short: "List pod addresses and the interfaces they are bound to (the only sources each pod may send from)", Args: cobra.NoArgs}
+	out := outputFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		d, err := f.open()
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		pods, err := d.LocalPods()
+		if err != nil {
+			return err
+		}
+		rows := make([]podBinding, 0, len(pods))
+		for _, a := range slices.SortedFunc(maps.Keys(pods), netip.Addr.Compare) {
+			r := podBinding{Addr: a, Ifindex: pods[a]}
+			if l, err := netlink.LinkByIndex(r.Ifindex); err == nil {
+				r.Interface = l.Attrs().Name
+			}
+			rows = append(rows, r)
+		}
+		return render(cmd.OutOrStdout(), *out, rows, func(tw *tabwriter.Writer) {
+			fmt.Fprintln(tw, "ADDRESS\tIFINDEX\tINTERFACE")
+			for _, r := range rows {
+				name := r.Interface
+				if name == "" {
+					name = "(gone)"
+				}
+				fmt.Fprintf(tw, "%s\t%d\t%s\n", r.Addr, r.Ifindex, name)
+			}
+		})
+	}
 	return cmd
 }
 

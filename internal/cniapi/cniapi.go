@@ -66,11 +66,13 @@ type CheckRequest struct {
 	HostIf      string `json:"hostIf"`
 }
 
-// CheckResponse is the pod's address (zero: none) and whether its
-// programs are attached.
+// CheckResponse is the pod's address (zero: none), whether its programs
+// are attached, and whether its address is bound to its interface (without
+// the binding, the pod's programs drop everything it sends).
 type CheckResponse struct {
 	Addr     netip.Addr `json:"addr,omitzero"`
 	Attached bool       `json:"attached"`
+	Bound    bool       `json:"bound"`
 }
 
 // Attachment is one valid (container, interface) pair for GC.

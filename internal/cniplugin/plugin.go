@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -22,6 +23,7 @@ import (
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/utils/sysctl"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -169,6 +171,12 @@ func cmdAdd(args *skel.CmdArgs) error {
 			return err
 		}
 		contMAC = link.Attrs().HardwareAddr
+		// kpath's datapath is IPv4 only: the pod's programs drop anything
+		// else it sends, so it sends none (no router solicitations and
+		// duplicate-address probes at link-up, each a drop to report).
+		if _, err := sysctl.Sysctl(fmt.Sprintf("net/ipv6/conf/%s/disable_ipv6", args.IfName), "1"); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("disable IPv6 on %s: %w", args.IfName, err)
+		}
 		if err := netlink.LinkSetUp(link); err != nil {
 			return fmt.Errorf("set %s up: %w", args.IfName, err)
 		}
@@ -261,6 +269,9 @@ func cmdCheck(args *skel.CmdArgs) error {
 	}
 	if !st.Attached {
 		return fmt.Errorf("kpath programs are not attached to %s", hostIf)
+	}
+	if !st.Bound {
+		return fmt.Errorf("address %s is not bound to %s: the pod's packets are dropped as invalid sources (ADD again, or restart kpath-agent, which binds every pod it has)", st.Addr, hostIf)
 	}
 	if _, err := netlink.LinkByName(hostIf); err != nil {
 		return fmt.Errorf("host-side veth %s: %w", hostIf, err)

@@ -54,13 +54,6 @@ func (d *Datapath) linkPin(kind, name string) string {
 	return filepath.Join(d.pinPath, "links", kind+"_"+name)
 }
 
-// AttachPod attaches the per-packet programs to the host side of a pod's
-// veth: kp_from_pod on ingress, kp_to_pod on egress. Attaching again is a
-// no-op that also upgrades the programs to this process's version.
-func (d *Datapath) AttachPod(ifname string) error {
-	return d.attachTC(ifname, podHooks)
-}
-
 // AttachDevice attaches the uplink programs to a node device: kp_host_in on
 // ingress (NodePorts, external and load-balancer IPs for traffic from
 // outside) and kp_host_out on egress (replies). Idempotent like AttachPod.

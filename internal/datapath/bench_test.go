@@ -85,8 +85,8 @@ func benchCases() []benchCase {
 				cyclePair(t, d)
 				// Create both connections' entries: client->A (to B) and client->B (to A).
 				fwd := testPkt{src: client, dst: ap(cycleA), proto: 6, tcpFlags: tcpACK}.bytes()
-				runProg(t, d.objs.KpFromPod, fwd)
-				runProg(t, d.objs.KpFromPod, testPkt{src: client, dst: ap(cycleB), proto: 6, tcpFlags: tcpACK}.bytes())
+				fromPod(t, d, fwd)
+				fromPod(t, d, testPkt{src: client, dst: ap(cycleB), proto: 6, tcpFlags: tcpACK}.bytes())
 			},
 			reason: "reply translated", dir: "to-pod",
 		},
@@ -123,7 +123,7 @@ func policyCases() []benchCase {
 			pkt: plain,
 			setup: func(t testing.TB, d *Datapath) {
 				underEgressPolicy(t, d, "10.244.3.3:80")
-				runProg(t, d.objs.KpFromPod, plain) // the connection's entry, verdict cached
+				fromPod(t, d, plain) // the connection's entry, verdict cached
 			},
 			reason: "pass", dir: "from-pod",
 		},
@@ -135,8 +135,8 @@ func policyCases() []benchCase {
 			setup: func(t testing.TB, d *Datapath) {
 				cyclePair(t, d)
 				underEgressPolicy(t, d, cycleA, cycleB)
-				runProg(t, d.objs.KpFromPod, testPkt{src: client, dst: ap(cycleA), proto: 6, tcpFlags: tcpACK}.bytes())
-				runProg(t, d.objs.KpFromPod, testPkt{src: client, dst: ap(cycleB), proto: 6, tcpFlags: tcpACK}.bytes())
+				fromPod(t, d, testPkt{src: client, dst: ap(cycleA), proto: 6, tcpFlags: tcpACK}.bytes())
+				fromPod(t, d, testPkt{src: client, dst: ap(cycleB), proto: 6, tcpFlags: tcpACK}.bytes())
 			},
 			reason: "service translated", dir: "from-pod",
 		},
@@ -155,6 +155,7 @@ func TestBenchmarkCycles(t *testing.T) {
 	for _, bc := range append(benchCases(), policyCases()...) {
 		t.Run(bc.name, func(t *testing.T) {
 			d := openTest(t, testConfig(t))
+			bindTest(t, d, ap(benchClient).Addr())
 			if bc.setup != nil {
 				bc.setup(t, d)
 			}
@@ -184,6 +185,7 @@ func BenchmarkDatapath(b *testing.B) {
 	for _, bc := range append(benchCases(), policyCases()...) {
 		b.Run(bc.name, func(b *testing.B) {
 			d := openTest(b, testConfig(b))
+			bindTest(b, d, ap(benchClient).Addr())
 			if bc.setup != nil {
 				bc.setup(b, d)
 			}
@@ -197,6 +199,7 @@ func BenchmarkDatapath(b *testing.B) {
 			cfg := testConfig(b)
 			cfg.FlowEvents = false
 			d := openTest(b, cfg)
+			bindTest(b, d, ap(benchClient).Addr())
 			if bc.setup != nil {
 				bc.setup(b, d)
 			}

@@ -245,17 +245,25 @@ type Counter struct {
 	Bytes   uint64 `json:"bytes"`
 }
 
+// Drop reasons of source validation, as Counters and flows name them.
+const (
+	ReasonInvalidSource = "invalid source address"  // a pod sent from an address not its own
+	ReasonUnsupportedL3 = "unsupported L3 protocol" // a pod sent neither IPv4 nor ARP
+)
+
 // Reason names, as metrics and the CLI show them.
 var reasonNames = map[kpathKpReason]string{
-	kpathKpReasonKP_PASS:               "pass",
-	kpathKpReasonKP_SVC_XLATE:          "service translated",
-	kpathKpReasonKP_REV_XLATE:          "reply translated",
-	kpathKpReasonKP_DROP_NO_BACKEND:    "no service backend",
-	kpathKpReasonKP_DROP_MALFORMED:     "malformed packet",
-	kpathKpReasonKP_DROP_FRAG_NO_FIRST: "fragment without state",
-	kpathKpReasonKP_DROP_CT_CREATE:     "conntrack write failed",
-	kpathKpReasonKP_DROP_REWRITE:       "header rewrite failed",
-	kpathKpReasonKP_DROP_POLICY:        "policy denied",
+	kpathKpReasonKP_PASS:                "pass",
+	kpathKpReasonKP_SVC_XLATE:           "service translated",
+	kpathKpReasonKP_REV_XLATE:           "reply translated",
+	kpathKpReasonKP_DROP_NO_BACKEND:     "no service backend",
+	kpathKpReasonKP_DROP_MALFORMED:      "malformed packet",
+	kpathKpReasonKP_DROP_FRAG_NO_FIRST:  "fragment without state",
+	kpathKpReasonKP_DROP_CT_CREATE:      "conntrack write failed",
+	kpathKpReasonKP_DROP_REWRITE:        "header rewrite failed",
+	kpathKpReasonKP_DROP_POLICY:         "policy denied",
+	kpathKpReasonKP_DROP_INVALID_SOURCE: ReasonInvalidSource,
+	kpathKpReasonKP_DROP_UNSUPPORTED_L3: ReasonUnsupportedL3,
 }
 
 var dirNames = map[kpathKpDir]string{

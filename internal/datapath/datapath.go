@@ -35,7 +35,8 @@ type MapSizes struct {
 	Fragments  uint32 `json:"fragments"`  // fragmented datagrams in flight
 	// IPCache holds every pod and node address of the cluster.
 	IPCache uint32 `json:"ipcache"`
-	// Endpoints are this node's pods.
+	// Endpoints are this node's pods (their policy, and the addresses
+	// bound to their interfaces).
 	Endpoints uint32 `json:"endpoints"`
 	// PolicyEntries and PolicyCIDRs are the policy sets' allow entries and
 	// ipBlock prefixes, all sets together.
@@ -202,6 +203,9 @@ func Open(cfg Config) (*Datapath, error) {
 	if err := configureSpec(spec, cfg); err != nil {
 		return nil, err
 	}
+	if err := dropIncompatiblePins(spec, pinPath); err != nil {
+		return nil, err
+	}
 	d := &Datapath{cfg: cfg, pinPath: pinPath}
 	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinPath}})
 	if err != nil {
@@ -248,6 +252,34 @@ func Reset(cfg Config) error {
 	return nil
 }
 
+// rebuildable are the maps whose contents are rebuilt without loss that
+// matters: counters, the drop-event rate limiter, and the local pods that
+// the agent binds again at start. When a new version changes the layout of
+// one of them, its pin is replaced by a new map instead of refusing to load
+// (the other maps hold connections and policy, and refuse; see
+// explainLoadError). Programs attached by the old version keep the old map
+// until they are attached again.
+var rebuildable = []string{kpathMapKpMetrics, kpathMapKpEventStats, kpathMapKpEventRl, kpathMapKpLocalPod}
+
+func dropIncompatiblePins(spec *ebpf.CollectionSpec, pinPath string) error {
+	for _, name := range rebuildable {
+		pin := filepath.Join(pinPath, name)
+		m, err := ebpf.LoadPinnedMap(pin, nil)
+		if err != nil {
+			continue // not pinned yet; anything else, the load reports
+		}
+		err = spec.Maps[name].Compatible(m)
+		m.Close()
+		if err == nil {
+			continue
+		}
+		if err := os.Remove(pin); err != nil {
+			return fmt.Errorf("replace map %s of an older layout: %w", pin, err)
+		}
+	}
+	return nil
+}
+
 func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 	s := cfg.Sizes
 	sizes := map[string]uint32{
@@ -262,6 +294,7 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 		kpathMapKpFrag:       s.Fragments,
 		kpathMapKpIpcache:    s.IPCache,
 		kpathMapKpEndpoint:   s.Endpoints,
+		kpathMapKpLocalPod:   s.Endpoints,
 		kpathMapKpPolicy:     s.PolicyEntries,
 		kpathMapKpPolicyCidr: s.PolicyCIDRs,
 	}

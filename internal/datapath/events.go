@@ -90,6 +90,10 @@ type FlowEvent struct {
 	Set, Rule, PeerIdentity uint32
 	Match                   FlowMatch
 	PolicyIngress           bool
+	// IfIndex is the interface a dropped packet came in on when its
+	// source address could not be trusted (invalid source): the sender is
+	// the pod behind it, not the owner of Src. 0 otherwise.
+	IfIndex int
 }
 
 // Events reads flow events from the datapath's ring buffer. One reader at
@@ -158,6 +162,7 @@ func decodeEvent(raw *kpathFlowEvent, ev *FlowEvent, bootOff time.Duration) {
 		PeerIdentity:  raw.PeerIdentity,
 		Match:         FlowMatch(raw.Match),
 		PolicyIngress: raw.PolDir == uint8(kpathPolDirPOL_INGRESS),
+		IfIndex:       int(raw.Ifindex),
 	}
 	if raw.Type == uint8(kpathFlowTypeFLOW_DROP) {
 		ev.Reason = reasonNames[kpathKpReason(raw.Reason)]

@@ -62,9 +62,10 @@ func TestFlowEvents(t *testing.T) {
 	if err := d.SetEndpoint(client, Endpoint{Set: 4, Identity: 301, EgressIsolated: true}); err != nil {
 		t.Fatal(err)
 	}
+	bindTest(t, d, client)
 	cp := netip.AddrPortFrom(client, 40000)
 	out := func(flags uint8) uint32 {
-		r, _ := runProg(t, d.objs.KpFromPod, testPkt{src: cp, dst: ap("10.96.0.10:80"), proto: 6, tcpFlags: flags}.bytes())
+		r, _ := fromPod(t, d, testPkt{src: cp, dst: ap("10.96.0.10:80"), proto: 6, tcpFlags: flags}.bytes())
 		return r
 	}
 	in := func(flags uint8) uint32 {
@@ -101,7 +102,7 @@ func TestFlowEvents(t *testing.T) {
 
 	// Denied: a new connection to a port the set does not allow.
 	denied := testPkt{src: netip.AddrPortFrom(client, 40100), dst: ap("10.0.2.5:9999"), proto: 6, tcpFlags: tcpSYN}.bytes()
-	if r, _ := runProg(t, d.objs.KpFromPod, denied); r != tcActShot {
+	if r, _ := fromPod(t, d, denied); r != tcActShot {
 		t.Fatal("denied connection passed")
 	}
 	drops := ofType(drain(t, ev), FlowDrop)
@@ -154,8 +155,8 @@ func TestConnectionCounts(t *testing.T) {
 	svcOut := testPkt{src: ap("10.0.1.2:41001"), dst: ap("10.96.0.10:80"), proto: 6, tcpFlags: tcpACK, payload: make([]byte, 100)}.bytes()
 	svcIn := testPkt{src: ap("10.0.2.5:8080"), dst: ap("10.0.1.2:41001"), proto: 6, tcpFlags: tcpACK, payload: make([]byte, 10)}.bytes()
 	for range 3 {
-		runProg(t, d.objs.KpFromPod, plainOut)
-		runProg(t, d.objs.KpFromPod, svcOut)
+		fromPod(t, d, plainOut)
+		fromPod(t, d, svcOut)
 	}
 	for range 2 {
 		runProg(t, d.objs.KpToPod, plainIn)

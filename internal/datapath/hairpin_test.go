@@ -29,6 +29,7 @@ func TestTCHairpin(t *testing.T) {
 	pod, node := netip.MustParseAddr("10.244.0.2"), netip.MustParseAddr("192.168.200.11")
 	mustUpsert(t, d, svcOf("10.96.0.10:80", "10.244.0.2:8080"))
 	syn := testPkt{src: netip.AddrPortFrom(pod, 40000), dst: ap("10.96.0.10:80"), proto: 6, tcpFlags: tcpSYN}
+	bindTest(t, d, pod)
 
 	if ret, _ := runOut(t, d.objs.KpFromPod, syn.bytes()); ret != tcActOK {
 		t.Fatalf("without a node address: verdict %d, want it passed as before", ret)

@@ -3,6 +3,7 @@ package datapath
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"net/netip"
 	"testing"
 
 	"github.com/kpath/kpath/internal/testutil"
@@ -47,4 +48,33 @@ func TestOpenLoadsAndVerifies(t *testing.T) {
 	if d.objs.KpFromPod == nil || d.objs.KpSockConnect4 == nil {
 		t.Fatal("programs not loaded")
 	}
+}
+
+// testIfindex is the interface BPF_PROG_TEST_RUN's packets arrive on
+// (loopback, unless the run's context names another).
+const testIfindex = 1
+
+// bindTest binds addrs to testIfindex, as the agent binds a pod's address
+// to its veth, so that kp_from_pod accepts them as sources.
+func bindTest(t testing.TB, d *Datapath, addrs ...netip.Addr) {
+	t.Helper()
+	for _, a := range addrs {
+		if err := d.BindPod(testIfindex, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// pktSource is the IPv4 source of an Ethernet frame built by testPkt
+// (Ethernet header 14 bytes, then the source at offset 12 of IPv4).
+func pktSource(pkt []byte) netip.Addr {
+	return netip.AddrFrom4([4]byte(pkt[26:30]))
+}
+
+// fromPod runs kp_from_pod on pkt as the pod whose address is the packet's
+// source sends it.
+func fromPod(t testing.TB, d *Datapath, pkt []byte) (uint32, []byte) {
+	t.Helper()
+	bindTest(t, d, pktSource(pkt))
+	return runProg(t, d.objs.KpFromPod, pkt)
 }

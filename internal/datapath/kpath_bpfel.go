@@ -120,7 +120,8 @@ type kpathFlowEvent struct {
 	TcpFlags     uint8
 	Match        uint8
 	PolDir       uint8
-	Pad          [7]uint8
+	Pad          [3]uint8
+	Ifindex      uint32
 }
 
 type kpathFlowMatch uint32
@@ -192,16 +193,18 @@ const (
 type kpathKpReason uint32
 
 const (
-	kpathKpReasonKP_PASS               kpathKpReason = 0
-	kpathKpReasonKP_SVC_XLATE          kpathKpReason = 1
-	kpathKpReasonKP_REV_XLATE          kpathKpReason = 2
-	kpathKpReasonKP_DROP_NO_BACKEND    kpathKpReason = 3
-	kpathKpReasonKP_DROP_MALFORMED     kpathKpReason = 4
-	kpathKpReasonKP_DROP_FRAG_NO_FIRST kpathKpReason = 5
-	kpathKpReasonKP_DROP_CT_CREATE     kpathKpReason = 6
-	kpathKpReasonKP_DROP_REWRITE       kpathKpReason = 7
-	kpathKpReasonKP_DROP_POLICY        kpathKpReason = 8
-	kpathKpReasonKP_REASON_MAX         kpathKpReason = 9
+	kpathKpReasonKP_PASS                kpathKpReason = 0
+	kpathKpReasonKP_SVC_XLATE           kpathKpReason = 1
+	kpathKpReasonKP_REV_XLATE           kpathKpReason = 2
+	kpathKpReasonKP_DROP_NO_BACKEND     kpathKpReason = 3
+	kpathKpReasonKP_DROP_MALFORMED      kpathKpReason = 4
+	kpathKpReasonKP_DROP_FRAG_NO_FIRST  kpathKpReason = 5
+	kpathKpReasonKP_DROP_CT_CREATE      kpathKpReason = 6
+	kpathKpReasonKP_DROP_REWRITE        kpathKpReason = 7
+	kpathKpReasonKP_DROP_POLICY         kpathKpReason = 8
+	kpathKpReasonKP_DROP_INVALID_SOURCE kpathKpReason = 9
+	kpathKpReasonKP_DROP_UNSUPPORTED_L3 kpathKpReason = 10
+	kpathKpReasonKP_REASON_MAX          kpathKpReason = 11
 )
 
 type kpathLbAffinity struct {
@@ -268,6 +271,12 @@ type kpathLbSlotKey struct {
 	_    structs.HostLayout
 	Id   uint32
 	Slot uint32
+}
+
+type kpathLocalPod struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Pad     uint32
 }
 
 type kpathNodeInfo struct {
@@ -351,6 +360,7 @@ const (
 	kpathMapKpLbMaglev          = "kp_lb_maglev"
 	kpathMapKpLbRevnat          = "kp_lb_revnat"
 	kpathMapKpLbSlot            = "kp_lb_slot"
+	kpathMapKpLocalPod          = "kp_local_pod"
 	kpathMapKpMetrics           = "kp_metrics"
 	kpathMapKpNode              = "kp_node"
 	kpathMapKpPolicy            = "kp_policy"
@@ -465,6 +475,7 @@ type kpathMapSpecs struct {
 	KpLbMaglev    *ebpf.MapSpec `ebpf:"kp_lb_maglev"`
 	KpLbRevnat    *ebpf.MapSpec `ebpf:"kp_lb_revnat"`
 	KpLbSlot      *ebpf.MapSpec `ebpf:"kp_lb_slot"`
+	KpLocalPod    *ebpf.MapSpec `ebpf:"kp_local_pod"`
 	KpMetrics     *ebpf.MapSpec `ebpf:"kp_metrics"`
 	KpNode        *ebpf.MapSpec `ebpf:"kp_node"`
 	KpPolicy      *ebpf.MapSpec `ebpf:"kp_policy"`
@@ -535,6 +546,7 @@ type kpathMaps struct {
 	KpLbMaglev    *ebpf.Map `ebpf:"kp_lb_maglev"`
 	KpLbRevnat    *ebpf.Map `ebpf:"kp_lb_revnat"`
 	KpLbSlot      *ebpf.Map `ebpf:"kp_lb_slot"`
+	KpLocalPod    *ebpf.Map `ebpf:"kp_local_pod"`
 	KpMetrics     *ebpf.Map `ebpf:"kp_metrics"`
 	KpNode        *ebpf.Map `ebpf:"kp_node"`
 	KpPolicy      *ebpf.Map `ebpf:"kp_policy"`
@@ -558,6 +570,7 @@ func (m *kpathMaps) Close() error {
 		m.KpLbMaglev,
 		m.KpLbRevnat,
 		m.KpLbSlot,
+		m.KpLocalPod,
 		m.KpMetrics,
 		m.KpNode,
 		m.KpPolicy,

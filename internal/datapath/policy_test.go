@@ -93,7 +93,7 @@ func TestPolicyProgramsMatchEvaluator(t *testing.T) {
 							want := s.EvaluateIPs(src, dst, proto, port)
 							pkt := policyPkt(src, dst, proto, sport, port)
 							if local[src] {
-								ret, _ := runProg(t, d.objs.KpFromPod, pkt)
+								ret, _ := fromPod(t, d, pkt)
 								if got := ret == tcActOK; got != want.Egress.Allowed {
 									t.Fatalf("egress %s -> %s %s/%d: program %v, evaluator %v (%s)", src, dst, proto, port, got, want.Egress.Allowed, want.Egress.Reason)
 								}
@@ -164,7 +164,7 @@ func TestPolicyConnectionLifecycle(t *testing.T) {
 		return func() uint32 { r, _ := runProg(t, d.objs.KpToPod, pkt); return r }
 	}
 	fromServer := func(pkt []byte) func() uint32 {
-		return func() uint32 { r, _ := runProg(t, d.objs.KpFromPod, pkt); return r }
+		return func() uint32 { r, _ := fromPod(t, d, pkt); return r }
 	}
 	expect("SYN to the server", toServer(syn), tcActOK)
 	// The server is egress-isolated with no egress rule: only because its
@@ -259,7 +259,7 @@ func TestPolicyServiceConnectionCut(t *testing.T) {
 	allow()
 	cp := netip.AddrPortFrom(client, 40000)
 	run := func(flags uint8) uint32 {
-		r, _ := runProg(t, d.objs.KpFromPod, testPkt{src: cp, dst: ap("10.96.0.10:80"), proto: 6, tcpFlags: flags}.bytes())
+		r, _ := fromPod(t, d, testPkt{src: cp, dst: ap("10.96.0.10:80"), proto: 6, tcpFlags: flags}.bytes())
 		return r
 	}
 	for i, f := range []uint8{tcpSYN, tcpACK, tcpACK} {

@@ -76,7 +76,7 @@ func TestTCServiceTranslationAndReply(t *testing.T) {
 
 				client := ap("10.244.0.2:40000")
 				req := testPkt{src: client, dst: ap("10.96.0.10:80"), proto: proto, tcpFlags: tcpSYN, payload: []byte("hello"), ipOptions: opts}
-				ret, out := runProg(t, d.objs.KpFromPod, req.bytes())
+				ret, out := fromPod(t, d, req.bytes())
 				if ret != tcActOK {
 					t.Fatalf("from-pod verdict %d, want TC_ACT_OK", ret)
 				}
@@ -101,7 +101,7 @@ func TestTCServiceTranslationAndReply(t *testing.T) {
 				// Later packets of the connection go to the same backend.
 				req.tcpFlags = tcpACK
 				for range 20 {
-					_, out := runProg(t, d.objs.KpFromPod, req.bytes())
+					_, out := fromPod(t, d, req.bytes())
 					if got := parsePkt(t, out); got.dst != backend {
 						t.Fatalf("established packet went to %s, want %s", got.dst, backend)
 					}
@@ -158,6 +158,7 @@ func TestTCNoBackendRefused(t *testing.T) {
 	mustUpsert(t, d, svcOf("10.96.0.11:53/UDP"))
 	pkt := testPkt{src: ap("10.244.0.2:5353"), dst: ap("10.96.0.11:53"), proto: 17, payload: []byte("q")}
 	in := pkt.bytes()
+	bindTest(t, d, pkt.src.Addr())
 	ret, out := runOut(t, d.objs.KpFromPod, in)
 	if ret != tcActRedirect {
 		t.Fatalf("verdict %d for a service without backends, want TC_ACT_REDIRECT (the refusal)", ret)
@@ -186,7 +187,7 @@ func TestTCNoBackendRefused(t *testing.T) {
 	}
 	// Another port of the same address is not a service: untouched.
 	other := testPkt{src: ap("10.244.0.2:5353"), dst: ap("10.96.0.11:54"), proto: 17}
-	if ret, _ := runProg(t, d.objs.KpFromPod, other.bytes()); ret != tcActOK {
+	if ret, _ := fromPod(t, d, other.bytes()); ret != tcActOK {
 		t.Fatalf("verdict %d for a non-service port", ret)
 	}
 }
@@ -206,7 +207,8 @@ func ipSum(b []byte) uint16 {
 func TestTCNonServiceTrafficUntouched(t *testing.T) {
 	d := openTest(t, testConfig(t))
 	mustUpsert(t, d, svcOf("10.96.0.10:80", "10.244.1.5:8080"))
-	arp := append([]byte{2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x06}, make([]byte, 28)...)
+	arp := arpFrame(netip.MustParseAddr("10.244.0.2"), netip.MustParseAddr("169.254.1.1"))
+	bindTest(t, d, netip.MustParseAddr("10.244.0.2"))
 	pkts := [][]byte{
 		testPkt{src: ap("10.244.0.2:40000"), dst: ap("10.244.1.5:8080"), proto: 6, tcpFlags: tcpSYN}.bytes(),
 		testPkt{src: ap("10.244.0.2:40000"), dst: ap("10.96.0.10:81"), proto: 6, tcpFlags: tcpSYN}.bytes(),
@@ -236,7 +238,7 @@ func TestTCUDPWithoutChecksumStaysWithout(t *testing.T) {
 	d := openTest(t, testConfig(t))
 	mustUpsert(t, d, svcOf("10.96.0.11:53/UDP", "10.244.1.9:5353"))
 	pkt := testPkt{src: ap("10.244.0.2:1000"), dst: ap("10.96.0.11:53"), proto: 17, noUDPCsum: true, payload: []byte("q")}
-	_, out := runProg(t, d.objs.KpFromPod, pkt.bytes())
+	_, out := fromPod(t, d, pkt.bytes())
 	got := parsePkt(t, out)
 	checkIPCsum(t, got)
 	if got.dst != ap("10.244.1.9:5353") {
@@ -259,7 +261,7 @@ func TestTCSessionAffinityIsSticky(t *testing.T) {
 		var first netip.AddrPort
 		for port := range uint16(30) {
 			pkt := testPkt{src: netip.AddrPortFrom(client, 20000+port), dst: ap("10.96.0.20:80"), proto: 6, tcpFlags: tcpSYN}
-			_, out := runProg(t, d.objs.KpFromPod, pkt.bytes())
+			_, out := fromPod(t, d, pkt.bytes())
 			dst := parsePkt(t, out).dst
 			if port == 0 {
 				first = dst
@@ -290,7 +292,7 @@ func TestTCSessionAffinityIsSticky(t *testing.T) {
 	for c := range 16 {
 		client := netip.AddrFrom4([4]byte{10, 244, 0, byte(10 + c)})
 		pkt := testPkt{src: netip.AddrPortFrom(client, 50000), dst: ap("10.96.0.20:80"), proto: 6, tcpFlags: tcpSYN}
-		_, out := runProg(t, d.objs.KpFromPod, pkt.bytes())
+		_, out := fromPod(t, d, pkt.bytes())
 		if dst := parsePkt(t, out).dst; dst == victim {
 			t.Fatalf("client %s sent to removed backend %s", client, victim)
 		}
@@ -298,7 +300,9 @@ func TestTCSessionAffinityIsSticky(t *testing.T) {
 }
 
 func TestTCMaglevSpreadAndConsistency(t *testing.T) {
-	d := openTest(t, testConfig(t))
+	cfg := testConfig(t)
+	cfg.Sizes.Endpoints = 4096 // a client pod per flow: 2000 bound sources
+	d := openTest(t, cfg)
 	s := svcOf("10.96.0.30:443", "10.244.1.1:443", "10.244.1.2:443", "10.244.1.3:443", "10.244.1.4:443")
 	s.Selection = model.SelectMaglev
 	mustUpsert(t, d, s)
@@ -310,7 +314,7 @@ func TestTCMaglevSpreadAndConsistency(t *testing.T) {
 	for range flows {
 		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 244, byte(rng.IntN(256)), byte(rng.IntN(256))}), uint16(1024+rng.IntN(60000)))
 		pkt := testPkt{src: src, dst: ap("10.96.0.30:443"), proto: 6, tcpFlags: tcpSYN}
-		_, out := runProg(t, d.objs.KpFromPod, pkt.bytes())
+		_, out := fromPod(t, d, pkt.bytes())
 		dst := parsePkt(t, out).dst
 		choice[src] = dst
 		perBackend[dst]++
@@ -330,7 +334,7 @@ func TestTCMaglevSpreadAndConsistency(t *testing.T) {
 	clearCT(t, d)
 	for src, want := range choice {
 		pkt := testPkt{src: src, dst: ap("10.96.0.30:443"), proto: 6, tcpFlags: tcpSYN}
-		_, out := runProg(t, d.objs.KpFromPod, pkt.bytes())
+		_, out := fromPod(t, d, pkt.bytes())
 		if got := parsePkt(t, out).dst; got != want {
 			t.Fatalf("flow %s went to %s, before to %s", src, got, want)
 		}
@@ -344,7 +348,7 @@ func TestTCMaglevSpreadAndConsistency(t *testing.T) {
 	moved := 0
 	for src, before := range choice {
 		pkt := testPkt{src: src, dst: ap("10.96.0.30:443"), proto: 6, tcpFlags: tcpSYN}
-		_, out := runProg(t, d.objs.KpFromPod, pkt.bytes())
+		_, out := fromPod(t, d, pkt.bytes())
 		after := parsePkt(t, out).dst
 		if after == removed {
 			t.Fatalf("flow %s still sent to removed backend", src)
@@ -388,11 +392,11 @@ func TestTCFragments(t *testing.T) {
 	first := testPkt{src: client, dst: vip, proto: 17, ipID: 77, moreFrags: true, rawL4: whole[:24]}
 	second := testPkt{src: client, dst: vip, proto: 17, ipID: 77, fragOff: 3, rawL4: whole[24:]}
 
-	ret, out1 := runProg(t, d.objs.KpFromPod, first.bytes())
+	ret, out1 := fromPod(t, d, first.bytes())
 	if ret != tcActOK {
 		t.Fatalf("first fragment verdict %d", ret)
 	}
-	ret, out2 := runProg(t, d.objs.KpFromPod, second.bytes())
+	ret, out2 := fromPod(t, d, second.bytes())
 	if ret != tcActOK {
 		t.Fatalf("second fragment verdict %d", ret)
 	}
@@ -407,14 +411,14 @@ func TestTCFragments(t *testing.T) {
 	// A later fragment of an unknown datagram is not ours to judge.
 	stray := testPkt{src: client, dst: vip, proto: 17, ipID: 78, fragOff: 3, rawL4: whole[24:]}
 	in := stray.bytes()
-	ret, out := runProg(t, d.objs.KpFromPod, in)
+	ret, out := fromPod(t, d, in)
 	if ret != tcActOK || string(out[:len(in)]) != string(in) {
 		t.Fatalf("stray fragment: verdict %d, modified %v", ret, string(out[:len(in)]) != string(in))
 	}
 
 	// A later fragment whose connection state vanished is dropped, counted.
 	clearCT(t, d)
-	if ret, _ := runProg(t, d.objs.KpFromPod, second.bytes()); ret != tcActShot {
+	if ret, _ := fromPod(t, d, second.bytes()); ret != tcActShot {
 		t.Fatalf("fragment without state: verdict %d, want drop", ret)
 	}
 	if n := d.counter(t, "fragment without state", "from-pod"); n != 1 {
@@ -427,10 +431,10 @@ func TestTCReopenAfterCloseChoosesAgain(t *testing.T) {
 	mustUpsert(t, d, svcOf("10.96.0.10:80", "10.244.1.5:8080"))
 	client := ap("10.244.0.2:40000")
 	syn := testPkt{src: client, dst: ap("10.96.0.10:80"), proto: 6, tcpFlags: tcpSYN}
-	runProg(t, d.objs.KpFromPod, syn.bytes())
+	fromPod(t, d, syn.bytes())
 	fin := syn
 	fin.tcpFlags = tcpFIN | tcpACK
-	runProg(t, d.objs.KpFromPod, fin.bytes())
+	fromPod(t, d, fin.bytes())
 	ct, _ := d.Conntrack()
 	for _, e := range ct {
 		if e.State != "closing" || e.ExpiresIn > 10*time.Second {
@@ -439,7 +443,7 @@ func TestTCReopenAfterCloseChoosesAgain(t *testing.T) {
 	}
 	// The backend changes; a new SYN on the same tuple must use the new one.
 	mustUpsert(t, d, svcOf("10.96.0.10:80", "10.244.1.6:8080"))
-	_, out := runProg(t, d.objs.KpFromPod, syn.bytes())
+	_, out := fromPod(t, d, syn.bytes())
 	if got := parsePkt(t, out).dst; got != ap("10.244.1.6:8080") {
 		t.Fatalf("reopened connection went to %s, want the new backend", got)
 	}
@@ -450,7 +454,7 @@ func TestConntrackGC(t *testing.T) {
 	mustUpsert(t, d, svcOf("10.96.0.10:80", "10.244.1.5:8080"))
 	for port := range uint16(3) {
 		syn := testPkt{src: netip.AddrPortFrom(netip.MustParseAddr("10.244.0.2"), 40000+port), dst: ap("10.96.0.10:80"), proto: 6, tcpFlags: tcpSYN}
-		runProg(t, d.objs.KpFromPod, syn.bytes())
+		fromPod(t, d, syn.bytes())
 	}
 	// Age one connection's two entries into the past.
 	ageCT(t, d, 40000)
@@ -499,12 +503,12 @@ func TestTCExpiredEntryChoosesAgain(t *testing.T) {
 	d := openTest(t, testConfig(t))
 	mustUpsert(t, d, svcOf("10.96.0.10:80", "10.244.1.5:8080"))
 	syn := testPkt{src: ap("10.244.0.2:40000"), dst: ap("10.96.0.10:80"), proto: 6, tcpFlags: tcpSYN}
-	runProg(t, d.objs.KpFromPod, syn.bytes())
+	fromPod(t, d, syn.bytes())
 	synAck := testPkt{src: ap("10.244.1.5:8080"), dst: ap("10.244.0.2:40000"), proto: 6, tcpFlags: tcpSYN | tcpACK}
 	runProg(t, d.objs.KpToPod, synAck.bytes())
 	ageCT(t, d, 40000)
 	mustUpsert(t, d, svcOf("10.96.0.10:80", "10.244.1.6:8080"))
-	_, out := runProg(t, d.objs.KpFromPod, syn.bytes())
+	_, out := fromPod(t, d, syn.bytes())
 	if got := parsePkt(t, out).dst; got != ap("10.244.1.6:8080") {
 		t.Fatalf("SYN on an expired connection went to %s, want the service's current backend", got)
 	}
@@ -516,9 +520,9 @@ func TestConntrackGCSparesReopened(t *testing.T) {
 	d := openTest(t, testConfig(t))
 	mustUpsert(t, d, svcOf("10.96.0.10:80", "10.244.1.5:8080"))
 	syn := testPkt{src: ap("10.244.0.2:40000"), dst: ap("10.96.0.10:80"), proto: 6, tcpFlags: tcpSYN}
-	runProg(t, d.objs.KpFromPod, syn.bytes())
+	fromPod(t, d, syn.bytes())
 	ageCT(t, d, 40000)
-	testHookCTScanned = func() { runProg(t, d.objs.KpFromPod, syn.bytes()) }
+	testHookCTScanned = func() { fromPod(t, d, syn.bytes()) }
 	t.Cleanup(func() { testHookCTScanned = nil })
 	deleted, remaining, err := d.ConntrackGC()
 	if err != nil {

@@ -33,6 +33,7 @@ func (d *Datapath) MapUsages() ([]MapUsage, error) {
 		{kpathMapKpFrag, d.objs.KpFrag, countBatch[kpathFragKey, kpathFragPorts]},
 		{kpathMapKpIpcache, d.objs.KpIpcache, countBatch[uint32, kpathIpcacheEntry]},
 		{kpathMapKpEndpoint, d.objs.KpEndpoint, countBatch[uint32, kpathEndpoint]},
+		{kpathMapKpLocalPod, d.objs.KpLocalPod, countBatch[uint32, kpathLocalPod]},
 		{kpathMapKpPolicy, d.objs.KpPolicy, countKeys},
 		{kpathMapKpPolicyCidr, d.objs.KpPolicyCidr, countKeys},
 	}

@@ -5,7 +5,7 @@ import "testing"
 func TestMapUsages(t *testing.T) {
 	d := openTest(t, testConfig(t))
 	mustUpsert(t, d, svcOf("10.96.0.1:80", "10.244.0.1:80", "10.244.0.2:80"))
-	runProg(t, d.objs.KpFromPod, testPkt{src: ap("10.244.0.9:1000"), dst: ap("10.96.0.1:80"), proto: 6, tcpFlags: tcpSYN}.bytes())
+	fromPod(t, d, testPkt{src: ap("10.244.0.9:1000"), dst: ap("10.96.0.1:80"), proto: 6, tcpFlags: tcpSYN}.bytes())
 	u, err := d.MapUsages()
 	if err != nil {
 		t.Fatal(err)
