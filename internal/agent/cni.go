@@ -224,20 +224,25 @@ func (e *endpoints) release(al ipam.Allocator, o ipam.Owner) (ipam.Allocation, b
 // restorePods brings the pods this node already runs (IPAM's allocations)
 // up to this agent's datapath at start: each one's address bound to its
 // interface and its programs upgraded to this version (an older agent's may
-// predate a check, such as source validation); bindings of pods that are
-// gone are removed, so no interface can send from a released address.
+// predate a check, such as source validation). A binding is removed when
+// its interface is gone, or when IPAM holds its address for another
+// interface (a pod whose DEL never came, its interface index reused), so no
+// interface can send from an address that is not its pod's. Bindings of
+// addresses IPAM does not know on live interfaces (`kpath dp attach` by
+// hand) stay.
 func (e *endpoints) restorePods() {
 	al, err := e.allocator()
 	if err != nil {
 		e.a.log.Warn("no IPAM yet: existing pods keep their programs until their next CNI call", "error", err)
 		return
 	}
-	want := map[netip.Addr]int{}
+	allocated := map[netip.Addr]int{} // address -> its interface's index; 0: gone
 	for _, a := range al.Allocations() {
 		hostIf := a.Extra["hostIf"]
 		if hostIf == "" {
 			continue
 		}
+		allocated[a.Addr] = 0
 		l, err := netlink.LinkByName(hostIf)
 		if err != nil {
 			continue // the pod's veth is gone; CNI DEL or GC releases it
@@ -246,21 +251,25 @@ func (e *endpoints) restorePods() {
 			e.a.log.Error("restore pod programs", "hostIf", hostIf, "addr", a.Addr, "error", err)
 			continue
 		}
-		want[a.Addr] = l.Attrs().Index
+		allocated[a.Addr] = l.Attrs().Index
 	}
 	bound, err := e.a.dp.LocalPods()
 	if err != nil {
 		e.a.log.Error("read local pod bindings", "error", err)
 		return
 	}
+	stale := 0
 	for addr, ifindex := range bound {
-		if want[addr] != ifindex {
-			if err := e.a.dp.UnbindPod(addr); err != nil {
-				e.a.log.Error("remove a stale pod binding", "addr", addr, "error", err)
-			}
+		want, known := allocated[addr]
+		if _, err := netlink.LinkByIndex(ifindex); err == nil && (!known || want == ifindex) {
+			continue
+		}
+		stale++
+		if err := e.a.dp.UnbindPod(addr); err != nil {
+			e.a.log.Error("remove a stale pod binding", "addr", addr, "error", err)
 		}
 	}
-	e.a.log.Info("pods restored", "pods", len(want), "stale bindings", len(bound)-len(want))
+	e.a.log.Info("pods restored", "pods", len(allocated), "staleBindings", stale)
 }
 
 // bound reports whether addr is bound to the interface hostIf.

@@ -3,7 +3,12 @@ package datapath
 import (
 	"encoding/binary"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/cilium/ebpf"
 )
 
 // arpFrame is an ARP request for IPv4 over Ethernet from sender sip.
@@ -158,5 +163,42 @@ func TestSourceValidation(t *testing.T) {
 	reply := testPkt{src: ap("10.244.1.9:53"), dst: netip.AddrPortFrom(own, 40000), proto: 17, payload: []byte("x")}
 	if ret, _ := runProg(t, d.objs.KpToPod, reply.bytes()); ret != tcActOK {
 		t.Errorf("to-pod verdict %d for an unisolated pod, want passed", ret)
+	}
+}
+
+// TestOpenReplacesRebuildableMapsOfAnotherLayout: an upgrade that changes
+// the layout of a map whose contents are rebuilt (here the counters, which
+// grew with source validation's drop reasons) replaces its pin instead of
+// refusing to load; a map holding state (conntrack) of another layout
+// still refuses, naming the way out.
+func TestOpenReplacesRebuildableMapsOfAnotherLayout(t *testing.T) {
+	cfg := testConfig(t)
+	d := openTest(t, cfg)
+	d.Close()
+	pin := filepath.Join(cfg.BPFFS, cfg.PinDir, kpathMapKpMetrics)
+	if err := os.Remove(pin); err != nil {
+		t.Fatal(err)
+	}
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: kpathMapKpMetrics, Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 16, MaxEntries: 9 * 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Pin(pin); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	d, err = Open(cfg)
+	if err != nil {
+		t.Fatalf("open over counters of an older layout: %v", err)
+	}
+	if got := d.objs.KpMetrics.MaxEntries(); got != uint32(kpathKpReasonKP_REASON_MAX)*uint32(kpathKpDirKP_DIR_MAX) {
+		t.Errorf("counters map has %d entries, want this version's", got)
+	}
+	d.Close()
+
+	sizes := cfg
+	sizes.Sizes.Conntrack *= 2
+	if _, err := Open(sizes); err == nil || !strings.Contains(err.Error(), "kpath dp reset") {
+		t.Fatalf("open over conntrack of another size: %v, want a refusal naming kpath dp reset", err)
 	}
 }
