@@ -2,13 +2,21 @@
 GO ?= go
 BIN := bin
 
-.PHONY: all build generate test test-unit lint bench demo deps check-generated k8s-bins cilium-bins clean
+.PHONY: all build image generate test test-unit lint bench demo deps check-generated k8s-bins cilium-bins clean
 
 all: build
 
 # -buildvcs=auto stamps the revision (E1 records it) even where GOFLAGS turns it off.
 build:
 	$(GO) build -buildvcs=auto -o $(BIN)/ ./cmd/...
+
+# The project's images (kpath, pause, echo, client) as OCI layout tarballs in
+# bin/images, from static binaries built reproducibly (no paths, build IDs or
+# VCS stamps in them), so one tree gives one digest; no Docker, no registry.
+IMAGE_BINS := kpath kpath-agent kpath-cni kpath-pause
+image: build
+	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags "-s -w -buildid=" -o $(BIN)/static/ $(addprefix ./cmd/,$(IMAGE_BINS))
+	$(BIN)/kpath image build --bin $(BIN)/static --out $(BIN)/images
 
 # Regenerates bpf/*.c -> internal/datapath/kpath_bpfel.{go,o} (needs clang).
 generate:

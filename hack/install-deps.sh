@@ -2,7 +2,7 @@
 # Installs what kpath needs on a Debian machine (as root), skipping what is
 # already there. Go itself is expected to be installed.
 #   runtime (demo, tests): iproute2, etcd-server, iptables, conntrack, nftables,
-#     clang-19 (the Cilium peer's cilium-agent)
+#     clang-19 (the Cilium peer's cilium-agent), containerd (images)
 #   regenerating the BPF objects (make generate): clang, llvm, libbpf-dev, linux-libc-dev
 set -euo pipefail
 
@@ -17,6 +17,7 @@ need nftables
 need apache2-utils # ab, the load of the E1 latency benchmark
 need clang-19    # cilium-agent (the Cilium peer, hack/cilium) compiles its BPF programs at start and needs clang >= 18.1; it execs only clang, not llc
 need ipset       # cilium-agent manages ipsets in its node's namespace
+need containerd  # imports kpath's images in tests (internal/image), and runs the real nodes' pods
 if [[ "${1:-}" == "--bpf" ]]; then
 	need clang
 	need llvm

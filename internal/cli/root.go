@@ -12,7 +12,7 @@ func NewRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newDPCommand(), newWorkloadCommand(), newBenchCommand(), newLabCommand())
+	root.AddCommand(newDPCommand(), newWorkloadCommand(), newBenchCommand(), newLabCommand(), newImageCommand())
 	addAgentCommands(root)
 	return root
 }

@@ -1,0 +1,58 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kpath/kpath/internal/image"
+)
+
+func newImageCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "image", Short: "Build kpath's container images without Docker or a registry"}
+	var binDir, outDir, tag string
+	build := &cobra.Command{
+		Use:   "build",
+		Short: "Build the project's images (kpath, pause, echo, client) as OCI layout tarballs",
+		Long: `Build the project's images from static binaries (make image builds them first) as
+tarballs of OCI image layouts, one per image, named by repository: OUT/kpath.tar,
+OUT/pause.tar, ... The same binaries give the same digests. Load them with
+ctr -n k8s.io images import OUT/kpath.tar (containerd), docker load or podman load,
+and run them with imagePullPolicy: Never.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			specs, err := image.Project(binDir, tag)
+			if err != nil {
+				return err
+			}
+			if err := os.MkdirAll(outDir, 0o755); err != nil {
+				return err
+			}
+			for _, s := range specs {
+				img, err := image.Build(s)
+				if err != nil {
+					return err
+				}
+				repo, _, _ := strings.Cut(s.Ref, ":")
+				file := filepath.Join(outDir, filepath.Base(repo)+".tar")
+				if err := image.WriteLayout(file, s.Ref, img); err != nil {
+					return err
+				}
+				d, err := img.Digest()
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s\t%s\n", s.Ref, d, file)
+			}
+			return nil
+		},
+	}
+	build.Flags().StringVar(&binDir, "bin", "bin/static", "directory of the static binaries: "+strings.Join(image.Binaries, ", "))
+	build.Flags().StringVar(&outDir, "out", "bin/images", "where the tarballs go")
+	build.Flags().StringVar(&tag, "tag", image.Tag, "the images' tag (not latest)")
+	cmd.AddCommand(build)
+	return cmd
+}
