@@ -269,11 +269,22 @@ func (n *npCluster) relayShows(bin, relay string, before int, recount func() int
 			t.Errorf("hubble-relay returned no flow of %s (flows per node: %v)", nd.Name, perNode)
 		}
 	}
-	drops := hubbleFlows(t, bin, server, "--verdict", "DROPPED", "--to-pod", "x/a")
+	drops := hubbleFlows(t, bin, server, "--verdict", "DROPPED", "--to-pod", "x/a", "--drop-reason-desc", "POLICY_DENIED")
 	got := countPolicyDrops(t, drops)
 	for _, r := range drops {
 		if r.Flow.NodeName != n.st.Nodes[0].Name {
-			t.Errorf("through hubble-relay: a drop to x/a (ingress, enforced on node-1) reported by %s", r.Flow.NodeName)
+			t.Errorf("through hubble-relay: a policy drop to x/a (ingress, enforced on node-1) reported by %s", r.Flow.NodeName)
+		}
+	}
+	// The forged sources (forgedSources) were dropped where they were
+	// sent: node-1 (x/c) and node-2 (y/b), under Hubble's own reason.
+	forged := map[string]int{}
+	for _, r := range hubbleFlows(t, bin, server, "--verdict", "DROPPED", "--drop-reason-desc", "INVALID_SOURCE_IP") {
+		forged[r.Flow.NodeName]++
+	}
+	for _, nd := range n.st.Nodes {
+		if forged[nd.Name] == 0 {
+			t.Errorf("through hubble-relay: no INVALID_SOURCE_IP drop of %s (per node: %v)", nd.Name, forged)
 		}
 	}
 	if after := recount(); got < before || got > after {
