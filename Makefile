@@ -9,6 +9,7 @@ all: build
 # -buildvcs=auto stamps the revision (E1 records it) even where GOFLAGS turns it off.
 build:
 	$(GO) build -buildvcs=auto -o $(BIN)/ ./cmd/...
+	$(GO) build -o $(BIN)/loopback github.com/containernetworking/plugins/plugins/main/loopback
 
 # The project's images (kpath, pause, echo, client) as OCI layout tarballs in
 # bin/images, from static binaries built reproducibly (no paths, build IDs or

@@ -36,6 +36,10 @@ func buildLabBinaries(t *testing.T) string {
 			t.Fatalf("build %s: %v\n%s", c, err, b)
 		}
 	}
+	// containerd calls it for every pod (real nodes).
+	if b, err := exec.Command("go", "build", "-o", filepath.Join(dir, "loopback"), "github.com/containernetworking/plugins/plugins/main/loopback").CombinedOutput(); err != nil {
+		t.Fatalf("build loopback: %v\n%s", err, b)
+	}
 	return dir
 }
 

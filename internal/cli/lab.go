@@ -48,6 +48,8 @@ exec commands in.`,
 		timeout  time.Duration
 		relay    string
 		relayBin string // supervise's: a path or ""
+		runtime  string
+		images   string
 	)
 	up := &cobra.Command{
 		Use:   "up",
@@ -84,7 +86,16 @@ exec commands in.`,
 					}
 				}
 			}
-			sup := exec.Command(self, "lab", "supervise", "--dir", dir, "--nodes", fmt.Sprint(nodes), "--routing", mode, "--services", services, "--hubble-relay", relay)
+			if runtime == lab.RuntimeContainerd && images == "" {
+				images = filepath.Join(filepath.Dir(self), "images") // make image's, beside bin/kpath
+			}
+			if images != "" {
+				if images, err = filepath.Abs(images); err != nil {
+					return err
+				}
+			}
+			sup := exec.Command(self, "lab", "supervise", "--dir", dir, "--nodes", fmt.Sprint(nodes), "--routing", mode, "--services", services,
+				"--hubble-relay", relay, "--runtime", runtime, "--images", images)
 			sup.Stdout, sup.Stderr = logf, logf
 			sup.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 			if err := sup.Start(); err != nil {
@@ -124,6 +135,8 @@ exec commands in.`,
 	up.Flags().StringVar(&services, "services", "kpath", "service dataplane on every node: "+strings.Join(lab.ServiceModes, ", "))
 	up.Flags().DurationVar(&timeout, "timeout", 3*time.Minute, "how long to wait for the lab")
 	up.Flags().StringVar(&relay, "hubble-relay", "auto", `hubble-relay binary to run over the nodes ("auto": make cilium-bins' if built; "" for none)`)
+	up.Flags().StringVar(&runtime, "runtime", lab.RuntimeLab, `what runs the nodes' pods: "lab" (the lab's own runtime) or "containerd" (a real kubelet and containerd per node; make image first)`)
+	up.Flags().StringVar(&images, "images", "", "with --runtime containerd: the images to import into every node (default: make image's bin/images)")
 
 	supervise := &cobra.Command{
 		Use:    "supervise",
@@ -144,13 +157,15 @@ exec commands in.`,
 				}
 			}
 			return lab.Supervise(ctx, lab.Options{Dir: dir, Nodes: nodes, Routing: mode, Services: services,
-				BinDir: binDir, K8sBin: k8sBin, HubbleRelay: relayBin, CiliumBin: ciliumBin, Log: logf})
+				BinDir: binDir, K8sBin: k8sBin, HubbleRelay: relayBin, CiliumBin: ciliumBin, Runtime: runtime, ImageDir: images, Log: logf})
 		},
 	}
 	supervise.Flags().IntVar(&nodes, "nodes", 2, "")
 	supervise.Flags().StringVar(&mode, "routing", "native", "")
 	supervise.Flags().StringVar(&services, "services", "kpath", "")
 	supervise.Flags().StringVar(&relayBin, "hubble-relay", "", "")
+	supervise.Flags().StringVar(&runtime, "runtime", lab.RuntimeLab, "")
+	supervise.Flags().StringVar(&images, "images", "", "")
 
 	var downName string
 	down := &cobra.Command{

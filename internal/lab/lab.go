@@ -18,6 +18,7 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -94,6 +95,7 @@ type State struct {
 	Vnet       string     `json:"vnet"`
 	Routing    string     `json:"routing"`
 	Services   string     `json:"services"`
+	Runtime    string     `json:"runtime,omitempty"`
 	Kubeconfig string     `json:"kubeconfig"`
 	APIServer  string     `json:"apiServer"`
 	Nodes      []NodeInfo `json:"nodes"`
@@ -130,7 +132,13 @@ type Options struct {
 	// CiliumBin holds cilium-agent, cilium-cni, cilium-dbg, the agent's
 	// BPF sources and CRDs (hack/cilium/build.sh), for Services "cilium".
 	CiliumBin string
-	Log       func(format string, args ...any)
+	// Runtime runs the nodes' pods: RuntimeLab (default) or
+	// RuntimeContainerd (a real kubelet and containerd per node).
+	Runtime string
+	// ImageDir holds the images real nodes import (make image's
+	// bin/images): the pause image and every workload's.
+	ImageDir string
+	Log      func(format string, args ...any)
 }
 
 // LoadState reads a lab's state.
@@ -178,11 +186,15 @@ func Supervise(ctx context.Context, o Options) (err error) {
 	if _, err := dataplane.New(o.Services, cluster); err != nil { // before anything is built
 		return err
 	}
+	if err := checkRuntime(&o); err != nil {
+		return err
+	}
+	real := o.Runtime == RuntimeContainerd
 	nm, err := namesFor(o.Name)
 	if err != nil {
 		return err
 	}
-	st := &State{Pid: os.Getpid(), Name: o.Name, NetnsPrefix: nm.netns, Vnet: nm.vnet(), Routing: o.Routing, Services: o.Services,
+	st := &State{Pid: os.Getpid(), Name: o.Name, NetnsPrefix: nm.netns, Vnet: nm.vnet(), Routing: o.Routing, Services: o.Services, Runtime: o.Runtime,
 		Dir: o.Dir, BinDir: o.BinDir, CiliumBin: o.CiliumBin}
 	vnet := st.Vnet
 	defer func() {
@@ -215,8 +227,13 @@ func Supervise(ctx context.Context, o Options) (err error) {
 	// The control plane lives in the vnet, on its bridge address: nodes
 	// reach it through their default route, and nothing listens outside
 	// the lab's namespaces.
+	var nodeNames []string
+	for i := 1; i <= o.Nodes; i++ {
+		nodeNames = append(nodeNames, nodeName(i))
+	}
 	env, err := testenv.Start(ctx, testenv.Options{Dir: filepath.Join(o.Dir, "control-plane"), BinDir: o.K8sBin,
-		ServiceCIDR: ServiceCIDR, ClusterCIDR: ClusterCIDR, Log: o.Log, Netns: vnet, BindAddress: vnetAddr})
+		ServiceCIDR: ServiceCIDR, ClusterCIDR: ClusterCIDR, Log: o.Log, Netns: vnet, BindAddress: vnetAddr,
+		Nodes: nodeNames, Scheduler: true, Kubelets: real})
 	if err != nil {
 		return err
 	}
@@ -227,8 +244,18 @@ func Supervise(ctx context.Context, o Options) (err error) {
 	if err != nil {
 		return err
 	}
+	procs := &children{}
+	defer procs.stop(5 * time.Second)
+	if real {
+		if err := ensureHostDirs(o.Dir); err != nil {
+			return err
+		}
+	}
+	// Each node's runtime acts as its kubelet (or is one), with its
+	// credentials.
+	var nodeClients []kubernetes.Interface
 	for i := 1; i <= o.Nodes; i++ {
-		n := NodeInfo{Name: fmt.Sprintf("node-%d", i), IP: fmt.Sprintf("192.168.200.%d", 10+i)}
+		n := NodeInfo{Name: nodeName(i), IP: fmt.Sprintf("192.168.200.%d", 10+i)}
 		n.Netns, n.PinDir = nm.netns+n.Name, nm.pin+n.Name
 		n.Cgroup = filepath.Join(cgRoot, nm.cgroup, n.Name)
 		n.AgentSocket = filepath.Join(o.Dir, n.Name, "agent.sock")
@@ -252,7 +279,29 @@ func Supervise(ctx context.Context, o Options) (err error) {
 				return err
 			}
 		}
-		cidr, err := registerNode(ctx, env.Client, n)
+		nodeCfg, err := env.NodeConfig(n.Name)
+		if err != nil {
+			return err
+		}
+		nodeClient, err := kubernetes.NewForConfig(nodeCfg)
+		if err != nil {
+			return err
+		}
+		nodeClients = append(nodeClients, nodeClient)
+		var cidr string
+		if real {
+			o.Log("starting containerd and the kubelet on %s", n.Name)
+			kubeconfig := filepath.Join(o.Dir, n.Name, "kubelet.kubeconfig")
+			if err := env.WriteNodeKubeconfig(n.Name, kubeconfig); err != nil {
+				return err
+			}
+			if err := startRealNode(ctx, o, newRealNode(o.Dir, nm, n), kubeconfig, keeper{procs, o.Log}); err != nil {
+				return err
+			}
+			cidr, err = waitPodCIDR(ctx, nodeClient, n.Name, 2*time.Minute)
+		} else {
+			cidr, err = registerNode(ctx, nodeClient, n)
+		}
 		if err != nil {
 			return err
 		}
@@ -266,8 +315,6 @@ func Supervise(ctx context.Context, o Options) (err error) {
 		_ = st.save(o.Dir)
 	}
 
-	procs := &children{}
-	defer procs.stop(5 * time.Second)
 	cluster.Kubeconfig = env.Kubeconfig
 	dp, err := dataplane.New(o.Services, cluster)
 	if err != nil {
@@ -276,11 +323,18 @@ func Supervise(ctx context.Context, o Options) (err error) {
 	if err := dp.Setup(ctx, env.Config); err != nil {
 		return fmt.Errorf("set up %s: %w", o.Services, err)
 	}
-	for _, n := range st.Nodes {
+	for i, n := range st.Nodes {
 		o.Log("starting the %s dataplane and the node runtime on %s", o.Services, n.Name)
 		wiring, err := dp.Start(ctx, n, keeper{procs, o.Log})
 		if err != nil {
 			return err
+		}
+		if real {
+			// The kubelet runs the pods; containerd calls the plugin.
+			if err := newRealNode(o.Dir, nm, n).installCNI(wiring, filepath.Join(o.BinDir, "loopback")); err != nil {
+				return fmt.Errorf("install CNI on %s: %w", n.Name, err)
+			}
+			continue
 		}
 		cg, err := os.Open(n.Cgroup)
 		if err != nil {
@@ -290,7 +344,7 @@ func Supervise(ctx context.Context, o Options) (err error) {
 		if err != nil {
 			return err
 		}
-		rt := &Runtime{Client: env.Client, Node: n.Name, NodeNetns: n.Netns, NetnsPrefix: nm.netns, NetConf: netconf, Cgroup: cg,
+		rt := &Runtime{Client: nodeClients[i], Node: n.Name, NodeNetns: n.Netns, NetnsPrefix: nm.netns, NetConf: netconf, Cgroup: cg,
 			CNI:      libcni.NewCNIConfigWithCacheDir([]string{wiring.BinDir}, filepath.Join(o.Dir, n.Name, "cni-cache"), nil),
 			KpathBin: filepath.Join(o.BinDir, "kpath"), LabDir: o.Dir, ServiceAccountCA: env.ServingCert,
 			Log: slog.New(slog.NewTextHandler(logWriter(o.Log), nil))}
@@ -320,8 +374,19 @@ func (w logWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// registerNode creates the Node object (as a kubelet would) and waits for
-// kube-controller-manager to give it a pod CIDR.
+func nodeName(i int) string { return fmt.Sprintf("node-%d", i) }
+
+// nodeCapacity is what a lab node offers the scheduler: room for the pods
+// of any test or benchmark the lab runs (the lab does not enforce it).
+var nodeCapacity = corev1.ResourceList{
+	corev1.ResourceCPU:    resource.MustParse("64"),
+	corev1.ResourceMemory: resource.MustParse("256Gi"),
+	corev1.ResourcePods:   resource.MustParse("110000"),
+}
+
+// registerNode creates the Node object with the node's own credentials (as
+// its kubelet would) and waits for kube-controller-manager to give it a pod
+// CIDR.
 func registerNode(ctx context.Context, c kubernetes.Interface, n NodeInfo) (string, error) {
 	_, err := c.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name,
 		Labels: map[string]string{"kubernetes.io/hostname": n.Name, "kubernetes.io/os": "linux"}}}, metav1.CreateOptions{})
@@ -337,15 +402,22 @@ func registerNode(ctx context.Context, c kubernetes.Interface, n NodeInfo) (stri
 		now := metav1.Now()
 		node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: n.IP}, {Type: corev1.NodeHostName, Address: n.Name}}
 		node.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: now, LastTransitionTime: now, Reason: "KpathLab"}}
+		node.Status.Capacity, node.Status.Allocatable = nodeCapacity, nodeCapacity
 		_, err = c.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
 		return err
 	})
 	if err != nil {
 		return "", fmt.Errorf("node %s status: %w", n.Name, err)
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		got, err := c.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+	return waitPodCIDR(ctx, c, n.Name, 60*time.Second)
+}
+
+// waitPodCIDR waits for node's Node object to get a pod CIDR from
+// kube-controller-manager.
+func waitPodCIDR(ctx context.Context, c kubernetes.Interface, node string, within time.Duration) (string, error) {
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		got, err := c.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
 		if err == nil && got.Spec.PodCIDR != "" {
 			if _, err := netip.ParsePrefix(got.Spec.PodCIDR); err == nil {
 				return got.Spec.PodCIDR, nil
@@ -353,7 +425,39 @@ func registerNode(ctx context.Context, c kubernetes.Interface, n NodeInfo) (stri
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	return "", fmt.Errorf("kube-controller-manager gave %s no pod CIDR within 60s", n.Name)
+	return "", fmt.Errorf("%s has no pod CIDR after %s (is its kubelet registered? kube-controller-manager allocates them)", node, within)
+}
+
+// checkRuntime validates o.Runtime and what it needs.
+func checkRuntime(o *Options) error {
+	switch o.Runtime {
+	case "", RuntimeLab:
+		o.Runtime = RuntimeLab
+		return nil
+	case RuntimeContainerd:
+	default:
+		return fmt.Errorf("runtime %q: want %s or %s", o.Runtime, RuntimeLab, RuntimeContainerd)
+	}
+	if o.Services == "cilium" {
+		return fmt.Errorf("runtime containerd with services cilium: not supported yet (Cilium's CNI is wired by the lab's runtime only)")
+	}
+	for _, tool := range []string{"containerd", "ctr", "runc"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("runtime containerd needs %s: install Debian's containerd package (hack/install-deps.sh)", tool)
+		}
+	}
+	for path, what := range map[string]string{
+		filepath.Join(o.K8sBin, "kubelet"):  "the kubelet: make k8s-bins",
+		filepath.Join(o.BinDir, "loopback"): "the loopback CNI plugin: make build",
+	} {
+		if _, err := os.Stat(path); err != nil {
+			return fmt.Errorf("runtime containerd needs %s (%s)", path, what)
+		}
+	}
+	if o.ImageDir == "" {
+		return fmt.Errorf("runtime containerd needs the images to import (make image; --images DIR)")
+	}
+	return nil
 }
 
 // Down stops the lab named name whose directory is dir and removes
@@ -398,27 +502,23 @@ func Down(dir, name string, log func(string, ...any)) error {
 			}
 		}
 	}
-	// Cgroups: kill what is left in them, then remove them.
+	// Cgroups: kill what is left in them (real nodes' pods in trees of
+	// their own), then remove them, in the v2 hierarchy and in every v1
+	// one (real nodes' cgroup roots).
+	roots, _ := cgroupV1Roots()
 	if root, err := datapath.CgroupV2Root(); err == nil {
-		base := filepath.Join(root, nm.cgroup)
-		ents, _ := os.ReadDir(base)
-		for _, e := range ents {
-			if e.IsDir() {
-				cg := filepath.Join(base, e.Name())
-				killCgroup(cg)
-				if err := removeWithRetry(cg); err != nil {
-					errs = append(errs, err)
-				}
-			}
-		}
-		if _, err := os.Stat(base); err == nil {
-			if err := removeWithRetry(base); err != nil {
-				errs = append(errs, err)
-			}
+		roots = append([]string{root}, roots...)
+	}
+	for _, root := range roots {
+		if err := removeCgroupTree(filepath.Join(root, nm.cgroup)); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	// Mounts under the lab's directory (Cilium nodes' mount namespaces).
 	if err := unmountUnder(dir); err != nil {
+		errs = append(errs, err)
+	}
+	if err := removeHostDirs(dir); err != nil {
 		errs = append(errs, err)
 	}
 	if err := os.RemoveAll(dir); err != nil {

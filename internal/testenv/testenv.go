@@ -54,6 +54,17 @@ type Options struct {
 	// BindAddress is where kube-apiserver listens and what it advertises
 	// (default 127.0.0.1).
 	BindAddress string
+	// Nodes get credentials of their own (system:node:NAME in the group
+	// system:nodes), which the Node authorizer and the NodeRestriction
+	// admission plugin limit to what a kubelet of that node may do.
+	Nodes []string
+	// Scheduler starts the real kube-scheduler, so pods need no nodeName.
+	Scheduler bool
+	// Kubelets: the nodes run real kubelets, which heartbeat, so node
+	// lifecycle runs as in a cluster (a node Ready loses the not-ready
+	// taint it registers with; one that stops heartbeating is tainted and
+	// its pods evicted). Without, nothing heartbeats and it stays off.
+	Kubelets bool
 }
 
 // Env is a running control plane.
@@ -75,6 +86,8 @@ type Env struct {
 	api   *proc
 	ports struct{ etcd, peer, api int }
 	token string
+	// nodeTokens are the nodes' credentials, by node name.
+	nodeTokens map[string]string
 }
 
 type proc struct {
@@ -96,7 +109,11 @@ func Start(ctx context.Context, opts Options) (*Env, error) {
 	if opts.BindAddress == "" {
 		opts.BindAddress = "127.0.0.1"
 	}
-	for _, b := range []string{"kube-apiserver"} {
+	need := []string{"kube-apiserver"}
+	if opts.Scheduler {
+		need = append(need, "kube-scheduler")
+	}
+	for _, b := range need {
 		if _, err := os.Stat(filepath.Join(opts.BinDir, b)); err != nil {
 			return nil, fmt.Errorf("%s not found in %s: build it with `make k8s-bins`", b, opts.BinDir)
 		}
@@ -145,6 +162,11 @@ func Start(ctx context.Context, opts Options) (*Env, error) {
 			return nil, err
 		}
 	}
+	if opts.Scheduler {
+		if err := e.startScheduler(); err != nil {
+			return nil, err
+		}
+	}
 	ok = true
 	return e, nil
 }
@@ -154,10 +176,14 @@ func (e *Env) startAPIServer(ctx context.Context) error {
 	tokens := filepath.Join(dir, "tokens.csv")
 	saKey, saPub := filepath.Join(dir, "sa.key"), filepath.Join(dir, "sa.pub")
 	if e.token == "" { // a restart keeps the credentials clients hold
-		b := make([]byte, 16)
-		_, _ = rand.Read(b)
-		e.token = hex.EncodeToString(b)
-		if err := os.WriteFile(tokens, []byte(e.token+`,admin,admin,"system:masters"`+"\n"), 0o600); err != nil {
+		e.token = newToken()
+		lines := e.token + `,admin,admin,"system:masters"` + "\n"
+		e.nodeTokens = map[string]string{}
+		for _, n := range e.opts.Nodes {
+			e.nodeTokens[n] = newToken()
+			lines += fmt.Sprintf("%s,system:node:%s,node:%s,\"system:nodes\"\n", e.nodeTokens[n], n, n)
+		}
+		if err := os.WriteFile(tokens, []byte(lines), 0o600); err != nil {
 			return err
 		}
 		if err := writeRSAKey(saKey, saPub); err != nil {
@@ -174,16 +200,25 @@ func (e *Env) startAPIServer(ctx context.Context) error {
 	if a, err := netip.ParseAddr(e.opts.BindAddress); err != nil || a.IsLoopback() {
 		reconciler = "none"
 	}
+	// With nodes, as in any cluster: a node may touch only its own Node,
+	// the pods bound to it and what those pods use. (Without, the Node
+	// authorizer's graph of every pod would only cost the benchmarks.)
+	authz, admission := "RBAC", "NamespaceLifecycle"
+	if len(e.opts.Nodes) > 0 {
+		authz, admission = "Node,RBAC", "NodeRestriction"
+	}
 	e.api, err = e.start("kube-apiserver", filepath.Join(e.opts.BinDir, "kube-apiserver"),
 		fmt.Sprintf("--etcd-servers=http://127.0.0.1:%d", e.ports.etcd),
 		"--bind-address="+e.opts.BindAddress, fmt.Sprintf("--secure-port=%d", e.ports.api),
 		"--advertise-address="+e.opts.BindAddress, "--endpoint-reconciler-type="+reconciler,
 		"--cert-dir="+filepath.Join(dir, "certs"),
-		"--token-auth-file="+tokens, "--authorization-mode=RBAC",
+		"--token-auth-file="+tokens, "--authorization-mode="+authz, "--enable-admission-plugins="+admission,
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file="+saPub, "--service-account-signing-key-file="+saKey,
 		"--service-cluster-ip-range="+e.opts.ServiceCIDR,
 		"--allow-privileged=true", "--profiling=false",
+		// Kubelets by address (logs, exec): node names resolve nowhere.
+		"--kubelet-preferred-address-types=InternalIP,Hostname",
 		"--v=0")
 	if err != nil {
 		return err
@@ -211,6 +246,12 @@ func (e *Env) startAPIServer(ctx context.Context) error {
 func (e *Env) startControllerManager() error {
 	bin := filepath.Join(e.opts.BinDir, "kube-controller-manager")
 	e.opts.Log("starting kube-controller-manager (cluster CIDR %s)", e.opts.ClusterCIDR)
+	// Without kubelets nothing heartbeats: node lifecycle and taint
+	// eviction would mark every node NotReady and evict its pods.
+	controllers := "*,-node-lifecycle-controller,-taint-eviction-controller"
+	if e.opts.Kubelets {
+		controllers = "*"
+	}
 	_, err := e.start("kube-controller-manager", bin,
 		"--kubeconfig="+e.Kubeconfig, "--authentication-kubeconfig="+e.Kubeconfig,
 		"--authorization-kubeconfig="+e.Kubeconfig,
@@ -218,12 +259,49 @@ func (e *Env) startControllerManager() error {
 		"--allocate-node-cidrs=true", "--cluster-cidr="+e.opts.ClusterCIDR, "--node-cidr-mask-size=24",
 		"--service-cluster-ip-range="+e.opts.ServiceCIDR,
 		"--service-account-private-key-file="+filepath.Join(e.opts.Dir, "sa.key"),
+		// Published to every namespace as kube-root-ca.crt, which the
+		// kubelet mounts into pods with their service account token.
+		"--root-ca-file="+e.ServingCert,
 		"--use-service-account-credentials=false",
-		// No kubelets heartbeat in this control plane: node lifecycle and
-		// taint eviction would mark every node NotReady and evict its pods.
-		"--controllers=*,-node-lifecycle-controller,-taint-eviction-controller",
+		"--controllers="+controllers,
 		"--leader-elect=false", "--v=0")
 	return err
+}
+
+func (e *Env) startScheduler() error {
+	e.opts.Log("starting kube-scheduler")
+	_, err := e.start("kube-scheduler", filepath.Join(e.opts.BinDir, "kube-scheduler"),
+		"--kubeconfig="+e.Kubeconfig, "--authentication-kubeconfig="+e.Kubeconfig,
+		"--authorization-kubeconfig="+e.Kubeconfig,
+		"--bind-address=127.0.0.1", "--secure-port=0", "--leader-elect=false", "--v=0")
+	return err
+}
+
+func newToken() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// NodeConfig is a client configuration with node's credentials (Options.
+// Nodes), as its kubelet would hold them.
+func (e *Env) NodeConfig(node string) (*rest.Config, error) {
+	tok, ok := e.nodeTokens[node]
+	if !ok {
+		return nil, fmt.Errorf("node %s has no credentials: name it in testenv.Options.Nodes", node)
+	}
+	cfg := rest.CopyConfig(e.Config)
+	cfg.BearerToken = tok
+	return cfg, nil
+}
+
+// WriteNodeKubeconfig writes a kubeconfig with node's credentials to path.
+func (e *Env) WriteNodeKubeconfig(node, path string) error {
+	tok, ok := e.nodeTokens[node]
+	if !ok {
+		return fmt.Errorf("node %s has no credentials: name it in testenv.Options.Nodes", node)
+	}
+	return writeKubeconfig(path, e.APIServerURL, tok)
 }
 
 // StopAPIServer stops kube-apiserver only (to test clients riding out an

@@ -1,0 +1,243 @@
+package test
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/kpath/kpath/internal/image"
+	klab "github.com/kpath/kpath/internal/lab"
+	"github.com/kpath/kpath/internal/testutil"
+)
+
+// buildImages builds the project's images as make image does (static
+// binaries, then kpath image build's code) into a directory of the test's.
+func buildImages(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	static := filepath.Join(dir, "static")
+	for _, b := range image.Binaries {
+		cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=false", "-ldflags", "-s -w -buildid=", "-o", filepath.Join(static, b), "../cmd/"+b)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", b, err, out)
+		}
+	}
+	specs, err := image.Project(static, image.Tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	images := filepath.Join(dir, "images")
+	if err := os.MkdirAll(images, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range specs {
+		img, err := image.Build(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		repo, _, _ := strings.Cut(s.Ref, ":")
+		if err := image.WriteLayout(filepath.Join(images, filepath.Base(repo)+".tar"), s.Ref, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return images
+}
+
+// machineState is what a real-node lab must leave as it found it: the
+// kernel settings a kubelet tunes, the machine's paths it would use, the
+// processes it would leave, and the mounts.
+func machineState(t *testing.T) map[string]string {
+	t.Helper()
+	st := map[string]string{}
+	for _, k := range []string{"vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops", "kernel/keys/root_maxkeys"} {
+		b, _ := os.ReadFile("/proc/sys/" + k)
+		st["sysctl "+k] = strings.TrimSpace(string(b))
+	}
+	for _, d := range []string{"/opt/cni", "/etc/cni", "/var/lib/kubelet", "/var/lib/containerd", "/var/log/pods", "/var/log/containers", "/run/containerd"} {
+		_, err := os.Stat(d)
+		st["path "+d] = fmt.Sprint(err == nil)
+	}
+	// Live processes by name (comm is cut at 15 characters).
+	procs := map[string]int{}
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, f := range stats {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		open, end := strings.IndexByte(string(b), '('), strings.LastIndexByte(string(b), ')')
+		if open < 0 || end < open || len(b) < end+3 || b[end+2] == 'Z' {
+			continue
+		}
+		procs[string(b[open+1:end])]++
+	}
+	for _, p := range []string{"containerd", "kubelet", "containerd-shim", "pause", "kpath-agent"} {
+		st["process "+p] = fmt.Sprint(procs[p])
+	}
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	var points []string
+	for line := range strings.SplitSeq(string(mounts), "\n") {
+		if f := strings.Fields(line); len(f) > 4 {
+			points = append(points, f[4])
+		}
+	}
+	slices.Sort(points)
+	st["mounts"] = strings.Join(points, " ")
+	return st
+}
+
+// TestLabRealNodes: the lab's nodes as real nodes (--runtime containerd):
+// a real containerd and kubelet on each, registered with the node's own
+// credentials, pods placed by the real kube-scheduler and wired by
+// kpath-cni as containerd calls it, running the project's images imported
+// without a registry; pod to pod across nodes and through a ClusterIP
+// work; lab down leaves the machine as it found it.
+func TestLabRealNodes(t *testing.T) {
+	bin, k8sBin := labPrerequisites(t)
+	testutil.RequireTool(t, "containerd", "ctr", "runc")
+	if _, err := os.Stat(filepath.Join(k8sBin, "kubelet")); err != nil {
+		testutil.SkipOrFail(t, "kubelet not built: run make k8s-bins")
+	}
+	images := buildImages(t)
+	before := machineState(t)
+	l := upLab(t, bin, k8sBin, "real", "native", "kpath", 2, func(o *klab.Options) {
+		o.Runtime, o.ImageDir = klab.RuntimeContainerd, images
+	})
+	c := l.c
+	ctx := context.Background()
+	waitFor(t, 2*time.Minute, "both nodes Ready", func() bool {
+		nodes, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err != nil || len(nodes.Items) != 2 {
+			return false
+		}
+		for _, n := range nodes.Items {
+			ready := false
+			for _, cond := range n.Status.Conditions {
+				ready = ready || cond.Type == corev1.NodeReady && cond.Status == corev1.ConditionTrue
+			}
+			if !ready {
+				return false
+			}
+		}
+		return true
+	})
+
+	// Two echo pods without nodeName, kept apart by anti-affinity: the
+	// scheduler puts one on each node.
+	tag := ":" + image.Tag
+	for i := 1; i <= 2; i++ {
+		_, err := c.CoreV1().Pods("default").Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("echo-%d", i), Labels: map[string]string{"app": "echo"}},
+			Spec: corev1.PodSpec{
+				Affinity: &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{RequiredDuringSchedulingIgnoredDuringExecution: []corev1.PodAffinityTerm{{
+					LabelSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "echo"}}, TopologyKey: "kubernetes.io/hostname"}}}},
+				Containers: []corev1.Container{{
+					Name: "echo", Image: "kpath/echo" + tag, ImagePullPolicy: corev1.PullNever,
+					Args:  []string{"--name=$(POD_NAME)", "--http=:8080"},
+					Env:   []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
+					Ports: []corev1.ContainerPort{{ContainerPort: 8080}},
+					ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Port: intstr.FromInt32(8080)}},
+						PeriodSeconds: 1},
+				}},
+			},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	svc, err := c.CoreV1().Services("default").Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
+		Spec:       corev1.ServiceSpec{Selector: map[string]string{"app": "echo"}, Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ips, podNode := map[string]string{}, map[string]string{}
+	waitFor(t, 3*time.Minute, "echo pods Ready on both nodes", func() bool {
+		pods, err := c.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=echo"})
+		if err != nil {
+			return false
+		}
+		nodes := map[string]bool{}
+		for _, p := range pods.Items {
+			for _, cond := range p.Status.Conditions {
+				if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
+					nodes[p.Spec.NodeName] = true
+					ips[p.Name], podNode[p.Name] = p.Status.PodIP, p.Spec.NodeName
+				}
+			}
+		}
+		return len(nodes) == 2
+	})
+	// Each address from kpath's IPAM on the pod's node: its pod CIDR.
+	for name, ip := range ips {
+		for _, n := range l.st.Nodes {
+			if n.Name == podNode[name] && !netip.MustParsePrefix(n.PodCIDR).Contains(netip.MustParseAddr(ip)) {
+				t.Errorf("%s on %s has %s, outside the node's pod CIDR %s", name, n.Name, ip, n.PodCIDR)
+			}
+		}
+	}
+
+	// Probes from a pod, as jobs whose exit status is the verdict.
+	probe := func(name, url string) {
+		t.Helper()
+		runProbePod(t, c, name, "kpath/client"+tag, []string{"/usr/bin/kpath", "workload", "probe", url, "-n", "20", "--timeout", "2s"})
+	}
+	probe("to-pod", "http://"+ips["echo-1"]+":8080/")
+	probe("to-pod-2", "http://"+ips["echo-2"]+":8080/")
+	probe("to-service", "http://"+svc.Spec.ClusterIP+"/")
+
+	l.down()
+	after := machineState(t)
+	for k, v := range before {
+		if after[k] != v {
+			t.Errorf("%s: %q before the lab, %q after down", k, v, after[k])
+		}
+	}
+	roots, _ := os.ReadDir("/sys/fs/cgroup")
+	for _, r := range roots {
+		if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", r.Name(), "kpath-lab-real")); err == nil {
+			t.Errorf("cgroup %s/kpath-lab-real left after down", r.Name())
+		}
+	}
+}
+
+// runProbePod runs a pod with restartPolicy Never and waits for it to
+// succeed; its log says what happened when it does not.
+func runProbePod(t *testing.T, c kubernetes.Interface, name, img string, command []string) {
+	t.Helper()
+	ctx := context.Background()
+	_, err := c.CoreV1().Pods("default").Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "probe-" + name},
+		Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever, Containers: []corev1.Container{{
+			Name: "probe", Image: img, ImagePullPolicy: corev1.PullNever, Command: command}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var phase corev1.PodPhase
+	waitFor(t, 2*time.Minute, "probe "+name+" finished", func() bool {
+		p, err := c.CoreV1().Pods("default").Get(ctx, "probe-"+name, metav1.GetOptions{})
+		if err == nil {
+			phase = p.Status.Phase
+		}
+		return phase == corev1.PodSucceeded || phase == corev1.PodFailed
+	})
+	if phase != corev1.PodSucceeded {
+		logs, _ := c.CoreV1().Pods("default").GetLogs("probe-"+name, &corev1.PodLogOptions{}).DoRaw(ctx)
+		t.Errorf("probe %s: %s:\n%s", name, phase, logs)
+	}
+}
