@@ -150,6 +150,10 @@ func labScenario(t *testing.T, bin, k8sBin, mode, services string) {
 		t.Errorf("deleted pod's programs still attached: %v", m)
 	}
 
+	if mode == "native" && services == "kpath" {
+		kubeProxyLeftovers(t, st, c)
+	}
+
 	// down leaves nothing behind.
 	down()
 	out, _ := exec.Command("ip", "netns", "list").Output()

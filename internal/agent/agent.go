@@ -164,6 +164,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	ev, stopEvents := newPodEvents(client, a.cfg.NodeName)
 	defer stopEvents()
 	a.events.Store(ev)
+	if a.cfg.KubeProxyReplacement {
+		go a.kubeProxyRules(ctx, ev)
+	}
 	wo := k8s.WatchOptions{ProxyName: a.cfg.ProxyName, NodesOnly: !a.cfg.KubeProxyReplacement, Metrics: k8s.NewEventMetrics(a.reg)}
 	if a.store != nil {
 		wo.Policy = a.store

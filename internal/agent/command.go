@@ -14,7 +14,7 @@ import (
 // heap is nearly all long-lived (the cluster's pods, policies and
 // services) and grows slowly, so collecting at 50% growth instead of Go's
 // 100% keeps a third less heap for little CPU (E2, docs/benchmarks.md).
-// With a memory limit, set GOMEMLIMIT a little under it as well.
+// Under a memory limit, GOMEMLIMIT is set to 90% of it (setMemoryLimit).
 const DefaultGOGC = 50
 
 // NewCommand returns the kpath-agent command: a configuration file, then
@@ -48,6 +48,7 @@ func NewCommand() *cobra.Command {
 			if os.Getenv("GOGC") == "" {
 				debug.SetGCPercent(DefaultGOGC)
 			}
+			setMemoryLimit(log)
 			return Run(cmd.Context(), final, log)
 		},
 	}
