@@ -291,6 +291,35 @@ func (n *npCluster) relayShows(bin, relay string, before int, recount func() int
 		t.Errorf("through hubble-relay: %d policy drops to x/a denied by x/deny-ingress; node-1 held %d before, %d after", got, before, after)
 	}
 	t.Logf("  hubble-relay: %d nodes connected, flows per node %v, %d policy drops to x/a", len(nodes), perNode, got)
+	n.hubbleTLSShows(bin)
+}
+
+// hubbleTLSShows: relay reached every node over mTLS (above); the hubble
+// CLI does too, straight to node-1's TCP listener from the vnet, with the
+// lab's client certificate, and is refused without one or in plaintext.
+func (n *npCluster) hubbleTLSShows(bin string) {
+	t := n.t
+	t.Helper()
+	node, tlsDir := n.st.Nodes[0], n.st.HubbleTLS
+	observe := func(args ...string) ([]byte, error) {
+		all := append([]string{"netns", "exec", n.st.Vnet, bin, "observe", "--server", node.HubbleAddress, "--last", "5", "-o", "json"}, args...)
+		return exec.Command("ip", all...).CombinedOutput()
+	}
+	ca := "--tls-ca-cert-files=" + filepath.Join(tlsDir, "hubble-ca.crt")
+	name := "--tls-server-name=" + node.Name + ".default.hubble-grpc.cilium.io"
+	out, err := observe("--tls", ca, name, "--tls-client-cert-file="+filepath.Join(tlsDir, "client.crt"),
+		"--tls-client-key-file="+filepath.Join(tlsDir, "client.key"))
+	if err != nil || !strings.Contains(string(out), `"node_name":"`+node.Name+`"`) {
+		t.Errorf("hubble observe over mTLS to %s: %v\n%s", node.HubbleAddress, err, out)
+	}
+	for what, args := range map[string][]string{
+		"without a client certificate": {"--tls", ca, name},
+		"in plaintext":                 nil,
+	} {
+		if out, err := observe(args...); err == nil {
+			t.Errorf("hubble observe %s to %s was served:\n%s", what, node.HubbleAddress, out)
+		}
+	}
 }
 
 // dropFlood: y/a floods x/a, which x/deny-ingress isolates, with UDP for

@@ -65,7 +65,14 @@ func NewCommand() *cobra.Command {
 	f.BoolVar(&cfg.Flows, "flows", cfg.Flows, "report connections, translations and drops (kpath observe)")
 	f.IntVar(&cfg.FlowRingSize, "flow-ring-size", cfg.FlowRingSize, "recent flows kept")
 	f.StringVar(&cfg.HubbleSocket, "hubble-socket", cfg.HubbleSocket, `unix socket of Hubble's Observer API ("" disables)`)
-	f.StringVar(&cfg.HubbleListenAddress, "hubble-listen-address", cfg.HubbleListenAddress, `TCP address of Hubble's Observer and Peer API for hubble-relay, plaintext (e.g. ":4244"; "" disables)`)
+	f.StringVar(&cfg.HubbleListenAddress, "hubble-listen-address", cfg.HubbleListenAddress, `TCP address of Hubble's Observer and Peer API for hubble-relay, mTLS (e.g. ":4244"; "" disables)`)
+	hubbleTLS := &HubbleTLS{}
+	f.StringVar(&hubbleTLS.CertFile, "hubble-tls-cert-file", "", "Hubble TCP listener: the server certificate (PEM), for NODE.CLUSTER.hubble-grpc.cilium.io")
+	f.StringVar(&hubbleTLS.KeyFile, "hubble-tls-key-file", "", "Hubble TCP listener: the server key (PEM)")
+	f.StringSliceVar(&hubbleTLS.ClientCAFiles, "hubble-tls-client-ca-files", nil, "Hubble TCP listener: CAs of the client certificates it accepts (hubble-relay's)")
+	cfg.HubbleTLS = hubbleTLS
+	f.BoolVar(&cfg.HubbleDisableTLS, "hubble-disable-tls", cfg.HubbleDisableTLS, "serve the Hubble TCP listener in plaintext (every pod's flows to whoever reaches it)")
+	f.StringVar(&cfg.ClusterName, "cluster-name", cfg.ClusterName, "the cluster's name in Hubble's TLS server names")
 	f.BoolVar(&cfg.KubeProxyReplacement, "kube-proxy-replacement", cfg.KubeProxyReplacement, "handle Services (off: kube-proxy does; kpath keeps pod networking)")
 	f.StringVar(&cfg.CgroupRoot, "cgroup-root", cfg.CgroupRoot, `cgroup v2 directory for the socket hook ("auto")`)
 	f.StringVar(&cfg.TCAttach, "tc-attach", cfg.TCAttach, "auto, tcx or legacy")
@@ -113,6 +120,22 @@ func applyFlag(dst, src *Config, name string) {
 		dst.FlowRingSize = src.FlowRingSize
 	case "hubble-socket":
 		dst.HubbleSocket = src.HubbleSocket
+	case "hubble-tls-cert-file", "hubble-tls-key-file", "hubble-tls-client-ca-files":
+		if dst.HubbleTLS == nil {
+			dst.HubbleTLS = &HubbleTLS{}
+		}
+		switch name {
+		case "hubble-tls-cert-file":
+			dst.HubbleTLS.CertFile = src.HubbleTLS.CertFile
+		case "hubble-tls-key-file":
+			dst.HubbleTLS.KeyFile = src.HubbleTLS.KeyFile
+		default:
+			dst.HubbleTLS.ClientCAFiles = src.HubbleTLS.ClientCAFiles
+		}
+	case "hubble-disable-tls":
+		dst.HubbleDisableTLS = src.HubbleDisableTLS
+	case "cluster-name":
+		dst.ClusterName = src.ClusterName
 	case "hubble-listen-address":
 		dst.HubbleListenAddress = src.HubbleListenAddress
 	case "map-size-ipcache":

@@ -54,8 +54,20 @@ type Config struct {
 	// HubbleListenAddress serves the same API over TCP (host:port, as
 	// Cilium's hubble-listen-address; ":4244" is Hubble's port) for
 	// hubble-relay, which finds every node's through the Peer service.
-	// Plaintext: bind it to an address only the cluster reaches. "": off.
+	// It speaks mTLS (HubbleTLS) unless HubbleDisableTLS. "": off.
 	HubbleListenAddress string `json:"hubbleListenAddress,omitempty"`
+	// HubbleTLS secures HubbleListenAddress as Cilium's Hubble does: the
+	// server's certificate and key, and the CAs whose client certificates
+	// (hubble-relay's) it accepts. The certificate holds the node's name
+	// NODE.CLUSTER.hubble-grpc.cilium.io (ClusterName), which relay checks.
+	HubbleTLS *HubbleTLS `json:"hubbleTLS,omitempty"`
+	// HubbleDisableTLS serves HubbleListenAddress in plaintext: every
+	// pod's flows to whoever reaches the address. Only where nothing but
+	// the cluster does.
+	HubbleDisableTLS bool `json:"hubbleDisableTLS,omitempty"`
+	// ClusterName names the cluster in Hubble's TLS server names
+	// (Cilium's cluster-name; "default").
+	ClusterName string `json:"clusterName,omitempty"`
 	// FlowExport writes flows to a file as Hubble's exporter does (JSON
 	// lines, size-based rotation, allow and deny filters); nil: off.
 	FlowExport *hubble.ExportOptions `json:"flowExport,omitempty"`
@@ -96,6 +108,13 @@ type Config struct {
 	ProxyName string `json:"proxyName,omitempty"`
 }
 
+// HubbleTLS is the Hubble TCP listener's mTLS: PEM files.
+type HubbleTLS struct {
+	CertFile      string   `json:"certFile"`
+	KeyFile       string   `json:"keyFile"`
+	ClientCAFiles []string `json:"clientCAFiles"`
+}
+
 // DefaultConfig is the production configuration.
 func DefaultConfig() Config {
 	dp := datapath.DefaultConfig()
@@ -110,6 +129,7 @@ func DefaultConfig() Config {
 		FlowRingSize:         4095,
 		DropEventsPerSec:     dp.DropEventsPerSec,
 		HubbleSocket:         "/run/kpath/hubble.sock",
+		ClusterName:          "default",
 		KubeProxyReplacement: true,
 		CgroupRoot:           "auto",
 		TCAttach:             string(dp.TCAttach),
@@ -189,6 +209,14 @@ func (c Config) Validate() error {
 		}
 		if !c.Flows {
 			errs = append(errs, errors.New("hubbleListenAddress is set but flows are off: set flows: true"))
+		}
+		switch t := c.HubbleTLS; {
+		case t == nil && !c.HubbleDisableTLS:
+			errs = append(errs, fmt.Errorf("hubbleListenAddress %q serves every pod's flows: give hubbleTLS (certFile, keyFile, clientCAFiles: mTLS, as Cilium's Hubble), or set hubbleDisableTLS: true to serve them in plaintext", c.HubbleListenAddress))
+		case t != nil && c.HubbleDisableTLS:
+			errs = append(errs, errors.New("hubbleTLS and hubbleDisableTLS are both set: choose one"))
+		case t != nil && (t.CertFile == "" || t.KeyFile == "" || len(t.ClientCAFiles) == 0):
+			errs = append(errs, errors.New("hubbleTLS: want certFile, keyFile and clientCAFiles (the CAs of hubble-relay's client certificates)"))
 		}
 	}
 	if _, err := routing.ParseMode(c.Routing); err != nil {

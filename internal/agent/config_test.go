@@ -101,13 +101,31 @@ func TestFlowExportConfig(t *testing.T) {
 }
 
 // TestHubbleListenConfig: a port is needed (relay dials every node on it),
-// and flows must be on to serve any.
+// flows must be on to serve any, and the listener speaks mTLS unless
+// plaintext is asked for by name.
 func TestHubbleListenConfig(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.HubbleListenAddress = ":4244"
-	if err := cfg.Validate(); err != nil {
-		t.Errorf(":4244 refused: %v", err)
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "hubbleTLS") {
+		t.Errorf(":4244 without TLS nor hubbleDisableTLS: %v", err)
 	}
+	cfg.HubbleDisableTLS = true
+	if err := cfg.Validate(); err != nil {
+		t.Errorf(":4244 in plaintext, asked for: %v", err)
+	}
+	cfg.HubbleTLS = &HubbleTLS{CertFile: "/tls/server.crt", KeyFile: "/tls/server.key", ClientCAFiles: []string{"/tls/ca.crt"}}
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "choose one") {
+		t.Errorf("TLS and plaintext both: %v", err)
+	}
+	cfg.HubbleDisableTLS = false
+	if err := cfg.Validate(); err != nil {
+		t.Errorf(":4244 with TLS: %v", err)
+	}
+	cfg.HubbleTLS.ClientCAFiles = nil
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "clientCAFiles") {
+		t.Errorf("TLS without client CAs: %v", err)
+	}
+	cfg.HubbleDisableTLS, cfg.HubbleTLS = true, nil
 	cfg.HubbleListenAddress = "10.0.0.1:0"
 	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "port") {
 		t.Errorf("port 0: %v", err)

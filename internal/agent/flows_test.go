@@ -50,10 +50,10 @@ func TestPeerList(t *testing.T) {
 		{Name: "n1", Addrs: []netip.Addr{netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("203.0.113.1")}},
 		{Name: "n2"},
 	}
-	if got := fmt.Sprint(peerList(nodes, "4244")); got != "[{n1 10.0.0.1:4244}]" {
+	if got := fmt.Sprint(peerList(nodes, "4244")); got != "[{n1 10.0.0.1:4244 }]" {
 		t.Errorf("with a port: %s", got)
 	}
-	if got := fmt.Sprint(peerList(nodes, "")); got != "[{n1 10.0.0.1}]" {
+	if got := fmt.Sprint(peerList(nodes, "")); got != "[{n1 10.0.0.1 }]" {
 		t.Errorf("without a port: %s", got)
 	}
 }

@@ -51,6 +51,10 @@ type Cluster struct {
 	// CiliumBin cilium-agent, cilium-cni, cilium-dbg, the agent's BPF
 	// sources and Cilium's CRDs (hack/cilium/build.sh).
 	BinDir, K8sBin, CiliumBin string
+	// HubbleTLSDir holds the Hubble mTLS files (hubble-ca.crt, and
+	// NODE.crt/NODE.key per node): kpath's agents serve Hubble over TCP
+	// with them. "": plaintext.
+	HubbleTLSDir string
 	// AgentArgs are extra kpath-agent flags.
 	AgentArgs []string
 	Log       func(format string, args ...any)

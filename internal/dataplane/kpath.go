@@ -52,6 +52,12 @@ func (d kpath) Start(_ context.Context, n Node, k Keeper) (CNI, error) {
 		"--cgroup-root=" + n.Cgroup, "--api-socket=" + n.AgentSocket, "--ipam-dir=" + filepath.Join(dir, "ipam"),
 		"--hubble-socket=" + n.HubbleSocket, "--hubble-listen-address=" + n.HubbleAddress,
 		"--metrics-addr=127.0.0.1:9964"}
+	if t := d.c.HubbleTLSDir; t != "" {
+		args = append(args, "--hubble-tls-cert-file="+filepath.Join(t, n.Name+".crt"), "--hubble-tls-key-file="+filepath.Join(t, n.Name+".key"),
+			"--hubble-tls-client-ca-files="+filepath.Join(t, "hubble-ca.crt"))
+	} else {
+		args = append(args, "--hubble-disable-tls")
+	}
 	args = append(args, d.c.AgentArgs...)
 	switch d.mode {
 	case "kpath-tc":

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 
 	peerpb "github.com/cilium/cilium/api/v1/peer"
@@ -16,6 +17,16 @@ type Peer struct {
 	// Address is host:port of the node's Hubble server, or a bare IP when
 	// it has no TCP listener configured (clients then assume port 4244).
 	Address string
+	// TLSServerName is the name the server's certificate holds when it
+	// speaks TLS (TLSServerName), "" when it speaks plaintext.
+	TLSServerName string
+}
+
+// TLSServerName is the name a node's Hubble server certificate holds, by
+// Cilium's convention: NODE.CLUSTER.hubble-grpc.cilium.io, dots of the
+// node's name made dashes. hubble-relay checks it when it dials the node.
+func TLSServerName(node, cluster string) string {
+	return strings.ReplaceAll(node, ".", "-") + "." + cluster + ".hubble-grpc.cilium.io"
 }
 
 // errSubscriberBehind ends a Notify stream whose client reads slower than
@@ -33,36 +44,36 @@ type Peers struct {
 	peerpb.UnimplementedPeerServer
 
 	mu   sync.Mutex
-	cur  map[string]string // name -> address
+	cur  map[string]Peer // by name
 	subs map[chan *peerpb.ChangeNotification]struct{}
 }
 
 // NewPeers returns a Peer service announcing no node yet.
 func NewPeers() *Peers {
-	return &Peers{cur: map[string]string{}, subs: map[chan *peerpb.ChangeNotification]struct{}{}}
+	return &Peers{cur: map[string]Peer{}, subs: map[chan *peerpb.ChangeNotification]struct{}{}}
 }
 
 // Set replaces the announced nodes, telling every stream what changed.
 func (p *Peers) Set(peers []Peer) {
-	next := make(map[string]string, len(peers))
+	next := make(map[string]Peer, len(peers))
 	for _, pe := range peers {
-		next[pe.Name] = pe.Address
+		next[pe.Name] = pe
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var changes []*peerpb.ChangeNotification
 	for _, name := range slices.Sorted(maps.Keys(p.cur)) {
 		if _, ok := next[name]; !ok {
-			changes = append(changes, change(name, p.cur[name], peerpb.ChangeNotificationType_PEER_DELETED))
+			changes = append(changes, change(p.cur[name], peerpb.ChangeNotificationType_PEER_DELETED))
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(next)) {
 		old, ok := p.cur[name]
 		switch {
 		case !ok:
-			changes = append(changes, change(name, next[name], peerpb.ChangeNotificationType_PEER_ADDED))
+			changes = append(changes, change(next[name], peerpb.ChangeNotificationType_PEER_ADDED))
 		case old != next[name]:
-			changes = append(changes, change(name, next[name], peerpb.ChangeNotificationType_PEER_UPDATED))
+			changes = append(changes, change(next[name], peerpb.ChangeNotificationType_PEER_UPDATED))
 		}
 	}
 	p.cur = next
@@ -93,7 +104,7 @@ func (p *Peers) List() []Peer {
 	defer p.mu.Unlock()
 	out := make([]Peer, 0, len(p.cur))
 	for _, name := range slices.Sorted(maps.Keys(p.cur)) {
-		out = append(out, Peer{Name: name, Address: p.cur[name]})
+		out = append(out, p.cur[name])
 	}
 	return out
 }
@@ -105,7 +116,7 @@ func (p *Peers) Notify(_ *peerpb.NotifyRequest, stream peerpb.Peer_NotifyServer)
 	p.mu.Lock()
 	initial := make([]*peerpb.ChangeNotification, 0, len(p.cur))
 	for _, name := range slices.Sorted(maps.Keys(p.cur)) {
-		initial = append(initial, change(name, p.cur[name], peerpb.ChangeNotificationType_PEER_ADDED))
+		initial = append(initial, change(p.cur[name], peerpb.ChangeNotificationType_PEER_ADDED))
 	}
 	p.subs[ch] = struct{}{}
 	p.mu.Unlock()
@@ -137,8 +148,12 @@ func (p *Peers) Notify(_ *peerpb.NotifyRequest, stream peerpb.Peer_NotifyServer)
 	}
 }
 
-// change is one notification. Tls stays nil: kpath's Hubble servers speak
-// plaintext, so relay must run with --disable-client-tls.
-func change(name, addr string, t peerpb.ChangeNotificationType) *peerpb.ChangeNotification {
-	return &peerpb.ChangeNotification{Name: name, Address: addr, Type: t}
+// change is one notification; a peer speaking TLS says the name its
+// certificate holds, which relay verifies.
+func change(p Peer, t peerpb.ChangeNotificationType) *peerpb.ChangeNotification {
+	c := &peerpb.ChangeNotification{Name: p.Name, Address: p.Address, Type: t}
+	if p.TLSServerName != "" {
+		c.Tls = &peerpb.TLS{ServerName: p.TLSServerName}
+	}
+	return c
 }

@@ -19,7 +19,7 @@ import (
 // that changes nothing; the server answers gRPC health.
 func TestPeerNotify(t *testing.T) {
 	peers := NewPeers()
-	peers.Set([]Peer{{"node-2", "10.0.0.2:4244"}, {"node-1", "10.0.0.1:4244"}})
+	peers.Set([]Peer{{Name: "node-2", Address: "10.0.0.2:4244"}, {Name: "node-1", Address: "10.0.0.1:4244"}})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -56,8 +56,8 @@ func TestPeerNotify(t *testing.T) {
 			t.Errorf("initial: %q, want %q", got, want)
 		}
 	}
-	peers.Set([]Peer{{"node-2", "10.0.0.2:4244"}, {"node-1", "10.0.0.1:4244"}})
-	peers.Set([]Peer{{"node-2", "10.0.0.22:4244"}, {"node-3", "10.0.0.3:4244"}})
+	peers.Set([]Peer{{Name: "node-2", Address: "10.0.0.2:4244"}, {Name: "node-1", Address: "10.0.0.1:4244"}})
+	peers.Set([]Peer{{Name: "node-2", Address: "10.0.0.22:4244"}, {Name: "node-3", Address: "10.0.0.3:4244"}})
 	for _, want := range []string{"PEER_DELETED node-1 10.0.0.1:4244", "PEER_UPDATED node-2 10.0.0.22:4244", "PEER_ADDED node-3 10.0.0.3:4244"} {
 		if got := next(); got != want {
 			t.Errorf("after changes: %q, want %q", got, want)
@@ -92,14 +92,14 @@ func (b *blockedStream) Send(*peerpb.ChangeNotification) error {
 // and reads the whole set), and Set never waits for it.
 func TestPeerSlowClient(t *testing.T) {
 	peers := NewPeers()
-	peers.Set([]Peer{{"node-1", "10.0.0.1"}})
+	peers.Set([]Peer{{Name: "node-1", Address: "10.0.0.1"}})
 	st := &blockedStream{ctx: context.Background(), sent: make(chan struct{}, 1), release: make(chan struct{})}
 	done := make(chan error, 1)
 	go func() { done <- peers.Notify(&peerpb.NotifyRequest{}, st) }()
 	<-st.sent // blocked in its first Send
 	start := time.Now()
 	for i := range subscriberBuffer + 1 {
-		peers.Set([]Peer{{"node-1", net.IPv4(10, 0, byte(i>>8), byte(i)).String()}})
+		peers.Set([]Peer{{Name: "node-1", Address: net.IPv4(10, 0, byte(i>>8), byte(i)).String()}})
 	}
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("Set waited %s for a blocked client", d)

@@ -102,6 +102,10 @@ type State struct {
 	// HubbleRelay is the unix socket of the lab's hubble-relay (every
 	// node's flows: hubble --server unix://...); "" when none runs.
 	HubbleRelay string `json:"hubbleRelay,omitempty"`
+	// HubbleTLS is where the nodes' Hubble mTLS files are: hubble-ca.crt,
+	// NODE.crt/.key (servers), relay.crt/.key and client.crt/.key (for
+	// hubble observe --server tls://NODE-IP:4244 from the vnet).
+	HubbleTLS string `json:"hubbleTLS,omitempty"`
 	// Dir is the lab's directory; BinDir kpath's binaries'; CiliumBin the
 	// Cilium binaries' (Services cilium).
 	Dir       string `json:"dir"`
@@ -246,6 +250,10 @@ func Supervise(ctx context.Context, o Options) (err error) {
 	}
 	procs := &children{}
 	defer procs.stop(5 * time.Second)
+	if st.HubbleTLS, err = hubblePKI(o.Dir, nodeNames); err != nil {
+		return err
+	}
+	cluster.HubbleTLSDir = st.HubbleTLS
 	if real {
 		if err := ensureHostDirs(o.Dir); err != nil {
 			return err
@@ -255,7 +263,7 @@ func Supervise(ctx context.Context, o Options) (err error) {
 	// credentials.
 	var nodeClients []kubernetes.Interface
 	for i := 1; i <= o.Nodes; i++ {
-		n := NodeInfo{Name: nodeName(i), IP: fmt.Sprintf("192.168.200.%d", 10+i)}
+		n := NodeInfo{Name: nodeName(i), IP: nodeIP(i)}
 		n.Netns, n.PinDir = nm.netns+n.Name, nm.pin+n.Name
 		n.Cgroup = filepath.Join(cgRoot, nm.cgroup, n.Name)
 		n.AgentSocket = filepath.Join(o.Dir, n.Name, "agent.sock")
@@ -375,6 +383,8 @@ func (w logWriter) Write(p []byte) (int, error) {
 }
 
 func nodeName(i int) string { return fmt.Sprintf("node-%d", i) }
+
+func nodeIP(i int) string { return fmt.Sprintf("192.168.200.%d", 10+i) }
 
 // nodeCapacity is what a lab node offers the scheduler: room for the pods
 // of any test or benchmark the lab runs (the lab does not enforce it).
