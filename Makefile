@@ -2,7 +2,7 @@
 GO ?= go
 BIN := bin
 
-.PHONY: all build image generate test test-unit lint bench demo deps check-generated k8s-bins cilium-bins clean
+.PHONY: all build image generate test test-unit fuzz lint bench demo deps check-generated k8s-bins cilium-bins clean
 
 all: build
 
@@ -47,6 +47,19 @@ cilium-bins:
 test: k8s-bins cilium-bins
 	hack/install-deps.sh
 	KPATH_K8S_BIN=$$(hack/k8s/build.sh) KPATH_CILIUM_BIN=$$(hack/cilium/build.sh) $(GO) test -p 1 -count=1 -timeout 30m ./...
+	$(MAKE) fuzz
+
+# Every fuzz target for FUZZTIME each (their committed corpora also run as
+# tests in go test ./...). A failure leaves its input in the package's
+# testdata/fuzz: commit it, and fix what it found (docs/reliability.md).
+FUZZTIME ?= 10s
+FUZZ_TARGETS := internal/cniplugin:FuzzNetConf internal/agent:FuzzConfig internal/flows:FuzzFilter \
+	internal/hubble:FuzzFlowFilterAgainstHubble internal/policy:FuzzCompilerMatchesEvaluator internal/datapath:FuzzFromPod
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $${t#*:} ($(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) ./$${t%%:*} >/dev/null || { $(GO) test -run "^$${t#*:}$$" ./$${t%%:*}; exit 1; }; \
+	done
 
 # Only tests that need no privileges.
 test-unit:

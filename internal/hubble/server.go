@@ -181,10 +181,43 @@ func supported(f *flowpb.FlowFilter) error {
 		"dns_query": len(f.DnsQuery) > 0, "source_workload": len(f.SourceWorkload) > 0,
 		"destination_workload": len(f.DestinationWorkload) > 0, "trace_id": len(f.TraceId) > 0,
 		"uuid": len(f.Uuid) > 0, "interface": len(f.Interface) > 0, "node_labels": len(f.NodeLabels) > 0,
+		"source_ip_xlated": len(f.SourceIpXlated) > 0, "source_cluster_name": len(f.SourceClusterName) > 0,
+		"destination_cluster_name": len(f.DestinationClusterName) > 0, "ip_trace_id": len(f.IpTraceId) > 0,
+		"encrypted": len(f.Encrypted) > 0, "experimental": f.Experimental != nil,
 	}
 	for name, set := range unsupported {
 		if set {
 			return fmt.Errorf("flow filter %s is not supported by kpath", name)
+		}
+	}
+	for _, ip := range append(slices.Clone(f.SourceIp), f.DestinationIp...) {
+		if _, err := parseIPFilter(ip); err != nil {
+			return err
+		}
+	}
+	for _, names := range [][]string{f.SourcePod, f.DestinationPod, f.SourceService, f.DestinationService} {
+		if slices.Contains(names, "") {
+			return errors.New("flow filter pod or service: a name must not be empty")
+		}
+	}
+	for _, p := range append(slices.Clone(f.SourcePort), f.DestinationPort...) {
+		if _, err := strconv.ParseUint(p, 10, 16); err != nil {
+			return fmt.Errorf("flow filter port %q: %w", p, err)
+		}
+	}
+	for _, p := range f.Protocol {
+		if !slices.Contains(protocols, strings.ToLower(p)) {
+			return fmt.Errorf("flow filter protocol %q: want one of %s", p, strings.Join(protocols, ", "))
+		}
+	}
+	if len(f.NodeName) > 0 {
+		if _, err := compileNodeNames(f.NodeName); err != nil {
+			return fmt.Errorf("flow filter node_name: %w", err)
+		}
+	}
+	for _, sel := range append(slices.Clone(f.SourceLabel), f.DestinationLabel...) {
+		if _, err := labelSelector(sel); err != nil {
+			return fmt.Errorf("flow filter label %q: %w", sel, err)
 		}
 	}
 	return nil
@@ -202,16 +235,16 @@ func matches(ff *flowpb.FlowFilter, f *flowpb.Flow) bool {
 		!anyMatch(ff.DestinationLabel, func(v string) bool { return labelMatch(v, f.GetDestination()) }) ||
 		!anyMatch(ff.SourceService, func(v string) bool { return serviceMatch(v, f.GetSourceService()) }) ||
 		!anyMatch(ff.DestinationService, func(v string) bool { return serviceMatch(v, f.GetDestinationService()) }) ||
-		!anyMatch(ff.NodeName, func(v string) bool { return v == f.GetNodeName() || strings.HasSuffix(v, "/"+f.GetNodeName()) }) ||
-		!anyMatch(ff.Protocol, func(v string) bool { return strings.EqualFold(v, protocol(f)) }) ||
-		!anyMatch(ff.SourcePort, func(v string) bool { return v == strconv.Itoa(int(port(f, true))) }) ||
-		!anyMatch(ff.DestinationPort, func(v string) bool { return v == strconv.Itoa(int(port(f, false))) }) {
+		(len(ff.NodeName) > 0 && !nodeNameMatch(ff.NodeName, f.GetNodeName())) ||
+		!anyMatch(ff.Protocol, func(v string) bool { return protocolMatch(v, f) }) ||
+		!anyMatch(ff.SourcePort, func(v string) bool { return portMatch(v, f, true) }) ||
+		!anyMatch(ff.DestinationPort, func(v string) bool { return portMatch(v, f, false) }) {
 		return false
 	}
 	if len(ff.Verdict) > 0 && !slices.Contains(ff.Verdict, f.GetVerdict()) {
 		return false
 	}
-	if len(ff.DropReasonDesc) > 0 && !slices.Contains(ff.DropReasonDesc, f.GetDropReasonDesc()) {
+	if len(ff.DropReasonDesc) > 0 && (f.GetVerdict() != flowpb.Verdict_DROPPED || !slices.Contains(ff.DropReasonDesc, f.GetDropReasonDesc())) {
 		return false
 	}
 	if len(ff.TrafficDirection) > 0 && !slices.Contains(ff.TrafficDirection, f.GetTrafficDirection()) {
@@ -221,12 +254,19 @@ func matches(ff *flowpb.FlowFilter, f *flowpb.Flow) bool {
 		len(ff.DestinationIdentity) > 0 && !slices.Contains(ff.DestinationIdentity, f.GetDestination().GetIdentity()) {
 		return false
 	}
-	if len(ff.Reply) > 0 && !slices.Contains(ff.Reply, f.GetIsReply().GetValue()) {
+	if len(ff.IpVersion) > 0 && !slices.Contains(ff.IpVersion, f.GetIP().GetIpVersion()) {
 		return false
 	}
-	if len(ff.EventType) > 0 && !slices.ContainsFunc(ff.EventType, func(e *flowpb.EventTypeFilter) bool {
-		return e.GetType() == f.GetEventType().GetType() && (!e.GetMatchSubType() || e.GetSubType() == f.GetEventType().GetSubType())
-	}) {
+	// A flow whose direction is unknown is no reply when dropped (Hubble
+	// keeps that for its older clients) and matches neither otherwise.
+	if len(ff.Reply) > 0 && (f.GetIsReply() == nil && f.GetVerdict() != flowpb.Verdict_DROPPED || !slices.Contains(ff.Reply, f.GetIsReply().GetValue())) {
+		return false
+	}
+	// An event type filter of type 0 matches any type (of a flow that has
+	// one), as Hubble's does.
+	if len(ff.EventType) > 0 && (f.GetEventType() == nil || !slices.ContainsFunc(ff.EventType, func(e *flowpb.EventTypeFilter) bool {
+		return (e.GetType() == 0 || e.GetType() == f.GetEventType().GetType()) && (!e.GetMatchSubType() || e.GetSubType() == f.GetEventType().GetSubType())
+	})) {
 		return false
 	}
 	if len(ff.TcpFlags) > 0 && !slices.ContainsFunc(ff.TcpFlags, func(t *flowpb.TCPFlags) bool { return flagsMatch(t, f.GetL4().GetTCP().GetFlags()) }) {
@@ -240,6 +280,23 @@ func anyMatch(vals []string, fn func(string) bool) bool {
 }
 
 // ipMatch: an address or a CIDR.
+// parseIPFilter reads an address or, with a '/', a prefix, as Hubble does.
+func parseIPFilter(v string) (netip.Prefix, error) {
+	if strings.Contains(v, "/") {
+		p, err := netip.ParsePrefix(v)
+		if err != nil {
+			return p, fmt.Errorf("flow filter IP prefix %q: %w", v, err)
+		}
+		return p, nil
+	}
+	a, err := netip.ParseAddr(v)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("flow filter IP address %q: %w", v, err)
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// ipMatch: the same address as written, or an address in the prefix.
 func ipMatch(v, ip string) bool {
 	if ip == "" {
 		return false
@@ -251,43 +308,53 @@ func ipMatch(v, ip string) bool {
 	return v == ip
 }
 
-// podMatch: "ns/name-prefix", "ns/" for a namespace, or a name prefix in
-// the default namespace, as Hubble reads --pod.
-func podMatch(v string, e *flowpb.Endpoint) bool {
-	if e.GetPodName() == "" {
+// namespacedMatch: v is "NS/NAME-PREFIX", "NS/" for a namespace, "/NAME-
+// PREFIX" for any namespace, or a name prefix in the default namespace;
+// parts past a second slash are ignored, as Hubble reads pod and service
+// filters.
+func namespacedMatch(v, eventNs, eventName string) bool {
+	if eventNs == "" && eventName == "" {
 		return false
 	}
-	ns, prefix, ok := strings.Cut(v, "/")
-	if !ok {
-		ns, prefix = "default", v
+	parts := strings.Split(v, "/")
+	ns, prefix := parts[0], ""
+	switch {
+	case len(parts) > 1:
+		prefix = parts[1]
+	case ns != "":
+		ns, prefix = "default", ns
 	}
-	return e.GetNamespace() == ns && strings.HasPrefix(e.GetPodName(), prefix)
+	return (prefix == "" || strings.HasPrefix(eventName, prefix)) && (ns == "" || ns == eventNs)
 }
 
-// labelMatch: every "key=value" (or "key") of a comma list, with or
-// without Hubble's "k8s:" source prefix.
-func labelMatch(v string, e *flowpb.Endpoint) bool {
-	for _, want := range strings.Split(v, ",") {
-		want = strings.TrimPrefix(strings.TrimSpace(want), "k8s:")
-		if !slices.ContainsFunc(e.GetLabels(), func(l string) bool {
-			l = strings.TrimPrefix(l, "k8s:")
-			return l == want || strings.HasPrefix(l, want+"=") && !strings.Contains(want, "=")
-		}) {
-			return false
-		}
-	}
-	return true
+func podMatch(v string, e *flowpb.Endpoint) bool {
+	return namespacedMatch(v, e.GetNamespace(), e.GetPodName())
 }
 
 func serviceMatch(v string, s *flowpb.Service) bool {
-	if s == nil {
-		return false
+	return namespacedMatch(v, s.GetNamespace(), s.GetName())
+}
+
+// protocols are the FlowFilter protocols Hubble knows; dns and http (L7)
+// match nothing of kpath's.
+var protocols = []string{"icmp", "icmpv4", "icmpv6", "tcp", "udp", "sctp", "vrrp", "igmp", "dns", "http"}
+
+// protocolMatch: icmp is ICMP of either IP version, as Hubble has it.
+func protocolMatch(v string, f *flowpb.Flow) bool {
+	l4 := f.GetL4()
+	switch strings.ToLower(v) {
+	case "icmp":
+		return l4.GetICMPv4() != nil || l4.GetICMPv6() != nil
+	case "icmpv4":
+		return l4.GetICMPv4() != nil
+	case "icmpv6":
+		return l4.GetICMPv6() != nil
+	case "vrrp":
+		return l4.GetVRRP() != nil
+	case "igmp":
+		return l4.GetIGMP() != nil
 	}
-	ns, name, ok := strings.Cut(v, "/")
-	if !ok {
-		return s.GetName() == v
-	}
-	return s.GetNamespace() == ns && (name == "" || s.GetName() == name)
+	return strings.EqualFold(v, protocol(f))
 }
 
 func protocol(f *flowpb.Flow) string {
@@ -302,6 +369,14 @@ func protocol(f *flowpb.Flow) string {
 		return "icmp"
 	}
 	return ""
+}
+
+// portMatch: the flow has ports (TCP, UDP, SCTP) and the one asked for is
+// v, a decimal number.
+func portMatch(v string, f *flowpb.Flow, src bool) bool {
+	want, err := strconv.ParseUint(v, 10, 16)
+	l4 := f.GetL4()
+	return err == nil && (l4.GetTCP() != nil || l4.GetUDP() != nil || l4.GetSCTP() != nil) && uint64(port(f, src)) == want
 }
 
 func port(f *flowpb.Flow, src bool) uint32 {
@@ -332,5 +407,5 @@ func flagsMatch(want, got *flowpb.TCPFlags) bool {
 		return false
 	}
 	return (!want.SYN || got.SYN) && (!want.ACK || got.ACK) && (!want.FIN || got.FIN) && (!want.RST || got.RST) &&
-		(!want.PSH || got.PSH) && (!want.URG || got.URG)
+		(!want.PSH || got.PSH) && (!want.URG || got.URG) && (!want.ECE || got.ECE) && (!want.CWR || got.CWR) && (!want.NS || got.NS)
 }
