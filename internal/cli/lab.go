@@ -244,7 +244,7 @@ the leftovers of a named lab whose directory is gone.`,
 	var podNS string
 	execCmd := &cobra.Command{
 		Use:   "exec POD -- COMMAND [args...]",
-		Short: "Run a command in a pod's network namespace (and its node's cgroup)",
+		Short: "Run a command in a pod's network namespace and its node's cgroup (real nodes: in its container, as kubectl exec)",
 		Args:  cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			st, err := lab.LoadState(dir)
@@ -258,6 +258,18 @@ the leftovers of a named lab whose directory is gone.`,
 			p, err := c.CoreV1().Pods(podNS).Get(cmd.Context(), args[0], metav1.GetOptions{})
 			if err != nil {
 				return err
+			}
+			if st.Runtime == lab.RuntimeContainerd {
+				// A real node's pod: in its container, through the kubelet.
+				bin, err := testenv.BinDir()
+				if err != nil {
+					return err
+				}
+				kargs := append([]string{"--net=/run/netns/" + st.Vnet, filepath.Join(bin, "kubectl"), "--kubeconfig", st.Kubeconfig,
+					"exec", "-n", podNS, args[0], "--"}, args[1:]...)
+				c := exec.Command("nsenter", kargs...)
+				c.Stdin, c.Stdout, c.Stderr = os.Stdin, cmd.OutOrStdout(), cmd.ErrOrStderr()
+				return c.Run()
 			}
 			var cg string
 			for _, n := range st.Nodes {

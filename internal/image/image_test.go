@@ -177,3 +177,23 @@ func TestBuildRefusesWhatARuntimeWouldPull(t *testing.T) {
 		}
 	}
 }
+
+// TestManifestsNameTheTag: the project's manifests name its images with
+// this tree's tag and never pull them, so they run on real nodes that
+// imported make image's output.
+func TestManifestsNameTheTag(t *testing.T) {
+	data, err := os.ReadFile("../../hack/demo.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		i := strings.Index(line, "image: ")
+		if i < 0 || strings.HasPrefix(strings.TrimSpace(line), "#") {
+			continue
+		}
+		ref := strings.Trim(strings.Fields(line[i+len("image: "):])[0], `",`)
+		if _, tag, _ := strings.Cut(ref, ":"); tag != Tag || !strings.Contains(line, "imagePullPolicy: Never") {
+			t.Errorf("hack/demo.yaml: %q, want the tag %s and imagePullPolicy: Never", strings.TrimSpace(line), Tag)
+		}
+	}
+}

@@ -482,20 +482,32 @@ func writeKubeconfig(path, server, token string) error {
 // directory hack/k8s/build.sh uses for the version pinned in the module
 // found by walking up from the working directory.
 func BinDir() (string, error) {
-	return pinnedBinDir("KPATH_K8S_BIN", "k8s", "k8s.io/kubernetes")
+	return pinnedBinDir("KPATH_K8S_BIN", "k8s", "k8s.io/kubernetes", PinnedKubernetes)
 }
+
+// The versions hack/k8s and hack/cilium pin (a test keeps these equal to
+// their go.mod files): an installed kpath, run outside a checkout, finds
+// the binaries make k8s-bins and make cilium-bins cached for them.
+const (
+	PinnedKubernetes = "v1.34.4"
+	PinnedCilium     = "v1.20.2"
+)
 
 // CiliumBinDir finds the Cilium binaries (hubble, hubble-relay) as BinDir
 // does: $KPATH_CILIUM_BIN, else hack/cilium/build.sh's cache directory.
 func CiliumBinDir() (string, error) {
-	return pinnedBinDir("KPATH_CILIUM_BIN", "cilium", "github.com/cilium/cilium")
+	return pinnedBinDir("KPATH_CILIUM_BIN", "cilium", "github.com/cilium/cilium", PinnedCilium)
 }
 
 // pinnedBinDir: $env, else the cache directory hack/<sub>/build.sh builds
 // module's pinned version into (hack/<sub>/go.mod above the working directory).
-func pinnedBinDir(env, sub, module string) (string, error) {
+func pinnedBinDir(env, sub, module, pinned string) (string, error) {
 	if d := os.Getenv(env); d != "" {
 		return d, nil
+	}
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		return "", err
 	}
 	dir, err := os.Getwd()
 	if err != nil {
@@ -507,10 +519,6 @@ func pinnedBinDir(env, sub, module string) (string, error) {
 			for line := range strings.SplitSeq(string(data), "\n") {
 				f := strings.Fields(line)
 				if len(f) >= 2 && f[0] == module {
-					cache, err := os.UserCacheDir()
-					if err != nil {
-						return "", err
-					}
 					return filepath.Join(cache, "kpath", sub, f[1]), nil
 				}
 			}
@@ -518,7 +526,12 @@ func pinnedBinDir(env, sub, module string) (string, error) {
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", fmt.Errorf("cannot find hack/%s/go.mod above the working directory; set %s", sub, env)
+			// Outside a checkout: where make cached this kpath's version.
+			d := filepath.Join(cache, "kpath", sub, pinned)
+			if _, err := os.Stat(d); err != nil {
+				return "", fmt.Errorf("no %s %s binaries in %s: run make %s-bins in a kpath checkout (as the user who runs kpath), or set %s", module, pinned, d, sub, env)
+			}
+			return d, nil
 		}
 		dir = parent
 	}
