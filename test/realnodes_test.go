@@ -13,6 +13,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
@@ -200,6 +201,29 @@ func TestLabRealNodes(t *testing.T) {
 	probe("to-pod-2", "http://"+ips["echo-2"]+":8080/")
 	probe("to-service", "http://"+svc.Spec.ClusterIP+"/")
 
+	// NetworkPolicy on pods containerd started: the echo pods admit pods
+	// labelled role=allowed only; the drop is a flow naming both pods.
+	pol := netpol("default", "echo-1-from-allowed", &metav1.LabelSelector{MatchLabels: map[string]string{"app": "echo"}}, ingressOnly,
+		[]networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"role": "allowed"}}}}}}, nil)
+	if _, err := c.NetworkingV1().NetworkPolicies("default").Create(ctx, pol, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	probeCmd := []string{"/usr/bin/kpath", "workload", "probe", "http://" + ips["echo-1"] + ":8080/", "-n", "3", "--timeout", "1s"}
+	runPod(t, c, "allowed", "kpath/client"+tag, probeCmd, map[string]string{"role": "allowed"}, corev1.PodSucceeded)
+	runPod(t, c, "denied", "kpath/client"+tag, probeCmd, nil, corev1.PodFailed)
+	node := l.st.Nodes[0]
+	if podNode["echo-1"] != node.Name {
+		node = l.st.Nodes[1]
+	}
+	waitFor(t, 20*time.Second, "the policy drop of probe-denied as a flow on "+node.Name, func() bool {
+		for _, f := range observeFlows(t, bin, node.AgentSocket, "--verdict", "DROPPED") {
+			if f.DropReason == "policy denied" && f.Source.Name() == "default/probe-denied" && f.Destination.Name() == "default/echo-1" {
+				return true
+			}
+		}
+		return false
+	})
+
 	l.down()
 	after := machineState(t)
 	for k, v := range before {
@@ -219,9 +243,16 @@ func TestLabRealNodes(t *testing.T) {
 // succeed; its log says what happened when it does not.
 func runProbePod(t *testing.T, c kubernetes.Interface, name, img string, command []string) {
 	t.Helper()
+	runPod(t, c, name, img, command, nil, corev1.PodSucceeded)
+}
+
+// runPod runs pod probe-NAME with restartPolicy Never and waits until it
+// ends in the phase wanted; its log says what happened when it does not.
+func runPod(t *testing.T, c kubernetes.Interface, name, img string, command []string, labels map[string]string, want corev1.PodPhase) {
+	t.Helper()
 	ctx := context.Background()
 	_, err := c.CoreV1().Pods("default").Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "probe-" + name},
+		ObjectMeta: metav1.ObjectMeta{Name: "probe-" + name, Labels: labels},
 		Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever, Containers: []corev1.Container{{
 			Name: "probe", Image: img, ImagePullPolicy: corev1.PullNever, Command: command}}},
 	}, metav1.CreateOptions{})
@@ -236,8 +267,8 @@ func runProbePod(t *testing.T, c kubernetes.Interface, name, img string, command
 		}
 		return phase == corev1.PodSucceeded || phase == corev1.PodFailed
 	})
-	if phase != corev1.PodSucceeded {
+	if phase != want {
 		logs, _ := c.CoreV1().Pods("default").GetLogs("probe-"+name, &corev1.PodLogOptions{}).DoRaw(ctx)
-		t.Errorf("probe %s: %s:\n%s", name, phase, logs)
+		t.Errorf("probe %s: %s, want %s:\n%s", name, phase, want, logs)
 	}
 }
