@@ -136,6 +136,39 @@ func TestLabRealNodes(t *testing.T) {
 		return true
 	})
 
+	// What a DaemonSet's hostPath or an agent's pins reach on one node is
+	// that node's alone: each node's view (its mount namespace, where
+	// containerd and the kubelet resolve them) of /var/lib/kpath and of
+	// /sys/fs/bpf holds only what that node made, and the machine's none.
+	inNode := func(node string, args ...string) (string, error) {
+		out, err := exec.Command("nsenter", append([]string{"--mount=" + filepath.Join(l.dir, node, "real", "ns", "mnt"), "--"}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	for _, n := range l.st.Nodes {
+		for _, d := range []string{"/var/lib/kpath/", "/sys/fs/bpf/"} {
+			if out, err := inNode(n.Name, "mkdir", "-p", d+"made-by-"+n.Name); err != nil {
+				t.Fatalf("mkdir %s on %s: %v: %s", d, n.Name, err, out)
+			}
+		}
+	}
+	for _, n := range l.st.Nodes {
+		for _, d := range []string{"/var/lib/kpath/", "/sys/fs/bpf/"} {
+			out, err := inNode(n.Name, "ls", d)
+			var made []string // a fresh bpffs also holds the kernel's maps.debug and progs.debug
+			for _, f := range strings.Fields(out) {
+				if strings.HasPrefix(f, "made-by-") {
+					made = append(made, f)
+				}
+			}
+			if err != nil || len(made) != 1 || made[0] != "made-by-"+n.Name {
+				t.Errorf("%s's %s holds %q (%v), want only its own", n.Name, d, out, err)
+			}
+			if _, err := os.Stat(d + "made-by-" + n.Name); err == nil {
+				t.Errorf("%s's %s reached the machine's", n.Name, d)
+			}
+		}
+	}
+
 	// Two echo pods without nodeName, kept apart by anti-affinity: the
 	// scheduler puts one on each node.
 	tag := ":" + image.Tag
@@ -246,14 +279,22 @@ func runProbePod(t *testing.T, c kubernetes.Interface, name, img string, command
 	runPod(t, c, name, img, command, nil, corev1.PodSucceeded)
 }
 
-// runPod runs pod probe-NAME with restartPolicy Never and waits until it
-// ends in the phase wanted; its log says what happened when it does not.
+// runPod runs pod probe-NAME until it ends in the phase wanted; its log
+// says what happened when it does not. One that must succeed is run again
+// on failure (restartPolicy OnFailure): a new pod's address reaches the
+// other nodes' agents through the API server a moment after it starts, and
+// until then policy there sees no pod behind it. One that must fail runs
+// once.
 func runPod(t *testing.T, c kubernetes.Interface, name, img string, command []string, labels map[string]string, want corev1.PodPhase) {
 	t.Helper()
 	ctx := context.Background()
+	restart := corev1.RestartPolicyOnFailure
+	if want == corev1.PodFailed {
+		restart = corev1.RestartPolicyNever
+	}
 	_, err := c.CoreV1().Pods("default").Create(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "probe-" + name, Labels: labels},
-		Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever, Containers: []corev1.Container{{
+		Spec: corev1.PodSpec{RestartPolicy: restart, Containers: []corev1.Container{{
 			Name: "probe", Image: img, ImagePullPolicy: corev1.PullNever, Command: command}}},
 	}, metav1.CreateOptions{})
 	if err != nil {

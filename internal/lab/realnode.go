@@ -25,8 +25,9 @@ import (
 //     (/run/containerd/s, shared between containerds otherwise), runc's
 //     root, the pods' network namespaces (/run/netns);
 //   - the node's own directories bound over /opt/cni/bin, /etc/cni/net.d,
-//     /var/lib/kubelet, /var/lib/containerd, /var/log/pods and
-//     /var/log/containers (a DaemonSet's hostPath resolves there);
+//     /var/lib/kubelet, /var/lib/containerd, /var/log/pods,
+//     /var/log/containers, /var/lib/kpath and /var/log/kpath (a DaemonSet's
+//     hostPath resolves there), and a bpffs of its own on /sys/fs/bpf;
 //   - the kernel settings the kubelet insists on (vm.overcommit_memory,
 //     kernel.panic, ...) bound read from files holding the values it wants,
 //     where the machine's differ: with protectKernelDefaults the kubelet
@@ -44,8 +45,11 @@ const (
 	RuntimeContainerd = "containerd" // a real kubelet and containerd per node
 )
 
-// realNodeDirs are the machine's paths each real node has its own of.
-var realNodeDirs = []string{"/opt/cni/bin", "/etc/cni/net.d", "/var/lib/kubelet", "/var/lib/containerd", "/var/log/pods", "/var/log/containers"}
+// realNodeDirs are the machine's paths each real node has its own of: the
+// runtime's and the kubelet's, and those kpath's DaemonSet mounts from the
+// host (its IPAM state, its flow export).
+var realNodeDirs = []string{"/opt/cni/bin", "/etc/cni/net.d", "/var/lib/kubelet", "/var/lib/containerd", "/var/log/pods", "/var/log/containers",
+	"/var/lib/kpath", "/var/log/kpath"}
 
 // kernelDefaults are the settings the kubelet wants (pkg/kubelet/cm,
 // setupKernelTunables), as /proc/sys paths.
@@ -165,6 +169,10 @@ func (r realNode) setupMountNS() error {
 		"set -e",
 		"mount -t tmpfs -o mode=755 tmpfs /run",
 		"mkdir -p /run/netns /run/containerd /run/lock",
+		// A bpffs of the node's own: what an agent pins on one node is not
+		// another's (the machine's holds a single mount there).
+		"while mountpoint -q /sys/fs/bpf; do umount -l /sys/fs/bpf; done",
+		"mount -t bpf bpf /sys/fs/bpf",
 		// Shared within the node, as a kubelet expects of its root (volume
 		// mounts propagate into the containers that use them).
 		"mount --make-rshared /",
