@@ -304,7 +304,10 @@ state = "/run/containerd"
 
 // kubeletConfig is the node's KubeletConfiguration. One disk and one
 // kernel serve every node of the lab: image garbage collection and eviction
-// by disk are off, kernel settings are checked, not written.
+// by disk are off, kernel settings are checked, not written. The kubelet's
+// API (logs, exec) takes anonymous requests: it is reachable only inside
+// the lab's namespaces, and the lab's API server holds no client
+// certificate for it.
 func (r realNode) kubeletConfig() string {
 	return fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -346,11 +349,6 @@ func startRealNode(ctx context.Context, o Options, r realNode, kubeconfig string
 	if err := r.setupCgroups(); err != nil {
 		return err
 	}
-	cg, err := os.Open(r.n.Cgroup)
-	if err != nil {
-		return err
-	}
-	defer cg.Close()
 	files := map[string]string{"containerd.toml": containerdConfig(), "kubelet.yaml": r.kubeletConfig()}
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(r.dir, name), []byte(content), 0o600); err != nil {
@@ -384,7 +382,7 @@ func startRealNode(ctx context.Context, o Options, r realNode, kubeconfig string
 	if err := r.importImages(o.ImageDir); err != nil {
 		return err
 	}
-	_, err = daemon("kubelet", filepath.Join(o.K8sBin, "kubelet"), "--config="+filepath.Join(r.dir, "kubelet.yaml"),
+	_, err := daemon("kubelet", filepath.Join(o.K8sBin, "kubelet"), "--config="+filepath.Join(r.dir, "kubelet.yaml"),
 		"--kubeconfig="+kubeconfig, "--hostname-override="+r.n.Name, "--node-ip="+r.n.IP, "--v=1")
 	return err
 }
