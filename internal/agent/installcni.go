@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 
 	"github.com/spf13/cobra"
+
+	"github.com/kpath/kpath/internal/cniplugin"
 )
 
 // CNIConfName is the file kpath's network configuration is written to;
@@ -30,7 +32,7 @@ func InstallCNI(pluginPath, binDir, confDir, agentSocket string) error {
 		return fmt.Errorf("install cni plugin: %w", err)
 	}
 	conf := map[string]any{
-		"cniVersion": "1.1.0",
+		"cniVersion": cniplugin.ConfVersion,
 		"name":       "kpath",
 		"plugins":    []map[string]any{{"type": "kpath", "agentSocket": agentSocket}},
 	}

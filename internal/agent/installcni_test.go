@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
+
+	"github.com/kpath/kpath/internal/cniplugin"
 )
 
 func TestInstallCNI(t *testing.T) {
@@ -28,7 +30,7 @@ func TestInstallCNI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if list.Name != "kpath" || len(list.Plugins) != 1 || list.Plugins[0].Network.Type != "kpath" || list.CNIVersion != "1.1.0" {
+	if list.Name != "kpath" || len(list.Plugins) != 1 || list.Plugins[0].Network.Type != "kpath" || list.CNIVersion != cniplugin.ConfVersion {
 		t.Fatalf("configuration %+v", list)
 	}
 	if err := InstallCNI(filepath.Join(dir, "missing"), bin, conf, "/x"); err == nil {

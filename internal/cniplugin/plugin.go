@@ -48,6 +48,12 @@ type NetConf struct {
 // Supported lists the CNI versions kpath-cni speaks.
 var Supported = version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 
+// ConfVersion is the CNI version of the network configuration kpath
+// installs on a node: the newest every runtime kpath meets reads results of
+// (containerd 1.6's libcni refuses 1.1.0 results, and a pod then never gets
+// its network). The plugin speaks every version of Supported.
+const ConfVersion = "1.0.0"
+
 func invalidConfig(format string, a ...any) error {
 	return types.NewError(types.ErrInvalidNetworkConfig, "invalid kpath network configuration", fmt.Sprintf(format, a...))
 }

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kpath/kpath/internal/cniplugin"
 	"github.com/kpath/kpath/internal/dataplane"
 	"github.com/kpath/kpath/internal/image"
 )
@@ -61,10 +62,6 @@ var kernelDefaults = map[string]string{
 	"kernel/keys/root_maxkeys":  "1000000",
 	"kernel/keys/root_maxbytes": "25000000",
 }
-
-// cniVersion is the CNI version of real nodes' network configuration: the
-// newest every runtime the lab may run speaks (containerd 1.6: 1.0.0).
-const cniVersion = "1.0.0"
 
 // hostDirsFile records the mount points a lab made on the machine.
 const hostDirsFile = "host-dirs"
@@ -443,13 +440,13 @@ func (r realNode) installCNI(w dataplane.CNI, loopback string) error {
 			return err
 		}
 	}
-	// containerd 1.6's libcni reads results of CNI 1.0.0 at most: the
-	// configuration asks for that version (kpath-cni speaks 0.3.0-1.1.0).
+	// As kpath installs it on any node (cniplugin.ConfVersion): the lab's
+	// own runtime is given 1.1.0, which containerd 1.6 cannot read.
 	var list map[string]any
 	if err := json.Unmarshal(w.Conf, &list); err != nil {
 		return fmt.Errorf("CNI configuration: %w", err)
 	}
-	list["cniVersion"] = cniVersion
+	list["cniVersion"] = cniplugin.ConfVersion
 	data, err := json.Marshal(list)
 	if err != nil {
 		return err
