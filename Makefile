@@ -19,14 +19,17 @@ image: build
 	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags "-s -w -buildid=" -o $(BIN)/static/ $(addprefix ./cmd/,$(IMAGE_BINS))
 	$(BIN)/kpath image build --bin $(BIN)/static --out $(BIN)/images
 
-# Regenerates bpf/*.c -> internal/datapath/kpath_bpfel.{go,o} (needs clang).
+# Regenerates bpf/*.c -> internal/datapath/kpath_bpfel.{go,o} (needs clang),
+# and deploy/kpath.yaml from the chart (deploy/helm/kpath, rendered with
+# Helm's Go packages by hack/helm, a module of its own).
 generate:
 	hack/install-deps.sh --bpf
 	cd internal/datapath && $(GO) generate ./...
+	cd hack/helm && $(GO) run . render ../../deploy/helm/kpath > ../../deploy/kpath.yaml.tmp && mv ../../deploy/kpath.yaml.tmp ../../deploy/kpath.yaml
 
 # Fails when the committed generated files differ from a fresh generation.
 check-generated: generate
-	@git diff --exit-code -- internal/datapath/ || { echo "generated BPF files are stale: run make generate and commit"; exit 1; }
+	@git diff --exit-code -- internal/datapath/ deploy/kpath.yaml || { echo "generated files are stale: run make generate and commit"; exit 1; }
 
 # The pinned kube-apiserver, kube-controller-manager and kube-proxy, built
 # once into a cache directory (about 10 minutes cold on 2 cores).

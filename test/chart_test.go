@@ -1,0 +1,147 @@
+package test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/restmapper"
+
+	"github.com/kpath/kpath/internal/image"
+	"github.com/kpath/kpath/internal/testenv"
+	"github.com/kpath/kpath/internal/testutil"
+)
+
+// helmChart runs hack/helm (Helm's Go packages) on the chart.
+func helmChart(t *testing.T, verb string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command("go", append([]string{"run", ".", verb, "../../deploy/helm/kpath"}, args...)...)
+	cmd.Dir = "../hack/helm"
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Run(); err != nil {
+		return out.String(), errors.New(strings.TrimSpace(errOut.String()))
+	}
+	return out.String(), nil
+}
+
+func decodeManifests(t *testing.T, manifest string) []*unstructured.Unstructured {
+	t.Helper()
+	var out []*unstructured.Unstructured
+	d := yaml.NewYAMLOrJSONDecoder(strings.NewReader(manifest), 4096)
+	for {
+		var u unstructured.Unstructured
+		if err := d.Decode(&u.Object); err != nil {
+			if errors.Is(err, io.EOF) {
+				return out
+			}
+			t.Fatalf("rendered manifest: %v", err)
+		}
+		if len(u.Object) > 0 {
+			out = append(out, &u)
+		}
+	}
+}
+
+// TestChart: the chart lints clean and renders with Helm's Go packages;
+// deploy/kpath.yaml is its default rendering; every rendered object, with
+// the default values and with Hubble's mTLS listener and the API server's
+// address set, is accepted by a real API server (server-side dry run, no
+// unknown field); the
+// DaemonSet runs this tree's image tag; a listener without TLS is refused
+// unless asked for by name.
+func TestChart(t *testing.T) {
+	testutil.RequireTool(t, "go")
+	if _, err := helmChart(t, "lint"); err != nil {
+		t.Fatalf("lint: %v", err)
+	}
+	def, err := helmChart(t, "render")
+	if err != nil {
+		t.Fatalf("render: %v", err)
+	}
+	committed, err := os.ReadFile("../deploy/kpath.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(committed) != def {
+		t.Error("deploy/kpath.yaml is not the chart's default rendering: run make generate")
+	}
+	tls, err := helmChart(t, "render", "--set", "hubble.listenAddress=:4244", "--set", "hubble.tlsSecret=hubble-server-certs",
+		"--set", "k8sServiceHost=10.0.0.1", "--set", "k8sServicePort=6443", "--set", "agent.clusterCIDR=10.244.0.0/16")
+	if err != nil {
+		t.Fatalf("render with Hubble mTLS: %v", err)
+	}
+	if !strings.Contains(tls, "hubbleTLS:") || !strings.Contains(tls, "KUBERNETES_SERVICE_HOST") {
+		t.Errorf("Hubble mTLS or the API server's address not rendered:\n%s", tls)
+	}
+	if _, err := helmChart(t, "render", "--set", "hubble.listenAddress=:4244"); err == nil || !strings.Contains(err.Error(), "tlsSecret") {
+		t.Errorf("a Hubble listener without TLS rendered: %v", err)
+	}
+	if out, err := helmChart(t, "render", "--set", "hubble.listenAddress=:4244", "--set", "hubble.disableTLS=true"); err != nil || !strings.Contains(out, "hubbleDisableTLS: true") {
+		t.Errorf("a plaintext listener asked for by name: %v", err)
+	}
+
+	for _, u := range decodeManifests(t, def) {
+		if u.GetKind() != "DaemonSet" {
+			continue
+		}
+		var ds appsv1.DaemonSet
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &ds); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range append(ds.Spec.Template.Spec.InitContainers, ds.Spec.Template.Spec.Containers...) {
+			if c.Image != "kpath/kpath:"+image.Tag {
+				t.Errorf("container %s runs %s, want kpath/kpath:%s", c.Name, c.Image, image.Tag)
+			}
+		}
+		if !ds.Spec.Template.Spec.HostNetwork || ds.Spec.Template.Spec.PriorityClassName != "system-node-critical" {
+			t.Errorf("DaemonSet %+v: want hostNetwork and system-node-critical", ds.Spec.Template.Spec)
+		}
+	}
+
+	testutil.RequireRoot(t)
+	env := testenv.StartForTest(t, testenv.Options{})
+	dc, err := discovery.NewDiscoveryClientForConfig(env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
+	dyn, err := dynamic.NewForConfig(env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, manifest := range map[string]string{"default": def, "hubble mTLS": tls} {
+		objs := decodeManifests(t, manifest)
+		if len(objs) < 5 {
+			t.Fatalf("%s: %d objects rendered", name, len(objs))
+		}
+		for _, u := range objs {
+			gvk := u.GroupVersionKind()
+			m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+			if err != nil {
+				t.Fatalf("%s: %s: %v", name, gvk, err)
+			}
+			r := dyn.Resource(m.Resource)
+			var ri dynamic.ResourceInterface = r
+			if u.GetNamespace() != "" {
+				ri = r.Namespace(u.GetNamespace())
+			}
+			if _, err := ri.Create(context.Background(), u, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"}); err != nil {
+				t.Errorf("%s: the API server refuses %s %s: %v", name, u.GetKind(), u.GetName(), err)
+			}
+		}
+	}
+}
