@@ -7,10 +7,14 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -19,11 +23,92 @@ import (
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/restmapper"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/kpath/kpath/internal/image"
 	"github.com/kpath/kpath/internal/testenv"
 	"github.com/kpath/kpath/internal/testutil"
 )
+
+// applyRendered creates the rendered objects of the kinds given, for real.
+func applyRendered(t *testing.T, env *testenv.Env, manifest string, kinds ...string) {
+	t.Helper()
+	dc, err := discovery.NewDiscoveryClientForConfig(env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
+	dyn, err := dynamic.NewForConfig(env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range decodeManifests(t, manifest) {
+		if !slices.Contains(kinds, u.GetKind()) {
+			continue
+		}
+		gvk := u.GroupVersionKind()
+		m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ri dynamic.ResourceInterface = dyn.Resource(m.Resource)
+		if u.GetNamespace() != "" {
+			ri = dyn.Resource(m.Resource).Namespace(u.GetNamespace())
+		}
+		if _, err := ri.Create(context.Background(), u, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("create %s %s: %v", u.GetKind(), u.GetName(), err)
+		}
+	}
+}
+
+// TestChartRBAC: the agent run with only the chart's ServiceAccount (its
+// ClusterRole: list and watch of what it follows, create and patch of
+// Events) syncs and serves, records the Event it is there for (kube-proxy's
+// rules found on its node), and no call of its is forbidden: the chart
+// grants it nothing it does not use, and all it uses.
+func TestChartRBAC(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireTool(t, "ip", "nsenter", "nft")
+	manifest, err := helmChart(t, "render")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := testenv.StartForTest(t, testenv.Options{})
+	setupCluster(t, env.Client)
+	applyRendered(t, env, manifest, "ServiceAccount", "ClusterRole", "ClusterRoleBinding")
+	ctx := context.Background()
+	tok, err := env.Client.CoreV1().ServiceAccounts("kube-system").CreateToken(ctx, "kpath-agent", &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["kpath"] = &clientcmdapi.Cluster{Server: env.APIServerURL, InsecureSkipTLSVerify: true}
+	cfg.AuthInfos["kpath-agent"] = &clientcmdapi.AuthInfo{Token: tok.Status.Token}
+	cfg.Contexts["kpath"] = &clientcmdapi.Context{Cluster: "kpath", AuthInfo: "kpath-agent"}
+	cfg.CurrentContext = "kpath"
+	if err := clientcmd.WriteToFile(*cfg, kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	node := testutil.NewNetns(t, "kpt-"+testutil.UniqueID()+"-rbac")
+	testutil.ForwardIntoNetns(t, node, strings.TrimPrefix(env.APIServerURL, "https://"))
+	testutil.Run(t, "ip", "netns", "exec", node, "nft", "add", "table", "ip", "kube-proxy")
+	// startAgentProcess waits until the agent serves CNI, which it does
+	// once every watch has synced: a list it may not make never does.
+	socket, _ := startAgentProcess(t, env, buildBinaries(t), node, "--pod-cidr=10.244.5.0/24", "--kubeconfig="+kubeconfig)
+	waitFor(t, 30*time.Second, "the agent's KubeProxyRulesFound Event", func() bool {
+		evs, err := env.Client.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "reason=KubeProxyRulesFound"})
+		return err == nil && len(evs.Items) > 0
+	})
+	logs, err := os.ReadFile(filepath.Join(filepath.Dir(socket), "agent.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(strings.ToLower(string(logs)), "forbidden") {
+		t.Errorf("the agent made calls its ServiceAccount may not make:\n%s", logs)
+	}
+}
 
 // helmChart runs hack/helm (Helm's Go packages) on the chart.
 func helmChart(t *testing.T, verb string, args ...string) (string, error) {
