@@ -53,15 +53,24 @@ test: k8s-bins cilium-bins
 	$(MAKE) fuzz
 
 # Every fuzz target for FUZZTIME each (their committed corpora also run as
-# tests in go test ./...). A failure leaves its input in the package's
-# testdata/fuzz: commit it, and fix what it found (docs/reliability.md).
+# tests in go test ./...). A finding leaves its input in the package's
+# testdata/fuzz: commit it, and fix what it found (docs/reliability.md). A
+# failure that leaves no input is the fuzzing engine's own (a worker lost on
+# a loaded machine): it is shown and the target run once more.
 FUZZTIME ?= 10s
 FUZZ_TARGETS := internal/cniplugin:FuzzNetConf internal/agent:FuzzConfig internal/flows:FuzzFilter \
 	internal/hubble:FuzzFlowFilterAgainstHubble internal/policy:FuzzCompilerMatchesEvaluator internal/datapath:FuzzFromPod
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t#*:} ($(FUZZTIME))"; \
-		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) ./$${t%%:*} >/dev/null || { $(GO) test -run "^$${t#*:}$$" ./$${t%%:*}; exit 1; }; \
+		for try in 1 2; do \
+			if out=$$($(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) ./$${t%%:*} 2>&1); then \
+				case "$$out" in *"no fuzz tests to fuzz"*) echo "$$out"; exit 1;; esac; break; \
+			fi; \
+			echo "$$out" | grep -v '^fuzz: elapsed' | tail -40; \
+			if [ $$try = 2 ] || [ -n "$$(git status --porcelain -- ./$${t%%:*}/testdata/fuzz)" ]; then exit 1; fi; \
+			echo "no input left: the engine's failure; once more"; \
+		done; \
 	done
 
 # Only tests that need no privileges.
