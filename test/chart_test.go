@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -31,8 +32,9 @@ import (
 	"github.com/kpath/kpath/internal/testutil"
 )
 
-// applyRendered creates the rendered objects of the kinds given, for real.
-func applyRendered(t *testing.T, env *testenv.Env, manifest string, kinds ...string) {
+// createRendered creates the objects of objs (those of the kinds given;
+// none given: all) with opts, and returns the API server's refusals.
+func createRendered(t *testing.T, env *testenv.Env, objs []*unstructured.Unstructured, opts metav1.CreateOptions, kinds ...string) []error {
 	t.Helper()
 	dc, err := discovery.NewDiscoveryClientForConfig(env.Config)
 	if err != nil {
@@ -43,23 +45,25 @@ func applyRendered(t *testing.T, env *testenv.Env, manifest string, kinds ...str
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, u := range decodeManifests(t, manifest) {
-		if !slices.Contains(kinds, u.GetKind()) {
+	var errs []error
+	for _, u := range objs {
+		if len(kinds) > 0 && !slices.Contains(kinds, u.GetKind()) {
 			continue
 		}
 		gvk := u.GroupVersionKind()
 		m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("%s: %v", gvk, err)
 		}
 		var ri dynamic.ResourceInterface = dyn.Resource(m.Resource)
 		if u.GetNamespace() != "" {
 			ri = dyn.Resource(m.Resource).Namespace(u.GetNamespace())
 		}
-		if _, err := ri.Create(context.Background(), u, metav1.CreateOptions{}); err != nil {
-			t.Fatalf("create %s %s: %v", u.GetKind(), u.GetName(), err)
+		if _, err := ri.Create(context.Background(), u, opts); err != nil {
+			errs = append(errs, fmt.Errorf("%s %s: %w", u.GetKind(), u.GetName(), err))
 		}
 	}
+	return errs
 }
 
 // TestChartRBAC: the agent run with only the chart's ServiceAccount (its
@@ -76,7 +80,9 @@ func TestChartRBAC(t *testing.T) {
 	}
 	env := testenv.StartForTest(t, testenv.Options{})
 	setupCluster(t, env.Client)
-	applyRendered(t, env, manifest, "ServiceAccount", "ClusterRole", "ClusterRoleBinding")
+	for _, err := range createRendered(t, env, decodeManifests(t, manifest), metav1.CreateOptions{}, "ServiceAccount", "ClusterRole", "ClusterRoleBinding") {
+		t.Fatalf("create: %v", err)
+	}
 	ctx := context.Background()
 	tok, err := env.Client.CoreV1().ServiceAccounts("kube-system").CreateToken(ctx, "kpath-agent", &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
 	if err != nil {
@@ -199,34 +205,13 @@ func TestChart(t *testing.T) {
 
 	testutil.RequireRoot(t)
 	env := testenv.StartForTest(t, testenv.Options{})
-	dc, err := discovery.NewDiscoveryClientForConfig(env.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
-	dyn, err := dynamic.NewForConfig(env.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
 	for name, manifest := range map[string]string{"default": def, "hubble mTLS": tls} {
 		objs := decodeManifests(t, manifest)
 		if len(objs) < 5 {
 			t.Fatalf("%s: %d objects rendered", name, len(objs))
 		}
-		for _, u := range objs {
-			gvk := u.GroupVersionKind()
-			m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-			if err != nil {
-				t.Fatalf("%s: %s: %v", name, gvk, err)
-			}
-			r := dyn.Resource(m.Resource)
-			var ri dynamic.ResourceInterface = r
-			if u.GetNamespace() != "" {
-				ri = r.Namespace(u.GetNamespace())
-			}
-			if _, err := ri.Create(context.Background(), u, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"}); err != nil {
-				t.Errorf("%s: the API server refuses %s %s: %v", name, u.GetKind(), u.GetName(), err)
-			}
+		for _, err := range createRendered(t, env, objs, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"}) {
+			t.Errorf("%s: the API server refuses %v", name, err)
 		}
 	}
 }

@@ -397,17 +397,23 @@ func (m metricsText) sum(name string, labels ...string) float64 {
 // namespace.
 func agentMetrics(t *testing.T, node klab.NodeInfo) metricsText {
 	t.Helper()
-	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: nsutil.Dialer(node.Netns), DisableKeepAlives: true}}
-	resp, err := c.Get("http://127.0.0.1:9964/metrics")
+	m, err := tryAgentMetrics(node)
 	if err != nil {
 		t.Fatalf("metrics of %s's agent: %v", node.Name, err)
 	}
+	return m
+}
+
+// tryAgentMetrics is agentMetrics for an agent that may not serve yet.
+func tryAgentMetrics(node klab.NodeInfo) (metricsText, error) {
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: nsutil.Dialer(node.Netns), DisableKeepAlives: true}}
+	resp, err := c.Get("http://127.0.0.1:9964/metrics")
+	if err != nil {
+		return "", err
+	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return metricsText(b)
+	return metricsText(b), err
 }
 
 // processCPU is a process's user and system time so far.

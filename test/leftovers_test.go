@@ -2,8 +2,6 @@ package test
 
 import (
 	"context"
-	"io"
-	"net/http"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -14,7 +12,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	klab "github.com/kpath/kpath/internal/lab"
-	"github.com/kpath/kpath/internal/nsutil"
 	"github.com/kpath/kpath/internal/testutil"
 )
 
@@ -36,8 +33,8 @@ func kubeProxyLeftovers(t *testing.T, st *klab.State, c kubernetes.Interface) {
 		if len(findProcesses("kpath-agent", "--pin-dir="+node.PinDir)) == 0 {
 			return false
 		}
-		m, ok := tryAgentMetrics(node)
-		return ok && m.sum("kpath_kube_proxy_rules", `kind="nftables"`) == 1
+		m, err := tryAgentMetrics(node)
+		return err == nil && m.sum("kpath_kube_proxy_rules", `kind="nftables"`) == 1
 	})
 	waitFor(t, 30*time.Second, "a KubeProxyRulesFound Event on "+node.Name, func() bool {
 		evs, err := c.CoreV1().Events("default").List(context.Background(), metav1.ListOptions{FieldSelector: "involvedObject.kind=Node,reason=KubeProxyRulesFound"})
@@ -51,16 +48,4 @@ func kubeProxyLeftovers(t *testing.T, st *klab.State, c kubernetes.Interface) {
 		}
 		return false
 	})
-}
-
-// tryAgentMetrics is agentMetrics for an agent that may not serve yet.
-func tryAgentMetrics(node klab.NodeInfo) (metricsText, bool) {
-	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: nsutil.Dialer(node.Netns), DisableKeepAlives: true}}
-	resp, err := c.Get("http://127.0.0.1:9964/metrics")
-	if err != nil {
-		return "", false
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return metricsText(b), err == nil
 }

@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/kpath/kpath/internal/datapath"
+	"github.com/kpath/kpath/internal/nsutil"
 )
 
 // The real Cilium as a lab node's dataplane (--services cilium): the
@@ -82,28 +83,14 @@ func (c ciliumNode) nsenter(n Node, args ...string) *exec.Cmd {
 
 // setupMountNS makes the node's mount namespace and its mounts.
 func (c ciliumNode) setupMountNS(n Node, ciliumBin string) error {
-	nsDir := filepath.Dir(c.mountNS)
-	for _, d := range []string{nsDir, filepath.Join(c.dir, "lib"), filepath.Join(c.dir, "state"), filepath.Join(c.dir, "netns-view")} {
+	for _, d := range []string{filepath.Join(c.dir, "lib"), filepath.Join(c.dir, "state"), filepath.Join(c.dir, "netns-view")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return err
 		}
 	}
-	// A namespace file can only be bound on a mount of private
-	// propagation.
-	for _, cmd := range [][]string{
-		{"mount", "--bind", nsDir, nsDir},
-		{"mount", "--make-private", nsDir},
-	} {
-		if err := run(cmd[0], cmd[1:]...); err != nil {
-			return err
-		}
-	}
-	if err := os.WriteFile(c.mountNS, nil, 0o600); err != nil {
-		return err
-	}
 	// Slave propagation: mounts made on the host (new pod namespaces)
 	// reach the node; the node's own mounts stay there.
-	if err := run("unshare", "--mount="+c.mountNS, "--propagation", "slave", "true"); err != nil {
+	if err := nsutil.NewMountNS(c.mountNS); err != nil {
 		return fmt.Errorf("mount namespace for %s: %w", n.Name, err)
 	}
 	view := filepath.Join(c.dir, "netns-view")
@@ -201,11 +188,11 @@ func (d cilium) Start(ctx context.Context, n Node, k Keeper) (CNI, error) {
 		}
 		select {
 		case <-exited:
-			return CNI{}, fmt.Errorf("cilium-agent on %s exited (log: %s):\n%s", n.Name, logPath, tailFile(logPath, 15))
+			return CNI{}, fmt.Errorf("cilium-agent on %s exited (log: %s):\n%s", n.Name, logPath, TailFile(logPath, 15))
 		default:
 		}
 	}
-	return CNI{}, fmt.Errorf("cilium-agent on %s not ready within 5 minutes (log: %s):\n%s", n.Name, logPath, tailFile(logPath, 15))
+	return CNI{}, fmt.Errorf("cilium-agent on %s not ready within 5 minutes (log: %s):\n%s", n.Name, logPath, TailFile(logPath, 15))
 }
 
 // dbg runs cilium-dbg against node n's agent.

@@ -87,11 +87,11 @@ func (d kpath) Start(_ context.Context, n Node, k Keeper) (CNI, error) {
 		}
 		select {
 		case <-exited:
-			return CNI{}, fmt.Errorf("kpath-agent on %s exited (log: %s):\n%s", n.Name, logPath, tailFile(logPath, 15))
+			return CNI{}, fmt.Errorf("kpath-agent on %s exited (log: %s):\n%s", n.Name, logPath, TailFile(logPath, 15))
 		default:
 		}
 	}
-	return CNI{}, fmt.Errorf("kpath-agent on %s not ready within 60s (log: %s):\n%s", n.Name, logPath, tailFile(logPath, 15))
+	return CNI{}, fmt.Errorf("kpath-agent on %s not ready within 60s (log: %s):\n%s", n.Name, logPath, TailFile(logPath, 15))
 }
 
 // status is the agent's own view (its local API).

@@ -69,8 +69,8 @@ func getInNetns(netns, url string, timeout time.Duration) (io.ReadCloser, error)
 	return resp.Body, nil
 }
 
-// tailFile is the last n lines of a log.
-func tailFile(path string, n int) string {
+// TailFile is the last n lines of a log, for errors that point at it.
+func TailFile(path string, n int) string {
 	data, _ := os.ReadFile(path)
 	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")

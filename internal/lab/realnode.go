@@ -14,6 +14,7 @@ import (
 	"github.com/kpath/kpath/internal/cniplugin"
 	"github.com/kpath/kpath/internal/dataplane"
 	"github.com/kpath/kpath/internal/image"
+	"github.com/kpath/kpath/internal/nsutil"
 )
 
 // Real nodes (--runtime containerd): each lab node runs a real containerd
@@ -138,8 +139,7 @@ func removeHostDirs(labDir string) error {
 
 // setupMountNS makes the node's mount namespace and its mounts.
 func (r realNode) setupMountNS() error {
-	nsDir := filepath.Dir(r.mountNS)
-	dirs := []string{nsDir, filepath.Join(r.dir, "sysctl")}
+	dirs := []string{filepath.Join(r.dir, "sysctl")}
 	for _, d := range realNodeDirs {
 		dirs = append(dirs, r.root(d))
 	}
@@ -148,18 +148,8 @@ func (r realNode) setupMountNS() error {
 			return err
 		}
 	}
-	// A namespace file can only be bound on a mount of private
-	// propagation.
-	for _, cmd := range [][]string{{"mount", "--bind", nsDir, nsDir}, {"mount", "--make-private", nsDir}} {
-		if err := run(cmd[0], cmd[1:]...); err != nil {
-			return err
-		}
-	}
-	if err := os.WriteFile(r.mountNS, nil, 0o600); err != nil {
-		return err
-	}
 	// Slave: the machine's mounts reach the node, the node's stay there.
-	if err := run("unshare", "--mount="+r.mountNS, "--propagation", "slave", "true"); err != nil {
+	if err := nsutil.NewMountNS(r.mountNS); err != nil {
 		return fmt.Errorf("mount namespace for %s: %w", r.n.Name, err)
 	}
 	script := []string{
@@ -399,7 +389,7 @@ func (r realNode) waitContainerd(ctx context.Context) error {
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return fmt.Errorf("containerd on %s did not start (log: %s):\n%s", r.n.Name,
-				filepath.Join(r.dir, "containerd.log"), tailLog(filepath.Join(r.dir, "containerd.log"), 15))
+				filepath.Join(r.dir, "containerd.log"), dataplane.TailFile(filepath.Join(r.dir, "containerd.log"), 15))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -469,13 +459,4 @@ func copyFile(src, dst string, mode os.FileMode) error {
 		return err
 	}
 	return os.Rename(tmp, dst)
-}
-
-func tailLog(path string, n int) string {
-	data, _ := os.ReadFile(path)
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -7,7 +7,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
+	"strings"
 
 	"github.com/vishvananda/netns"
 )
@@ -93,4 +97,29 @@ func Relay(ln net.Listener, dial func(context.Context) (net.Conn, error)) {
 			_, _ = io.Copy(in, out)
 		}()
 	}
+}
+
+// NewMountNS makes a mount namespace, a slave of the caller's (the
+// machine's mounts reach it, its own stay there), and keeps it by a bind
+// mount on file, as ip netns keeps network namespaces, so that processes
+// started later join it (nsenter --mount=FILE). file's directory is bound
+// on itself with private propagation first: a namespace file can only be
+// bound on such a mount.
+func NewMountNS(file string) error {
+	dir := filepath.Dir(file)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for _, args := range [][]string{{"mount", "--bind", dir, dir}, {"mount", "--make-private", dir}} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			return fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		}
+	}
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		return err
+	}
+	if out, err := exec.Command("unshare", "--mount="+file, "--propagation", "slave", "true").CombinedOutput(); err != nil {
+		return fmt.Errorf("mount namespace %s: %v: %s", file, err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }
