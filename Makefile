@@ -2,7 +2,7 @@
 GO ?= go
 BIN := bin
 
-.PHONY: all build image generate test test-unit fuzz lint bench demo deps check-generated k8s-bins cilium-bins clean
+.PHONY: all build image generate test test-unit fuzz lint bench demo deps check-generated k8s-bins cilium-bins helm-bins clean
 
 all: build
 
@@ -43,13 +43,18 @@ k8s-bins:
 cilium-bins:
 	hack/cilium/build.sh >/dev/null
 
+# The helm CLI of the Helm release hack/helm pins (cached; about 2 minutes
+# cold): kpath lab up --install helm installs the chart with it.
+helm-bins:
+	hack/helm/build.sh >/dev/null
+
 # Every test. Privileged ones skip without root, unless KPATH_REQUIRE_PRIVILEGED=1.
 # -p 1: the privileged suites share the machine's bpffs and cgroups; one
 # package at a time keeps them from competing for 2 cores. test/ runs for
 # about 10 minutes, go test's default limit: 30 gives it room.
-test: k8s-bins cilium-bins
+test: k8s-bins cilium-bins helm-bins
 	hack/install-deps.sh
-	KPATH_K8S_BIN=$$(hack/k8s/build.sh) KPATH_CILIUM_BIN=$$(hack/cilium/build.sh) $(GO) test -p 1 -count=1 -timeout 30m ./...
+	KPATH_K8S_BIN=$$(hack/k8s/build.sh) KPATH_CILIUM_BIN=$$(hack/cilium/build.sh) KPATH_HELM_BIN=$$(hack/helm/build.sh) $(GO) test -p 1 -count=1 -timeout 30m ./...
 	$(MAKE) fuzz
 
 # Every fuzz target for FUZZTIME each (their committed corpora also run as

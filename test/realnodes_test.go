@@ -12,14 +12,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/kpath/kpath/internal/datapath"
 	"github.com/kpath/kpath/internal/image"
 	klab "github.com/kpath/kpath/internal/lab"
+	"github.com/kpath/kpath/internal/testenv"
 	"github.com/kpath/kpath/internal/testutil"
 )
 
@@ -104,21 +108,41 @@ func machineState(t *testing.T) map[string]string {
 // a real containerd and kubelet on each, registered with the node's own
 // credentials, pods placed by the real kube-scheduler and wired by
 // kpath-cni as containerd calls it, running the project's images imported
-// without a registry; pod to pod across nodes and through a ClusterIP
-// work; lab down leaves the machine as it found it.
+// without a registry; pod to pod across nodes, through a ClusterIP and a
+// NodePort work, NetworkPolicy holds and drops are flows; lab down leaves
+// the machine as it found it. Twice: with the agents run by the lab, and
+// with kpath installed as a user installs it (helm install of the chart:
+// the agent a DaemonSet pod, the nodes Ready only once it is).
 func TestLabRealNodes(t *testing.T) {
 	bin, k8sBin := labPrerequisites(t)
 	testutil.RequireTool(t, "containerd", "ctr", "runc")
 	if _, err := os.Stat(filepath.Join(k8sBin, "kubelet")); err != nil {
 		testutil.SkipOrFail(t, "kubelet not built: run make k8s-bins")
 	}
+	helmDir, err := testenv.HelmBinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	helmBin := filepath.Join(helmDir, "helm")
+	if _, err := os.Stat(helmBin); err != nil {
+		testutil.SkipOrFail(t, "helm not built: run make helm-bins")
+	}
 	images := buildImages(t)
+	t.Run("lab-agents", func(t *testing.T) { realNodesScenario(t, bin, k8sBin, images, klab.InstallLab, "") })
+	t.Run("helm", func(t *testing.T) { realNodesScenario(t, bin, k8sBin, images, klab.InstallHelm, helmBin) })
+}
+
+func realNodesScenario(t *testing.T, bin, k8sBin, images, install, helmBin string) {
 	before := machineState(t)
 	l := upLab(t, bin, k8sBin, "real", "native", "kpath", 2, func(o *klab.Options) {
-		o.Runtime, o.ImageDir = klab.RuntimeContainerd, images
+		o.Runtime, o.ImageDir, o.Install, o.HelmBin = klab.RuntimeContainerd, images, install, helmBin
+		o.HubbleRelay = ciliumBin(t, "hubble-relay")
 	})
 	c := l.c
 	ctx := context.Background()
+	if install == klab.InstallHelm {
+		checkInstalled(t, l)
+	}
 	waitFor(t, 2*time.Minute, "both nodes Ready", func() bool {
 		nodes, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 		if err != nil || len(nodes.Items) != 2 {
@@ -194,7 +218,8 @@ func TestLabRealNodes(t *testing.T) {
 	}
 	svc, err := c.CoreV1().Services("default").Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
-		Spec:       corev1.ServiceSpec{Selector: map[string]string{"app": "echo"}, Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, Selector: map[string]string{"app": "echo"},
+			Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}},
 	}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -233,6 +258,7 @@ func TestLabRealNodes(t *testing.T) {
 	probe("to-pod", "http://"+ips["echo-1"]+":8080/")
 	probe("to-pod-2", "http://"+ips["echo-2"]+":8080/")
 	probe("to-service", "http://"+svc.Spec.ClusterIP+"/")
+	probe("to-nodeport", fmt.Sprintf("http://%s:%d/", l.st.Nodes[1].IP, svc.Spec.Ports[0].NodePort))
 
 	// NetworkPolicy on pods containerd started: the echo pods admit pods
 	// labelled role=allowed only; the drop is a flow naming both pods.
@@ -251,6 +277,16 @@ func TestLabRealNodes(t *testing.T) {
 	waitFor(t, 20*time.Second, "the policy drop of probe-denied as a flow on "+node.Name, func() bool {
 		for _, f := range observeFlows(t, bin, node.AgentSocket, "--verdict", "DROPPED") {
 			if f.DropReason == "policy denied" && f.Source.Name() == "default/probe-denied" && f.Destination.Name() == "default/echo-1" {
+				return true
+			}
+		}
+		return false
+	})
+	// The same drop through hubble-relay, which found the agent by the
+	// Peer service and reached it over mTLS.
+	waitFor(t, 20*time.Second, "the policy drop through hubble-relay", func() bool {
+		for _, r := range hubbleFlows(t, ciliumBin(t, "hubble"), "unix://"+l.st.HubbleRelay, "--verdict", "DROPPED", "--to-pod", "default/echo-1") {
+			if r.Flow.DropReasonDesc == "POLICY_DENIED" && r.Flow.NodeName == node.Name {
 				return true
 			}
 		}
@@ -312,4 +348,92 @@ func runPod(t *testing.T, c kubernetes.Interface, name, img string, command []st
 		logs, _ := c.CoreV1().Pods("default").GetLogs("probe-"+name, &corev1.PodLogOptions{}).DoRaw(ctx)
 		t.Errorf("probe %s: %s, want %s:\n%s", name, phase, want, logs)
 	}
+}
+
+// checkInstalled: kpath as helm installed it. The DaemonSet's agent runs
+// on every node from the imported image, has written the CNI
+// configuration itself once ready (and only then did the node turn
+// Ready), and its socket hooks sit on the node's own cgroup, never on the
+// machine's root.
+func checkInstalled(t *testing.T, l *testLab) {
+	t.Helper()
+	ctx := context.Background()
+	ds, err := l.c.AppsV1().DaemonSets(klab.HelmNamespace).Get(ctx, "kpath-agent", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ds.Status.NumberReady != 2 || ds.Status.DesiredNumberScheduled != 2 {
+		t.Errorf("DaemonSet kpath-agent: %d of %d ready, want 2 of 2", ds.Status.NumberReady, ds.Status.DesiredNumberScheduled)
+	}
+	pods, err := l.c.CoreV1().Pods(klab.HelmNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=kpath-agent"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	onNode := map[string]corev1.Pod{}
+	for _, p := range pods.Items {
+		onNode[p.Spec.NodeName] = p
+	}
+	for _, n := range l.st.Nodes {
+		p, ok := onNode[n.Name]
+		if !ok {
+			t.Errorf("no agent pod on %s", n.Name)
+			continue
+		}
+		if img := p.Spec.Containers[0].Image; img != "kpath/kpath:"+image.Tag {
+			t.Errorf("agent on %s runs %s", n.Name, img)
+		}
+		logs, err := l.c.CoreV1().Pods(klab.HelmNamespace).GetLogs(p.Name, &corev1.PodLogOptions{Container: "agent"}).DoRaw(ctx)
+		if err != nil || !strings.Contains(string(logs), "CNI network configuration written") {
+			t.Errorf("agent on %s did not write the CNI configuration (%v):\n%s", n.Name, err, logs)
+		}
+		conf := filepath.Join(l.dir, n.Name, "real", "root", "etc", "cni", "net.d", "05-kpath.conflist")
+		st, err := os.Stat(conf)
+		if err != nil {
+			t.Errorf("%s: %v", n.Name, err)
+			continue
+		}
+		node, err := l.c.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, cond := range node.Status.Conditions {
+			if cond.Type == corev1.NodeReady && cond.LastTransitionTime.Time.Before(st.ModTime().Truncate(time.Second)) {
+				t.Errorf("%s turned Ready at %s, before the agent wrote its CNI configuration at %s", n.Name, cond.LastTransitionTime, st.ModTime())
+			}
+		}
+		if got := kpathCgroupHooks(t, n.Cgroup); got == 0 {
+			t.Errorf("no socket hook on %s's cgroup %s", n.Name, n.Cgroup)
+		}
+	}
+	root, err := datapath.CgroupV2Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := kpathCgroupHooks(t, root); got != 0 {
+		t.Errorf("%d kpath socket hooks on the machine's cgroup root %s", got, root)
+	}
+}
+
+// kpathCgroupHooks counts kpath's connect4 programs attached to a cgroup.
+func kpathCgroupHooks(t *testing.T, cgroup string) int {
+	t.Helper()
+	f, err := os.Open(cgroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: ebpf.AttachCGroupInet4Connect})
+	if err != nil {
+		t.Fatalf("query %s: %v", cgroup, err)
+	}
+	n := 0
+	for _, p := range res.Programs {
+		if prog, err := ebpf.NewProgramFromID(p.ID); err == nil {
+			if info, err := prog.Info(); err == nil && strings.HasPrefix(info.Name, "kp_sock") {
+				n++
+			}
+			prog.Close()
+		}
+	}
+	return n
 }

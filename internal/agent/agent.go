@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"sync/atomic"
@@ -240,6 +241,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.ready.Store(true)
 	a.readyAt.Store(time.Now().UnixNano())
 	a.log.Info("ready", "startup", time.Since(a.started).Round(time.Millisecond), "status", a.rec.Status())
+	if dir := a.cfg.CNIConfDir; dir != "" {
+		if err := WriteCNIConf(dir, a.cfg.APISocket); err != nil {
+			return fmt.Errorf("ready, but the node cannot turn Ready: %w", err)
+		}
+		a.log.Info("CNI network configuration written", "file", filepath.Join(dir, CNIConfName))
+	}
 
 	go a.rec.Run(ctx, a.cfg.ResyncPeriod.Duration)
 	go a.conntrackGC(ctx)

@@ -52,7 +52,7 @@ func NewCommand() *cobra.Command {
 			return Run(cmd.Context(), final, log)
 		},
 	}
-	cmd.AddCommand(newInstallCNICommand())
+	cmd.AddCommand(newInstallCNICommand(), newMountCgroupCommand())
 	f := cmd.Flags()
 	f.StringVar(&file, "config", "", "YAML configuration file (flags override it)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
@@ -81,6 +81,7 @@ func NewCommand() *cobra.Command {
 	f.Uint32Var(&cfg.MaglevTableSize, "maglev-table-size", cfg.MaglevTableSize, "Maglev table size (prime)")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, `address for /metrics, /healthz, /readyz ("" disables)`)
 	f.StringVar(&cfg.APISocket, "api-socket", cfg.APISocket, "unix socket of the local API")
+	f.StringVar(&cfg.CNIConfDir, "cni-conf-dir", cfg.CNIConfDir, `write the CNI network configuration here once ready ("": do not)`)
 	f.StringVar(&cfg.PodCIDR, "pod-cidr", cfg.PodCIDR, "this node's pod CIDR for IPAM (default: Node.spec.podCIDR)")
 	f.StringVar(&cfg.Routing, "routing", cfg.Routing, "routes to other nodes' pod CIDRs: native, direct or vxlan")
 	f.StringVar(&cfg.ClusterCIDR, "cluster-cidr", cfg.ClusterCIDR, "CIDR of all pods; pod traffic leaving it is masqueraded on the devices")
@@ -158,6 +159,8 @@ func applyFlag(dst, src *Config, name string) {
 		dst.MetricsAddr = src.MetricsAddr
 	case "api-socket":
 		dst.APISocket = src.APISocket
+	case "cni-conf-dir":
+		dst.CNIConfDir = src.CNIConfDir
 	case "pod-cidr":
 		dst.PodCIDR = src.PodCIDR
 	case "routing":

@@ -99,6 +99,11 @@ type Config struct {
 	HealthCheckBind string `json:"healthCheckBindAddress,omitempty"`
 	// APISocket is the unix socket of the local API (root only).
 	APISocket string `json:"apiSocket,omitempty"`
+	// CNIConfDir is where the agent writes kpath's network configuration
+	// (CNIConfName) once it is ready to serve pods, naming APISocket as
+	// the plugin's way to it: the node turns Ready only then. "": the
+	// configuration is someone else's to write (the lab's own runtime).
+	CNIConfDir string `json:"cniConfDir,omitempty"`
 	// ResyncPeriod is how often everything is recomputed and orphans pruned.
 	ResyncPeriod metav1.Duration `json:"resyncPeriod,omitempty"`
 	// CTGCInterval is how often expired connections are collected.
@@ -240,6 +245,9 @@ func (c Config) Validate() error {
 	}
 	if c.APISocket == "" || !filepath.IsAbs(c.APISocket) {
 		errs = append(errs, fmt.Errorf("apiSocket %q: want an absolute path", c.APISocket))
+	}
+	if c.CNIConfDir != "" && !filepath.IsAbs(c.CNIConfDir) {
+		errs = append(errs, fmt.Errorf("cniConfDir %q: want an absolute path", c.CNIConfDir))
 	}
 	if c.HubbleSocket != "" && !filepath.IsAbs(c.HubbleSocket) {
 		errs = append(errs, fmt.Errorf("hubbleSocket %q: want an absolute path", c.HubbleSocket))

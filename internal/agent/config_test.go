@@ -44,9 +44,12 @@ func TestDeployConfigMapIsAValidConfig(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	// The ConfigMap spells out the defaults; keep them in step.
+	// The ConfigMap spells out the defaults; keep them in step. Two are
+	// the DaemonSet's own: where its init container mounts the node's
+	// cgroup2, and where the node's CNI configuration directory is mounted.
 	def := DefaultConfig()
 	def.NodeName = "n1"
+	def.CgroupRoot, def.CNIConfDir = "/run/kpath/cgroupv2", "/host/etc/cni/net.d"
 	if !reflect.DeepEqual(cfg, def) {
 		t.Errorf("deploy ConfigMap differs from DefaultConfig:\n%+v\n%+v", cfg, def)
 	}

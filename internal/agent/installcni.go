@@ -16,10 +16,11 @@ import (
 // "05-" sorts it before other configurations a node may still have.
 const CNIConfName = "05-kpath.conflist"
 
-// InstallCNI copies the plugin binary to binDir (as "kpath", the
-// configuration's type) and writes the network configuration to confDir,
-// each atomically, so the container runtime never sees half a file.
-func InstallCNI(pluginPath, binDir, confDir, agentSocket string) error {
+// InstallCNIPlugin copies the plugin binary to binDir as "kpath" (the
+// configuration's type), atomically, so the container runtime never runs
+// half a binary. It is the DaemonSet's init step; the network
+// configuration comes from the agent once it is ready (WriteCNIConf).
+func InstallCNIPlugin(pluginPath, binDir string) error {
 	src, err := os.Open(pluginPath)
 	if err != nil {
 		return fmt.Errorf("cni plugin binary: %w", err)
@@ -31,6 +32,15 @@ func InstallCNI(pluginPath, binDir, confDir, agentSocket string) error {
 	}); err != nil {
 		return fmt.Errorf("install cni plugin: %w", err)
 	}
+	return nil
+}
+
+// WriteCNIConf writes kpath's network configuration to confDir,
+// atomically, naming the agent's socket as the plugin reaches it. The
+// agent writes it once it can serve pods: the kubelet reports its node
+// Ready only when the runtime finds a network configuration, so no pod is
+// scheduled to a node kpath cannot yet wire (Cilium's agent does the same).
+func WriteCNIConf(confDir, agentSocket string) error {
 	conf := map[string]any{
 		"cniVersion": cniplugin.ConfVersion,
 		"name":       "kpath",
@@ -73,10 +83,10 @@ func writeAtomic(path string, mode os.FileMode, fill func(io.Writer) error) erro
 }
 
 func newInstallCNICommand() *cobra.Command {
-	var binDir, confDir, socket, plugin string
+	var binDir, plugin string
 	cmd := &cobra.Command{
 		Use:   "install-cni",
-		Short: "Install kpath's CNI plugin and network configuration on the node (the DaemonSet's init step)",
+		Short: "Install kpath's CNI plugin on the node (the DaemonSet's init step; the agent writes the network configuration once ready)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if plugin == "" {
@@ -86,16 +96,14 @@ func newInstallCNICommand() *cobra.Command {
 				}
 				plugin = filepath.Join(filepath.Dir(self), "kpath-cni")
 			}
-			if err := InstallCNI(plugin, binDir, confDir, socket); err != nil {
+			if err := InstallCNIPlugin(plugin, binDir); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "installed %s and %s\n", filepath.Join(binDir, "kpath"), filepath.Join(confDir, CNIConfName))
+			fmt.Fprintf(cmd.OutOrStdout(), "installed %s\n", filepath.Join(binDir, "kpath"))
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&binDir, "bin-dir", "/opt/cni/bin", "CNI plugin directory")
-	cmd.Flags().StringVar(&confDir, "conf-dir", "/etc/cni/net.d", "CNI configuration directory")
-	cmd.Flags().StringVar(&socket, "agent-socket", "/run/kpath/agent.sock", "the agent's API socket, as the plugin sees it")
 	cmd.Flags().StringVar(&plugin, "plugin", "", "the kpath-cni binary (default: beside this executable)")
 	return cmd
 }

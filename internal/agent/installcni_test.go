@@ -18,7 +18,10 @@ func TestInstallCNI(t *testing.T) {
 	}
 	bin, conf := filepath.Join(dir, "bin"), filepath.Join(dir, "net.d")
 	for range 2 { // idempotent
-		if err := InstallCNI(plugin, bin, conf, "/run/kpath/agent.sock"); err != nil {
+		if err := InstallCNIPlugin(plugin, bin); err != nil {
+			t.Fatal(err)
+		}
+		if err := WriteCNIConf(conf, "/run/kpath/agent.sock"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -33,7 +36,7 @@ func TestInstallCNI(t *testing.T) {
 	if list.Name != "kpath" || len(list.Plugins) != 1 || list.Plugins[0].Network.Type != "kpath" || list.CNIVersion != cniplugin.ConfVersion {
 		t.Fatalf("configuration %+v", list)
 	}
-	if err := InstallCNI(filepath.Join(dir, "missing"), bin, conf, "/x"); err == nil {
+	if err := InstallCNIPlugin(filepath.Join(dir, "missing"), bin); err == nil {
 		t.Fatal("missing plugin binary accepted")
 	}
 }

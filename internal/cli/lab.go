@@ -50,6 +50,7 @@ exec commands in.`,
 		relayBin string // supervise's: a path or ""
 		runtime  string
 		images   string
+		install  string
 	)
 	up := &cobra.Command{
 		Use:   "up",
@@ -95,7 +96,7 @@ exec commands in.`,
 				}
 			}
 			sup := exec.Command(self, "lab", "supervise", "--dir", dir, "--nodes", fmt.Sprint(nodes), "--routing", mode, "--services", services,
-				"--hubble-relay", relay, "--runtime", runtime, "--images", images)
+				"--hubble-relay", relay, "--runtime", runtime, "--images", images, "--install", install)
 			sup.Stdout, sup.Stderr = logf, logf
 			sup.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 			if err := sup.Start(); err != nil {
@@ -137,6 +138,7 @@ exec commands in.`,
 	up.Flags().StringVar(&relay, "hubble-relay", "auto", `hubble-relay binary to run over the nodes ("auto": make cilium-bins' if built; "" for none)`)
 	up.Flags().StringVar(&runtime, "runtime", lab.RuntimeLab, `what runs the nodes' pods: "lab" (the lab's own runtime) or "containerd" (a real kubelet and containerd per node; make image first)`)
 	up.Flags().StringVar(&images, "images", "", "with --runtime containerd: the images to import into every node (default: make image's bin/images)")
+	up.Flags().StringVar(&install, "install", "", `with --runtime containerd: "helm" installs kpath's chart on the nodes (the agent as a DaemonSet; make helm-bins) instead of the lab running the agents`)
 
 	supervise := &cobra.Command{
 		Use:    "supervise",
@@ -156,8 +158,17 @@ exec commands in.`,
 					return fmt.Errorf("services cilium: %w (make cilium-bins builds them)", err)
 				}
 			}
+			var helmBin string
+			if install == lab.InstallHelm {
+				d, err := testenv.HelmBinDir()
+				if err != nil {
+					return fmt.Errorf("install helm: %w", err)
+				}
+				helmBin = filepath.Join(d, "helm")
+			}
 			return lab.Supervise(ctx, lab.Options{Dir: dir, Nodes: nodes, Routing: mode, Services: services,
-				BinDir: binDir, K8sBin: k8sBin, HubbleRelay: relayBin, CiliumBin: ciliumBin, Runtime: runtime, ImageDir: images, Log: logf})
+				BinDir: binDir, K8sBin: k8sBin, HubbleRelay: relayBin, CiliumBin: ciliumBin, Runtime: runtime, ImageDir: images,
+				Install: install, HelmBin: helmBin, Log: logf})
 		},
 	}
 	supervise.Flags().IntVar(&nodes, "nodes", 2, "")
@@ -166,6 +177,7 @@ exec commands in.`,
 	supervise.Flags().StringVar(&relayBin, "hubble-relay", "", "")
 	supervise.Flags().StringVar(&runtime, "runtime", lab.RuntimeLab, "")
 	supervise.Flags().StringVar(&images, "images", "", "")
+	supervise.Flags().StringVar(&install, "install", "", "")
 
 	var downName string
 	down := &cobra.Command{

@@ -92,10 +92,12 @@ type State struct {
 	// NetnsPrefix starts the name of every namespace of the lab.
 	NetnsPrefix string `json:"netnsPrefix"`
 	// Vnet is the namespace of the cloud network and the control plane.
-	Vnet       string     `json:"vnet"`
-	Routing    string     `json:"routing"`
-	Services   string     `json:"services"`
-	Runtime    string     `json:"runtime,omitempty"`
+	Vnet     string `json:"vnet"`
+	Routing  string `json:"routing"`
+	Services string `json:"services"`
+	Runtime  string `json:"runtime,omitempty"`
+	// Install is "helm" when kpath runs as the chart's DaemonSet.
+	Install    string     `json:"install,omitempty"`
 	Kubeconfig string     `json:"kubeconfig"`
 	APIServer  string     `json:"apiServer"`
 	Nodes      []NodeInfo `json:"nodes"`
@@ -142,7 +144,13 @@ type Options struct {
 	// ImageDir holds the images real nodes import (make image's
 	// bin/images): the pause image and every workload's.
 	ImageDir string
-	Log      func(format string, args ...any)
+	// Install is how kpath gets onto the nodes: InstallLab (the lab runs
+	// the agents) or InstallHelm (helm install of the chart, with real
+	// nodes only).
+	Install string
+	// HelmBin is the helm CLI (make helm-bins), for InstallHelm.
+	HelmBin string
+	Log     func(format string, args ...any)
 }
 
 // LoadState reads a lab's state.
@@ -199,7 +207,8 @@ func Supervise(ctx context.Context, o Options) (err error) {
 		return err
 	}
 	st := &State{Pid: os.Getpid(), Name: o.Name, NetnsPrefix: nm.netns, Vnet: nm.vnet(), Routing: o.Routing, Services: o.Services, Runtime: o.Runtime,
-		Dir: o.Dir, BinDir: o.BinDir, CiliumBin: o.CiliumBin}
+		Install: o.Install, Dir: o.Dir, BinDir: o.BinDir, CiliumBin: o.CiliumBin}
+	installed := o.Install == InstallHelm
 	vnet := st.Vnet
 	defer func() {
 		if err != nil {
@@ -261,7 +270,10 @@ func Supervise(ctx context.Context, o Options) (err error) {
 	}
 	// Each node's runtime acts as its kubelet (or is one), with its
 	// credentials.
-	var nodeClients []kubernetes.Interface
+	var (
+		nodeClients []kubernetes.Interface
+		realNodes   []realNode
+	)
 	for i := 1; i <= o.Nodes; i++ {
 		n := NodeInfo{Name: nodeName(i), IP: nodeIP(i)}
 		n.Netns, n.PinDir = nm.netns+n.Name, nm.pin+n.Name
@@ -269,6 +281,13 @@ func Supervise(ctx context.Context, o Options) (err error) {
 		n.AgentSocket = filepath.Join(o.Dir, n.Name, "agent.sock")
 		n.HubbleSocket = filepath.Join(o.Dir, n.Name, "hubble.sock")
 		n.HubbleAddress = net.JoinHostPort(n.IP, hubblePort)
+		if installed {
+			// The DaemonSet's /run/kpath (its sockets) and pins, as the
+			// node's mount namespace holds them.
+			r := newRealNode(o.Dir, nm, n)
+			n.AgentSocket, n.HubbleSocket = r.root("/run/kpath/agent.sock"), r.root("/run/kpath/hubble.sock")
+			n.PinDir = "kpath"
+		}
 		o.Log("creating %s (%s)", n.Name, n.IP)
 		if err := os.MkdirAll(n.Cgroup, 0o755); err != nil {
 			return fmt.Errorf("cgroup for %s: %w", n.Name, err)
@@ -303,9 +322,11 @@ func Supervise(ctx context.Context, o Options) (err error) {
 			if err := env.WriteNodeKubeconfig(n.Name, kubeconfig); err != nil {
 				return err
 			}
-			if err := startRealNode(ctx, o, newRealNode(o.Dir, nm, n), kubeconfig, keeper{procs, o.Log}); err != nil {
+			r := newRealNode(o.Dir, nm, n)
+			if err := startRealNode(ctx, o, r, kubeconfig, keeper{procs, o.Log}); err != nil {
 				return err
 			}
+			realNodes = append(realNodes, r)
 			cidr, err = waitPodCIDR(ctx, nodeClient, n.Name, 2*time.Minute)
 		} else {
 			cidr, err = registerNode(ctx, nodeClient, n)
@@ -324,6 +345,16 @@ func Supervise(ctx context.Context, o Options) (err error) {
 	}
 
 	cluster.Kubeconfig = env.Kubeconfig
+	if installed {
+		admin, err := kubernetes.NewForConfig(env.Config)
+		if err != nil {
+			return err
+		}
+		if err := installChart(ctx, o, st, admin, realNodes); err != nil {
+			return err
+		}
+		return serve(ctx, o, st, procs)
+	}
 	dp, err := dataplane.New(o.Services, cluster)
 	if err != nil {
 		return err
@@ -358,8 +389,14 @@ func Supervise(ctx context.Context, o Options) (err error) {
 			Log: slog.New(slog.NewTextHandler(logWriter(o.Log), nil))}
 		go keepRuntime(ctx, rt, o.Log)
 	}
+	return serve(ctx, o, st, procs)
+}
+
+// serve starts hubble-relay over the nodes, if asked for, marks the lab
+// ready and keeps it until ctx ends.
+func serve(ctx context.Context, o Options, st *State, procs *children) error {
 	if o.HubbleRelay != "" && len(st.Nodes) > 0 {
-		o.Log("starting hubble-relay in %s on %s", vnet, relayAddr)
+		o.Log("starting hubble-relay in %s on %s", st.Vnet, relayAddr)
 		sock := filepath.Join(o.Dir, "hubble-relay.sock")
 		if err := startRelay(ctx, o, st, sock, procs); err != nil {
 			return err
@@ -370,7 +407,11 @@ func Supervise(ctx context.Context, o Options) (err error) {
 	if err := st.save(o.Dir); err != nil {
 		return err
 	}
-	o.Log("lab ready: %d nodes, routing %s, services by %s", o.Nodes, o.Routing, o.Services)
+	how := "by the lab"
+	if o.Install == InstallHelm {
+		how = "installed by helm"
+	}
+	o.Log("lab ready: %d nodes, routing %s, services by %s (%s)", o.Nodes, o.Routing, o.Services, how)
 	<-ctx.Done()
 	return nil
 }
@@ -436,38 +477,6 @@ func waitPodCIDR(ctx context.Context, c kubernetes.Interface, node string, withi
 		time.Sleep(200 * time.Millisecond)
 	}
 	return "", fmt.Errorf("%s has no pod CIDR after %s (is its kubelet registered? kube-controller-manager allocates them)", node, within)
-}
-
-// checkRuntime validates o.Runtime and what it needs.
-func checkRuntime(o *Options) error {
-	switch o.Runtime {
-	case "", RuntimeLab:
-		o.Runtime = RuntimeLab
-		return nil
-	case RuntimeContainerd:
-	default:
-		return fmt.Errorf("runtime %q: want %s or %s", o.Runtime, RuntimeLab, RuntimeContainerd)
-	}
-	if o.Services == "cilium" {
-		return fmt.Errorf("runtime containerd with services cilium: not supported yet (Cilium's CNI is wired by the lab's runtime only)")
-	}
-	for _, tool := range []string{"containerd", "ctr", "runc"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return fmt.Errorf("runtime containerd needs %s: install Debian's containerd package (hack/install-deps.sh)", tool)
-		}
-	}
-	for path, what := range map[string]string{
-		filepath.Join(o.K8sBin, "kubelet"):  "the kubelet: make k8s-bins",
-		filepath.Join(o.BinDir, "loopback"): "the loopback CNI plugin: make build",
-	} {
-		if _, err := os.Stat(path); err != nil {
-			return fmt.Errorf("runtime containerd needs %s (%s)", path, what)
-		}
-	}
-	if o.ImageDir == "" {
-		return fmt.Errorf("runtime containerd needs the images to import (make image; --images DIR)")
-	}
-	return nil
 }
 
 // Down stops the lab named name whose directory is dir and removes

@@ -139,7 +139,7 @@ func removeHostDirs(labDir string) error {
 
 // setupMountNS makes the node's mount namespace and its mounts.
 func (r realNode) setupMountNS() error {
-	dirs := []string{filepath.Join(r.dir, "sysctl")}
+	dirs := []string{filepath.Join(r.dir, "sysctl"), r.root("/run/kpath/cgroupv2")}
 	for _, d := range realNodeDirs {
 		dirs = append(dirs, r.root(d))
 	}
@@ -167,6 +167,12 @@ func (r realNode) setupMountNS() error {
 	for _, d := range realNodeDirs {
 		script = append(script, fmt.Sprintf("mount --bind %s %s", r.root(d), d))
 	}
+	// The DaemonSet's /run/kpath (the agent's sockets) where the lab
+	// reaches it, and in it the node's cgroup2 as a machine of its own
+	// has it: rooted at the node's cgroup, what kpath's mount-cgroup
+	// would mount from the node's cgroup namespace.
+	script = append(script, "mkdir -p /run/kpath", fmt.Sprintf("mount --bind %s /run/kpath", r.root("/run/kpath")),
+		fmt.Sprintf("mount --bind %s /run/kpath/cgroupv2", r.n.Cgroup))
 	for key, want := range kernelDefaults {
 		have, err := os.ReadFile(filepath.Join("/proc/sys", key))
 		if err != nil || strings.TrimSpace(string(have)) == want {
@@ -372,6 +378,53 @@ func startRealNode(ctx context.Context, o Options, r realNode, kubeconfig string
 	_, err := daemon("kubelet", filepath.Join(o.K8sBin, "kubelet"), "--config="+filepath.Join(r.dir, "kubelet.yaml"),
 		"--kubeconfig="+kubeconfig, "--hostname-override="+r.n.Name, "--node-ip="+r.n.IP, "--v=1")
 	return err
+}
+
+// checkRuntime validates o.Runtime and what it needs.
+func checkRuntime(o *Options) error {
+	switch o.Runtime {
+	case "", RuntimeLab:
+		o.Runtime = RuntimeLab
+		if o.Install != InstallLab {
+			return fmt.Errorf("install %s needs real nodes: --runtime containerd", o.Install)
+		}
+		return nil
+	case RuntimeContainerd:
+	default:
+		return fmt.Errorf("runtime %q: want %s or %s", o.Runtime, RuntimeLab, RuntimeContainerd)
+	}
+	if o.Services == "cilium" {
+		return fmt.Errorf("runtime containerd with services cilium: not supported yet (Cilium's CNI is wired by the lab's runtime only)")
+	}
+	for _, tool := range []string{"containerd", "ctr", "runc"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("runtime containerd needs %s: install Debian's containerd package (hack/install-deps.sh)", tool)
+		}
+	}
+	for path, what := range map[string]string{
+		filepath.Join(o.K8sBin, "kubelet"):  "the kubelet: make k8s-bins",
+		filepath.Join(o.BinDir, "loopback"): "the loopback CNI plugin: make build",
+	} {
+		if _, err := os.Stat(path); err != nil {
+			return fmt.Errorf("runtime containerd needs %s (%s)", path, what)
+		}
+	}
+	if o.ImageDir == "" {
+		return fmt.Errorf("runtime containerd needs the images to import (make image; --images DIR)")
+	}
+	switch o.Install {
+	case InstallLab:
+	case InstallHelm:
+		if o.Services != "kpath" && o.Services != "kpath-tc" {
+			return fmt.Errorf("install helm with services %s: the chart installs kpath (services kpath or kpath-tc)", o.Services)
+		}
+		if _, err := os.Stat(o.HelmBin); o.HelmBin == "" || err != nil {
+			return fmt.Errorf("install helm needs the helm CLI %q: make helm-bins", o.HelmBin)
+		}
+	default:
+		return fmt.Errorf("install %q: want helm, or nothing (the lab runs the agents)", o.Install)
+	}
+	return nil
 }
 
 // ctr runs containerd's client on the node.

@@ -76,6 +76,11 @@ func hubblePKI(labDir string, nodes []string) (string, error) {
 			return "", err
 		}
 	}
+	// One for every agent of an installed kpath (a DaemonSet mounts one
+	// Secret): *.CLUSTER.hubble-grpc.cilium.io, as Cilium's chart issues.
+	if _, err := ca.Issue(dir, "agents", true, []string{hubble.TLSServerName("*", "default")}, nil); err != nil {
+		return "", err
+	}
 	for _, client := range []string{"relay", "client"} {
 		if _, err := ca.Issue(dir, client, false, nil, nil); err != nil {
 			return "", err

@@ -8,17 +8,22 @@
 //   - traffic from this node's pods to destinations outside the cluster
 //     CIDR, which the network outside does not route back to pod addresses.
 //
-// This is a first step: SNAT in eBPF will replace it. The nft command must
-// be installed (Debian package nftables).
+// This is a first step: SNAT in eBPF will replace it. The rules are
+// programmed over netlink; no nft command is needed.
 package masq
 
 import (
-	"bytes"
 	"fmt"
+	"net"
 	"net/netip"
-	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
 )
 
 // Table is the nftables table kpath owns.
@@ -62,35 +67,91 @@ table ip %[1]s {
 }
 
 // Ensure installs the rules, replacing any earlier version in one
-// transaction.
+// transaction. It speaks netlink to nf_tables itself (google/nftables):
+// the agent's image has no nft command.
 func Ensure(r Rules) error {
 	if len(r.Devices) == 0 || (r.Mark == 0 && !r.PodCIDR.IsValid()) {
 		return Remove()
 	}
 	for _, d := range r.Devices {
-		if d == "" || strings.ContainsAny(d, "\"\n") {
+		if d == "" || len(d) >= unix.IFNAMSIZ || strings.ContainsAny(d, "\"\n") {
 			return fmt.Errorf("device name %q is not valid", d)
 		}
 	}
-	return nft(Ruleset(r))
+	return apply(func(c *nftables.Conn, t *nftables.Table) bool {
+		// (Re)created in the batch that removes the old one: no moment
+		// without the rules, none with both versions.
+		chain := c.AddChain(&nftables.Chain{Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT,
+			Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
+		for _, dev := range r.Devices {
+			oif := []expr.Any{
+				&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(dev)},
+			}
+			if r.Mark != 0 {
+				// The mark is host order in the kernel's register.
+				m := binaryutil.NativeEndian.PutUint32(r.Mark)
+				c.AddRule(&nftables.Rule{Table: t, Chain: chain, Exprs: slices.Concat([]expr.Any{
+					&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+					&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: m, Xor: make([]byte, 4)},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: m},
+				}, oif, []expr.Any{&expr.Masq{}})})
+			}
+			if r.PodCIDR.IsValid() && r.ClusterCIDR.IsValid() {
+				c.AddRule(&nftables.Rule{Table: t, Chain: chain, Exprs: slices.Concat(
+					prefixMatch(12, r.PodCIDR, expr.CmpOpEq),      // ip saddr
+					prefixMatch(16, r.ClusterCIDR, expr.CmpOpNeq), // ip daddr
+					oif, []expr.Any{&expr.Masq{}})})
+			}
+		}
+		return true
+	})
 }
 
 // Remove deletes kpath's table; it is not an error when it is absent.
 func Remove() error {
-	return nft(fmt.Sprintf("table ip %[1]s {}\ndelete table ip %[1]s\n", Table))
+	return apply(func(*nftables.Conn, *nftables.Table) bool { return false })
 }
 
-func nft(script string) error {
-	path, err := exec.LookPath("nft")
+// apply replaces kpath's table by what fill adds to it in one
+// transaction; fill returning false leaves no table.
+func apply(fill func(*nftables.Conn, *nftables.Table) bool) error {
+	c, err := nftables.New()
 	if err != nil {
-		return fmt.Errorf("masquerade rule: nft not found (install nftables): %w", err)
+		return fmt.Errorf("masquerade rules: nftables: %w", err)
 	}
-	cmd := exec.Command(path, "-f", "-")
-	cmd.Stdin = strings.NewReader(script)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("masquerade rule: nft: %w: %s", err, strings.TrimSpace(out.String()))
+	defer c.CloseLasting()
+	t := &nftables.Table{Name: Table, Family: nftables.TableFamilyIPv4}
+	// Adding an existing table is no error: the delete that follows then
+	// always has a table to remove.
+	c.AddTable(t)
+	c.DelTable(t)
+	if filled := fill(c, c.AddTable(&nftables.Table{Name: Table, Family: nftables.TableFamilyIPv4})); !filled {
+		c.DelTable(t)
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("masquerade rules: nftables: %w (does the kernel have nf_tables and nft_masq?)", err)
 	}
 	return nil
+}
+
+// ifname is an interface name as nf_tables compares it: NUL-padded to
+// IFNAMSIZ.
+func ifname(n string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, n)
+	return b
+}
+
+// prefixMatch compares the IPv4 address at offset of the network header
+// (12: source, 16: destination) with prefix.
+func prefixMatch(offset uint32, p netip.Prefix, op expr.CmpOp) []expr.Any {
+	p = p.Masked()
+	mask := net.CIDRMask(p.Bits(), 32)
+	addr := p.Addr().As4()
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: make([]byte, 4)},
+		&expr.Cmp{Op: op, Register: 1, Data: addr[:]},
+	}
 }

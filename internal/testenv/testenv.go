@@ -491,7 +491,14 @@ func BinDir() (string, error) {
 const (
 	PinnedKubernetes = "v1.34.4"
 	PinnedCilium     = "v1.20.2"
+	PinnedHelm       = "v4.3.2"
 )
+
+// HelmBinDir finds the helm CLI (hack/helm/build.sh, make helm-bins) as
+// BinDir does: $KPATH_HELM_BIN, else its cache directory.
+func HelmBinDir() (string, error) {
+	return pinnedBinDir("KPATH_HELM_BIN", "helm", "helm.sh/helm/v4", PinnedHelm)
+}
 
 // CiliumBinDir finds the Cilium binaries (hubble, hubble-relay) as BinDir
 // does: $KPATH_CILIUM_BIN, else hack/cilium/build.sh's cache directory.
@@ -518,6 +525,9 @@ func pinnedBinDir(env, sub, module, pinned string) (string, error) {
 		if err == nil {
 			for line := range strings.SplitSeq(string(data), "\n") {
 				f := strings.Fields(line)
+				if len(f) > 0 && f[0] == "require" { // require MODULE VERSION on one line
+					f = f[1:]
+				}
 				if len(f) >= 2 && f[0] == module {
 					return filepath.Join(cache, "kpath", sub, f[1]), nil
 				}

@@ -39,6 +39,7 @@ func TestPinnedVersions(t *testing.T) {
 	for file, want := range map[string]string{
 		"../../hack/k8s/go.mod":    "k8s.io/kubernetes " + PinnedKubernetes,
 		"../../hack/cilium/go.mod": "github.com/cilium/cilium " + PinnedCilium,
+		"../../hack/helm/go.mod":   "helm.sh/helm/v4 " + PinnedHelm,
 	} {
 		data, err := os.ReadFile(file)
 		if err != nil {

@@ -1,0 +1,209 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kpath/kpath/deploy/helm"
+	"github.com/kpath/kpath/internal/image"
+)
+
+// Installed kpath (--install helm): the real nodes come up with no
+// kube-proxy and no CNI, and kpath is installed as a user installs it:
+// helm install of the chart (the one built into this binary) with the
+// pinned helm CLI, the agent running as a DaemonSet from the image the
+// nodes imported, reaching the API server at its own address
+// (k8sServiceHost), installing kpath-cni and writing the network
+// configuration once ready, which is when each node turns Ready.
+
+// Ways to put kpath on the nodes.
+const (
+	InstallLab  = ""     // the lab runs kpath-agent on each node itself
+	InstallHelm = "helm" // helm install of the chart: kpath as a DaemonSet
+)
+
+// Release and namespace the lab installs the chart as.
+const (
+	HelmRelease   = "kpath"
+	HelmNamespace = "kube-system"
+	// hubbleSecret holds the agents' Hubble server certificate.
+	hubbleSecret = "kpath-hubble-server"
+)
+
+// helmValues are the chart values that fit the lab: its API server, its
+// routing, the nodes' uplink and Hubble's mTLS listener.
+func helmValues(o Options, apiServer string) (map[string]any, error) {
+	u, err := url.Parse(apiServer)
+	if err != nil {
+		return nil, fmt.Errorf("API server address %q: %w", apiServer, err)
+	}
+	host, port, err := net.SplitHostPort(u.Host)
+	if err != nil {
+		return nil, fmt.Errorf("API server address %q: %w", apiServer, err)
+	}
+	agent := map[string]any{
+		"routing":     o.Routing,
+		"clusterCIDR": ClusterCIDR,
+		"devices":     []string{"eth0"},
+		"socketHook":  o.Services != "kpath-tc",
+	}
+	if len(o.AgentArgs) > 0 {
+		agent["extraArgs"] = o.AgentArgs
+	}
+	return map[string]any{
+		"image":          map[string]any{"tag": image.Tag},
+		"k8sServiceHost": host,
+		"k8sServicePort": port,
+		"agent":          agent,
+		"hubble":         map[string]any{"listenAddress": ":" + hubblePort, "tlsSecret": hubbleSecret},
+	}, nil
+}
+
+// helmCmd runs the helm CLI against the lab's API server, from the vnet
+// (where the API server listens), with helm's own files in the lab.
+func helmCmd(o Options, st *State, args ...string) *exec.Cmd {
+	cmd := exec.Command("nsenter", append([]string{"--net=/run/netns/" + st.Vnet, "--", o.HelmBin,
+		"--kubeconfig", st.Kubeconfig, "--namespace", HelmNamespace}, args...)...)
+	home := filepath.Join(o.Dir, "helm")
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+filepath.Join(home, "cache"), "HELM_CONFIG_HOME="+filepath.Join(home, "config"),
+		"HELM_DATA_HOME="+filepath.Join(home, "data"))
+	return cmd
+}
+
+// installChart installs kpath's chart on the lab's real nodes and waits
+// until every agent is ready and every node Ready.
+func installChart(ctx context.Context, o Options, st *State, c kubernetes.Interface, nodes []realNode) error {
+	for _, r := range nodes {
+		// What the node's OS image brings: containerd calls loopback for
+		// every pod (Debian's containernetworking-plugins has it).
+		if err := copyFile(filepath.Join(o.BinDir, "loopback"), filepath.Join(r.root("/opt/cni/bin"), "loopback"), 0o755); err != nil {
+			return fmt.Errorf("loopback plugin on %s: %w", r.n.Name, err)
+		}
+	}
+	if err := hubbleServerSecret(ctx, c, st.HubbleTLS); err != nil {
+		return err
+	}
+	vals, err := helmValues(o, st.APIServer)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(o.Dir, "helm")
+	chart, err := helm.WriteChart(dir)
+	if err != nil {
+		return err
+	}
+	data, err := yaml.Marshal(vals)
+	if err != nil {
+		return err
+	}
+	valuesFile := filepath.Join(dir, "values.yaml")
+	if err := os.WriteFile(valuesFile, data, 0o600); err != nil {
+		return err
+	}
+	o.Log("helm install %s %s --namespace %s -f %s", HelmRelease, chart, HelmNamespace, valuesFile)
+	start := time.Now()
+	cmd := helmCmd(o, st, "install", HelmRelease, chart, "--values", valuesFile, "--wait=watcher", "--timeout", "4m")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("helm install: %w: %s\n%s", err, strings.TrimSpace(string(out)), agentDiagnosis(ctx, c))
+	}
+	o.Log("kpath installed: every agent ready in %s", time.Since(start).Round(100*time.Millisecond))
+	return waitNodesReady(ctx, c, len(nodes), 2*time.Minute)
+}
+
+// hubbleServerSecret stores the Hubble server certificate every agent
+// serves (hubblePKI's "agents") and the CA of relay's client certificates.
+func hubbleServerSecret(ctx context.Context, c kubernetes.Interface, tlsDir string) error {
+	var err error
+	files := map[string]string{"tls.crt": "agents.crt", "tls.key": "agents.key", "ca.crt": "hubble-ca.crt"}
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: hubbleSecret, Namespace: HelmNamespace}, Type: corev1.SecretTypeTLS, Data: map[string][]byte{}}
+	for key, f := range files {
+		if secret.Data[key], err = os.ReadFile(filepath.Join(tlsDir, f)); err != nil {
+			return err
+		}
+	}
+	_, err = c.CoreV1().Secrets(HelmNamespace).Create(ctx, secret, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		_, err = c.CoreV1().Secrets(HelmNamespace).Update(ctx, secret, metav1.UpdateOptions{})
+	}
+	if err != nil {
+		return fmt.Errorf("hubble server secret: %w", err)
+	}
+	return nil
+}
+
+// waitNodesReady waits for n nodes with condition Ready.
+func waitNodesReady(ctx context.Context, c kubernetes.Interface, n int, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	var last string
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		nodes, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err == nil {
+			ready, notReady := 0, []string{}
+			for _, node := range nodes.Items {
+				ok := false
+				for _, cond := range node.Status.Conditions {
+					if cond.Type == corev1.NodeReady {
+						ok = cond.Status == corev1.ConditionTrue
+						if !ok {
+							notReady = append(notReady, node.Name+": "+cond.Message)
+						}
+					}
+				}
+				if ok {
+					ready++
+				}
+			}
+			if ready >= n {
+				return nil
+			}
+			last = strings.Join(notReady, "; ")
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	return fmt.Errorf("nodes not Ready within %s: %s", within, last)
+}
+
+// agentDiagnosis tells why agents are not ready: their pods' states and
+// the last lines of each one's log.
+func agentDiagnosis(ctx context.Context, c kubernetes.Interface) string {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	pods, err := c.CoreV1().Pods(HelmNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=kpath-agent"})
+	if err != nil {
+		return "agent pods: " + err.Error()
+	}
+	var b strings.Builder
+	for _, p := range pods.Items {
+		fmt.Fprintf(&b, "pod %s on %s: %s", p.Name, p.Spec.NodeName, p.Status.Phase)
+		for _, cs := range append(p.Status.InitContainerStatuses, p.Status.ContainerStatuses...) {
+			switch {
+			case cs.State.Waiting != nil:
+				fmt.Fprintf(&b, "; %s waiting: %s %s", cs.Name, cs.State.Waiting.Reason, cs.State.Waiting.Message)
+			case cs.State.Terminated != nil:
+				fmt.Fprintf(&b, "; %s terminated: %s (exit %d)", cs.Name, cs.State.Terminated.Reason, cs.State.Terminated.ExitCode)
+			}
+		}
+		b.WriteString("\n")
+		tail := int64(15)
+		for _, ctr := range []string{"mount-cgroup", "install-cni", "agent"} {
+			logs, err := c.CoreV1().Pods(HelmNamespace).GetLogs(p.Name, &corev1.PodLogOptions{Container: ctr, TailLines: &tail}).DoRaw(ctx)
+			if err == nil && len(logs) > 0 {
+				fmt.Fprintf(&b, "  %s log:\n%s\n", ctr, logs)
+			}
+		}
+	}
+	return b.String()
+}
