@@ -184,6 +184,19 @@ func TestChart(t *testing.T) {
 	if out, err := helmChart(t, "render", "--set", "hubble.listenAddress=:4244", "--set", "hubble.disableTLS=true"); err != nil || !strings.Contains(out, "hubbleDisableTLS: true") {
 		t.Errorf("a plaintext listener asked for by name: %v", err)
 	}
+	// Cleanup mode: the cleanup DaemonSet and its configuration only,
+	// under names the release being removed does not hold.
+	cleanup, err := helmChart(t, "render", "--set", "cleanup.enabled=true")
+	if err != nil {
+		t.Fatalf("render cleanup: %v", err)
+	}
+	var kinds []string
+	for _, u := range decodeManifests(t, cleanup) {
+		kinds = append(kinds, u.GetKind()+"/"+u.GetName())
+	}
+	if strings.Join(kinds, " ") != "ConfigMap/kpath-cleanup DaemonSet/kpath-cleanup" {
+		t.Errorf("cleanup mode renders %v", kinds)
+	}
 
 	for _, u := range decodeManifests(t, def) {
 		if u.GetKind() != "DaemonSet" {
@@ -205,9 +218,9 @@ func TestChart(t *testing.T) {
 
 	testutil.RequireRoot(t)
 	env := testenv.StartForTest(t, testenv.Options{})
-	for name, manifest := range map[string]string{"default": def, "hubble mTLS": tls} {
+	for name, manifest := range map[string]string{"default": def, "hubble mTLS": tls, "cleanup": cleanup} {
 		objs := decodeManifests(t, manifest)
-		if len(objs) < 5 {
+		if len(objs) < 5 && name != "cleanup" {
 			t.Fatalf("%s: %d objects rendered", name, len(objs))
 		}
 		for _, err := range createRendered(t, env, objs, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"}) {

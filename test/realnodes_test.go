@@ -292,6 +292,9 @@ func realNodesScenario(t *testing.T, bin, k8sBin, images, install, helmBin strin
 		}
 		return false
 	})
+	if install == klab.InstallHelm {
+		helmLifecycle(t, l, images, svc)
+	}
 
 	l.down()
 	after := machineState(t)

@@ -216,6 +216,9 @@ the leftovers of a named lab whose directory is gone.`,
 			fmt.Fprintf(tw, "API server:\t%s in namespace %s (kubeconfig %s)\n", st.APIServer, st.Vnet, st.Kubeconfig)
 			fmt.Fprintf(tw, "Routing:\t%s\n", st.Routing)
 			fmt.Fprintf(tw, "Services:\t%s\n", st.Services)
+			if st.Install != "" {
+				fmt.Fprintf(tw, "Installed by:\t%s (release %s in %s, chart %s: kpath lab helm ...)\n", st.Install, lab.HelmRelease, lab.HelmNamespace, st.Chart)
+			}
 			if st.HubbleRelay != "" {
 				fmt.Fprintf(tw, "Hubble relay:\thubble observe --server unix://%s\n", st.HubbleRelay)
 			}
@@ -248,6 +251,35 @@ the leftovers of a named lab whose directory is gone.`,
 			}
 			// The API server is reachable only inside the vnet namespace.
 			c := exec.Command("nsenter", append([]string{"--net=/run/netns/" + st.Vnet, filepath.Join(bin, "kubectl"), "--kubeconfig", st.Kubeconfig}, args...)...)
+			c.Stdin, c.Stdout, c.Stderr = os.Stdin, cmd.OutOrStdout(), cmd.ErrOrStderr()
+			return c.Run()
+		},
+	}
+
+	helmCmd := &cobra.Command{
+		Use:   "helm [args...]",
+		Short: "Run helm against a lab brought up with --install helm (kpath's release is " + lab.HelmRelease + " in " + lab.HelmNamespace + ")",
+		Long: `Run the pinned helm CLI against the lab, in kpath's namespace, e.g.
+
+  kpath lab helm upgrade kpath CHART --reuse-values --set image.tag=NEW --wait
+
+(CHART: the chart the lab installed, shown by kpath lab status.)
+  kpath lab helm uninstall kpath --wait`,
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) >= 2 && args[0] == "--dir" {
+				dir, args = args[1], args[2:]
+			} else if len(args) >= 1 && strings.HasPrefix(args[0], "--dir=") {
+				dir, args = strings.TrimPrefix(args[0], "--dir="), args[1:]
+			}
+			st, err := lab.LoadState(dir)
+			if err != nil {
+				return fmt.Errorf("no lab in %s: %w", dir, err)
+			}
+			c, err := lab.HelmCmd(st, args...)
+			if err != nil {
+				return err
+			}
 			c.Stdin, c.Stdout, c.Stderr = os.Stdin, cmd.OutOrStdout(), cmd.ErrOrStderr()
 			return c.Run()
 		},
@@ -331,7 +363,7 @@ the leftovers of a named lab whose directory is gone.`,
 		}
 		return labObserve(cmd.Context(), st, f, &obs, &flowPrinter{w: cmd.OutOrStdout(), format: obs.output})
 	}
-	cmd.AddCommand(up, supervise, down, status, kubectl, execCmd, observe, newCheckConnectivityCommand())
+	cmd.AddCommand(up, supervise, down, status, kubectl, helmCmd, execCmd, observe, newCheckConnectivityCommand())
 	return cmd
 }
 

@@ -2,7 +2,10 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
 	"os/signal"
 	"sort"
 	"strings"
@@ -132,6 +135,50 @@ ip netns exec makes: the mounts are the command's alone.`,
 			return nil
 		},
 	}
-	cmd.AddCommand(echo, probe, idle, sandbox, inCluster)
+	var (
+		dcfg   workload.DisruptionConfig
+		status string
+	)
+	disruption := &cobra.Command{
+		Use:   "disruption --hold HOST:PORT... --stream URL... [--status ADDR]",
+		Short: "Hold long-lived connections and stream requests, counting what a fault or an upgrade breaks",
+		Long: `Hold long-lived connections and stream requests, counting what a fault or an
+upgrade breaks (as Cilium's connection-disruption test does across upgrades).
+
+Each --hold target gets --conns TCP connections, opened once, each sending an
+HTTP request every --interval on the same connection (keep-alive) to an echo
+server. A connection that fails once, or that a different backend starts
+answering, is cut, and is not reopened. Each --stream URL is requested every
+--interval on a new connection, counting failures. --status serves the counts
+as JSON (GET /); they are printed when the command is stopped.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			d, err := workload.StartDisruption(ctx, dcfg)
+			if err != nil {
+				return err
+			}
+			if status != "" {
+				ln, err := net.Listen("tcp", status)
+				if err != nil {
+					return fmt.Errorf("status: %w", err)
+				}
+				srv := &http.Server{Handler: d, ReadHeaderTimeout: 5 * time.Second}
+				go func() { _ = srv.Serve(ln) }()
+				defer srv.Close()
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "running")
+			<-ctx.Done()
+			return json.NewEncoder(cmd.OutOrStdout()).Encode(d.Status())
+		},
+	}
+	disruption.Flags().StringSliceVar(&dcfg.Hold, "hold", nil, "HOST:PORT of an echo server to hold connections to (repeatable)")
+	disruption.Flags().IntVar(&dcfg.Conns, "conns", 4, "connections held to each --hold target")
+	disruption.Flags().StringSliceVar(&dcfg.Stream, "stream", nil, "http:// URL to request on new connections (repeatable)")
+	disruption.Flags().DurationVar(&dcfg.Interval, "interval", 100*time.Millisecond, "time between requests on each connection and stream")
+	disruption.Flags().DurationVar(&dcfg.Timeout, "timeout", 2*time.Second, "timeout of each request")
+	disruption.Flags().StringVar(&status, "status", ":9090", `address serving the counts as JSON ("" for none)`)
+	cmd.AddCommand(echo, probe, idle, sandbox, inCluster, disruption)
 	return cmd
 }

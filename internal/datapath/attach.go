@@ -169,17 +169,25 @@ func (d *Datapath) DetachPod(ifname string) error {
 		}
 	}
 	if l, err := netlink.LinkByName(ifname); err == nil {
-		for _, h := range podHooks {
-			filters, err := netlink.FilterList(l, h.parent)
-			if err != nil {
-				continue // no clsact qdisc: nothing of ours
-			}
-			for _, f := range filters {
-				bf, ok := f.(*netlink.BpfFilter)
-				if ok && bf.Priority == legacyFilterPriority && bf.Handle == legacyFilterHandle && strings.HasPrefix(bf.Name, "kp_") {
-					if err := netlink.FilterDel(bf); err != nil && !errors.Is(err, unix.ENOENT) {
-						errs = append(errs, fmt.Errorf("remove %s filter from %s: %w", h.name, ifname, err))
-					}
+		errs = append(errs, removeLegacyFilters(l))
+	}
+	return errors.Join(errs...)
+}
+
+// removeLegacyFilters removes kpath's tc filters (attached the legacy way)
+// from a link.
+func removeLegacyFilters(l netlink.Link) error {
+	var errs []error
+	for _, h := range podHooks {
+		filters, err := netlink.FilterList(l, h.parent)
+		if err != nil {
+			continue // no clsact qdisc: nothing of ours
+		}
+		for _, f := range filters {
+			bf, ok := f.(*netlink.BpfFilter)
+			if ok && bf.Priority == legacyFilterPriority && bf.Handle == legacyFilterHandle && strings.HasPrefix(bf.Name, "kp_") {
+				if err := netlink.FilterDel(bf); err != nil && !errors.Is(err, unix.ENOENT) {
+					errs = append(errs, fmt.Errorf("remove %s filter from %s: %w", h.name, l.Attrs().Name, err))
 				}
 			}
 		}

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -72,15 +73,51 @@ func helmValues(o Options, apiServer string) (map[string]any, error) {
 	}, nil
 }
 
-// helmCmd runs the helm CLI against the lab's API server, from the vnet
-// (where the API server listens), with helm's own files in the lab.
-func helmCmd(o Options, st *State, args ...string) *exec.Cmd {
-	cmd := exec.Command("nsenter", append([]string{"--net=/run/netns/" + st.Vnet, "--", o.HelmBin,
+// HelmCmd runs the helm CLI against the lab's API server, from the vnet
+// (where the API server listens), in the release's namespace, with helm's
+// own files in the lab (kpath lab helm).
+func HelmCmd(st *State, args ...string) (*exec.Cmd, error) {
+	if st.HelmBin == "" {
+		return nil, errors.New("the lab has no helm (it was not brought up with --install helm)")
+	}
+	cmd := exec.Command("nsenter", append([]string{"--net=/run/netns/" + st.Vnet, "--", st.HelmBin,
 		"--kubeconfig", st.Kubeconfig, "--namespace", HelmNamespace}, args...)...)
-	home := filepath.Join(o.Dir, "helm")
+	home := filepath.Join(st.Dir, "helm")
 	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+filepath.Join(home, "cache"), "HELM_CONFIG_HOME="+filepath.Join(home, "config"),
 		"HELM_DATA_HOME="+filepath.Join(home, "data"))
-	return cmd
+	return cmd, nil
+}
+
+// Helm runs helm against the lab (HelmCmd) and returns its output.
+func Helm(st *State, args ...string) (string, error) {
+	cmd, err := HelmCmd(st, args...)
+	if err != nil {
+		return "", err
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("helm %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+// ImportImage imports an image tarball (an OCI layout, as make image
+// writes) into every real node's containerd, as a user loads an image
+// onto a cluster that pulls from no registry.
+func ImportImage(st *State, tarball string) error {
+	nm, err := namesFor(st.Name)
+	if err != nil {
+		return err
+	}
+	if st.Runtime != RuntimeContainerd {
+		return errors.New("images are imported into real nodes only (--runtime containerd)")
+	}
+	for _, n := range st.Nodes {
+		if out, err := newRealNode(st.Dir, nm, n).ctr("images", "import", tarball); err != nil {
+			return fmt.Errorf("import %s on %s: %w: %s", tarball, n.Name, err, out)
+		}
+	}
+	return nil
 }
 
 // installChart installs kpath's chart on the lab's real nodes and waits
@@ -113,11 +150,11 @@ func installChart(ctx context.Context, o Options, st *State, c kubernetes.Interf
 	if err := os.WriteFile(valuesFile, data, 0o600); err != nil {
 		return err
 	}
+	st.HelmBin, st.Chart = o.HelmBin, chart
 	o.Log("helm install %s %s --namespace %s -f %s", HelmRelease, chart, HelmNamespace, valuesFile)
 	start := time.Now()
-	cmd := helmCmd(o, st, "install", HelmRelease, chart, "--values", valuesFile, "--wait=watcher", "--timeout", "4m")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("helm install: %w: %s\n%s", err, strings.TrimSpace(string(out)), agentDiagnosis(ctx, c))
+	if _, err := Helm(st, "install", HelmRelease, chart, "--values", valuesFile, "--wait=watcher", "--timeout", "4m"); err != nil {
+		return fmt.Errorf("%w\n%s", err, agentDiagnosis(ctx, c))
 	}
 	o.Log("kpath installed: every agent ready in %s", time.Since(start).Round(100*time.Millisecond))
 	return waitNodesReady(ctx, c, len(nodes), 2*time.Minute)

@@ -96,8 +96,11 @@ type State struct {
 	Routing  string `json:"routing"`
 	Services string `json:"services"`
 	Runtime  string `json:"runtime,omitempty"`
-	// Install is "helm" when kpath runs as the chart's DaemonSet.
+	// Install is "helm" when kpath runs as the chart's DaemonSet, which
+	// HelmBin installed from Chart (kpath lab helm runs it).
 	Install    string     `json:"install,omitempty"`
+	HelmBin    string     `json:"helmBin,omitempty"`
+	Chart      string     `json:"chart,omitempty"`
 	Kubeconfig string     `json:"kubeconfig"`
 	APIServer  string     `json:"apiServer"`
 	Nodes      []NodeInfo `json:"nodes"`

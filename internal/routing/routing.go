@@ -102,6 +102,10 @@ func VTEPMAC(cidr netip.Prefix) net.HardwareAddr {
 // network address, which IPAM never hands to a pod.
 func vtepAddr(cidr netip.Prefix) net.IP { return net.IP(cidr.Masked().Addr().AsSlice()) }
 
+// Remove deletes every route kpath made (RouteProtocol) and its VXLAN
+// device: what kpath leaves when it is uninstalled.
+func Remove() error { return (&Router{}).prune(nil, nil) }
+
 // Sync makes the routes match the nodes. localCIDR is this node's pod CIDR
 // (needed for the VXLAN device's address); nodes lists every node.
 func (r *Router) Sync(localCIDR netip.Prefix, nodes []*model.Node) error {
