@@ -171,12 +171,17 @@ func TestChart(t *testing.T) {
 		t.Error("deploy/kpath.yaml is not the chart's default rendering: run make generate")
 	}
 	tls, err := helmChart(t, "render", "--set", "hubble.listenAddress=:4244", "--set", "hubble.tlsSecret=hubble-server-certs",
-		"--set", "k8sServiceHost=10.0.0.1", "--set", "k8sServicePort=6443", "--set", "agent.clusterCIDR=10.244.0.0/16")
+		"--set", "k8sServiceHost=10.0.0.1", "--set", "k8sServicePort=6443", "--set", "agent.clusterCIDR=10.244.0.0/16",
+		"--set", "hubble.relay.enabled=true", "--set", "hubble.relay.clientTLSSecret=relay-client-certs")
 	if err != nil {
 		t.Fatalf("render with Hubble mTLS: %v", err)
 	}
-	if !strings.Contains(tls, "hubbleTLS:") || !strings.Contains(tls, "KUBERNETES_SERVICE_HOST") {
-		t.Errorf("Hubble mTLS or the API server's address not rendered:\n%s", tls)
+	if !strings.Contains(tls, "hubbleTLS:") || !strings.Contains(tls, "KUBERNETES_SERVICE_HOST") ||
+		!strings.Contains(tls, "--peer-service=hubble-peer.kube-system.svc.cluster.local:443") || !strings.Contains(tls, "targetPort: 4244") {
+		t.Errorf("Hubble mTLS, relay or the API server's address not rendered:\n%s", tls)
+	}
+	if _, err := helmChart(t, "render", "--set", "hubble.listenAddress=:4244", "--set", "hubble.tlsSecret=x", "--set", "hubble.relay.enabled=true"); err == nil || !strings.Contains(err.Error(), "clientTLSSecret") {
+		t.Errorf("relay without its client certificate rendered: %v", err)
 	}
 	if _, err := helmChart(t, "render", "--set", "hubble.listenAddress=:4244"); err == nil || !strings.Contains(err.Error(), "tlsSecret") {
 		t.Errorf("a Hubble listener without TLS rendered: %v", err)

@@ -28,7 +28,8 @@ import (
 )
 
 // buildImages builds the project's images as make image does (static
-// binaries, then kpath image build's code) into a directory of the test's.
+// binaries, then kpath image build's code, hubble-relay's too) into a
+// directory of the test's.
 func buildImages(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
@@ -44,6 +45,13 @@ func buildImages(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Relay's image, from make cilium-bins' hubble-relay, as make image
+	// builds it when there is one.
+	relay, err := image.HubbleRelay(ciliumBin(t, "hubble-relay"), testenv.PinnedCilium)
+	if err != nil {
+		t.Fatal(err)
+	}
+	specs = append(specs, relay)
 	images := filepath.Join(dir, "images")
 	if err := os.MkdirAll(images, 0o755); err != nil {
 		t.Fatal(err)
@@ -353,8 +361,8 @@ func runPod(t *testing.T, c kubernetes.Interface, name, img string, command []st
 	}
 }
 
-// checkInstalled: kpath as helm installed it. The DaemonSet's agent runs
-// on every node from the imported image, has written the CNI
+// checkInstalled: kpath as helm installed it. hubble-relay runs from the
+// chart; the DaemonSet's agent runs on every node from the imported image, has written the CNI
 // configuration itself once ready (and only then did the node turn
 // Ready), and its socket hooks sit on the node's own cgroup, never on the
 // machine's root.
@@ -367,6 +375,14 @@ func checkInstalled(t *testing.T, l *testLab) {
 	}
 	if ds.Status.NumberReady != 2 || ds.Status.DesiredNumberScheduled != 2 {
 		t.Errorf("DaemonSet kpath-agent: %d of %d ready, want 2 of 2", ds.Status.NumberReady, ds.Status.DesiredNumberScheduled)
+	}
+	// hubble-relay from the chart, on Cilium's image of the pinned version.
+	relay, err := l.c.AppsV1().Deployments(klab.HelmNamespace).Get(ctx, "hubble-relay", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if relay.Status.ReadyReplicas != 1 || relay.Spec.Template.Spec.Containers[0].Image != "kpath/hubble-relay:"+testenv.PinnedCilium {
+		t.Errorf("hubble-relay: %d ready, image %s", relay.Status.ReadyReplicas, relay.Spec.Template.Spec.Containers[0].Image)
 	}
 	pods, err := l.c.CoreV1().Pods(klab.HelmNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=kpath-agent"})
 	if err != nil {

@@ -73,7 +73,7 @@ restarted over its pinned maps.`,
 	cp.Flags().IntVar(&o.Policies, "policies", 2000, "NetworkPolicies to load (four per namespace; 0: no policy part)")
 	cp.Flags().IntVar(&o.PolicyChanges, "policy-changes", 200, "NetworkPolicy changes to time")
 	cp.Flags().StringVar(&o.BinDir, "k8s-bin", "", "directory with kube-apiserver (default: make k8s-bins' cache)")
-	cmd.AddCommand(cp, newLatencyCommand(), newScaleCommand(), newProbeCommand())
+	cmd.AddCommand(cp, newLatencyCommand(), newScaleCommand(), newProbeCommand(), newPodStartCommand())
 	return cmd
 }
 

@@ -60,3 +60,18 @@ func Project(binDir, tag string) ([]Spec, error) {
 			Files:      []File{cli}},
 	}, nil
 }
+
+// HubbleRelay is Cilium's hubble-relay (the static binary make
+// cilium-bins builds from the pinned Cilium) as the image kpath's chart
+// runs relay from: kpath/hubble-relay:VERSION, its entrypoint
+// `hubble-relay serve`.
+func HubbleRelay(bin, version string) (Spec, error) {
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		return Spec{}, fmt.Errorf("hubble-relay binary: %w (make cilium-bins builds it)", err)
+	}
+	return Spec{Ref: "kpath/hubble-relay:" + version, Platform: v1.Platform{OS: runtime.GOOS, Architecture: runtime.GOARCH},
+		Labels:     map[string]string{"org.opencontainers.image.source": "https://github.com/cilium/cilium", "org.opencontainers.image.version": version},
+		Entrypoint: []string{"/usr/bin/hubble-relay", "serve"},
+		Files:      []File{{Path: "/usr/bin/hubble-relay", Mode: 0o755, Data: data}}}, nil
+}

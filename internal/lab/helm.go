@@ -40,8 +40,13 @@ const (
 const (
 	HelmRelease   = "kpath"
 	HelmNamespace = "kube-system"
-	// hubbleSecret holds the agents' Hubble server certificate.
+	// hubbleSecret holds the agents' Hubble server certificate, and
+	// relaySecret relay's client certificate.
 	hubbleSecret = "kpath-hubble-server"
+	relaySecret  = "kpath-hubble-relay-client"
+	// hubblePeerIP is the hubble-peer Service's address: the lab has no
+	// DNS, so relay is given it.
+	hubblePeerIP = "10.96.4.244"
 )
 
 // helmValues are the chart values that fit the lab: its API server, its
@@ -64,12 +69,18 @@ func helmValues(o Options, apiServer string) (map[string]any, error) {
 	if len(o.AgentArgs) > 0 {
 		agent["extraArgs"] = o.AgentArgs
 	}
+	hubble := map[string]any{"listenAddress": ":" + hubblePort, "tlsSecret": hubbleSecret,
+		"peerService": map[string]any{"clusterIP": hubblePeerIP}}
+	if o.HubbleRelay != "" {
+		// A restarted agent is found again within seconds, not relay's 30.
+		hubble["relay"] = map[string]any{"enabled": true, "clientTLSSecret": relaySecret, "peerTarget": hubblePeerIP + ":443", "retryTimeout": "2s"}
+	}
 	return map[string]any{
 		"image":          map[string]any{"tag": image.Tag},
 		"k8sServiceHost": host,
 		"k8sServicePort": port,
 		"agent":          agent,
-		"hubble":         map[string]any{"listenAddress": ":" + hubblePort, "tlsSecret": hubbleSecret},
+		"hubble":         hubble,
 	}, nil
 }
 
@@ -130,8 +141,16 @@ func installChart(ctx context.Context, o Options, st *State, c kubernetes.Interf
 			return fmt.Errorf("loopback plugin on %s: %w", r.n.Name, err)
 		}
 	}
-	if err := hubbleServerSecret(ctx, c, st.HubbleTLS); err != nil {
+	if err := tlsSecret(ctx, c, hubbleSecret, st.HubbleTLS, "agents"); err != nil {
 		return err
+	}
+	if o.HubbleRelay != "" {
+		if _, err := os.Stat(filepath.Join(o.ImageDir, "hubble-relay.tar")); err != nil {
+			return fmt.Errorf("hubble-relay's image is not in %s: make cilium-bins, then make image", o.ImageDir)
+		}
+		if err := tlsSecret(ctx, c, relaySecret, st.HubbleTLS, "relay"); err != nil {
+			return err
+		}
 	}
 	vals, err := helmValues(o, st.APIServer)
 	if err != nil {
@@ -160,12 +179,13 @@ func installChart(ctx context.Context, o Options, st *State, c kubernetes.Interf
 	return waitNodesReady(ctx, c, len(nodes), 2*time.Minute)
 }
 
-// hubbleServerSecret stores the Hubble server certificate every agent
-// serves (hubblePKI's "agents") and the CA of relay's client certificates.
-func hubbleServerSecret(ctx context.Context, c kubernetes.Interface, tlsDir string) error {
+// tlsSecret stores the certificate NAME.crt/.key of the lab's Hubble PKI
+// (hubblePKI) with the CA as a TLS Secret (tls.crt, tls.key, ca.crt): the
+// agents' server certificate, or relay's client certificate.
+func tlsSecret(ctx context.Context, c kubernetes.Interface, secretName, tlsDir, name string) error {
 	var err error
-	files := map[string]string{"tls.crt": "agents.crt", "tls.key": "agents.key", "ca.crt": "hubble-ca.crt"}
-	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: hubbleSecret, Namespace: HelmNamespace}, Type: corev1.SecretTypeTLS, Data: map[string][]byte{}}
+	files := map[string]string{"tls.crt": name + ".crt", "tls.key": name + ".key", "ca.crt": "hubble-ca.crt"}
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: secretName, Namespace: HelmNamespace}, Type: corev1.SecretTypeTLS, Data: map[string][]byte{}}
 	for key, f := range files {
 		if secret.Data[key], err = os.ReadFile(filepath.Join(tlsDir, f)); err != nil {
 			return err
@@ -176,9 +196,24 @@ func hubbleServerSecret(ctx context.Context, c kubernetes.Interface, tlsDir stri
 		_, err = c.CoreV1().Secrets(HelmNamespace).Update(ctx, secret, metav1.UpdateOptions{})
 	}
 	if err != nil {
-		return fmt.Errorf("hubble server secret: %w", err)
+		return fmt.Errorf("secret %s: %w", secretName, err)
 	}
 	return nil
+}
+
+// relayPodAddress is where the chart's hubble-relay serves, as the vnet
+// reaches it (the pod's address; the vnet routes pod CIDRs).
+func relayPodAddress(ctx context.Context, c kubernetes.Interface) (string, error) {
+	pods, err := c.CoreV1().Pods(HelmNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=hubble-relay"})
+	if err != nil {
+		return "", err
+	}
+	for _, p := range pods.Items {
+		if p.Status.PodIP != "" && p.DeletionTimestamp == nil {
+			return net.JoinHostPort(p.Status.PodIP, "4245"), nil
+		}
+	}
+	return "", errors.New("no hubble-relay pod has an address")
 }
 
 // waitNodesReady waits for n nodes with condition Ready.

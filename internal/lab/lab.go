@@ -356,6 +356,18 @@ func Supervise(ctx context.Context, o Options) (err error) {
 		if err := installChart(ctx, o, st, admin, realNodes); err != nil {
 			return err
 		}
+		if o.HubbleRelay != "" {
+			// The chart runs relay: the lab's socket reaches its pod.
+			addr, err := relayPodAddress(ctx, admin)
+			if err != nil {
+				return err
+			}
+			sock := filepath.Join(o.Dir, "hubble-relay.sock")
+			if err := forwardRelay(ctx, st, sock, addr); err != nil {
+				return err
+			}
+			st.HubbleRelay, o.HubbleRelay = sock, ""
+		}
 		return serve(ctx, o, st, procs)
 	}
 	dp, err := dataplane.New(o.Services, cluster)

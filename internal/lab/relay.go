@@ -48,13 +48,19 @@ func startRelay(ctx context.Context, o Options, st *State, sock string, procs *c
 	if _, err := procs.start(cmd, func() { logf.Close() }); err != nil {
 		return fmt.Errorf("start hubble-relay: %w", err)
 	}
+	return forwardRelay(ctx, st, sock, relayAddr)
+}
+
+// forwardRelay serves relay's API (at addr, as the vnet reaches it) on the
+// host at sock: hubble --server unix://SOCK.
+func forwardRelay(ctx context.Context, st *State, sock, addr string) error {
 	ln, err := hubble.ListenUnix(sock) // root only, as the agents' are
 	if err != nil {
 		return err
 	}
 	go func() { <-ctx.Done(); ln.Close() }()
 	dial := nsutil.Dialer(st.Vnet)
-	go nsutil.Relay(ln, func(ctx context.Context) (net.Conn, error) { return dial(ctx, "tcp", relayAddr) })
+	go nsutil.Relay(ln, func(ctx context.Context) (net.Conn, error) { return dial(ctx, "tcp", addr) })
 	return nil
 }
 
