@@ -16,8 +16,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/kpath/kpath/internal/image"
 	"github.com/kpath/kpath/internal/lab"
@@ -260,42 +261,46 @@ type podTimes struct{ created, ip, ready time.Time }
 // from its creation to its address and to Ready, as a watch sees them;
 // during runs while they start (it is given whether all are Ready).
 func startPods(ctx context.Context, c kubernetes.Interface, ns string, nodes []lab.NodeInfo, n int, during func(finished func() bool)) (map[string]*podTimes, error) {
-	w, err := c.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{})
-	if err != nil {
-		return nil, err
-	}
-	defer w.Stop()
 	var mu sync.Mutex
 	times := map[string]*podTimes{}
 	readyCount := 0
 	allReady := make(chan struct{})
-	go func() {
-		for ev := range w.ResultChan() {
-			p, ok := ev.Object.(*corev1.Pod)
-			if !ok || ev.Type == watch.Deleted {
-				continue
-			}
-			now := time.Now()
-			mu.Lock()
-			t := times[p.Name]
-			if t == nil {
-				t = &podTimes{}
-				times[p.Name] = t
-			}
-			if t.ip.IsZero() && p.Status.PodIP != "" {
-				t.ip = now
-			}
-			for _, cond := range p.Status.Conditions {
-				if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue && t.ready.IsZero() {
-					t.ready = now
-					if readyCount++; readyCount == n {
-						close(allReady)
-					}
+	// An informer, not a bare watch: it lists again and resumes when the
+	// API server ends a watch.
+	f := informers.NewSharedInformerFactoryWithOptions(c, 0, informers.WithNamespace(ns))
+	seen := func(obj any) {
+		p, ok := obj.(*corev1.Pod)
+		if !ok {
+			return
+		}
+		now := time.Now()
+		mu.Lock()
+		defer mu.Unlock()
+		t := times[p.Name]
+		if t == nil {
+			t = &podTimes{}
+			times[p.Name] = t
+		}
+		if t.ip.IsZero() && p.Status.PodIP != "" {
+			t.ip = now
+		}
+		for _, cond := range p.Status.Conditions {
+			if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue && t.ready.IsZero() {
+				t.ready = now
+				if readyCount++; readyCount == n {
+					close(allReady)
 				}
 			}
-			mu.Unlock()
 		}
-	}()
+	}
+	if _, err := f.Core().V1().Pods().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: seen, UpdateFunc: func(_, obj any) { seen(obj) }}); err != nil {
+		return nil, err
+	}
+	ictx, stop := context.WithCancel(ctx)
+	defer stop()
+	f.Start(ictx.Done())
+	f.WaitForCacheSync(ictx.Done())
 	sampled := make(chan struct{})
 	go func() {
 		defer close(sampled)
