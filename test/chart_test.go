@@ -215,6 +215,17 @@ func TestChart(t *testing.T) {
 			if c.Image != "kpath/kpath:"+image.Tag {
 				t.Errorf("container %s runs %s, want kpath/kpath:%s", c.Name, c.Image, image.Tag)
 			}
+			// Privileged only where a mount must reach the node.
+			privileged := c.SecurityContext != nil && c.SecurityContext.Privileged != nil && *c.SecurityContext.Privileged
+			if mounts := c.Name == "mount-bpf-fs" || c.Name == "mount-cgroup"; privileged != mounts {
+				t.Errorf("container %s: privileged %v", c.Name, privileged)
+			}
+			if c.Name == "agent" {
+				caps := c.SecurityContext.Capabilities
+				if caps == nil || len(caps.Drop) != 1 || caps.Drop[0] != "ALL" || len(caps.Add) != 3 {
+					t.Errorf("agent capabilities %+v: want ALL dropped and BPF, PERFMON, NET_ADMIN added", caps)
+				}
+			}
 		}
 		if !ds.Spec.Template.Spec.HostNetwork || ds.Spec.Template.Spec.PriorityClassName != "system-node-critical" {
 			t.Errorf("DaemonSet %+v: want hostNetwork and system-node-critical", ds.Spec.Template.Spec)

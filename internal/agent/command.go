@@ -52,7 +52,7 @@ func NewCommand() *cobra.Command {
 			return Run(cmd.Context(), final, log)
 		},
 	}
-	cmd.AddCommand(newInstallCNICommand(), newMountCgroupCommand(), newCleanupCommand())
+	cmd.AddCommand(newInstallCNICommand(), newMountCgroupCommand(), newMountBPFFSCommand(), newCleanupCommand())
 	f := cmd.Flags()
 	f.StringVar(&file, "config", "", "YAML configuration file (flags override it)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

@@ -58,8 +58,28 @@ func MountCgroup2(target, hostProc string) (bool, error) {
 	return true, nil
 }
 
+// MountBPFFS mounts a bpffs at target unless one is mounted there, as
+// Cilium's mount-bpf-fs init container does: the agent's pins must outlive
+// its container, on the node's own bpffs (target lies on a hostPath
+// mounted with bidirectional propagation). It reports whether it mounted.
+func MountBPFFS(target string) (bool, error) {
+	if ok, err := isMountOf(target, "bpf"); err != nil || ok {
+		return false, err
+	}
+	if err := os.MkdirAll(target, 0o755); err != nil {
+		return false, fmt.Errorf("bpffs mount point: %w", err)
+	}
+	if err := unix.Mount("bpffs", target, "bpf", 0, "mode=0700"); err != nil {
+		return false, fmt.Errorf("mount bpffs at %s: %w", target, err)
+	}
+	return true, nil
+}
+
 // isCgroup2Mount reports whether a cgroup2 hierarchy is mounted at path.
-func isCgroup2Mount(path string) (bool, error) {
+func isCgroup2Mount(path string) (bool, error) { return isMountOf(path, "cgroup2") }
+
+// isMountOf reports whether the mount seen at path is of type fstype.
+func isMountOf(path, fstype string) (bool, error) {
 	data, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return false, fmt.Errorf("read mountinfo: %w", err)
@@ -73,9 +93,32 @@ func isCgroup2Mount(path string) (bool, error) {
 			continue
 		}
 		// The last mount at a point is the one seen there.
-		found = strings.HasPrefix(post, "cgroup2 ")
+		found = strings.HasPrefix(post, fstype+" ")
 	}
 	return found, nil
+}
+
+func newMountBPFFSCommand() *cobra.Command {
+	var target string
+	cmd := &cobra.Command{
+		Use:   "mount-bpffs",
+		Short: "Mount a bpffs where the agent pins its maps, unless the node has one there (the DaemonSet's init step)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			mounted, err := MountBPFFS(target)
+			if err != nil {
+				return err
+			}
+			if mounted {
+				fmt.Fprintf(cmd.OutOrStdout(), "mounted a bpffs at %s\n", target)
+			} else {
+				fmt.Fprintf(cmd.OutOrStdout(), "bpffs already mounted at %s\n", target)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&target, "target", "/sys/fs/bpf", "where to mount it (the agent's bpffs)")
+	return cmd
 }
 
 func newMountCgroupCommand() *cobra.Command {

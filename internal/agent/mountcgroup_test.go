@@ -84,4 +84,17 @@ func mountCgroupInContainer(t *testing.T, cgroup, hostProc string) {
 	if _, err := MountCgroup2(filepath.Join(t.TempDir(), "x"), "/nonexistent"); err == nil || !strings.Contains(err.Error(), "/nonexistent") {
 		t.Fatalf("without the node's /proc: %v", err)
 	}
+	// A bpffs, once: the second call finds it.
+	bpffs := filepath.Join(t.TempDir(), "bpf")
+	if mounted, err := MountBPFFS(bpffs); err != nil || !mounted {
+		t.Fatalf("MountBPFFS: %v, %v", mounted, err)
+	}
+	defer unix.Unmount(bpffs, unix.MNT_DETACH)
+	var st unix.Statfs_t
+	if err := unix.Statfs(bpffs, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+		t.Fatalf("%s is not a bpffs: %v %x", bpffs, err, st.Type)
+	}
+	if mounted, err := MountBPFFS(bpffs); err != nil || mounted {
+		t.Fatalf("second MountBPFFS: %v, %v", mounted, err)
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -370,6 +371,12 @@ func boolU32(b bool) uint32 {
 func explainLoadError(err error, pinPath string) error {
 	var ve *ebpf.VerifierError
 	if errors.As(err, &ve) {
+		// Without CAP_PERFMON the verifier checks the programs as an
+		// unprivileged loader's and refuses what it allows a
+		// tracing-capable one ("... prohibited for !root").
+		if strings.Contains(fmt.Sprintf("%+v", ve), "for !root") {
+			return fmt.Errorf("the kernel's verifier checked kpath's programs as an unprivileged loader's (%s): %w", needCaps, err)
+		}
 		return fmt.Errorf("the kernel's verifier rejected a kpath program (a kernel too old or a bug; the log follows): %+v", ve)
 	}
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
@@ -377,12 +384,16 @@ func explainLoadError(err error, pinPath string) error {
 			"keep the old configuration, or remove the pinned state with `kpath dp reset` (drops connection tracking)", pinPath, err)
 	}
 	if errors.Is(err, unix.EPERM) {
-		return fmt.Errorf("load datapath: %w (needs root, or CAP_BPF with CAP_NET_ADMIN and CAP_PERFMON)", err)
+		return fmt.Errorf("load datapath: %w (%s)", err, needCaps)
 	}
 	return fmt.Errorf("load datapath: %w", err)
 }
 
-// checkKernel names the first kernel feature kpath needs and lacks.
+// needCaps is what loading and attaching kpath's programs takes.
+const needCaps = "needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (Linux 5.8+)"
+
+// checkKernel names the first kernel feature kpath needs and lacks, or
+// says the process may not use BPF at all.
 func checkKernel() error {
 	progs := []struct {
 		t    ebpf.ProgramType
@@ -393,6 +404,10 @@ func checkKernel() error {
 	}
 	for _, p := range progs {
 		if err := features.HaveProgramType(p.t); err != nil {
+			if errors.Is(err, unix.EPERM) {
+				// Not the kernel: this process may not load programs.
+				return fmt.Errorf("cannot load BPF programs (%s): %w", needCaps, err)
+			}
 			return fmt.Errorf("kernel feature missing: %s: %w", p.what, err)
 		}
 	}
@@ -408,6 +423,9 @@ func checkKernel() error {
 	}
 	for _, m := range maps {
 		if err := features.HaveMapType(m.t); err != nil {
+			if errors.Is(err, unix.EPERM) {
+				return fmt.Errorf("cannot create BPF maps (%s): %w", needCaps, err)
+			}
 			return fmt.Errorf("kernel feature missing: %s: %w", m.what, err)
 		}
 	}
