@@ -2,7 +2,7 @@
 GO ?= go
 BIN := bin
 
-.PHONY: all build image generate test test-unit fuzz lint bench demo deps check-generated k8s-bins cilium-bins helm-bins clean
+.PHONY: all build image generate test test-unit fuzz lint bench demo demo-real deps check-generated k8s-bins cilium-bins helm-bins clean
 
 all: build
 
@@ -92,6 +92,13 @@ bench:
 demo: build k8s-bins cilium-bins
 	hack/install-deps.sh
 	KPATH=$(BIN)/kpath hack/demo.sh
+
+# The demo on real nodes: a real kubelet and containerd on each, kpath
+# installed by its chart with the pinned helm, from make image's images.
+demo-real: build k8s-bins cilium-bins helm-bins
+	hack/install-deps.sh
+	$(MAKE) image
+	DEMO_REAL=1 KPATH=$(BIN)/kpath hack/demo.sh
 
 deps:
 	hack/install-deps.sh --bpf
