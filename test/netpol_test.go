@@ -155,7 +155,7 @@ func setupNetpolCluster(t *testing.T, st *klab.State, c kubernetes.Interface) *n
 		for _, p := range npPods {
 			_, err := c.CoreV1().Pods(ns).Create(bg, &corev1.Pod{
 				ObjectMeta: metav1.ObjectMeta{Name: p, Labels: map[string]string{"pod": p}},
-				Spec:       corev1.PodSpec{NodeName: npNode(p), Containers: []corev1.Container{{Name: "cont-80-tcp", Image: "kpath/netpol", Ports: ports}}},
+				Spec:       corev1.PodSpec{NodeName: npNode(p), Containers: []corev1.Container{klab.EchoContainer("cont-80-tcp", ports)}},
 			}, metav1.CreateOptions{})
 			if err != nil {
 				t.Fatal(err)

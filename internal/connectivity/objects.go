@@ -72,8 +72,7 @@ func Setup(ctx context.Context, st *lab.State, c kubernetes.Interface) (*Env, er
 	for _, p := range pods {
 		i, _ := strconv.Atoi(p.node)
 		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: p.name, Labels: p.labels},
-			Spec: corev1.PodSpec{NodeName: e.nodes[i], Containers: []corev1.Container{{Name: "echo", Image: "kpath/echo",
-				Ports: []corev1.ContainerPort{{ContainerPort: 8080}}}}}}
+			Spec: corev1.PodSpec{NodeName: e.nodes[i], Containers: []corev1.Container{lab.EchoContainer("echo", []corev1.ContainerPort{{ContainerPort: 8080}})}}}
 		if _, err := c.CoreV1().Pods(Namespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 			return nil, fmt.Errorf("pod %s: %w", p.name, err)
 		}

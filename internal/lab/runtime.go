@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,6 +30,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/kpath/kpath/internal/image"
 	"github.com/kpath/kpath/internal/nsutil"
 )
 
@@ -274,4 +276,26 @@ func (r *Runtime) stop(uid types.UID) {
 		_ = os.RemoveAll(filepath.Dir(PodServiceAccountDir(r.LabDir, r.Node, uid)))
 	}
 	r.Log.Info("pod stopped", "uid", uid, "ip", st.ip)
+}
+
+// EchoContainer is an echo server container that runs the same on both
+// runtimes: on real nodes the project's echo image (tagged, never pulled)
+// serving HTTP and UDP on every port given (8080 when none) and answering
+// with the pod's name; the lab's runtime, which runs an echo server for
+// any image named like it, serves the first port and 80 and 81 (the
+// upstream e2e network policy pods' ports).
+func EchoContainer(name string, ports []corev1.ContainerPort) corev1.Container {
+	var listen []string
+	for _, p := range ports {
+		listen = append(listen, ":"+strconv.Itoa(int(p.ContainerPort)))
+	}
+	if len(listen) == 0 {
+		listen = []string{":8080"}
+	}
+	slices.Sort(listen)
+	listen = slices.Compact(listen)
+	addrs := strings.Join(listen, ",")
+	return corev1.Container{Name: name, Image: "kpath/echo:" + image.Tag, ImagePullPolicy: corev1.PullNever, Ports: ports,
+		Args: []string{"--name=$(POD_NAME)", "--http=" + addrs, "--udp=" + addrs},
+		Env:  []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}}}
 }
