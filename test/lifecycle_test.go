@@ -191,16 +191,18 @@ func helmLifecycle(t *testing.T, l *testLab, images string, svc *corev1.Service)
 	checkNodesClean(t, l)
 }
 
-// nodePodAddresses are the addresses of a node's pods, sorted.
+// nodePodAddresses are the addresses of a node's pods in every namespace
+// (relay's too), sorted; host-network pods (the agents) have none of
+// kpath's.
 func nodePodAddresses(t *testing.T, c kubernetes.Interface, node string) []string {
 	t.Helper()
-	pods, err := c.CoreV1().Pods("default").List(context.Background(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
+	pods, err := c.CoreV1().Pods("").List(context.Background(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out []string
 	for _, p := range pods.Items {
-		if p.Status.PodIP != "" {
+		if p.Status.PodIP != "" && !p.Spec.HostNetwork {
 			out = append(out, p.Status.PodIP)
 		}
 	}
