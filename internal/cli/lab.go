@@ -235,15 +235,9 @@ the leftovers of a named lab whose directory is gone.`,
 		Short:              "Run kubectl against the lab",
 		DisableFlagParsing: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			// Flags are kubectl's; only a leading --dir is ours.
-			if len(args) >= 2 && args[0] == "--dir" {
-				dir, args = args[1], args[2:]
-			} else if len(args) >= 1 && strings.HasPrefix(args[0], "--dir=") {
-				dir, args = strings.TrimPrefix(args[0], "--dir="), args[1:]
-			}
-			st, err := lab.LoadState(dir)
+			st, args, err := passThroughState(dir, args)
 			if err != nil {
-				return fmt.Errorf("no lab in %s: %w", dir, err)
+				return err
 			}
 			bin, err := testenv.BinDir()
 			if err != nil {
@@ -262,19 +256,14 @@ the leftovers of a named lab whose directory is gone.`,
 		Long: `Run the pinned helm CLI against the lab, in kpath's namespace, e.g.
 
   kpath lab helm upgrade kpath CHART --reuse-values --set image.tag=NEW --wait
+  kpath lab helm uninstall kpath --wait
 
-(CHART: the chart the lab installed, shown by kpath lab status.)
-  kpath lab helm uninstall kpath --wait`,
+(CHART: the chart the lab installed, shown by kpath lab status.)`,
 		DisableFlagParsing: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) >= 2 && args[0] == "--dir" {
-				dir, args = args[1], args[2:]
-			} else if len(args) >= 1 && strings.HasPrefix(args[0], "--dir=") {
-				dir, args = strings.TrimPrefix(args[0], "--dir="), args[1:]
-			}
-			st, err := lab.LoadState(dir)
+			st, args, err := passThroughState(dir, args)
 			if err != nil {
-				return fmt.Errorf("no lab in %s: %w", dir, err)
+				return err
 			}
 			c, err := lab.HelmCmd(st, args...)
 			if err != nil {
@@ -401,4 +390,20 @@ func labBinaries() (binDir, k8sBin string, err error) {
 		return "", "", err
 	}
 	return filepath.Dir(self), k8sBin, nil
+}
+
+// passThroughState serves commands whose flags are another tool's (kubectl,
+// helm): only a leading --dir is kpath's. It loads that lab's state and
+// returns the arguments left for the tool.
+func passThroughState(dir string, args []string) (*lab.State, []string, error) {
+	if len(args) >= 2 && args[0] == "--dir" {
+		dir, args = args[1], args[2:]
+	} else if len(args) >= 1 && strings.HasPrefix(args[0], "--dir=") {
+		dir, args = strings.TrimPrefix(args[0], "--dir="), args[1:]
+	}
+	st, err := lab.LoadState(dir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("no lab in %s: %w", dir, err)
+	}
+	return st, args, nil
 }
