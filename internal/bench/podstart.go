@@ -223,7 +223,6 @@ func sampleAgents(agents map[string]int, done func() bool, within time.Duration)
 		cpu time.Duration
 		rss uint64
 	}
-	first := map[string]mark{}
 	peak := map[string]uint64{}
 	read := func() map[string]mark {
 		m := map[string]mark{}
@@ -236,7 +235,7 @@ func sampleAgents(agents map[string]int, done func() bool, within time.Duration)
 		return m
 	}
 	start := time.Now()
-	first = read()
+	first := read()
 	deadline := start.Add(within)
 	for time.Now().Before(deadline) && !done() {
 		time.Sleep(500 * time.Millisecond)
