@@ -110,7 +110,7 @@ func TestLabCilium(t *testing.T) {
 			t.Errorf("%s: %+v", what, r)
 		}
 	}
-	clientNS := st.PodNetns(node2.Name, pods["client"].UID)
+	clientNS := podNetns(t, st, node2.Name, pods["client"].UID)
 	if r := probe(clientNS, fmt.Sprintf("http://%s:8080/", pods["echo-1"].Status.PodIP), 5); r.Backends["echo-1"] != 5 {
 		t.Errorf("pod on node-2 -> pod on node-1: %+v", r)
 	}

@@ -2,10 +2,14 @@ package test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/kpath/kpath/internal/connectivity"
+	klab "github.com/kpath/kpath/internal/lab"
+	"github.com/kpath/kpath/internal/testenv"
 	"github.com/kpath/kpath/internal/testutil"
 )
 
@@ -14,13 +18,36 @@ import (
 // AF_INET and v4-mapped AF_INET6; every kind of Service address) with the
 // real kube-proxy (iptables) as the reference, then with each kpath
 // service mode: every cell must be served at least as kube-proxy serves
-// it, and by the same backend from the same source address.
+// it, and by the same backend from the same source address. Then on real
+// nodes (a kubelet and containerd each), kpath installed by its chart,
+// next to kube-proxy on the same real nodes.
 func TestConnectivityMatrix(t *testing.T) {
 	bin, k8sBin := labPrerequisites(t)
 	testutil.RequireTool(t, "iptables")
 	o := connectivity.LabOptions{BinDir: bin, K8sBin: k8sBin, Log: t.Logf}
+	connectivityMatrix(t, o, []string{"kpath", "kpath-tc"})
+	t.Run("containerd-helm", func(t *testing.T) {
+		testutil.RequireTool(t, "containerd", "ctr", "runc")
+		if _, err := os.Stat(filepath.Join(k8sBin, "kubelet")); err != nil {
+			testutil.SkipOrFail(t, "kubelet not built: run make k8s-bins")
+		}
+		helmDir, err := testenv.HelmBinDir()
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Runtime, o.ImageDir, o.Install, o.HelmBin = klab.RuntimeContainerd, buildImages(t), klab.InstallHelm, filepath.Join(helmDir, "helm")
+		if _, err := os.Stat(o.HelmBin); err != nil {
+			testutil.SkipOrFail(t, "helm not built: run make helm-bins")
+		}
+		connectivityMatrix(t, o, []string{"kpath"})
+	})
+}
+
+// connectivityMatrix runs the matrix with the reference, then with each
+// of modes, each in a lab of its own, and fails on every cell a mode
+// serves worse.
+func connectivityMatrix(t *testing.T, o connectivity.LabOptions, modes []string) {
 	ctx := context.Background()
-	modes := []string{"kpath", "kpath-tc"}
 	got := map[string]map[string]connectivity.Result{}
 	for i, m := range append([]string{connectivity.Reference}, modes...) {
 		r, err := connectivity.RunInLab(ctx, "conn-"+string(rune('0'+i)), m, o)

@@ -15,6 +15,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	klab "github.com/kpath/kpath/internal/lab"
 )
 
 // The test binary doubles as the programs that run inside the test's
@@ -403,4 +407,15 @@ func (h *helperProc) try(t *testing.T, cmd string) clientResult {
 		t.Fatalf("client %q: %v", cmd, err)
 	}
 	return r
+}
+
+// podNetns is the name of a lab pod's network namespace (attached under
+// /run/netns on real nodes).
+func podNetns(t *testing.T, st *klab.State, node string, uid types.UID) string {
+	t.Helper()
+	ns, err := st.PodNetns(node, uid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns
 }

@@ -90,7 +90,7 @@ func labScenario(t *testing.T, bin, k8sBin, mode, services string) {
 		t.Fatal(err)
 	}
 	defer cg.Close()
-	clientNS := st.PodNetns("node-2", pods["client"].UID)
+	clientNS := podNetns(t, st, "node-2", pods["client"].UID)
 	probe := func(netns string, cgroup *os.File, url string, n int) workload.ProbeResult {
 		t.Helper()
 		return labProbe(t, bin, netns, cgroup, url, n)

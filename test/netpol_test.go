@@ -28,6 +28,7 @@ import (
 	klab "github.com/kpath/kpath/internal/lab"
 	"github.com/kpath/kpath/internal/model"
 	"github.com/kpath/kpath/internal/policy"
+	"github.com/kpath/kpath/internal/testutil"
 )
 
 // testLab is a lab a test started.
@@ -203,7 +204,7 @@ func setupNetpolCluster(t *testing.T, st *klab.State, c kubernetes.Interface) *n
 	for _, ns := range npNamespaces {
 		for _, p := range npPods {
 			key := ns + "/" + p
-			n.clients[key] = startHelper(t, st.PodNetns(npNode(p), typesUID(uids[key])), "client", key, cgroups[npNode(p)])
+			n.clients[key] = startHelper(t, podNetns(t, st, npNode(p), typesUID(uids[key])), "client", key, cgroups[npNode(p)])
 		}
 	}
 	for _, ns := range npNamespaces {
@@ -430,20 +431,35 @@ func TestNetworkPolicyTruthTables(t *testing.T) {
 	// With the socket hook (a Service is translated at connect()) and per
 	// packet only (translated on the pod's veth, before egress policy).
 	for _, services := range []string{"kpath", "kpath-tc"} {
-		t.Run(services, func(t *testing.T) { netpolScenario(t, bin, k8sBin, services) })
+		t.Run(services, func(t *testing.T) { netpolScenario(t, bin, k8sBin, services, "") })
 	}
+	// On real nodes: the pods' interfaces made by kpath-cni as containerd
+	// calls it, the pods run by the kubelet.
+	t.Run("kpath-containerd", func(t *testing.T) {
+		testutil.RequireTool(t, "containerd", "ctr", "runc")
+		if _, err := os.Stat(filepath.Join(k8sBin, "kubelet")); err != nil {
+			testutil.SkipOrFail(t, "kubelet not built: run make k8s-bins")
+		}
+		netpolScenario(t, bin, k8sBin, "kpath", buildImages(t))
+	})
 }
 
-func netpolScenario(t *testing.T, bin, k8sBin, services string) {
+// netpolScenario runs the truth tables in a lab with services; images
+// (the project's, to import) makes its nodes real.
+func netpolScenario(t *testing.T, bin, k8sBin, services, images string) {
 	// hubble-relay over the nodes with the socket hook: flows do not
-	// depend on the service mode, and one relay run is enough.
-	var relay func(*klab.Options)
-	if services == "kpath" {
+	// depend on the service mode or the runtime, and one relay run is
+	// enough.
+	var relay, real func(*klab.Options)
+	if services == "kpath" && images == "" {
 		if r := ciliumBin(t, "hubble-relay"); r != "" {
 			relay = func(o *klab.Options) { o.HubbleRelay = r }
 		}
 	}
-	l := upLab(t, bin, k8sBin, "netpol", "native", services, 2, relay)
+	if images != "" {
+		real = func(o *klab.Options) { o.Runtime, o.ImageDir = klab.RuntimeContainerd, images }
+	}
+	l := upLab(t, bin, k8sBin, "netpol", "native", services, 2, relay, real)
 	st, c := l.st, l.c
 	n := setupNetpolCluster(t, st, c)
 	n.noHairpin = services == "kpath-tc"

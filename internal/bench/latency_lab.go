@@ -210,7 +210,11 @@ func latencyTargets(ctx context.Context, c kubernetes.Interface, st *lab.State, 
 			if p.Name == "echo" {
 				echoIP = p.Status.PodIP
 			} else {
-				clientNS = st.PodNetns(node, p.UID)
+				ns, err := st.PodNetns(node, p.UID)
+				if err != nil {
+					return "", "", "", err
+				}
+				clientNS = ns
 			}
 		}
 	}

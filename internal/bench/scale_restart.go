@@ -118,7 +118,11 @@ func startScaleProbe(ctx context.Context, c kubernetes.Interface, st *lab.State,
 		if err1 != nil || err2 != nil || err3 != nil || echo.Status.Phase != corev1.PodRunning || client.Status.Phase != corev1.PodRunning {
 			continue
 		}
-		p := &scaleProbe{netns: st.PodNetns(node.Name, client.UID), svcURL: "http://" + net.JoinHostPort(s.Spec.ClusterIP, "80") + "/",
+		netns, err := st.PodNetns(node.Name, client.UID)
+		if err != nil {
+			return nil, err
+		}
+		p := &scaleProbe{netns: netns, svcURL: "http://" + net.JoinHostPort(s.Spec.ClusterIP, "80") + "/",
 			cgroup: node.Cgroup, kpath: kpath}
 		// The Service's frontend may lag the pods: ready when it answers.
 		for time.Now().Before(deadline) {

@@ -87,13 +87,8 @@ exec commands in.`,
 					}
 				}
 			}
-			if runtime == lab.RuntimeContainerd && images == "" {
-				images = filepath.Join(filepath.Dir(self), "images") // make image's, beside bin/kpath
-			}
-			if images != "" {
-				if images, err = filepath.Abs(images); err != nil {
-					return err
-				}
+			if images, _, err = realNodeFiles(runtime, "", images); err != nil {
+				return err
 			}
 			sup := exec.Command(self, "lab", "supervise", "--dir", dir, "--nodes", fmt.Sprint(nodes), "--routing", mode, "--services", services,
 				"--hubble-relay", relay, "--runtime", runtime, "--images", images, "--install", install)
@@ -158,13 +153,9 @@ exec commands in.`,
 					return fmt.Errorf("services cilium: %w (make cilium-bins builds them)", err)
 				}
 			}
-			var helmBin string
-			if install == lab.InstallHelm {
-				d, err := testenv.HelmBinDir()
-				if err != nil {
-					return fmt.Errorf("install helm: %w", err)
-				}
-				helmBin = filepath.Join(d, "helm")
+			_, helmBin, err := realNodeFiles("", install, "")
+			if err != nil {
+				return err
 			}
 			return lab.Supervise(ctx, lab.Options{Dir: dir, Nodes: nodes, Routing: mode, Services: services,
 				BinDir: binDir, K8sBin: k8sBin, HubbleRelay: relayBin, CiliumBin: ciliumBin, Runtime: runtime, ImageDir: images,
@@ -317,13 +308,17 @@ the leftovers of a named lab whose directory is gone.`,
 			defer f.Close()
 			// As the pod's own processes run: its service account where
 			// in-cluster clients look, the kubelet's environment.
-			argv := append([]string{"netns", "exec", st.PodNetns(p.Spec.NodeName, p.UID)}, args[1:]...)
+			netns, err := st.PodNetns(p.Spec.NodeName, p.UID)
+			if err != nil {
+				return err
+			}
+			argv := append([]string{"netns", "exec", netns}, args[1:]...)
 			if sa := lab.PodServiceAccountDir(dir, p.Spec.NodeName, p.UID); dirExists(sa) {
 				self, err := os.Executable()
 				if err != nil {
 					return err
 				}
-				argv = append([]string{"netns", "exec", st.PodNetns(p.Spec.NodeName, p.UID), self, "workload", "sandbox", "--serviceaccount", sa, "--"}, args[1:]...)
+				argv = append([]string{"netns", "exec", netns, self, "workload", "sandbox", "--serviceaccount", sa, "--"}, args[1:]...)
 			}
 			c2 := exec.Command("ip", argv...)
 			c2.Env = append(os.Environ(), lab.PodEnv()...)
@@ -406,4 +401,30 @@ func passThroughState(dir string, args []string) (*lab.State, []string, error) {
 		return nil, nil, fmt.Errorf("no lab in %s: %w", dir, err)
 	}
 	return st, args, nil
+}
+
+// realNodeFiles finds what real nodes need beside the binaries: with
+// runtime containerd the images to import (images, or make image's beside
+// this kpath binary), and to install with helm the pinned helm CLI.
+func realNodeFiles(runtime, install, images string) (imageDir, helmBin string, err error) {
+	if runtime == lab.RuntimeContainerd && images == "" {
+		self, err := os.Executable()
+		if err != nil {
+			return "", "", err
+		}
+		images = filepath.Join(filepath.Dir(self), "images") // make image's, beside bin/kpath
+	}
+	if images != "" {
+		if imageDir, err = filepath.Abs(images); err != nil {
+			return "", "", err
+		}
+	}
+	if install == lab.InstallHelm {
+		d, err := testenv.HelmBinDir()
+		if err != nil {
+			return "", "", fmt.Errorf("install helm: %w", err)
+		}
+		helmBin = filepath.Join(d, "helm")
+	}
+	return imageDir, helmBin, nil
 }

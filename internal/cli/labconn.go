@@ -19,6 +19,9 @@ func newCheckConnectivityCommand() *cobra.Command {
 		services string
 		all      bool
 		jsonOut  string
+		runtime  string
+		images   string
+		install  string
 	)
 	cmd := &cobra.Command{
 		Use:   "check-connectivity",
@@ -31,7 +34,12 @@ Cluster and Local traffic policies, a pod's own Service, a Service without backe
 session affinity and the kubernetes Service. Each service dataplane runs in a 2-node lab
 of its own (named conn-*, one at a time, beside any other lab), first the reference,
 kube-proxy in iptables mode. Prints each cell where a dataplane differs from the
-reference (all of them with --all) and exits 1 when one serves a cell worse.`,
+reference (all of them with --all) and exits 1 when one serves a cell worse.
+
+With --runtime containerd every lab's nodes are real (a kubelet and containerd each, make
+image first), and with --install helm kpath's own modes are installed there by its chart
+(make helm-bins), as a user installs them; the kube-proxy reference runs on the same real
+nodes.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			modes := strings.Split(services, ",")
@@ -44,8 +52,11 @@ reference (all of them with --all) and exits 1 when one serves a cell worse.`,
 			if err != nil {
 				return err
 			}
-			o := connectivity.LabOptions{BinDir: binDir, K8sBin: k8sBin,
+			o := connectivity.LabOptions{BinDir: binDir, K8sBin: k8sBin, Runtime: runtime, Install: install,
 				Log: func(f string, a ...any) { fmt.Fprintf(cmd.ErrOrStderr(), time.Now().Format("15:04:05 ")+f+"\n", a...) }}
+			if o.ImageDir, o.HelmBin, err = realNodeFiles(runtime, install, images); err != nil {
+				return err
+			}
 			got := map[string]map[string]connectivity.Result{}
 			for i, m := range append([]string{connectivity.Reference}, modes...) {
 				r, err := connectivity.RunInLab(cmd.Context(), fmt.Sprintf("conn-%d", i), m, o)
@@ -73,5 +84,8 @@ reference (all of them with --all) and exits 1 when one serves a cell worse.`,
 	cmd.Flags().StringVar(&services, "services", "kpath,kpath-tc", "service dataplanes to check (comma-separated): "+strings.Join(lab.ServiceModes, ", "))
 	cmd.Flags().BoolVar(&all, "all", false, "print every cell, not only those that differ")
 	cmd.Flags().StringVar(&jsonOut, "json", "", "also write every result to this file")
+	cmd.Flags().StringVar(&runtime, "runtime", lab.RuntimeLab, `what runs the nodes' pods: "lab" or "containerd" (real nodes; make image first)`)
+	cmd.Flags().StringVar(&images, "images", "", "with --runtime containerd: the images to import into every node (default: make image's bin/images)")
+	cmd.Flags().StringVar(&install, "install", "", `with --runtime containerd: "helm" installs kpath's modes by its chart (make helm-bins)`)
 	return cmd
 }

@@ -188,7 +188,11 @@ func (e *Env) wait(ctx context.Context, c kubernetes.Interface) error {
 				ready++
 				e.names[p.Status.PodIP] = p.Name
 				if slices.Contains(e.nodes, p.Spec.NodeName) && (p.Name == "client-1" || p.Name == "client-2") {
-					e.podNS["pod@"+p.Spec.NodeName] = e.State.PodNetns(p.Spec.NodeName, p.UID)
+					ns, err := e.State.PodNetns(p.Spec.NodeName, p.UID)
+					if err != nil {
+						return err
+					}
+					e.podNS["pod@"+p.Spec.NodeName] = ns
 					e.podUID["pod@"+p.Spec.NodeName] = p.UID
 				}
 			}

@@ -1,6 +1,7 @@
 package connectivity
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -19,7 +20,12 @@ const Reference = "kube-proxy-iptables"
 // LabOptions say how to run the matrix in a lab of its own.
 type LabOptions struct {
 	BinDir, K8sBin string // kpath's binaries, the Kubernetes ones
-	Log            func(format string, args ...any)
+	// Runtime runs the labs' pods (lab.RuntimeLab or lab.RuntimeContainerd,
+	// which needs ImageDir); Install is how kpath's own modes get onto real
+	// nodes (lab.InstallHelm needs HelmBin), while kube-proxy modes always
+	// run as the lab starts them.
+	Runtime, ImageDir, Install, HelmBin string
+	Log                                 func(format string, args ...any)
 }
 
 // RunInLab starts a two-node lab (named name) with services handled by
@@ -34,9 +40,18 @@ func RunInLab(ctx context.Context, name, mode string, o LabOptions) (map[string]
 	if log == nil {
 		log = func(string, ...any) {}
 	}
-	log("%s: lab up", mode)
+	install := lab.InstallLab
+	if o.Install != "" && strings.HasPrefix(mode, "kpath") {
+		install = o.Install
+	}
+	log("%s: lab up (runtime %s, install %s)", mode, cmp.Or(o.Runtime, lab.RuntimeLab), install)
+	ready := 2 * time.Minute
+	if o.Runtime == lab.RuntimeContainerd {
+		ready = 5 * time.Minute // images imported, the chart rolled out
+	}
 	l, err := lab.Start(ctx, lab.Options{Name: name, Dir: filepath.Join(dir, "lab"), Nodes: 2, Routing: "native", Services: mode,
-		BinDir: o.BinDir, K8sBin: o.K8sBin, Log: func(string, ...any) {}}, 2*time.Minute)
+		BinDir: o.BinDir, K8sBin: o.K8sBin, Runtime: o.Runtime, ImageDir: o.ImageDir, Install: install, HelmBin: o.HelmBin,
+		Log: func(string, ...any) {}}, ready)
 	if err != nil {
 		return nil, err
 	}

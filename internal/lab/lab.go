@@ -19,7 +19,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -522,9 +521,4 @@ func RestConfig(st *State) (*rest.Config, error) {
 	cfg.QPS, cfg.Burst = 500, 1000
 	cfg.Dial = nsutil.Dialer(st.Vnet)
 	return cfg, nil
-}
-
-// PodNetns is the network namespace of a pod of this lab's node.
-func (s *State) PodNetns(node string, uid types.UID) string {
-	return PodNetns(s.NetnsPrefix, node, uid)
 }
