@@ -2,7 +2,7 @@
 GO ?= go
 BIN := bin
 
-.PHONY: all build image generate test test-unit fuzz lint bench demo demo-real deps check-generated k8s-bins cilium-bins helm-bins clean
+.PHONY: all build image generate test test-unit fuzz lint bench demo demo-real deps check-generated k8s-bins cilium-bins helm-bins coredns-bins clean
 
 all: build
 
@@ -31,8 +31,9 @@ generate:
 check-generated: generate
 	@git diff --exit-code -- internal/datapath/ deploy/kpath.yaml || { echo "generated files are stale: run make generate and commit"; exit 1; }
 
-# The pinned kube-apiserver, kube-controller-manager and kube-proxy, built
-# once into a cache directory (about 10 minutes cold on 2 cores).
+# The pinned Kubernetes binaries (the control plane, kubelet, kube-proxy,
+# kubectl; the e2e suite, ginkgo and agnhost), built once into a cache
+# directory (about 17 minutes cold on 2 cores).
 k8s-bins:
 	hack/k8s/build.sh >/dev/null
 
@@ -48,13 +49,18 @@ cilium-bins:
 helm-bins:
 	hack/helm/build.sh >/dev/null
 
+# CoreDNS of the version hack/coredns pins (cached; about 4 minutes cold):
+# the cluster DNS of kpath lab conformance.
+coredns-bins:
+	hack/coredns/build.sh >/dev/null
+
 # Every test. Privileged ones skip without root, unless KPATH_REQUIRE_PRIVILEGED=1.
 # -p 1: the privileged suites share the machine's bpffs and cgroups; one
 # package at a time keeps them from competing for 2 cores. test/ runs for
 # about 10 minutes, go test's default limit: 30 gives it room.
-test: k8s-bins cilium-bins helm-bins
+test: k8s-bins cilium-bins helm-bins coredns-bins
 	hack/install-deps.sh
-	KPATH_K8S_BIN=$$(hack/k8s/build.sh) KPATH_CILIUM_BIN=$$(hack/cilium/build.sh) KPATH_HELM_BIN=$$(hack/helm/build.sh) $(GO) test -p 1 -count=1 -timeout 30m ./...
+	KPATH_K8S_BIN=$$(hack/k8s/build.sh) KPATH_CILIUM_BIN=$$(hack/cilium/build.sh) KPATH_HELM_BIN=$$(hack/helm/build.sh) KPATH_COREDNS_BIN=$$(hack/coredns/build.sh) $(GO) test -p 1 -count=1 -timeout 30m ./...
 	$(MAKE) fuzz
 
 # Every fuzz target for FUZZTIME each (their committed corpora also run as

@@ -4,8 +4,9 @@
 # unchanged (the directory's .stamp), and prints the directory.
 #   [CACHED_BUILD_TAGS=TAGS] cached_build OUT LDFLAGS PKG[=NAME]...
 #   (run from the module's directory; each PKG's last element names its
-#   binary unless =NAME is given; TAGS, comma-separated, go to every
-#   go build as -tags)
+#   binary unless =NAME is given; a NAME ending in .test is the package's
+#   test binary, go test -c; TAGS, comma-separated, go to every go build
+#   as -tags)
 cached_build() {
 	local out=$1 ldflags=$2
 	shift 2
@@ -33,7 +34,11 @@ cached_build() {
 		b=${b:-${pkg##*/}}
 		echo "building $b into $out" >&2
 		start=$(date +%s)
-		CGO_ENABLED=0 go build -trimpath ${tags:+-tags "$tags"} -ldflags "$ldflags" -o "$out/$b" "$pkg" >&2
+		if [[ "$b" == *.test ]]; then # a package's tests as one binary (e2e.test)
+			CGO_ENABLED=0 go test -c -trimpath ${tags:+-tags "$tags"} -ldflags "$ldflags" -o "$out/$b" "$pkg" >&2
+		else
+			CGO_ENABLED=0 go build -trimpath ${tags:+-tags "$tags"} -ldflags "$ldflags" -o "$out/$b" "$pkg" >&2
+		fi
 		echo "  $b built in $(($(date +%s) - start))s" >&2
 	done
 	echo "$stamp" >"$out/.stamp"

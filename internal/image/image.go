@@ -29,11 +29,14 @@ import (
 // a build's own time would change its digest.
 var epoch = time.Unix(0, 0).UTC()
 
-// File is a file of an image.
+// File is a file of an image: a regular file, or a symbolic link when
+// Link is set, or a directory when Dir is.
 type File struct {
 	Path string // absolute path in the image
-	Mode int64  // permission bits
+	Mode int64  // permission bits (1777 for a directory like /tmp)
 	Data []byte
+	Link string // the target of a symbolic link
+	Dir  bool
 }
 
 // Spec is an image to build.
@@ -74,8 +77,8 @@ func Build(s Spec) (v1.Image, error) {
 	if s.Platform.OS == "" || s.Platform.Architecture == "" {
 		return nil, fmt.Errorf("image %s: platform %q: set OS and architecture (containerd does not unpack an image without them)", s.Ref, s.Platform.String())
 	}
-	if len(s.Entrypoint) == 0 {
-		return nil, fmt.Errorf("image %s: no entrypoint", s.Ref)
+	if len(s.Entrypoint) == 0 && len(s.Cmd) == 0 {
+		return nil, fmt.Errorf("image %s: no entrypoint and no command", s.Ref)
 	}
 	layer, err := layerOf(s.Files)
 	if err != nil {
@@ -131,7 +134,20 @@ func layerOf(files []File) (v1.Layer, error) {
 				return nil, err
 			}
 		}
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: p[1:], Mode: f.Mode, Size: int64(len(f.Data)), ModTime: epoch, Format: tar.FormatPAX}); err != nil {
+		h := &tar.Header{Typeflag: tar.TypeReg, Name: p[1:], Mode: f.Mode, Size: int64(len(f.Data)), ModTime: epoch, Format: tar.FormatPAX}
+		switch {
+		case f.Dir && (f.Link != "" || len(f.Data) > 0), f.Link != "" && len(f.Data) > 0:
+			return nil, fmt.Errorf("file %s: a file, a link or a directory, not two", p)
+		case f.Dir:
+			if dirs[p] {
+				return nil, fmt.Errorf("directory %s after a file in it: list it first", p)
+			}
+			dirs[p] = true
+			h.Typeflag, h.Name, h.Size = tar.TypeDir, p[1:]+"/", 0
+		case f.Link != "":
+			h.Typeflag, h.Linkname, h.Size, h.Mode = tar.TypeSymlink, f.Link, 0, 0o777
+		}
+		if err := tw.WriteHeader(h); err != nil {
 			return nil, err
 		}
 		if _, err := tw.Write(f.Data); err != nil {

@@ -151,7 +151,13 @@ type Options struct {
 	Install string
 	// HelmBin is the helm CLI (make helm-bins), for InstallHelm.
 	HelmBin string
-	Log     func(format string, args ...any)
+	// ImageDirs hold more images for real nodes (the e2e suite's).
+	ImageDirs []string
+	// ClusterDNS, on real nodes, is the CoreDNS image to run as the
+	// cluster's DNS (the kube-dns Service at ClusterDNSIP, which the
+	// kubelets write into pods' resolv.conf); "" for none.
+	ClusterDNS string
+	Log        func(format string, args ...any)
 }
 
 // LoadState reads a lab's state.
@@ -408,6 +414,20 @@ func Supervise(ctx context.Context, o Options) (err error) {
 // serve starts hubble-relay over the nodes, if asked for, marks the lab
 // ready and keeps it until ctx ends.
 func serve(ctx context.Context, o Options, st *State, procs *children) error {
+	if o.ClusterDNS != "" {
+		o.Log("deploying the cluster DNS (%s) at %s", o.ClusterDNS, ClusterDNSIP)
+		cfg, err := RestConfig(st)
+		if err != nil {
+			return err
+		}
+		c, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return err
+		}
+		if err := deployClusterDNS(ctx, c, o.ClusterDNS); err != nil {
+			return err
+		}
+	}
 	if o.HubbleRelay != "" && len(st.Nodes) > 0 {
 		o.Log("starting hubble-relay in %s on %s", st.Vnet, relayAddr)
 		sock := filepath.Join(o.Dir, "hubble-relay.sock")

@@ -72,20 +72,24 @@ type realNode struct {
 	n       NodeInfo
 	dir     string // <lab>/<node>/real
 	mountNS string // the node's mount namespace, bound here
-	cgroup  string // its cgroup root, relative to each hierarchy's root
+	// utsNS is its UTS namespace: its host name is the node's, which
+	// host-network pods see as their own (the suite's tests compare it
+	// with the node's name).
+	utsNS  string
+	cgroup string // its cgroup root, relative to each hierarchy's root
 }
 
 func newRealNode(labDir string, nm names, n NodeInfo) realNode {
 	dir := filepath.Join(labDir, n.Name, "real")
-	return realNode{n: n, dir: dir, mountNS: filepath.Join(dir, "ns", "mnt"), cgroup: "/" + nm.cgroup + "/" + n.Name}
+	return realNode{n: n, dir: dir, mountNS: filepath.Join(dir, "ns", "mnt"), utsNS: filepath.Join(dir, "ns", "uts"), cgroup: "/" + nm.cgroup + "/" + n.Name}
 }
 
 // root is where the node's own copy of path lives on the machine.
 func (r realNode) root(path string) string { return filepath.Join(r.dir, "root", path) }
 
-// nsenter runs args in the node's network and mount namespaces.
+// nsenter runs args in the node's network, mount and UTS namespaces.
 func (r realNode) nsenter(args ...string) *exec.Cmd {
-	return exec.Command("nsenter", append([]string{"--net=/run/netns/" + r.n.Netns, "--mount=" + r.mountNS, "--"}, args...)...)
+	return exec.Command("nsenter", append([]string{"--net=/run/netns/" + r.n.Netns, "--mount=" + r.mountNS, "--uts=" + r.utsNS, "--"}, args...)...)
 }
 
 // ensureHostDirs makes the mount points of realNodeDirs that the machine
@@ -151,6 +155,14 @@ func (r realNode) setupMountNS() error {
 	// Slave: the machine's mounts reach the node, the node's stay there.
 	if err := nsutil.NewMountNS(r.mountNS); err != nil {
 		return fmt.Errorf("mount namespace for %s: %w", r.n.Name, err)
+	}
+	// Beside it (a private mount, so the binding stays the lab's), the
+	// node's UTS namespace, named for the node.
+	if err := os.WriteFile(r.utsNS, nil, 0o600); err != nil {
+		return err
+	}
+	if out, err := exec.Command("unshare", "--uts="+r.utsNS, "hostname", r.n.Name).CombinedOutput(); err != nil {
+		return fmt.Errorf("UTS namespace for %s: %v: %s", r.n.Name, err, strings.TrimSpace(string(out)))
 	}
 	script := []string{
 		"set -e",
@@ -301,7 +313,11 @@ state = "/run/containerd"
 // API (logs, exec) takes anonymous requests: it is reachable only inside
 // the lab's namespaces, and the lab's API server holds no client
 // certificate for it.
-func (r realNode) kubeletConfig() string {
+func (r realNode) kubeletConfig(clusterDNS bool) string {
+	dns := ""
+	if clusterDNS {
+		dns = fmt.Sprintf("clusterDNS: [%s]\nclusterDomain: %s\n", ClusterDNSIP, ClusterDomain)
+	}
 	return fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 cgroupDriver: cgroupfs
@@ -328,7 +344,7 @@ healthzBindAddress: 127.0.0.1
 readOnlyPort: 0
 containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
 serializeImagePulls: false
-`, r.cgroup, r.n.IP)
+%s`, r.cgroup, r.n.IP, dns)
 }
 
 // startRealNode brings node n's containerd and kubelet up (the kubelet
@@ -342,7 +358,7 @@ func startRealNode(ctx context.Context, o Options, r realNode, kubeconfig string
 	if err := r.setupCgroups(); err != nil {
 		return err
 	}
-	files := map[string]string{"containerd.toml": containerdConfig(), "kubelet.yaml": r.kubeletConfig()}
+	files := map[string]string{"containerd.toml": containerdConfig(), "kubelet.yaml": r.kubeletConfig(o.ClusterDNS != "")}
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(r.dir, name), []byte(content), 0o600); err != nil {
 			return err
@@ -372,8 +388,10 @@ func startRealNode(ctx context.Context, o Options, r realNode, kubeconfig string
 	if err := r.waitContainerd(ctx); err != nil {
 		return err
 	}
-	if err := r.importImages(o.ImageDir); err != nil {
-		return err
+	for _, dir := range append([]string{o.ImageDir}, o.ImageDirs...) {
+		if err := r.importImages(dir); err != nil {
+			return err
+		}
 	}
 	_, err := daemon("kubelet", filepath.Join(o.K8sBin, "kubelet"), "--config="+filepath.Join(r.dir, "kubelet.yaml"),
 		"--kubeconfig="+kubeconfig, "--hostname-override="+r.n.Name, "--node-ip="+r.n.IP, "--v=1")
@@ -387,6 +405,9 @@ func checkRuntime(o *Options) error {
 		o.Runtime = RuntimeLab
 		if o.Install != InstallLab {
 			return fmt.Errorf("install %s needs real nodes: --runtime containerd", o.Install)
+		}
+		if o.ClusterDNS != "" {
+			return fmt.Errorf("a cluster DNS needs real nodes: --runtime containerd")
 		}
 		return nil
 	case RuntimeContainerd:

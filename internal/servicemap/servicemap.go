@@ -243,14 +243,20 @@ func Merge(perService map[model.ServiceKey][]Entry) ([]Entry, []Problem) {
 	return out, problems
 }
 
-// LocalEndpoints counts the distinct addresses of this node's usable
+// LocalEndpoints counts the distinct addresses of this node's ready
 // endpoints of a service, as kube-proxy's health check node port reports
-// them for externalTrafficPolicy Local.
+// them for externalTrafficPolicy Local. Terminating endpoints do not count,
+// even while traffic still drains onto them for want of ready ones: a load
+// balancer must stop sending new traffic to a node whose endpoints are all
+// going away (the upstream e2e test "should fail health check node port if
+// there are only terminating endpoints").
 func LocalEndpoints(nodeName string, spec *model.ServiceSpec, slices []*model.EndpointSlice) int {
 	addrs := map[netip.Addr]bool{}
 	for _, sp := range spec.Ports {
-		for _, b := range usable(endpointsFor(sp, slices), nodeName) {
-			addrs[b.Addr] = true
+		for _, e := range endpointsFor(sp, slices) {
+			if e.node == nodeName && e.ready && !e.terminating {
+				addrs[e.addr.Addr] = true
+			}
 		}
 	}
 	return len(addrs)

@@ -228,3 +228,25 @@ func TestMergeClash(t *testing.T) {
 		t.Errorf("merged %d entries", len(merged))
 	}
 }
+
+// TestLocalEndpoints: the health check node port counts this node's ready
+// endpoints, each address once; a node whose endpoints are all terminating
+// (traffic still drains onto the serving ones) reports none, as kube-proxy
+// does, so load balancers stop sending it new traffic.
+func TestLocalEndpoints(t *testing.T) {
+	spec := webSpec()
+	for _, c := range []struct {
+		name string
+		eps  []model.Endpoint
+		want int
+	}{
+		{"ready ones on this node, each address once", []model.Endpoint{readyEP("10.0.0.1", "n1"), readyEP("10.0.0.2", "n1"), readyEP("10.0.1.1", "n2")}, 2},
+		{"only serving terminating ones", []model.Endpoint{ep("10.0.0.1", "n1", false, true, true), readyEP("10.0.1.1", "n2")}, 0},
+		{"ready beside terminating", []model.Endpoint{ep("10.0.0.1", "n1", false, true, true), readyEP("10.0.0.2", "n1")}, 1},
+		{"not ready", []model.Endpoint{ep("10.0.0.1", "n1", false, false, false)}, 0},
+	} {
+		if got := LocalEndpoints("n1", spec, []*model.EndpointSlice{slice(c.eps...)}); got != c.want {
+			t.Errorf("%s: %d local endpoints, want %d", c.name, got, c.want)
+		}
+	}
+}

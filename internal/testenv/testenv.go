@@ -485,14 +485,21 @@ func BinDir() (string, error) {
 	return pinnedBinDir("KPATH_K8S_BIN", "k8s", "k8s.io/kubernetes", PinnedKubernetes)
 }
 
-// The versions hack/k8s and hack/cilium pin (a test keeps these equal to
-// their go.mod files): an installed kpath, run outside a checkout, finds
+// The versions hack/k8s, hack/cilium, hack/helm and hack/coredns pin (a
+// test keeps these equal to their go.mod files): an installed kpath, run outside a checkout, finds
 // the binaries make k8s-bins and make cilium-bins cached for them.
 const (
 	PinnedKubernetes = "v1.34.4"
 	PinnedCilium     = "v1.20.2"
 	PinnedHelm       = "v4.3.2"
+	PinnedCoreDNS    = "v1.14.7"
 )
+
+// CoreDNSBinDir finds CoreDNS (hack/coredns/build.sh, make coredns-bins)
+// as BinDir does: $KPATH_COREDNS_BIN, else its cache directory.
+func CoreDNSBinDir() (string, error) {
+	return pinnedBinDir("KPATH_COREDNS_BIN", "coredns", "github.com/coredns/coredns", PinnedCoreDNS)
+}
 
 // HelmBinDir finds the helm CLI (hack/helm/build.sh, make helm-bins) as
 // BinDir does: $KPATH_HELM_BIN, else its cache directory.

@@ -37,9 +37,10 @@ func TestControlPlaneServesAPI(t *testing.T) {
 // what to run.
 func TestPinnedVersions(t *testing.T) {
 	for file, want := range map[string]string{
-		"../../hack/k8s/go.mod":    "k8s.io/kubernetes " + PinnedKubernetes,
-		"../../hack/cilium/go.mod": "github.com/cilium/cilium " + PinnedCilium,
-		"../../hack/helm/go.mod":   "helm.sh/helm/v4 " + PinnedHelm,
+		"../../hack/k8s/go.mod":     "k8s.io/kubernetes " + PinnedKubernetes,
+		"../../hack/cilium/go.mod":  "github.com/cilium/cilium " + PinnedCilium,
+		"../../hack/helm/go.mod":    "helm.sh/helm/v4 " + PinnedHelm,
+		"../../hack/coredns/go.mod": "github.com/coredns/coredns " + PinnedCoreDNS,
 	} {
 		data, err := os.ReadFile(file)
 		if err != nil {

@@ -1,0 +1,91 @@
+package image
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kpath/kpath/internal/testenv"
+	"github.com/kpath/kpath/internal/testutil"
+)
+
+// TestHostPrograms: a dynamically linked program comes with its loader
+// and every library ldd names, each once, at the path the loader looks
+// in; the program sits where it is asked to.
+func TestHostPrograms(t *testing.T) {
+	testutil.RequireTool(t, "ldd", "bash")
+	bash, _ := exec.LookPath("bash")
+	files, err := HostPrograms(map[string]string{"/bin/bash": bash, "/usr/bin/bash2": bash})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	var libc, loader bool
+	for _, f := range files {
+		if seen[f.Path] {
+			t.Errorf("%s listed twice", f.Path)
+		}
+		seen[f.Path] = true
+		libc = libc || strings.HasPrefix(filepath.Base(f.Path), "libc.so")
+		loader = loader || strings.HasPrefix(filepath.Base(f.Path), "ld-linux")
+	}
+	if !seen["/bin/bash"] || !seen["/usr/bin/bash2"] || !libc || !loader {
+		t.Errorf("files %v: want bash at both paths, libc and the loader", seen)
+	}
+	if _, err := HostPrograms(map[string]string{"/bin/x": "/nonexistent/x"}); err == nil || !strings.Contains(err.Error(), "install-deps") {
+		t.Errorf("a missing program: %v", err)
+	}
+}
+
+// TestBusyboxApplets: a link per applet to /bin/busybox, none where the
+// image has a program of its own.
+func TestBusyboxApplets(t *testing.T) {
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		testutil.SkipOrFail(t, "no static busybox: install busybox-static (hack/install-deps.sh)")
+	}
+	files, err := BusyboxApplets("/bin/busybox", map[string]bool{"/bin/sh": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	links := map[string]string{}
+	for _, f := range files {
+		links[f.Path] = f.Link
+	}
+	if links["/bin/ls"] != "/bin/busybox" || links["/bin/cat"] != "/bin/busybox" {
+		t.Errorf("ls and cat: %q %q", links["/bin/ls"], links["/bin/cat"])
+	}
+	if _, ok := links["/bin/sh"]; ok {
+		t.Error("/bin/sh was to be skipped")
+	}
+	if _, err := BusyboxApplets("/bin/bash", nil); err == nil {
+		t.Error("a dynamic program taken for a static busybox")
+	}
+}
+
+// TestE2EImageNames: the images built for the e2e suite carry the names
+// the pinned suite asks for (e2e.test --list-images).
+func TestE2EImageNames(t *testing.T) {
+	dir, err := testenv.BinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e2e := filepath.Join(dir, "e2e.test")
+	if _, err := os.Stat(e2e); err != nil {
+		testutil.SkipOrFail(t, "e2e.test not built: make k8s-bins")
+	}
+	out, err := exec.Command(e2e, "--list-images").Output()
+	if err != nil {
+		t.Fatalf("e2e.test --list-images: %v", err)
+	}
+	listed := map[string]bool{}
+	for _, l := range strings.Fields(string(out)) {
+		listed[l] = true
+	}
+	for _, ref := range []string{E2EAgnhost, E2EBusyBox, E2EJessieDnsutils, E2ENginx, E2EPause} {
+		if !listed[ref] {
+			t.Errorf("%s is not an image of the pinned suite", ref)
+		}
+	}
+}
