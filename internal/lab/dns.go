@@ -135,4 +135,3 @@ func deployClusterDNS(ctx context.Context, c kubernetes.Interface, image string)
 		}
 	}
 }
-
