@@ -141,7 +141,9 @@ func epPort(name string, proto corev1.Protocol, port int32) discoveryv1.Endpoint
 func expected(t *testing.T, c kubernetes.Interface) map[string]string {
 	t.Helper()
 	ctx := context.Background()
-	svcs, err := c.CoreV1().Services("").List(ctx, metav1.ListOptions{})
+	// The Services kube-proxy serves: its selector, as the API server
+	// applies it.
+	svcs, err := c.CoreV1().Services("").List(ctx, metav1.ListOptions{LabelSelector: "!" + k8s.LabelServiceProxyName + ",!" + k8s.LabelHeadless})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,9 +164,6 @@ func expected(t *testing.T, c kubernetes.Interface) map[string]string {
 	per := map[model.ServiceKey][]servicemap.Entry{}
 	for i := range svcs.Items {
 		spec := k8s.ServiceSpec(&svcs.Items[i])
-		if spec.ProxyName != "" {
-			continue // filtered by the API server's label selector, like kube-proxy
-		}
 		per[spec.Key], _ = servicemap.ForService(servicemap.Node{Name: testNode, Addrs: k8s.Node(node).Addrs}, spec, bySvc[spec.Key], servicemap.Options{})
 	}
 	merged, _ := servicemap.Merge(per)
@@ -257,6 +256,11 @@ func TestAgentProgramsServicesFromAPI(t *testing.T) {
 	mk(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "headless"}, Spec: corev1.ServiceSpec{ClusterIP: "None", Ports: []corev1.ServicePort{{Port: 80}}}})
 	mk(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "foreign", Labels: map[string]string{k8s.LabelServiceProxyName: "other"}},
 		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 80}}}})
+	// A ClusterIP Service labelled headless: every proxy leaves it alone
+	// (kube-proxy's selector; the upstream e2e test "should implement
+	// service.kubernetes.io/headless").
+	mk(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "labelled-headless", Labels: map[string]string{k8s.LabelHeadless: ""}},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 80}}}})
 
 	for _, s := range []*discoveryv1.EndpointSlice{
 		endpointSlice("web", "web-1", webPorts, readyOn("10.244.1.2", testNode), readyOn("10.244.2.2", "n2"),
@@ -266,6 +270,7 @@ func TestAgentProgramsServicesFromAPI(t *testing.T) {
 		endpointSlice("sticky", "sticky-1", []discoveryv1.EndpointPort{epPort("http", corev1.ProtocolTCP, 80)}, readyOn("10.244.2.9", "n2")),
 		endpointSlice("headless", "headless-1", []discoveryv1.EndpointPort{epPort("", corev1.ProtocolTCP, 80)}, readyOn("10.244.2.10", "n2")),
 		endpointSlice("foreign", "foreign-1", []discoveryv1.EndpointPort{epPort("", corev1.ProtocolTCP, 80)}, readyOn("10.244.2.11", "n2")),
+		endpointSlice("labelled-headless", "labelled-headless-1", []discoveryv1.EndpointPort{epPort("", corev1.ProtocolTCP, 80)}, readyOn("10.244.2.12", "n2")),
 	} {
 		if _, err := c.DiscoveryV1().EndpointSlices(ns).Create(ctx, s, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
@@ -295,7 +300,7 @@ func TestAgentProgramsServicesFromAPI(t *testing.T) {
 	// the endpoint reconciler off).
 	// NodePort and external IP frontends have an external-scope twin.
 	if len(got) != 10 {
-		t.Errorf("datapath has %d frontends, want 10 (headless and foreign ignored): %v", len(got), got)
+		t.Errorf("datapath has %d frontends, want 10 (headless, labelled headless and foreign ignored): %v", len(got), got)
 	}
 
 	// The health check node port of the externalTrafficPolicy=Local service

@@ -18,6 +18,7 @@ import (
 const (
 	LabelServiceName      = discoveryv1.LabelServiceName // kubernetes.io/service-name
 	LabelServiceProxyName = "service.kubernetes.io/service-proxy-name"
+	LabelHeadless         = corev1.IsHeadlessService // service.kubernetes.io/headless
 )
 
 func protocol(p corev1.Protocol) model.Protocol {

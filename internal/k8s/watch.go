@@ -21,7 +21,7 @@ import (
 type WatchOptions struct {
 	// ProxyName: with it empty, services labelled with any
 	// service.kubernetes.io/service-proxy-name are filtered out by the API
-	// server, as kube-proxy does.
+	// server, as kube-proxy does (ServiceSelector).
 	ProxyName string
 	// NodesOnly watches Nodes alone: with kube-proxy serving services, the
 	// agent needs neither Services nor EndpointSlices, and holding them
@@ -111,10 +111,7 @@ func (w *Watcher) watchPolicy(sink PolicySink) {
 // watchServices adds the Service watch (filtered by the proxy-name label
 // on the server) and the EndpointSlice watch.
 func (w *Watcher) watchServices(c *Cache, opts WatchOptions) {
-	svcSelector := "!" + LabelServiceProxyName
-	if opts.ProxyName != "" {
-		svcSelector = LabelServiceProxyName + "=" + opts.ProxyName
-	}
+	svcSelector := ServiceSelector(opts.ProxyName)
 	services := w.client.CoreV1().Services(metav1.NamespaceAll)
 	w.watch("service", listWatch(services.List, services.Watch, func(o *metav1.ListOptions) { o.LabelSelector = svcSelector }), &corev1.Service{},
 		func(obj any) any { return ServiceSpec(obj.(*corev1.Service)) },
@@ -164,4 +161,16 @@ func (w *Watcher) WaitForSync(ctx context.Context, timeout time.Duration) error 
 		return fmt.Errorf("the API watches did not sync within %s: is the API server reachable?", timeout)
 	}
 	return nil
+}
+
+// ServiceSelector is the label selector of the Services a proxy named
+// proxyName serves, kube-proxy's: those labelled for that proxy (for none:
+// those not labelled service.kubernetes.io/service-proxy-name at all), and
+// never one labelled service.kubernetes.io/headless, which asks every
+// proxy to leave it alone.
+func ServiceSelector(proxyName string) string {
+	if proxyName != "" {
+		return LabelServiceProxyName + "=" + proxyName + ",!" + LabelHeadless
+	}
+	return "!" + LabelServiceProxyName + ",!" + LabelHeadless
 }
