@@ -79,6 +79,7 @@ func machineState(t *testing.T) map[string]string {
 		b, _ := os.ReadFile("/proc/sys/" + k)
 		st["sysctl "+k] = strings.TrimSpace(string(b))
 	}
+	st["hostname"], _ = os.Hostname()
 	for _, d := range []string{"/opt/cni", "/etc/cni", "/var/lib/kubelet", "/var/lib/containerd", "/var/log/pods", "/var/log/containers", "/run/containerd"} {
 		_, err := os.Stat(d)
 		st["path "+d] = fmt.Sprint(err == nil)
@@ -175,6 +176,15 @@ func realNodesScenario(t *testing.T, bin, k8sBin, images, install, helmBin strin
 	inNode := func(node string, args ...string) (string, error) {
 		out, err := exec.Command("nsenter", append([]string{"--mount=" + filepath.Join(l.dir, node, "real", "ns", "mnt"), "--"}, args...)...).CombinedOutput()
 		return string(out), err
+	}
+	// A node's host name is its own (host-network pods answer with it, as
+	// the upstream suite's tests expect); machineState checks the
+	// machine's.
+	for _, n := range l.st.Nodes {
+		out, err := exec.Command("nsenter", "--uts="+filepath.Join(l.dir, n.Name, "real", "ns", "uts"), "hostname").CombinedOutput()
+		if got := strings.TrimSpace(string(out)); err != nil || got != n.Name {
+			t.Errorf("%s's host name: %q (%v)", n.Name, got, err)
+		}
 	}
 	for _, n := range l.st.Nodes {
 		for _, d := range []string{"/var/lib/kpath/", "/sys/fs/bpf/"} {

@@ -46,10 +46,10 @@ func CoreDNSRef(version string) string { return "kpath/coredns:" + version }
 // bash added; here the binary is built from the pinned module's source and
 // the tools are this machine's Debian programs with their libraries, on
 // busybox's applets as Alpine's base has them (the tests run sh, nc -v -t
-// -w, curl, wget, dig, ip, ss and the like in its pods); sh is bash,
+// -w, curl, wget, dig, getent, ip, ss and the like in its pods); sh is bash,
 // as Debian's busybox sh would run its applets before those programs.
 // busybox and jessie-dnsutils are busybox's applets with bash and wget,
-// and dig, nslookup and host for the latter. nginx is a stand-in:
+// and dig, nslookup, host and getent for the latter. nginx is a stand-in:
 // agnhost's test-webserver on port 80 (the suite's nginx pods, in the
 // EndpointSlice tests, only have to run and listen there). pause is kpath's.
 func E2E(in E2EInputs, coreDNSVersion string) ([]Spec, error) {
@@ -81,11 +81,12 @@ func E2E(in E2EInputs, coreDNSVersion string) ([]Spec, error) {
 		"/usr/bin/dig":      "/usr/bin/dig",
 		"/usr/bin/nslookup": "/usr/bin/nslookup",
 		"/usr/bin/host":     "/usr/bin/host",
+		"/usr/bin/getent":   "/usr/bin/getent", // the DNS tests' getent hosts (busybox has none)
 		"/sbin/ip":          "/usr/sbin/ip",
 		"/usr/sbin/ss":      "/usr/bin/ss",
 	}
 	dnsTools := map[string]string{}
-	for _, p := range []string{"/usr/bin/dig", "/usr/bin/nslookup", "/usr/bin/host", "/usr/bin/wget"} {
+	for _, p := range []string{"/usr/bin/dig", "/usr/bin/nslookup", "/usr/bin/host", "/usr/bin/getent", "/usr/bin/wget"} {
 		dnsTools[p] = tools[p]
 	}
 	base := func(programs map[string]string) ([]File, error) {

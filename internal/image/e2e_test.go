@@ -89,3 +89,45 @@ func TestE2EImageNames(t *testing.T) {
 		}
 	}
 }
+
+// TestE2EImages: agnhost's image holds what the suite's tests run in its
+// pods, sh being bash (Debian's busybox sh would run its own nc and wget).
+func TestE2EImages(t *testing.T) {
+	k8sBin, err := testenv.BinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	coredns, err := testenv.CoreDNSBinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := E2EInputs{Agnhost: filepath.Join(k8sBin, "agnhost"), PorterDir: filepath.Join(k8sBin, "agnhost-porter"),
+		CoreDNS: filepath.Join(coredns, "coredns"), Busybox: "/bin/busybox", Pause: "/bin/true"}
+	for _, f := range []string{in.Agnhost, in.CoreDNS, in.Busybox} {
+		if _, err := os.Stat(f); err != nil {
+			testutil.SkipOrFail(t, f+" missing: make k8s-bins coredns-bins, hack/install-deps.sh")
+		}
+	}
+	specs, err := E2E(in, testenv.PinnedCoreDNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(specs) != 6 || specs[0].Ref != E2EAgnhost {
+		t.Fatalf("%d images, the first %s", len(specs), specs[0].Ref)
+	}
+	files := map[string]File{}
+	for _, f := range specs[0].Files {
+		files[f.Path] = f
+	}
+	for _, p := range []string{"/agnhost", "/coredns", "/bin/bash", "/usr/bin/nc", "/usr/bin/curl", "/usr/bin/wget", "/usr/bin/dig", "/usr/bin/getent", "/sbin/ip", "/localhost.crt", "/etc/passwd"} {
+		if f, ok := files[p]; !ok || len(f.Data) == 0 {
+			t.Errorf("agnhost's image has no %s", p)
+		}
+	}
+	if files["/bin/sh"].Link != "bash" || files["/agnhost-2"].Link != "agnhost" || files["/bin/cat"].Link != "/bin/busybox" || !files["/tmp"].Dir {
+		t.Errorf("links: sh %q, agnhost-2 %q, cat %q; /tmp a directory: %v", files["/bin/sh"].Link, files["/agnhost-2"].Link, files["/bin/cat"].Link, files["/tmp"].Dir)
+	}
+	if !strings.Contains(string(files["/etc/passwd"].Data), "user-defined-in-image:x:1000") {
+		t.Error("agnhost's image lacks its user-defined-in-image")
+	}
+}

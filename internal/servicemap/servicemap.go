@@ -178,9 +178,12 @@ func endpointsFor(sp model.ServicePort, slices []*model.EndpointSlice) []endpoin
 }
 
 // usable picks the endpoints traffic may go to, as kube-proxy does: the
-// ready ones; if there are none, the serving terminating ones (so
-// connections drain onto pods that are shutting down gracefully rather
-// than fail). With node set, only that node's endpoints count.
+// ready ones (the slice's word: the EndpointSlice controller marks a
+// terminating pod's endpoint ready only for a Service that publishes
+// not-ready addresses, which then gets it like any other); if there are
+// none, the serving terminating ones (so connections drain onto pods that
+// are shutting down gracefully rather than fail). With node set, only that
+// node's endpoints count.
 func usable(eps []endpoint, node string) []model.L4Addr {
 	var ready, terminating []model.L4Addr
 	seen := map[model.L4Addr]bool{}
@@ -192,7 +195,7 @@ func usable(eps []endpoint, node string) []model.L4Addr {
 			continue // the same address in two slices (a slice being replaced)
 		}
 		switch {
-		case e.ready && !e.terminating:
+		case e.ready:
 			ready = append(ready, e.addr)
 			seen[e.addr] = true
 		case e.serving && e.terminating:
@@ -245,16 +248,16 @@ func Merge(perService map[model.ServiceKey][]Entry) ([]Entry, []Problem) {
 
 // LocalEndpoints counts the distinct addresses of this node's ready
 // endpoints of a service, as kube-proxy's health check node port reports
-// them for externalTrafficPolicy Local. Terminating endpoints do not count,
-// even while traffic still drains onto them for want of ready ones: a load
-// balancer must stop sending new traffic to a node whose endpoints are all
-// going away (the upstream e2e test "should fail health check node port if
-// there are only terminating endpoints").
+// them for externalTrafficPolicy Local. Serving terminating endpoints do
+// not count, even while traffic still drains onto them for want of ready
+// ones: a load balancer must stop sending new traffic to a node whose
+// endpoints are all going away (the upstream e2e test "should fail health
+// check node port if there are only terminating endpoints").
 func LocalEndpoints(nodeName string, spec *model.ServiceSpec, slices []*model.EndpointSlice) int {
 	addrs := map[netip.Addr]bool{}
 	for _, sp := range spec.Ports {
 		for _, e := range endpointsFor(sp, slices) {
-			if e.node == nodeName && e.ready && !e.terminating {
+			if e.node == nodeName && e.ready {
 				addrs[e.addr.Addr] = true
 			}
 		}

@@ -104,6 +104,15 @@ func TestForService(t *testing.T) {
 			want: []string{"10.96.0.10:80/TCP ClusterIP -> 10.244.1.3:8080"},
 		},
 		{
+			// A Service publishing not-ready addresses: the controller marks
+			// a terminating, unready pod's endpoint ready (found by the
+			// upstream e2e test "should create endpoints for unready pods").
+			name:   "ready terminating endpoints are ready",
+			slices: []*model.EndpointSlice{slice(readyEP("10.244.1.2", "n2"), ep("10.244.1.3", "n2", true, false, true))},
+			spec:   func(s *model.ServiceSpec) { s.Ports = s.Ports[:1] },
+			want:   []string{"10.96.0.10:80/TCP ClusterIP -> 10.244.1.2:8080,10.244.1.3:8080"},
+		},
+		{
 			// Local clients of a NodePort reach every endpoint (kube-proxy
 			// short-circuits them); traffic from outside only local ones.
 			name: "NodePort on every node address, external policy Local",
@@ -244,6 +253,8 @@ func TestLocalEndpoints(t *testing.T) {
 		{"only serving terminating ones", []model.Endpoint{ep("10.0.0.1", "n1", false, true, true), readyEP("10.0.1.1", "n2")}, 0},
 		{"ready beside terminating", []model.Endpoint{ep("10.0.0.1", "n1", false, true, true), readyEP("10.0.0.2", "n1")}, 1},
 		{"not ready", []model.Endpoint{ep("10.0.0.1", "n1", false, false, false)}, 0},
+		// publishNotReadyAddresses: the controller keeps it ready.
+		{"ready while terminating", []model.Endpoint{ep("10.0.0.1", "n1", true, false, true)}, 1},
 	} {
 		if got := LocalEndpoints("n1", spec, []*model.EndpointSlice{slice(c.eps...)}); got != c.want {
 			t.Errorf("%s: %d local endpoints, want %d", c.name, got, c.want)
