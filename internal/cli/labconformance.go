@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -18,6 +19,7 @@ func newConformanceCommand() *cobra.Command {
 		o         conformance.Options
 		focus     []string
 		images    string
+		reference string
 		helpSkips bool
 	)
 	cmd := &cobra.Command{
@@ -35,7 +37,8 @@ suite (Netpol) and the Networking granular checks, without [Serial], [Disruptive
 each with why). --focus and --skip replace them.
 
 Writes junit.xml, summary.json (passed, failed, skipped, each failure with its message)
-and e2e.log (the suite's output) into --out, and prints the summary. Needs make build
+and e2e.log (the suite's output) into --out, and prints the summary. With --reference
+(an earlier run's --out, kube-proxy's), it lists every test that passed there and not here. Needs make build
 image k8s-bins coredns-bins (and helm-bins with --install helm).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -68,6 +71,21 @@ image k8s-bins coredns-bins (and helm-bins with --install helm).`,
 				return err
 			}
 			s.Print(cmd.OutOrStdout())
+			if reference != "" {
+				ref, err := conformance.ReadSummary(filepath.Join(reference, "summary.json"))
+				if err != nil {
+					return fmt.Errorf("--reference: %w", err)
+				}
+				reg := s.Regressions(ref)
+				fmt.Fprintf(cmd.OutOrStdout(), "against %s (%s): %d of its %d passed tests did not pass here\n", reference, ref.Services, len(reg), ref.Passed)
+				for _, t := range reg {
+					fmt.Fprintf(cmd.OutOrStdout(), "  %s\n", t)
+				}
+				if len(reg) > 0 {
+					return fmt.Errorf("%d tests pass with %s and not with %s", len(reg), ref.Services, s.Services)
+				}
+				return nil
+			}
 			if s.Failed > 0 {
 				return fmt.Errorf("%d tests failed (details in %s)", s.Failed, o.Out)
 			}
@@ -84,6 +102,7 @@ image k8s-bins coredns-bins (and helm-bins with --install helm).`,
 	cmd.Flags().StringVar(&o.Busybox, "busybox", "/bin/busybox", "a static busybox for the images' small tools (Debian's busybox-static)")
 	cmd.Flags().StringVar(&images, "images", "", "the project's images (default: make image's bin/images)")
 	cmd.Flags().DurationVar(&o.Timeout, "timeout", 3*time.Hour, "how long the suite may run")
+	cmd.Flags().StringVar(&reference, "reference", "", "an earlier run's --out (kube-proxy's): fail on each test that passed there and not here, instead of on every failure")
 	cmd.Flags().BoolVar(&helpSkips, "help-skips", false, "list what the default selection leaves out, and why")
 	return cmd
 }

@@ -142,3 +142,28 @@ func (s *Summary) Print(w io.Writer) {
 		fmt.Fprintf(w, "  %s: %s\n    %s\n", strings.ToUpper(f.Status), f.Test, msg)
 	}
 }
+
+// ReadSummary reads a summary.json a run wrote.
+func ReadSummary(file string) (*Summary, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	var s Summary
+	if err := json.Unmarshal(data, &s); err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	return &s, nil
+}
+
+// Regressions are the tests that passed in ref and did not pass in s:
+// each is a defect of s's dataplane where ref is the reference.
+func (s *Summary) Regressions(ref *Summary) []string {
+	var out []string
+	for _, t := range ref.PassedTests {
+		if _, ok := slices.BinarySearch(s.PassedTests, t); !ok {
+			out = append(out, t)
+		}
+	}
+	return out
+}

@@ -34,6 +34,24 @@ func TestReadJUnit(t *testing.T) {
 	if err := ReadJUnit(filepath.Join("testdata", "missing.xml"), &s); err == nil {
 		t.Error("a missing report is no error")
 	}
+
+	// Against a reference that also passed the failed test: that one
+	// regressed; a test passed here and not there is none.
+	file := filepath.Join(t.TempDir(), "summary.json")
+	if err := s.Write(file); err != nil {
+		t.Fatal(err)
+	}
+	back, err := ReadSummary(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := &Summary{PassedTests: []string{s.Failures[0].Test, s.PassedTests[0]}}
+	if got := back.Regressions(ref); len(got) != 1 || got[0] != s.Failures[0].Test {
+		t.Errorf("regressions %v", got)
+	}
+	if got := ref.Regressions(back); len(got) != 1 || got[0] != s.PassedTests[1] {
+		t.Errorf("the other way round: %v", got)
+	}
 }
 
 // TestSelection: the default focus and skip select what the issue names

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/kpath/kpath/internal/image"
@@ -173,6 +174,10 @@ func runSuite(ctx context.Context, o Options, st *lab.State) error {
 		"--dns-domain="+lab.ClusterDomain)
 	cmd := exec.CommandContext(ctx, "ip", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	// ginkgo runs e2e.test processes of its own: a run cut short takes
+	// them all down, not ginkgo alone.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+st.Kubeconfig, "PATH="+o.K8sBin+string(os.PathListSeparator)+os.Getenv("PATH"))
 	o.Log("running the suite (%d processes): ginkgo %s", o.Procs, strings.Join(args[4:], " "))
 	if err := cmd.Run(); err != nil {
