@@ -61,7 +61,7 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 		o.Skip = SkipPattern(extra...)
 	}
 	if o.Nodes == 0 {
-		o.Nodes = 2
+		o.Nodes = 3
 	}
 	if o.Procs == 0 {
 		o.Procs = 4
