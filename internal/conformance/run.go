@@ -91,6 +91,9 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 	if err := buildImages(o, images); err != nil {
 		return nil, err
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	o.Log("the suite's images built in %s", time.Since(start).Round(time.Second))
 
 	start = time.Now()
