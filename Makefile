@@ -2,7 +2,7 @@
 GO ?= go
 BIN := bin
 
-.PHONY: all build image generate test test-unit fuzz lint bench demo demo-real deps check-generated k8s-bins cilium-bins helm-bins coredns-bins clean
+.PHONY: all build image generate test test-unit fuzz lint bench demo demo-real deps check-generated k8s-bins e2e-bins cilium-bins helm-bins coredns-bins clean
 
 all: build
 
@@ -32,10 +32,15 @@ check-generated: generate
 	@git diff --exit-code -- internal/datapath/ deploy/kpath.yaml || { echo "generated files are stale: run make generate and commit"; exit 1; }
 
 # The pinned Kubernetes binaries (the control plane, kubelet, kube-proxy,
-# kubectl; the e2e suite, ginkgo and agnhost), built once into a cache
-# directory (about 17 minutes cold on 2 cores).
+# kubectl), built once into a cache directory (about 10 minutes cold on 2
+# cores).
 k8s-bins:
 	hack/k8s/build.sh >/dev/null
+
+# The pinned Kubernetes' e2e suite (e2e.test), ginkgo and agnhost, into the
+# same cache directory (about 7 minutes cold): kpath lab conformance.
+e2e-bins:
+	hack/k8s/build.sh e2e >/dev/null
 
 # From the pinned Cilium module (hack/cilium, cached; about 5.5 minutes cold):
 # the hubble CLI and hubble-relay, the stock clients of kpath's Hubble API, and
@@ -58,7 +63,7 @@ coredns-bins:
 # -p 1: the privileged suites share the machine's bpffs and cgroups; one
 # package at a time keeps them from competing for 2 cores. test/ runs for
 # about 10 minutes, go test's default limit: 30 gives it room.
-test: k8s-bins cilium-bins helm-bins coredns-bins
+test: k8s-bins e2e-bins cilium-bins helm-bins coredns-bins
 	hack/install-deps.sh
 	KPATH_K8S_BIN=$$(hack/k8s/build.sh) KPATH_CILIUM_BIN=$$(hack/cilium/build.sh) KPATH_HELM_BIN=$$(hack/helm/build.sh) KPATH_COREDNS_BIN=$$(hack/coredns/build.sh) $(GO) test -p 1 -count=1 -timeout 30m ./...
 	$(MAKE) fuzz

@@ -30,7 +30,7 @@ func TestConformanceSubset(t *testing.T) {
 	testutil.RequireTool(t, "containerd", "ctr", "runc", "ldd")
 	for _, b := range []string{"kubelet", "e2e.test", "ginkgo", "agnhost"} {
 		if _, err := os.Stat(filepath.Join(k8sBin, b)); err != nil {
-			testutil.SkipOrFail(t, b+" not built: run make k8s-bins")
+			testutil.SkipOrFail(t, b+" not built: run make k8s-bins e2e-bins")
 		}
 	}
 	coredns, err := testenv.CoreDNSBinDir()

@@ -2,15 +2,16 @@
 # Sourced by hack/*/build.sh: builds binaries of a pinned module into a
 # cache directory, reused while go.mod and go.sum (and the tags) are
 # unchanged (the directory's .stamp), and prints the directory.
-#   [CACHED_BUILD_TAGS=TAGS] cached_build OUT LDFLAGS PKG[=NAME]...
+#   [CACHED_BUILD_TAGS=TAGS] [CACHED_BUILD_STAMP=NAME] cached_build OUT LDFLAGS PKG[=NAME]...
 #   (run from the module's directory; each PKG's last element names its
 #   binary unless =NAME is given; a NAME ending in .test is the package's
 #   test binary, go test -c; TAGS, comma-separated, go to every go build
-#   as -tags)
+#   as -tags; sets of binaries built apart into one directory each keep
+#   a stamp of their own, CACHED_BUILD_STAMP, default .stamp)
 cached_build() {
 	local out=$1 ldflags=$2
 	shift 2
-	local tags=${CACHED_BUILD_TAGS:-}
+	local tags=${CACHED_BUILD_TAGS:-} stampfile=${CACHED_BUILD_STAMP:-.stamp}
 	local stamp have=1 spec pkg b start
 	stamp=$({
 		sha256sum go.mod go.sum
@@ -22,7 +23,7 @@ cached_build() {
 		b=${b#=}
 		[[ -x "$out/${b:-${pkg##*/}}" ]] || have=0
 	done
-	if ((have)) && [[ "$(cat "$out/.stamp" 2>/dev/null)" == "$stamp" ]]; then
+	if ((have)) && [[ "$(cat "$out/$stampfile" 2>/dev/null)" == "$stamp" ]]; then
 		echo "$out"
 		return 0
 	fi
@@ -41,6 +42,6 @@ cached_build() {
 		fi
 		echo "  $b built in $(($(date +%s) - start))s" >&2
 	done
-	echo "$stamp" >"$out/.stamp"
+	echo "$stamp" >"$out/$stampfile"
 	echo "$out"
 }

@@ -39,7 +39,7 @@ each with why). --focus and --skip replace them.
 Writes junit.xml, summary.json (passed, failed, skipped, each failure with its message)
 and e2e.log (the suite's output) into --out, and prints the summary. With --reference
 (an earlier run's --out, kube-proxy's), it lists every test that passed there and not here. Needs make build
-image k8s-bins coredns-bins (and helm-bins with --install helm).`,
+image k8s-bins e2e-bins coredns-bins (and helm-bins with --install helm).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if helpSkips {

@@ -74,7 +74,7 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 	}
 	for _, b := range []string{"e2e.test", "ginkgo", "agnhost", "kubectl"} {
 		if _, err := os.Stat(filepath.Join(o.K8sBin, b)); err != nil {
-			return nil, fmt.Errorf("conformance needs %s of the pinned Kubernetes: make k8s-bins", b)
+			return nil, fmt.Errorf("conformance needs %s of the pinned Kubernetes: make k8s-bins e2e-bins", b)
 		}
 	}
 	if err := os.MkdirAll(o.Out, 0o755); err != nil {

@@ -24,7 +24,7 @@ const (
 // E2EInputs are the programs the e2e images are made of.
 type E2EInputs struct {
 	// Agnhost is the agnhost binary built from the pinned Kubernetes
-	// module (make k8s-bins); PorterDir, where its porter's localhost.crt
+	// module (make e2e-bins); PorterDir, where its porter's localhost.crt
 	// and localhost.key are (the module's test/images/agnhost/porter).
 	Agnhost, PorterDir string
 	// Pause is kpath's static pause (make image's bin/static/kpath-pause).
@@ -61,7 +61,7 @@ func E2E(in E2EInputs, coreDNSVersion string) ([]Spec, error) {
 		}
 		return data, nil
 	}
-	agnhost, err := read("agnhost (make k8s-bins)", in.Agnhost)
+	agnhost, err := read("agnhost (make e2e-bins)", in.Agnhost)
 	if err != nil {
 		return nil, err
 	}

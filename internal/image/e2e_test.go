@@ -73,7 +73,7 @@ func TestE2EImageNames(t *testing.T) {
 	}
 	e2e := filepath.Join(dir, "e2e.test")
 	if _, err := os.Stat(e2e); err != nil {
-		testutil.SkipOrFail(t, "e2e.test not built: make k8s-bins")
+		testutil.SkipOrFail(t, "e2e.test not built: make e2e-bins")
 	}
 	out, err := exec.Command(e2e, "--list-images").Output()
 	if err != nil {
@@ -105,7 +105,7 @@ func TestE2EImages(t *testing.T) {
 		CoreDNS: filepath.Join(coredns, "coredns"), Busybox: "/bin/busybox", Pause: "/bin/true"}
 	for _, f := range []string{in.Agnhost, in.CoreDNS, in.Busybox} {
 		if _, err := os.Stat(f); err != nil {
-			testutil.SkipOrFail(t, f+" missing: make k8s-bins coredns-bins, hack/install-deps.sh")
+			testutil.SkipOrFail(t, f+" missing: make e2e-bins coredns-bins, hack/install-deps.sh")
 		}
 	}
 	specs, err := E2E(in, testenv.PinnedCoreDNS)
