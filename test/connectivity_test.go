@@ -2,14 +2,11 @@ package test
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/kpath/kpath/internal/connectivity"
 	klab "github.com/kpath/kpath/internal/lab"
-	"github.com/kpath/kpath/internal/testenv"
 	"github.com/kpath/kpath/internal/testutil"
 )
 
@@ -27,18 +24,9 @@ func TestConnectivityMatrix(t *testing.T) {
 	o := connectivity.LabOptions{BinDir: bin, K8sBin: k8sBin, Log: t.Logf}
 	connectivityMatrix(t, o, []string{"kpath", "kpath-tc"})
 	t.Run("containerd-helm", func(t *testing.T) {
-		testutil.RequireTool(t, "containerd", "ctr", "runc")
-		if _, err := os.Stat(filepath.Join(k8sBin, "kubelet")); err != nil {
-			testutil.SkipOrFail(t, "kubelet not built: run make k8s-bins")
-		}
-		helmDir, err := testenv.HelmBinDir()
-		if err != nil {
-			t.Fatal(err)
-		}
-		o.Runtime, o.ImageDir, o.Install, o.HelmBin = klab.RuntimeContainerd, buildImages(t), klab.InstallHelm, filepath.Join(helmDir, "helm")
-		if _, err := os.Stat(o.HelmBin); err != nil {
-			testutil.SkipOrFail(t, "helm not built: run make helm-bins")
-		}
+		realNodePrerequisites(t, k8sBin)
+		helm := helmPrerequisite(t)
+		o.Runtime, o.ImageDir, o.Install, o.HelmBin = klab.RuntimeContainerd, buildImages(t), klab.InstallHelm, helm
 		connectivityMatrix(t, o, []string{"kpath"})
 	})
 }

@@ -28,7 +28,6 @@ import (
 	klab "github.com/kpath/kpath/internal/lab"
 	"github.com/kpath/kpath/internal/model"
 	"github.com/kpath/kpath/internal/policy"
-	"github.com/kpath/kpath/internal/testutil"
 )
 
 // testLab is a lab a test started.
@@ -436,10 +435,7 @@ func TestNetworkPolicyTruthTables(t *testing.T) {
 	// On real nodes: the pods' interfaces made by kpath-cni as containerd
 	// calls it, the pods run by the kubelet.
 	t.Run("kpath-containerd", func(t *testing.T) {
-		testutil.RequireTool(t, "containerd", "ctr", "runc")
-		if _, err := os.Stat(filepath.Join(k8sBin, "kubelet")); err != nil {
-			testutil.SkipOrFail(t, "kubelet not built: run make k8s-bins")
-		}
+		realNodePrerequisites(t, k8sBin)
 		netpolScenario(t, bin, k8sBin, "kpath", buildImages(t))
 	})
 }

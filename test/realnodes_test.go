@@ -27,6 +27,31 @@ import (
 	"github.com/kpath/kpath/internal/testutil"
 )
 
+// realNodePrerequisites skips (or, required, fails) a test of real nodes
+// on a machine without containerd and runc, or without the kubelet.
+func realNodePrerequisites(t *testing.T, k8sBin string) {
+	t.Helper()
+	testutil.RequireTool(t, "containerd", "ctr", "runc")
+	if _, err := os.Stat(filepath.Join(k8sBin, "kubelet")); err != nil {
+		testutil.SkipOrFail(t, "kubelet not built: run make k8s-bins")
+	}
+}
+
+// helmPrerequisite is the pinned helm CLI, for a test that installs the
+// chart; it skips (or, required, fails) the test without it.
+func helmPrerequisite(t *testing.T) string {
+	t.Helper()
+	dir, err := testenv.HelmBinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	helm := filepath.Join(dir, "helm")
+	if _, err := os.Stat(helm); err != nil {
+		testutil.SkipOrFail(t, "helm not built: run make helm-bins")
+	}
+	return helm
+}
+
 // buildImages builds the project's images as make image does (static
 // binaries, then kpath image build's code, hubble-relay's too) into a
 // directory of the test's.
@@ -124,18 +149,8 @@ func machineState(t *testing.T) map[string]string {
 // the agent a DaemonSet pod, the nodes Ready only once it is).
 func TestLabRealNodes(t *testing.T) {
 	bin, k8sBin := labPrerequisites(t)
-	testutil.RequireTool(t, "containerd", "ctr", "runc")
-	if _, err := os.Stat(filepath.Join(k8sBin, "kubelet")); err != nil {
-		testutil.SkipOrFail(t, "kubelet not built: run make k8s-bins")
-	}
-	helmDir, err := testenv.HelmBinDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	helmBin := filepath.Join(helmDir, "helm")
-	if _, err := os.Stat(helmBin); err != nil {
-		testutil.SkipOrFail(t, "helm not built: run make helm-bins")
-	}
+	realNodePrerequisites(t, k8sBin)
+	helmBin := helmPrerequisite(t)
 	images := buildImages(t)
 	t.Run("lab-agents", func(t *testing.T) { realNodesScenario(t, bin, k8sBin, images, klab.InstallLab, "") })
 	t.Run("helm", func(t *testing.T) { realNodesScenario(t, bin, k8sBin, images, klab.InstallHelm, helmBin) })

@@ -2,9 +2,11 @@ package image
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -85,48 +87,43 @@ func E2E(in E2EInputs, coreDNSVersion string) ([]Spec, error) {
 		"/sbin/ip":          "/usr/sbin/ip",
 		"/usr/sbin/ss":      "/usr/bin/ss",
 	}
-	dnsTools := map[string]string{}
-	for _, p := range []string{"/usr/bin/dig", "/usr/bin/nslookup", "/usr/bin/host", "/usr/bin/getent", "/usr/bin/wget"} {
-		dnsTools[p] = tools[p]
+	// Debian's busybox sh runs its own applets before any program on the
+	// PATH (nc, wget, ...), Alpine's does not: sh is bash.
+	applets, err := BusyboxApplets(in.Busybox, map[string]bool{"/bin/sh": true})
+	if err != nil {
+		return nil, fmt.Errorf("e2e images: %w", err)
 	}
-	base := func(programs map[string]string) ([]File, error) {
-		programs["/bin/bash"] = tools["/bin/bash"]
-		files, err := HostPrograms(programs)
+	// base is bash as sh, the programs (image paths of tools), busybox's
+	// applets where no program is, /tmp, and the users and groups: root,
+	// nobody and those given.
+	base := func(programs []string, users, groups string) ([]File, error) {
+		progs := map[string]string{"/bin/bash": tools["/bin/bash"]}
+		for _, p := range programs {
+			progs[p] = tools[p]
+		}
+		files, err := HostPrograms(progs)
 		if err != nil {
 			return nil, fmt.Errorf("e2e images: %w", err)
 		}
-		skip := map[string]bool{}
-		for p := range programs {
-			skip[p] = true
-		}
-		// Debian's busybox sh runs its own applets before any program on
-		// the PATH (nc, wget, ...), Alpine's does not: sh is bash.
-		skip["/bin/sh"] = true
 		files = append(files, File{Path: "/bin/sh", Link: "bash"})
-		applets, err := BusyboxApplets(in.Busybox, skip)
-		if err != nil {
-			return nil, fmt.Errorf("e2e images: %w", err)
+		for _, a := range applets {
+			if _, ok := progs[a.Path]; !ok {
+				files = append(files, a)
+			}
 		}
-		files = append(files, applets...)
 		return append(files,
 			File{Path: "/tmp", Mode: 0o1777, Dir: true},
-			File{Path: "/etc/passwd", Mode: 0o644, Data: []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")},
-			File{Path: "/etc/group", Mode: 0o644, Data: []byte("root:x:0:\nnogroup:x:65534:\n")},
+			File{Path: "/etc/passwd", Mode: 0o644, Data: []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n" + users)},
+			File{Path: "/etc/group", Mode: 0o644, Data: []byte("root:x:0:\nnogroup:x:65534:\n" + groups)},
 		), nil
 	}
-	agnFiles, err := base(tools)
+	// With the user and group agnhost's image defines (a
+	// SupplementalGroups test reads them).
+	agnFiles, err := base(slices.Collect(maps.Keys(tools)),
+		"user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh\n",
+		"user-defined-in-image:x:1000:\ngroup-defined-in-image:x:50000:user-defined-in-image\n")
 	if err != nil {
 		return nil, err
-	}
-	// The users and groups agnhost's image defines (a SupplementalGroups
-	// test reads them).
-	for i, f := range agnFiles {
-		switch f.Path {
-		case "/etc/passwd":
-			agnFiles[i].Data = append(f.Data, "user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh\n"...)
-		case "/etc/group":
-			agnFiles[i].Data = append(f.Data, "user-defined-in-image:x:1000:\ngroup-defined-in-image:x:50000:user-defined-in-image\n"...)
-		}
 	}
 	agnFiles = append(agnFiles,
 		File{Path: "/agnhost", Mode: 0o755, Data: agnhost},
@@ -145,11 +142,11 @@ func E2E(in E2EInputs, coreDNSVersion string) ([]Spec, error) {
 	}
 	// Debian's static busybox crashes in its wget: the suite's wget is
 	// GNU wget everywhere.
-	bbFiles, err := base(map[string]string{"/usr/bin/wget": tools["/usr/bin/wget"]})
+	bbFiles, err := base([]string{"/usr/bin/wget"}, "", "")
 	if err != nil {
 		return nil, err
 	}
-	dnsFiles, err := base(dnsTools)
+	dnsFiles, err := base([]string{"/usr/bin/dig", "/usr/bin/nslookup", "/usr/bin/host", "/usr/bin/getent", "/usr/bin/wget"}, "", "")
 	if err != nil {
 		return nil, err
 	}
