@@ -149,33 +149,49 @@ func kubeProxyView(t *testing.T, ns string) map[string]string {
 		}
 		return fmt.Sprintf("%s:%s/%s", addr, dp[1], strings.ToUpper(p[1]))
 	}
-	// external follows a KUBE-EXT chain the way traffic from outside the
-	// node does: past the short-circuits for pod (-s CLUSTER-CIDR) and
-	// node-local (--src-type LOCAL) sources.
-	external := func(chain string) ([]string, string) {
+	// ext follows a KUBE-EXT chain the way traffic from outside the node
+	// does (local false: past the short-circuits for pod sources, -s
+	// CLUSTER-CIDR, and node-local ones, --src-type LOCAL, which only
+	// externalTrafficPolicy Local has) or the way the node's own pods and
+	// processes do (local true: those short-circuits, where there are any).
+	ext := func(chain string, local bool) ([]string, string) {
+		var short, rest [][]string
+		for _, l := range chains[chain] {
+			j := jump(l)
+			if !strings.HasPrefix(j, "KUBE-SVC-") && !strings.HasPrefix(j, "KUBE-SVL-") {
+				continue
+			}
+			b, a := backends(j, 1)
+			if strings.Contains(l, " -s ") || strings.Contains(l, "--src-type LOCAL") {
+				short = append(short, append(b, a))
+			} else {
+				rest = append(rest, append(b, a))
+			}
+		}
+		take := rest
+		if local && len(short) > 0 {
+			take = short
+		}
 		var (
 			out []string
 			aff string
 		)
-		for _, l := range chains[chain] {
-			if strings.Contains(l, " -s ") || strings.Contains(l, "--src-type LOCAL") {
-				continue
-			}
-			if j := jump(l); strings.HasPrefix(j, "KUBE-SVC-") || strings.HasPrefix(j, "KUBE-SVL-") {
-				b, a := backends(j, 1)
-				out, aff = append(out, b...), a
-			}
+		for _, b := range take {
+			out, aff = append(out, b[:len(b)-1]...), b[len(b)-1]
 		}
 		return out, aff
 	}
 	frontendRule := func(l, fe string) {
 		j := jump(l)
-		bs, aff := backends(j, 0)
-		add(fe, protoSuffix(bs, fe), aff)
-		if strings.HasPrefix(j, "KUBE-EXT-") {
-			bs, aff := external(j)
-			add(fe+" external", protoSuffix(bs, fe), aff)
+		if !strings.HasPrefix(j, "KUBE-EXT-") {
+			bs, aff := backends(j, 0)
+			add(fe, protoSuffix(bs, fe), aff)
+			return
 		}
+		bs, aff := ext(j, true)
+		add(fe, protoSuffix(bs, fe), aff)
+		bs, aff = ext(j, false)
+		add(fe+" external", protoSuffix(bs, fe), aff)
 	}
 	for _, l := range chains["KUBE-SERVICES"] {
 		if d := reDst.FindStringSubmatch(l); d != nil {
@@ -282,8 +298,18 @@ func createScenario(t *testing.T, c kubernetes.Interface) {
 			},
 		}
 		for _, e := range eps {
-			s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{e.ip}, NodeName: ptr(e.node),
-				Conditions: discoveryv1.EndpointConditions{Ready: ptr(e.ready), Serving: ptr(e.serving), Terminating: ptr(e.terminating)}})
+			ep := discoveryv1.Endpoint{Addresses: []string{e.ip}, NodeName: ptr(e.node),
+				Conditions: discoveryv1.EndpointConditions{Ready: ptr(e.ready), Serving: ptr(e.serving), Terminating: ptr(e.terminating)}}
+			if e.zones != nil || e.nodes != nil {
+				ep.Hints = &discoveryv1.EndpointHints{}
+				for _, z := range e.zones {
+					ep.Hints.ForZones = append(ep.Hints.ForZones, discoveryv1.ForZone{Name: z})
+				}
+				for _, n := range e.nodes {
+					ep.Hints.ForNodes = append(ep.Hints.ForNodes, discoveryv1.ForNode{Name: n})
+				}
+			}
+			s.Endpoints = append(s.Endpoints, ep)
 		}
 		if _, err := c.DiscoveryV1().EndpointSlices(testNS).Create(ctx, s, metav1.CreateOptions{}); err != nil {
 			t.Fatalf("slice %s: %v", name, err)
@@ -292,12 +318,12 @@ func createScenario(t *testing.T, c kubernetes.Interface) {
 	local, remote := agentNode, "n2"
 	svc("plain", nil)
 	slice("plain", "plain-a", ready("10.244.1.2", local), ready("10.244.2.2", remote))
-	slice("plain", "plain-b", ready("10.244.2.3", remote), epCond{"10.244.2.4", remote, false, false, false})
+	slice("plain", "plain-b", ready("10.244.2.3", remote), epCond{ip: "10.244.2.4", node: remote})
 	svc("terminating", nil)
-	slice("terminating", "terminating-a", ready("10.244.2.5", remote), epCond{"10.244.2.6", remote, false, true, true})
+	slice("terminating", "terminating-a", ready("10.244.2.5", remote), epCond{ip: "10.244.2.6", node: remote, serving: true, terminating: true})
 	svc("only-terminating", nil)
-	slice("only-terminating", "only-terminating-a", epCond{"10.244.2.7", remote, false, true, true},
-		epCond{"10.244.2.8", remote, false, false, true})
+	slice("only-terminating", "only-terminating-a", epCond{ip: "10.244.2.7", node: remote, serving: true, terminating: true},
+		epCond{ip: "10.244.2.8", node: remote, terminating: true})
 	svc("nodeport-local", func(s *corev1.Service) {
 		s.Spec.Type = corev1.ServiceTypeNodePort
 		s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
@@ -328,14 +354,42 @@ func createScenario(t *testing.T, c kubernetes.Interface) {
 	slice("headless", "headless-a", ready("10.244.2.15", remote))
 	svc("foreign", func(s *corev1.Service) { s.Labels = map[string]string{k8s.LabelServiceProxyName: "other"} })
 	slice("foreign", "foreign-a", ready("10.244.2.16", remote))
+
+	// Topology: the agent's node is in zone agentZone (see
+	// TestDifferentialAgainstKubeProxy); hints as the EndpointSlice
+	// controller writes them for trafficDistribution.
+	zone := func(e epCond, zones ...string) epCond { e.zones = zones; return e }
+	same := func(e epCond, zone string) epCond { e.zones, e.nodes = []string{zone}, []string{e.node}; return e }
+	svc("zone-hints", nil) // PreferClose / PreferSameZone
+	slice("zone-hints", "zone-hints-a", zone(ready("10.244.1.20", local), agentZone), zone(ready("10.244.2.20", remote), "zone-b"),
+		zone(ready("10.244.2.21", remote), agentZone, "zone-c"), epCond{ip: "10.244.2.22", node: remote})
+	svc("zone-hints-elsewhere", nil) // none for this zone: every endpoint
+	slice("zone-hints-elsewhere", "zone-hints-elsewhere-a", zone(ready("10.244.2.23", remote), "zone-b"), zone(ready("10.244.2.24", remote), "zone-c"))
+	svc("zone-hints-partial", nil) // one endpoint without: every endpoint
+	slice("zone-hints-partial", "zone-hints-partial-a", zone(ready("10.244.1.25", local), agentZone), ready("10.244.2.25", remote))
+	svc("node-hints", func(s *corev1.Service) { s.Spec.Type = corev1.ServiceTypeNodePort }) // PreferSameNode
+	slice("node-hints", "node-hints-a", same(ready("10.244.1.26", local), agentZone), same(ready("10.244.2.26", remote), agentZone),
+		same(ready("10.244.2.27", "n3"), "zone-b"))
+	svc("node-hints-elsewhere", nil) // none for this node: the zone's
+	slice("node-hints-elsewhere", "node-hints-elsewhere-a", same(ready("10.244.2.28", remote), agentZone), same(ready("10.244.2.29", "n3"), "zone-b"))
+	svc("zone-hints-local", func(s *corev1.Service) { // eTP Local: topology only for clients of the node
+		s.Spec.Type = corev1.ServiceTypeNodePort
+		s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+	})
+	slice("zone-hints-local", "zone-hints-local-a", zone(ready("10.244.1.30", local), "zone-b"), zone(ready("10.244.2.30", remote), agentZone))
 }
+
+// agentZone is the topology.kubernetes.io/zone of the agent's node in the
+// differential test.
+const agentZone = "zone-a"
 
 type epCond struct {
 	ip, node                    string
 	ready, serving, terminating bool
+	zones, nodes                []string // topology hints
 }
 
-func ready(ip, node string) epCond { return epCond{ip, node, true, true, false} }
+func ready(ip, node string) epCond { return epCond{ip: ip, node: node, ready: true, serving: true} }
 
 // TestDifferentialAgainstKubeProxy runs the real kube-proxy (iptables mode)
 // and kpath against the same API server and compares, frontend by
@@ -352,6 +406,14 @@ func TestDifferentialAgainstKubeProxy(t *testing.T) {
 	env := testenv.StartForTest(t, testenv.Options{BinDir: binDir})
 	c := env.Client
 	setupCluster(t, c)
+	node, err := c.CoreV1().Nodes().Get(context.Background(), agentNode, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	node.Labels = map[string]string{corev1.LabelTopologyZone: agentZone}
+	if _, err := c.CoreV1().Nodes().Update(context.Background(), node, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	createScenario(t, c)
 	kp := startKubeProxy(t, env, binDir)
 	a := runAgent(t, agentConfig(t, env), true)

@@ -107,7 +107,8 @@ func (c *Cache) SetEndpointSlice(k model.ServiceKey, name string, s *model.Endpo
 }
 
 // SetNode stores or (with n nil) deletes a node. Only a change of the
-// addresses of a node matters to services (NodePort frontends).
+// addresses of a node (NodePort frontends) or of its zone (topology
+// hints) matters to services.
 func (c *Cache) SetNode(name string, n *model.Node) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -120,7 +121,7 @@ func (c *Cache) SetNode(name string, n *model.Node) {
 	if old == nil || n == nil || old.PodCIDR != n.PodCIDR || !slices.Equal(old.Addrs, n.Addrs) {
 		c.nodeGen++
 	}
-	if old == nil || n == nil || !slices.Equal(old.Addrs, n.Addrs) {
+	if old == nil || n == nil || !slices.Equal(old.Addrs, n.Addrs) || old.Zone != n.Zone {
 		if c.allDirty.IsZero() {
 			c.allDirty = c.now()
 		}

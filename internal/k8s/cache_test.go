@@ -1,6 +1,7 @@
 package k8s
 
 import (
+	"net/netip"
 	"testing"
 
 	"github.com/kpath/kpath/internal/model"
@@ -22,5 +23,31 @@ func TestHealthCheckedServicesFollowsTrafficPolicy(t *testing.T) {
 	c.SetService(k, nil)
 	if got := c.HealthCheckedServices(); len(got) != 0 {
 		t.Fatalf("health-checked %v after delete, want none", got)
+	}
+}
+
+// TestNodeChangesThatRecomputeServices: a node's addresses (NodePort
+// frontends) and zone (topology hints) recompute every service; its other
+// fields do not.
+func TestNodeChangesThatRecomputeServices(t *testing.T) {
+	c := NewCache()
+	n := &model.Node{Name: "n1", Zone: "zone-a"}
+	c.SetNode("n1", n)
+	if _, all := c.TakeDirty(); all.IsZero() {
+		t.Fatal("a new node did not recompute services")
+	}
+	for _, tc := range []struct {
+		name string
+		node model.Node
+		all  bool
+	}{
+		{"same", *n, false},
+		{"zone", model.Node{Name: "n1", Zone: "zone-b"}, true},
+		{"pod CIDR only", model.Node{Name: "n1", Zone: "zone-b", PodCIDR: netip.MustParsePrefix("10.244.1.0/24")}, false},
+	} {
+		c.SetNode("n1", &tc.node)
+		if _, all := c.TakeDirty(); all.IsZero() == tc.all {
+			t.Errorf("%s: every service recomputed = %v, want %v", tc.name, !all.IsZero(), tc.all)
+		}
 	}
 }

@@ -7,6 +7,7 @@ package k8s
 import (
 	"net/netip"
 	"time"
+	"unique"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -130,6 +131,15 @@ func EndpointSlice(s *discoveryv1.EndpointSlice) *model.EndpointSlice {
 		if e.NodeName != nil {
 			ep.NodeName = *e.NodeName
 		}
+		if h := e.Hints; h != nil {
+			// Every endpoint of a zone carries the same few names: one copy.
+			for _, z := range h.ForZones {
+				ep.ForZones = append(ep.ForZones, unique.Make(z.Name).Value())
+			}
+			for _, n := range h.ForNodes {
+				ep.ForNodes = append(ep.ForNodes, unique.Make(n.Name).Value())
+			}
+		}
 		for _, a := range e.Addresses {
 			ip, err := netip.ParseAddr(a)
 			if err != nil || !ip.Is4() {
@@ -147,7 +157,7 @@ func EndpointSlice(s *discoveryv1.EndpointSlice) *model.EndpointSlice {
 
 // Node converts a Node.
 func Node(n *corev1.Node) *model.Node {
-	out := &model.Node{Name: n.Name}
+	out := &model.Node{Name: n.Name, Zone: n.Labels[corev1.LabelTopologyZone]}
 	for _, t := range []corev1.NodeAddressType{corev1.NodeInternalIP, corev1.NodeExternalIP} {
 		for _, a := range n.Status.Addresses {
 			if a.Type == t {

@@ -20,7 +20,8 @@ func TestEndpointSliceConversion(t *testing.T) {
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Ports:       []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(8080))}, {Name: ptr("nil-port")}},
 		Endpoints: []discoveryv1.Endpoint{
-			{Addresses: []string{"10.244.0.1"}}, // no conditions: ready
+			{Addresses: []string{"10.244.0.1"}, Hints: &discoveryv1.EndpointHints{ // no conditions: ready
+				ForZones: []discoveryv1.ForZone{{Name: "zone-a"}}, ForNodes: []discoveryv1.ForNode{{Name: "n1"}, {Name: "n2"}}}},
 			{Addresses: []string{"10.244.0.2"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(false), Terminating: ptr(true)}}, // serving follows ready
 			{Addresses: []string{"not-an-ip", "fd00::1", "10.244.0.3"}, NodeName: ptr("n1"),
 				Conditions: discoveryv1.EndpointConditions{Ready: ptr(false), Serving: ptr(true), Terminating: ptr(true)}},
@@ -39,6 +40,9 @@ func TestEndpointSliceConversion(t *testing.T) {
 	e := m.Endpoints
 	if len(e) != 3 || !e[0].Ready || !e[0].Serving || e[1].Serving || !e[2].Serving || !e[2].Terminating || e[2].NodeName != "n1" || len(e[2].Addrs) != 1 {
 		t.Errorf("endpoints %+v", e)
+	}
+	if fmt.Sprint(e[0].ForZones, e[0].ForNodes, e[1].ForZones == nil) != "[zone-a] [n1 n2] true" {
+		t.Errorf("hints %v %v, %v", e[0].ForZones, e[0].ForNodes, e[1].ForZones)
 	}
 	s.AddressType = discoveryv1.AddressTypeIPv6
 	if EndpointSlice(s) != nil {
@@ -79,7 +83,7 @@ func TestServiceConversion(t *testing.T) {
 // so Addrs[0] is the node IP routes and Hubble peers use; hostnames and
 // IPv6 are left out.
 func TestNodeAddressOrder(t *testing.T) {
-	n := Node(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{
+	n := Node(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Labels: map[string]string{corev1.LabelTopologyZone: "zone-a"}}, Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{
 		{Type: corev1.NodeExternalIP, Address: "203.0.113.1"},
 		{Type: corev1.NodeHostName, Address: "n1"},
 		{Type: corev1.NodeInternalIP, Address: "fd00::1"},
@@ -87,5 +91,8 @@ func TestNodeAddressOrder(t *testing.T) {
 	}}})
 	if got := fmt.Sprint(n.Addrs); got != "[10.0.0.1 203.0.113.1]" {
 		t.Errorf("addresses %s, want [10.0.0.1 203.0.113.1]", got)
+	}
+	if n.Zone != "zone-a" {
+		t.Errorf("zone %q, want zone-a", n.Zone)
 	}
 }

@@ -78,6 +78,10 @@ type Endpoint struct {
 	Serving     bool
 	Terminating bool
 	NodeName    string
+	// ForZones and ForNodes are the endpoint's topology hints (the zones
+	// and nodes the EndpointSlice controller wants it used from), nil
+	// when it has none.
+	ForZones, ForNodes []string
 }
 
 // EndpointSlice is what kpath keeps of an IPv4 EndpointSlice.
@@ -96,4 +100,6 @@ type Node struct {
 	Name    string
 	Addrs   []netip.Addr // IPv4 InternalIP addresses, then ExternalIP ones: Addrs[0] is the node's IP
 	PodCIDR netip.Prefix
+	// Zone is the topology.kubernetes.io/zone label ("" without one).
+	Zone string
 }

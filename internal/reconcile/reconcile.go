@@ -166,7 +166,7 @@ func (r *Reconciler) Sync(full bool) error {
 
 	node := servicemap.Node{Name: r.opts.NodeName}
 	if n := r.cache.Node(r.opts.NodeName); n != nil {
-		node.Addrs = n.Addrs
+		node.Addrs, node.Zone = n.Addrs, n.Zone
 	}
 	// Recompute the dirty services; the addresses their old and new
 	// entries claim are the only frontends this sync can change.

@@ -3,7 +3,8 @@
 // this node, with kube-proxy's semantics: ClusterIP, NodePort, ExternalIPs
 // and LoadBalancer frontends; endpoint conditions (terminating endpoints
 // only when no ready one remains); internal and external traffic policy
-// Local; session affinity; headless and foreign-proxy services ignored.
+// Local; topology-aware routing by the EndpointSlice controller's hints;
+// session affinity; headless and foreign-proxy services ignored.
 // It imports neither Kubernetes nor eBPF, so it doubles as the reference
 // the agent's tests compare the datapath with.
 package servicemap
@@ -21,6 +22,8 @@ type Node struct {
 	Name string
 	// Addrs are the node's addresses that NodePort frontends listen on.
 	Addrs []netip.Addr
+	// Zone is the node's topology.kubernetes.io/zone, for zone hints.
+	Zone string
 }
 
 // Options tune the computation.
@@ -99,8 +102,8 @@ func ForService(node Node, spec *model.ServiceSpec, slices []*model.EndpointSlic
 			continue
 		}
 		eps := endpointsFor(sp, slices)
-		clusterEPs := usable(eps, "")
-		localEPs := usable(eps, node.Name)
+		clusterEPs := usable(eps, topologyFor(eps, node))
+		localEPs := usable(eps, func(e endpoint) bool { return e.node == node.Name })
 		internal, external := clusterEPs, clusterEPs
 		if spec.InternalLocal {
 			internal = localEPs
@@ -148,6 +151,7 @@ type endpoint struct {
 	addr                        model.L4Addr
 	ready, serving, terminating bool
 	node                        string
+	forZones, forNodes          []string
 }
 
 // endpointsFor resolves a service port against the slices: the slice port
@@ -170,6 +174,7 @@ func endpointsFor(sp model.ServicePort, slices []*model.EndpointSlice) []endpoin
 				out = append(out, endpoint{
 					addr:  model.L4Addr{Addr: a, Port: port, Proto: sp.Protocol},
 					ready: e.Ready, serving: e.Serving, terminating: e.Terminating, node: e.NodeName,
+					forZones: e.ForZones, forNodes: e.ForNodes,
 				})
 			}
 		}
@@ -178,27 +183,27 @@ func endpointsFor(sp model.ServicePort, slices []*model.EndpointSlice) []endpoin
 }
 
 // usable picks the endpoints traffic may go to, as kube-proxy does: the
-// ready ones (the slice's word: the EndpointSlice controller marks a
-// terminating pod's endpoint ready only for a Service that publishes
-// not-ready addresses, which then gets it like any other); if there are
-// none, the serving terminating ones (so connections drain onto pods that
-// are shutting down gracefully rather than fail). With node set, only that
-// node's endpoints count.
-func usable(eps []endpoint, node string) []model.L4Addr {
+// ready ones that pass in (the slice's word: the EndpointSlice controller
+// marks a terminating pod's endpoint ready only for a Service that
+// publishes not-ready addresses, which then gets it like any other); if
+// there are none, the serving terminating ones that pass in
+// (so connections drain onto pods that are shutting down gracefully rather
+// than fail). Topology narrows only the ready ones: it is in force only
+// where a ready endpoint is meant for this node, and there is no topology
+// to keep among endpoints that are all going away.
+func usable(eps []endpoint, in func(endpoint) bool) []model.L4Addr {
 	var ready, terminating []model.L4Addr
 	seen := map[model.L4Addr]bool{}
 	for _, e := range eps {
-		if node != "" && e.node != node {
-			continue
-		}
 		if seen[e.addr] {
 			continue // the same address in two slices (a slice being replaced)
 		}
 		switch {
-		case e.ready:
+		case e.ready && in(e):
 			ready = append(ready, e.addr)
 			seen[e.addr] = true
-		case e.serving && e.terminating:
+		case e.ready:
+		case e.serving && e.terminating && in(e):
 			terminating = append(terminating, e.addr)
 		}
 	}
