@@ -115,4 +115,3 @@ func addrsOf(bs []model.L4Addr) []string {
 	slices.Sort(out)
 	return out
 }
-
