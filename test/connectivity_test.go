@@ -55,6 +55,11 @@ func connectivityMatrix(t *testing.T, o connectivity.LabOptions, modes []string)
 	if answered < len(cells)/3 {
 		t.Fatalf("kube-proxy answered only %d of %d cells: the matrix's setup is broken", answered, len(cells))
 	}
+	for _, m := range append([]string{connectivity.Reference}, modes...) {
+		for _, broken := range connectivity.TopologyBroken(cells, []string{"node-1", "node-2"}, got[m]) {
+			t.Errorf("%s: topology-aware routing: %s", m, broken)
+		}
+	}
 	var b strings.Builder
 	connectivity.Print(&b, cells, ref, modes, got, false)
 	t.Logf("the matrix (cells that differ from kube-proxy):\n%s", b.String())

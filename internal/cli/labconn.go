@@ -31,7 +31,8 @@ on another), from the nodes' own namespaces (host network) and from outside the 
 over TCP and UDP (connected and unconnected) from AF_INET and dual-stack AF_INET6
 (v4-mapped) sockets, to ClusterIPs, NodePorts, external and load-balancer IPs with
 Cluster and Local traffic policies, a pod's own Service, a Service without backends,
-session affinity and the kubernetes Service. Each service dataplane runs in a 2-node lab
+session affinity, trafficDistribution (PreferSameNode, PreferClose: the lab's nodes are in
+zones) and the kubernetes Service. Each service dataplane runs in a 2-node lab
 of its own (named conn-*, one at a time, beside any other lab), first the reference,
 kube-proxy in iptables mode. Prints each cell where a dataplane differs from the
 reference (all of them with --all) and exits 1 when one serves a cell worse.
@@ -73,6 +74,16 @@ nodes.`,
 				}
 			}
 			connectivity.Print(cmd.OutOrStdout(), cells, got[connectivity.Reference], modes, got, all)
+			topology := 0
+			for _, m := range append([]string{connectivity.Reference}, modes...) {
+				for _, b := range connectivity.TopologyBroken(cells, []string{"node-1", "node-2"}, got[m]) {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s: topology-aware routing not kept: %s\n", m, b)
+					topology++
+				}
+			}
+			if topology > 0 {
+				return fmt.Errorf("%d cells of the trafficDistribution Services answered from another node's backend", topology)
+			}
 			for _, d := range connectivity.Differences(cells, got[connectivity.Reference], modes, got) {
 				if d.Worse != "" {
 					return fmt.Errorf("a dataplane serves cells worse than %s", connectivity.Reference)

@@ -80,6 +80,10 @@ const (
 	svcWith   = "with-self" // client-1 and be-1
 	svcEmpty  = "empty"     // no backends
 	svcSticky = "sticky"    // ClientIP affinity over be-1 and be-2
+	// trafficDistribution over be-1 and be-2, one per node and zone (the
+	// lab puts node-1 in zone-a, node-2 in zone-b).
+	svcNearNode = "near-node" // PreferSameNode
+	svcNearZone = "near-zone" // PreferClose
 	svcKube   = "kubernetes"
 )
 
@@ -105,6 +109,8 @@ func Targets(nodes []string) []Target {
 		Target{Name: svcEmpty + "/" + ClusterIP, Service: svcEmpty, Kind: ClusterIP, Why: "no backends: refused"},
 		Target{Name: svcEmpty + "/" + NodePort + "@" + nodes[0], Service: svcEmpty, Kind: NodePort, Node: nodes[0], Why: "no backends: refused"},
 		Target{Name: svcSticky + "/" + ClusterIP, Service: svcSticky, Kind: ClusterIP, AnyBackend: true, Sticky: true, Why: "sessionAffinity ClientIP"},
+		Target{Name: svcNearNode + "/" + ClusterIP, Service: svcNearNode, Kind: ClusterIP, Why: "trafficDistribution PreferSameNode: the client's node's backend"},
+		Target{Name: svcNearZone + "/" + ClusterIP, Service: svcNearZone, Kind: ClusterIP, Why: "trafficDistribution PreferClose: the client's zone's backend"},
 		Target{Name: "default/" + svcKube, Service: svcKube, Kind: ClusterIP, TCPOnly: true, Why: "the API server, as in-cluster clients reach it"},
 	)
 }
@@ -267,4 +273,25 @@ func Known(mode string, c Cell) string {
 			"masquerades it to the node's address, as kpath does per packet)"
 	}
 	return ""
+}
+
+// TopologyBroken lists the cells of the trafficDistribution Services that a
+// dataplane's results r serve from a backend of another node than the
+// client's (be-1 is on the first node, be-2 on the second). The reference
+// must keep to them too: if kube-proxy does not, the lab gave its nodes no
+// zones or the EndpointSlice controller no hints, and the matrix would
+// compare nothing.
+func TopologyBroken(cells []Cell, nodes []string, r map[string]Result) []string {
+	var out []string
+	for _, c := range cells {
+		i := slices.Index(nodes, c.Client.Node)
+		if c.Target.Service != svcNearNode && c.Target.Service != svcNearZone || i < 0 || i > 1 {
+			continue
+		}
+		want := fmt.Sprintf("be-%d", i+1)
+		if got := r[c.Key()]; got.Outcome != Answered || !slices.Equal(backends(got), []string{want}) {
+			out = append(out, fmt.Sprintf("%s: %s, want %s only", c.Key(), got.Summary(), want))
+		}
+	}
+	return out
 }

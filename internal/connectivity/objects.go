@@ -11,6 +11,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -26,11 +27,14 @@ var pods = []struct {
 	name, node string // node: index into the lab's nodes
 	labels     map[string]string
 }{
-	{"be-1", "0", map[string]string{svcWeb: "yes", svcWith: "yes", svcSticky: "yes"}},
-	{"be-2", "1", map[string]string{svcSticky: "yes"}},
+	{"be-1", "0", map[string]string{svcWeb: "yes", svcWith: "yes", svcSticky: "yes", labelNear: "yes"}},
+	{"be-2", "1", map[string]string{svcSticky: "yes", labelNear: "yes"}},
 	{"client-1", "0", map[string]string{svcSelf: "yes", svcWith: "yes"}},
 	{"client-2", "1", nil},
 }
+
+// labelNear selects the backends of the trafficDistribution Services.
+const labelNear = "near"
 
 // External and load-balancer IPs, routed by the vnet to a node as a cloud
 // network would: web's to node-1, web-local's external IP to node-1 (its
@@ -101,6 +105,12 @@ func Setup(ctx context.Context, st *lab.State, c kubernetes.Interface) (*Env, er
 		svc(svcWith, corev1.ServiceTypeClusterIP, svcWith, nil),
 		svc(svcEmpty, corev1.ServiceTypeNodePort, "nothing", nil),
 		svc(svcSticky, corev1.ServiceTypeClusterIP, svcSticky, func(s *corev1.ServiceSpec) { s.SessionAffinity = corev1.ServiceAffinityClientIP }),
+		svc(svcNearNode, corev1.ServiceTypeClusterIP, labelNear, func(s *corev1.ServiceSpec) {
+			s.TrafficDistribution = ptr(corev1.ServiceTrafficDistributionPreferSameNode)
+		}),
+		svc(svcNearZone, corev1.ServiceTypeClusterIP, labelNear, func(s *corev1.ServiceSpec) {
+			s.TrafficDistribution = ptr(corev1.ServiceTrafficDistributionPreferClose)
+		}),
 	} {
 		created, err := c.CoreV1().Services(Namespace).Create(ctx, s, metav1.CreateOptions{})
 		if err != nil {
@@ -221,6 +231,9 @@ func (e *Env) addresses(ctx context.Context, c kubernetes.Interface) bool {
 			if err != nil || len(eps.Items) == 0 || len(eps.Items[0].Endpoints) == 0 {
 				return false
 			}
+			if (tg.Service == svcNearNode || tg.Service == svcNearZone) && !hinted(eps.Items[0].Endpoints, tg.Service == svcNearNode) {
+				return false
+			}
 		}
 		for _, p := range s.Spec.Ports {
 			proto := "tcp"
@@ -248,6 +261,24 @@ func (e *Env) addresses(ctx context.Context, c kubernetes.Interface) bool {
 	}
 	return true
 }
+
+// hinted: both backends of a trafficDistribution Service are ready and
+// carry the EndpointSlice controller's zone hints (and node hints for
+// PreferSameNode), so that the matrix sees the settled state.
+func hinted(eps []discoveryv1.Endpoint, nodes bool) bool {
+	if len(eps) != 2 {
+		return false
+	}
+	for _, ep := range eps {
+		if ep.Conditions.Ready == nil || !*ep.Conditions.Ready || ep.Hints == nil || len(ep.Hints.ForZones) == 0 ||
+			nodes && len(ep.Hints.ForNodes) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func ptr[T any](v T) *T { return &v }
 
 func (e *Env) nodeIP(name string) string {
 	for _, n := range e.State.Nodes {

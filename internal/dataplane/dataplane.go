@@ -37,6 +37,8 @@ type Node struct {
 	// HubbleAddress is the same API over TCP, where hubble-relay dials it.
 	HubbleAddress string `json:"hubbleAddress"`
 	Cgroup        string `json:"cgroup"`
+	// Zone is the node's topology.kubernetes.io/zone label.
+	Zone string `json:"zone,omitempty"`
 }
 
 // Cluster is what every node's dataplane of one lab shares.

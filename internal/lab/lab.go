@@ -282,7 +282,7 @@ func Supervise(ctx context.Context, o Options) (err error) {
 		realNodes   []realNode
 	)
 	for i := 1; i <= o.Nodes; i++ {
-		n := NodeInfo{Name: nodeName(i), IP: nodeIP(i)}
+		n := NodeInfo{Name: nodeName(i), IP: nodeIP(i), Zone: nodeZone(i)}
 		n.Netns, n.PinDir = nm.netns+n.Name, nm.pin+n.Name
 		n.Cgroup = filepath.Join(cgRoot, nm.cgroup, n.Name)
 		n.AgentSocket = filepath.Join(o.Dir, n.Name, "agent.sock")
@@ -458,6 +458,11 @@ func (w logWriter) Write(p []byte) (int, error) {
 
 func nodeName(i int) string { return fmt.Sprintf("node-%d", i) }
 
+// nodeZone is a node's topology.kubernetes.io/zone: odd nodes in zone-a,
+// even ones in zone-b, so that two nodes are in two zones (topology-aware
+// routing decides by zone) and a third shares node-1's.
+func nodeZone(i int) string { return "zone-" + string(rune('a'+(i-1)%2)) }
+
 func nodeIP(i int) string { return fmt.Sprintf("192.168.200.%d", 10+i) }
 
 // nodeCapacity is what a lab node offers the scheduler: room for the pods
@@ -473,7 +478,7 @@ var nodeCapacity = corev1.ResourceList{
 // CIDR.
 func registerNode(ctx context.Context, c kubernetes.Interface, n NodeInfo) (string, error) {
 	_, err := c.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name,
-		Labels: map[string]string{"kubernetes.io/hostname": n.Name, "kubernetes.io/os": "linux"}}}, metav1.CreateOptions{})
+		Labels: map[string]string{corev1.LabelHostname: n.Name, corev1.LabelOSStable: "linux", corev1.LabelTopologyZone: n.Zone}}}, metav1.CreateOptions{})
 	if err != nil {
 		return "", fmt.Errorf("register %s: %w", n.Name, err)
 	}

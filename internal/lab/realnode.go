@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+
 	"github.com/kpath/kpath/internal/cniplugin"
 	"github.com/kpath/kpath/internal/dataplane"
 	"github.com/kpath/kpath/internal/image"
@@ -394,7 +396,8 @@ func startRealNode(ctx context.Context, o Options, r realNode, kubeconfig string
 		}
 	}
 	_, err := daemon("kubelet", filepath.Join(o.K8sBin, "kubelet"), "--config="+filepath.Join(r.dir, "kubelet.yaml"),
-		"--kubeconfig="+kubeconfig, "--hostname-override="+r.n.Name, "--node-ip="+r.n.IP, "--v=1")
+		"--kubeconfig="+kubeconfig, "--hostname-override="+r.n.Name, "--node-ip="+r.n.IP,
+		"--node-labels="+corev1.LabelTopologyZone+"="+r.n.Zone, "--v=1")
 	return err
 }
 
