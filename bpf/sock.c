@@ -90,6 +90,15 @@ static __always_inline int sock_forward(struct bpf_sock_addr *ctx, bool v6)
 		return 1;
 	if (!fe->count)
 		goto no_backend;
+	if (fe->flags & LB_F_SRC_RANGES) {
+		/* A pod's socket is left to its veth's program, which sees the
+		 * source it sends from; the node's own are judged by the node's
+		 * address, the source the kernel gives them on the uplink. */
+		if (!cfg_node_netns_cookie || bpf_get_netns_cookie(ctx) != cfg_node_netns_cookie)
+			return 1;
+		if (!(fe->flags & LB_F_SRC_NODE))
+			goto not_admitted;
+	}
 
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 
@@ -130,6 +139,18 @@ static __always_inline int sock_forward(struct bpf_sock_addr *ctx, bool v6)
 		flow_send(&ev);
 	}
 	return 1;
+
+not_admitted:
+	count(KP_DROP_SOURCE_RANGE, KP_DIR_SOCK, 0);
+	if (cfg_flow_events && drop_event_allowed()) {
+		struct flow_event ev = {
+			.type = FLOW_DROP, .reason = KP_DROP_SOURCE_RANGE, .dir = KP_DIR_SOCK, .proto = key.proto,
+			.daddr = key.addr, .dport = key.port, .cookie = bpf_get_socket_cookie(ctx),
+		};
+
+		flow_send(&ev);
+	}
+	return 0; /* EPERM: the call fails at once, where kube-proxy's DROP times out */
 
 no_backend:
 	count(KP_DROP_NO_BACKEND, KP_DIR_SOCK, 0);

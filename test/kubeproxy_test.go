@@ -80,6 +80,7 @@ var (
 	reDNAT    = regexp.MustCompile(`--to-destination (\S+)`)
 	reSeconds = regexp.MustCompile(`--rcheck --seconds (\d+)`)
 	reComment = regexp.MustCompile(`--comment "?([^"]*?)"? -`)
+	reSrc     = regexp.MustCompile(`-s (\S+)`)
 )
 
 // kubeProxyView reads kube-proxy's rules in netns ns and returns, per
@@ -183,15 +184,33 @@ func kubeProxyView(t *testing.T, ns string) map[string]string {
 	}
 	frontendRule := func(l, fe string) {
 		j := jump(l)
+		// A load-balancer IP with loadBalancerSourceRanges goes through
+		// its KUBE-FW chain: the sources it admits, then on as without.
+		ranges := ""
+		if strings.HasPrefix(j, "KUBE-FW-") {
+			var srcs []string
+			next := ""
+			for _, fl := range chains[j] {
+				if m := reSrc.FindStringSubmatch(fl); m != nil {
+					srcs = append(srcs, m[1])
+					next = jump(fl)
+				}
+			}
+			sort.Strings(srcs)
+			ranges, j = "|src "+strings.Join(srcs, ","), next
+		}
 		if !strings.HasPrefix(j, "KUBE-EXT-") {
 			bs, aff := backends(j, 0)
 			add(fe, protoSuffix(bs, fe), aff)
+			view[fe] += ranges
 			return
 		}
 		bs, aff := ext(j, true)
 		add(fe, protoSuffix(bs, fe), aff)
 		bs, aff = ext(j, false)
 		add(fe+" external", protoSuffix(bs, fe), aff)
+		view[fe] += ranges
+		view[fe+" external"] += ranges
 	}
 	for _, l := range chains["KUBE-SERVICES"] {
 		if d := reDst.FindStringSubmatch(l); d != nil {
@@ -259,6 +278,14 @@ func kpathView(t *testing.T, d *datapath.Datapath) map[string]string {
 		}
 		sort.Strings(bs)
 		out[s.Name] = s.Affinity.String() + "|" + strings.Join(bs, ",")
+		if len(s.SourceRanges) > 0 {
+			var rs []string
+			for _, p := range s.SourceRanges {
+				rs = append(rs, p.String())
+			}
+			sort.Strings(rs)
+			out[s.Name] += "|src " + strings.Join(rs, ",")
+		}
 	}
 	return out
 }
@@ -350,6 +377,22 @@ func createScenario(t *testing.T, c kubernetes.Interface) {
 		s.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "198.51.100.30"}}
 	})
 	slice("lb", "lb-a", ready("10.244.2.14", remote))
+	// loadBalancerSourceRanges: one holds the node's address (so the
+	// load-balancer IP itself is admitted as a source too), one does not,
+	// one admits any source.
+	ranged := func(ip string, ranges ...string) func(*corev1.Service) {
+		return func(s *corev1.Service) {
+			s.Spec.Type = corev1.ServiceTypeLoadBalancer
+			s.Spec.LoadBalancerSourceRanges = ranges
+			s.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: ip}}
+		}
+	}
+	svc("lb-ranges-node", ranged("198.51.100.31", "203.0.113.0/24", " 192.168.50.0/24 "))
+	slice("lb-ranges-node", "lb-ranges-node-a", ready("10.244.2.31", remote))
+	svc("lb-ranges", ranged("198.51.100.32", "203.0.113.0/25", "10.0.0.0/8"))
+	slice("lb-ranges", "lb-ranges-a", ready("10.244.2.32", remote))
+	svc("lb-ranges-any", ranged("198.51.100.33", "203.0.113.0/24", "0.0.0.0/0"))
+	slice("lb-ranges-any", "lb-ranges-any-a", ready("10.244.2.33", remote))
 	svc("headless", func(s *corev1.Service) { s.Spec.ClusterIP = corev1.ClusterIPNone })
 	slice("headless", "headless-a", ready("10.244.2.15", remote))
 	svc("foreign", func(s *corev1.Service) { s.Labels = map[string]string{k8s.LabelServiceProxyName: "other"} })

@@ -28,6 +28,9 @@ volatile const __u32 cfg_drop_events_per_sec = 1000;
  * namespace with this cookie (the node's own: host-network clients), and
  * pods' traffic is translated per packet on their veths. */
 volatile const __u64 cfg_host_netns_cookie = 0;
+/* The cookie of the node's own network namespace (0: unknown). The socket
+ * hooks judge its sockets' loadBalancerSourceRanges by LB_F_SRC_NODE. */
+volatile const __u64 cfg_node_netns_cookie = 0;
 
 #define NSEC_PER_SEC 1000000000ULL
 

@@ -2,6 +2,7 @@
 /* Backend selection, shared by the socket hook and the per-packet path. */
 #pragma once
 
+#include <stdbool.h>
 #include "common.h"
 
 /* What a selection is allowed to depend on. */
@@ -78,4 +79,13 @@ static __always_inline __u32 lb_select(const struct lb_frontend *fe,
 		bpf_map_update_elem(&kp_lb_affinity, &ak, &a, BPF_ANY);
 	}
 	return id;
+}
+
+/* Whether frontend fe admits a new connection from saddr: always, unless
+ * it has loadBalancerSourceRanges, then only from a source in one. */
+static __always_inline bool lb_src_admitted(const struct lb_frontend *fe, __be32 saddr)
+{
+	struct lb_src_range_key k = { .prefixlen = 64, .id = fe->id, .addr = saddr };
+
+	return !(fe->flags & LB_F_SRC_RANGES) || bpf_map_lookup_elem(&kp_lb_src_range, &k);
 }

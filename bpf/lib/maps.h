@@ -45,6 +45,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } kp_lb_revnat SEC(".maps");
 
+/* loadBalancerSourceRanges: (frontend ID, source prefix) of every frontend
+ * with LB_F_SRC_RANGES (struct lb_src_range_key; the value is unused). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct lb_src_range_key);
+	__type(value, __u8);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} kp_lb_src_range SEC(".maps");
+
 /* Maglev lookup table of one frontend: slot -> backend ID. The loader sets
  * max_entries to the configured table size M (a prime). */
 struct kp_maglev_inner {

@@ -32,13 +32,21 @@ enum kp_reason {
 	KP_DROP_POLICY = 8,      /* denied by NetworkPolicy (egress on FROM_POD, ingress on TO_POD) */
 	KP_DROP_INVALID_SOURCE = 9, /* a pod sent from an address that is not its own (lib/srcval.h) */
 	KP_DROP_UNSUPPORTED_L3 = 10, /* a pod sent neither IPv4 nor ARP (or a VLAN tag), which policy cannot see */
-	KP_REASON_MAX = 11,
+	KP_DROP_SOURCE_RANGE = 11, /* a new connection to a load-balancer IP from outside its loadBalancerSourceRanges */
+	KP_REASON_MAX = 12,
 };
 
 /* lb_frontend.flags */
 enum lb_flags {
 	LB_F_MAGLEV = 1 << 0,   /* backend from the service's Maglev table, not random */
 	LB_F_AFFINITY = 1 << 1, /* sessionAffinity ClientIP: sticky per client */
+	/* loadBalancerSourceRanges: new connections only from the sources
+	 * kp_lb_src_range holds for this frontend. */
+	LB_F_SRC_RANGES = 1 << 2,
+	/* With LB_F_SRC_RANGES: a range holds the node's own address, so the
+	 * node's own sockets are admitted (the socket hooks cannot see a
+	 * source that connect() has not chosen yet). */
+	LB_F_SRC_NODE = 1 << 3,
 };
 
 /* Which traffic a frontend serves. NodePort, external and load-balancer
@@ -78,6 +86,15 @@ struct lb_backend {
 	__be16 port;
 	__u8 proto;
 	__u8 pad;
+};
+
+/* Key of kp_lb_src_range: a source prefix admitted to one frontend. The
+ * frontend ID is part of the matched data, so prefixlen is 32 + the
+ * prefix's length. */
+struct lb_src_range_key {
+	__u32 prefixlen;
+	__u32 id;    /* frontend ID */
+	__be32 addr; /* the prefix's address */
 };
 
 /* The original frontend of a translated connection, for replies. */

@@ -165,6 +165,11 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, struct pkt *pp, cons
 			return drop(skb, &p, KP_DROP_FRAG_NO_FIRST, dir);
 		if (!fe->count)
 			return no_backend(skb, &p, dir);
+		/* After the backend check, as kube-proxy's firewall chain
+		 * exists only for a service with endpoints; silent, as its
+		 * DROP is. */
+		if (!lb_src_admitted(fe, p.saddr))
+			return drop(skb, &p, KP_DROP_SOURCE_RANGE, dir);
 		id = lb_select(fe, &c, &be);
 		if (!id)
 			return no_backend(skb, &p, dir);

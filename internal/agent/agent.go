@@ -73,6 +73,15 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, log: log, started: time.Now(), cache: k8s.NewCache(), reg: prometheus.NewRegistry()}
 	dcfg := cfg.Datapath()
+	if cfg.KubeProxyReplacement {
+		// Without it the node's own connections to a load-balancer IP
+		// with loadBalancerSourceRanges go untranslated to the network.
+		var err error
+		if dcfg.NodeNetnsCookie, err = datapath.NetnsCookie(); err != nil {
+			log.Warn("the node's network namespace has no cookie (SO_NETNS_COOKIE, Linux 5.14): "+
+				"the node's own sockets reach load-balancer IPs with loadBalancerSourceRanges only through the network", "error", err)
+		}
+	}
 	if cfg.KubeProxyReplacement && !cfg.SocketHook {
 		// Pods are translated per packet, but the node's own sockets
 		// (kubelet, hostNetwork pods) have no veth to be translated on:

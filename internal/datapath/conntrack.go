@@ -245,10 +245,13 @@ type Counter struct {
 	Bytes   uint64 `json:"bytes"`
 }
 
-// Drop reasons of source validation, as Counters and flows name them.
+// Drop reasons other packages name, as Counters and flows spell them.
 const (
 	ReasonInvalidSource = "invalid source address"  // a pod sent from an address not its own
 	ReasonUnsupportedL3 = "unsupported L3 protocol" // a pod sent neither IPv4 nor ARP
+	// ReasonSourceRange: a new connection to a load-balancer IP from a
+	// source outside its loadBalancerSourceRanges.
+	ReasonSourceRange = "denied by load-balancer source range"
 )
 
 // Reason names, as metrics and the CLI show them.
@@ -264,6 +267,7 @@ var reasonNames = map[kpathKpReason]string{
 	kpathKpReasonKP_DROP_POLICY:         "policy denied",
 	kpathKpReasonKP_DROP_INVALID_SOURCE: ReasonInvalidSource,
 	kpathKpReasonKP_DROP_UNSUPPORTED_L3: ReasonUnsupportedL3,
+	kpathKpReasonKP_DROP_SOURCE_RANGE:   ReasonSourceRange,
 }
 
 var dirNames = map[kpathKpDir]string{

@@ -103,6 +103,12 @@ type Config struct {
 	// the network namespace with this cookie (see NetnsCookie): the node's
 	// own clients, while pods are translated per packet.
 	HostNetnsCookie uint64
+	// NodeNetnsCookie is the cookie of the node's own network namespace
+	// (see NetnsCookie; 0: unknown). The socket hooks admit its sockets to
+	// a load-balancer IP with loadBalancerSourceRanges only where a range
+	// holds the node's address; a pod's socket is left to its veth, which
+	// sees its source. Unknown, every socket is left to the per-packet path.
+	NodeNetnsCookie uint64
 }
 
 // DefaultConfig is the production configuration.
@@ -322,8 +328,10 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 			return fmt.Errorf("set %s: %w", name, err)
 		}
 	}
-	if err := spec.Variables[kpathVarCfgHostNetnsCookie].Set(cfg.HostNetnsCookie); err != nil {
-		return fmt.Errorf("set %s: %w", kpathVarCfgHostNetnsCookie, err)
+	for name, v := range map[string]uint64{kpathVarCfgHostNetnsCookie: cfg.HostNetnsCookie, kpathVarCfgNodeNetnsCookie: cfg.NodeNetnsCookie} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
 	}
 	return nil
 }

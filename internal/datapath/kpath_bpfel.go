@@ -204,7 +204,8 @@ const (
 	kpathKpReasonKP_DROP_POLICY         kpathKpReason = 8
 	kpathKpReasonKP_DROP_INVALID_SOURCE kpathKpReason = 9
 	kpathKpReasonKP_DROP_UNSUPPORTED_L3 kpathKpReason = 10
-	kpathKpReasonKP_REASON_MAX          kpathKpReason = 11
+	kpathKpReasonKP_DROP_SOURCE_RANGE   kpathKpReason = 11
+	kpathKpReasonKP_REASON_MAX          kpathKpReason = 12
 )
 
 type kpathLbAffinity struct {
@@ -232,8 +233,10 @@ type kpathLbBackend struct {
 type kpathLbFlags uint32
 
 const (
-	kpathLbFlagsLB_F_MAGLEV   kpathLbFlags = 1
-	kpathLbFlagsLB_F_AFFINITY kpathLbFlags = 2
+	kpathLbFlagsLB_F_MAGLEV     kpathLbFlags = 1
+	kpathLbFlagsLB_F_AFFINITY   kpathLbFlags = 2
+	kpathLbFlagsLB_F_SRC_RANGES kpathLbFlags = 4
+	kpathLbFlagsLB_F_SRC_NODE   kpathLbFlags = 8
 )
 
 type kpathLbFrontend struct {
@@ -271,6 +274,13 @@ type kpathLbSlotKey struct {
 	_    structs.HostLayout
 	Id   uint32
 	Slot uint32
+}
+
+type kpathLbSrcRangeKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Id        uint32
+	Addr      uint32
 }
 
 type kpathLocalPod struct {
@@ -360,6 +370,7 @@ const (
 	kpathMapKpLbMaglev          = "kp_lb_maglev"
 	kpathMapKpLbRevnat          = "kp_lb_revnat"
 	kpathMapKpLbSlot            = "kp_lb_slot"
+	kpathMapKpLbSrcRange        = "kp_lb_src_range"
 	kpathMapKpLocalPod          = "kp_local_pod"
 	kpathMapKpMetrics           = "kp_metrics"
 	kpathMapKpNode              = "kp_node"
@@ -387,6 +398,7 @@ const (
 	kpathVarCfgHostNetnsCookie  = "cfg_host_netns_cookie"
 	kpathVarCfgMaglevSize       = "cfg_maglev_size"
 	kpathVarCfgMasqMark         = "cfg_masq_mark"
+	kpathVarCfgNodeNetnsCookie  = "cfg_node_netns_cookie"
 	kpathVarKpUnusedCtKeyFlags  = "kp_unused_ct_key_flags"
 	kpathVarKpUnusedCtPol       = "kp_unused_ct_pol"
 	kpathVarKpUnusedCtState     = "kp_unused_ct_state"
@@ -475,6 +487,7 @@ type kpathMapSpecs struct {
 	KpLbMaglev    *ebpf.MapSpec `ebpf:"kp_lb_maglev"`
 	KpLbRevnat    *ebpf.MapSpec `ebpf:"kp_lb_revnat"`
 	KpLbSlot      *ebpf.MapSpec `ebpf:"kp_lb_slot"`
+	KpLbSrcRange  *ebpf.MapSpec `ebpf:"kp_lb_src_range"`
 	KpLocalPod    *ebpf.MapSpec `ebpf:"kp_local_pod"`
 	KpMetrics     *ebpf.MapSpec `ebpf:"kp_metrics"`
 	KpNode        *ebpf.MapSpec `ebpf:"kp_node"`
@@ -497,6 +510,7 @@ type kpathVariableSpecs struct {
 	CfgHostNetnsCookie  *ebpf.VariableSpec `ebpf:"cfg_host_netns_cookie"`
 	CfgMaglevSize       *ebpf.VariableSpec `ebpf:"cfg_maglev_size"`
 	CfgMasqMark         *ebpf.VariableSpec `ebpf:"cfg_masq_mark"`
+	CfgNodeNetnsCookie  *ebpf.VariableSpec `ebpf:"cfg_node_netns_cookie"`
 	KpUnusedCtKeyFlags  *ebpf.VariableSpec `ebpf:"kp_unused_ct_key_flags"`
 	KpUnusedCtPol       *ebpf.VariableSpec `ebpf:"kp_unused_ct_pol"`
 	KpUnusedCtState     *ebpf.VariableSpec `ebpf:"kp_unused_ct_state"`
@@ -546,6 +560,7 @@ type kpathMaps struct {
 	KpLbMaglev    *ebpf.Map `ebpf:"kp_lb_maglev"`
 	KpLbRevnat    *ebpf.Map `ebpf:"kp_lb_revnat"`
 	KpLbSlot      *ebpf.Map `ebpf:"kp_lb_slot"`
+	KpLbSrcRange  *ebpf.Map `ebpf:"kp_lb_src_range"`
 	KpLocalPod    *ebpf.Map `ebpf:"kp_local_pod"`
 	KpMetrics     *ebpf.Map `ebpf:"kp_metrics"`
 	KpNode        *ebpf.Map `ebpf:"kp_node"`
@@ -570,6 +585,7 @@ func (m *kpathMaps) Close() error {
 		m.KpLbMaglev,
 		m.KpLbRevnat,
 		m.KpLbSlot,
+		m.KpLbSrcRange,
 		m.KpLocalPod,
 		m.KpMetrics,
 		m.KpNode,
@@ -593,6 +609,7 @@ type kpathVariables struct {
 	CfgHostNetnsCookie  *ebpf.Variable `ebpf:"cfg_host_netns_cookie"`
 	CfgMaglevSize       *ebpf.Variable `ebpf:"cfg_maglev_size"`
 	CfgMasqMark         *ebpf.Variable `ebpf:"cfg_masq_mark"`
+	CfgNodeNetnsCookie  *ebpf.Variable `ebpf:"cfg_node_netns_cookie"`
 	KpUnusedCtKeyFlags  *ebpf.Variable `ebpf:"kp_unused_ct_key_flags"`
 	KpUnusedCtPol       *ebpf.Variable `ebpf:"kp_unused_ct_pol"`
 	KpUnusedCtState     *ebpf.Variable `ebpf:"kp_unused_ct_state"`

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"time"
 
@@ -77,6 +78,12 @@ func (fe *frontendState) value() kpathLbFrontend {
 	if fe.svc.Affinity > 0 {
 		v.Flags |= uint16(kpathLbFlagsLB_F_AFFINITY)
 		v.AffinityTimeout = uint32(fe.svc.Affinity / time.Second)
+	}
+	if len(fe.svc.SourceRanges) > 0 {
+		v.Flags |= uint16(kpathLbFlagsLB_F_SRC_RANGES)
+		if fe.svc.SourceNode {
+			v.Flags |= uint16(kpathLbFlagsLB_F_SRC_NODE)
+		}
 	}
 	return v
 }
@@ -166,11 +173,23 @@ func (d *Datapath) writeService(fe *frontendState, svc model.Service) error {
 	}
 
 	oldSvc := fe.svc
+	if fe.dirty {
+		// What the map holds is not known: every range written anew
+		// (a put of one that exists is harmless), stale ones pruned at
+		// the next restart.
+		oldSvc.SourceRanges = nil
+	}
+	if err := d.writeSourceRangesBefore(fe.id, oldSvc.SourceRanges, svc.SourceRanges); err != nil {
+		return err
+	}
 	fe.svc, fe.backendIDs = svc, ids
 	if err := m.KpLbFrontend.Put(frontendKey(svc.Key()), fe.value()); err != nil {
 		return mapWriteError("kp_lb_frontend", "frontends", err)
 	}
 	fe.dirty = false
+	if err := d.deleteSourceRangesAfter(fe.id, oldSvc.SourceRanges, svc.SourceRanges); err != nil {
+		return err
+	}
 
 	// The count is down: slots past it and backends that left can go.
 	for i := len(ids); i < fe.slotHigh; i++ {
@@ -310,6 +329,9 @@ func (d *Datapath) DeleteService(frontend model.FrontendKey) error {
 		return fmt.Errorf("delete frontend %s reverse translation: %w", frontend, err)
 	}
 	d.forgetAffinity(fe.id, nil)
+	if err := d.deleteSourceRangesAfter(fe.id, fe.svc.SourceRanges, nil); err != nil {
+		return fmt.Errorf("delete frontend %s: %w", frontend, err)
+	}
 	for b := range fe.refs {
 		d.releaseBackend(b)
 	}
@@ -336,6 +358,11 @@ type ServiceInfo struct {
 	// AffinitySeconds is Affinity for JSON readers; 0 when off.
 	AffinitySeconds int64         `json:"affinity_seconds,omitempty"`
 	Backends        []BackendInfo `json:"backends"`
+	// SourceRanges are the sources new connections are admitted from
+	// (loadBalancerSourceRanges); none: every source.
+	SourceRanges []netip.Prefix `json:"source_ranges,omitempty"`
+	// SourceNode: the node's own sockets are admitted too.
+	SourceNode bool `json:"source_node,omitempty"`
 }
 
 // BackendInfo is one backend slot of a frontend.
@@ -397,6 +424,10 @@ func (d *Datapath) restoreServices() error {
 		fv kpathLbFrontend
 	)
 	byFEID := map[uint32]*frontendState{}
+	ranges, err := d.sourceRanges()
+	if err != nil {
+		return err
+	}
 	it = m.KpLbFrontend.Iterate()
 	for it.Next(&fk, &fv) {
 		key := frontendFromKey(fk)
@@ -406,6 +437,10 @@ func (d *Datapath) restoreServices() error {
 		}
 		if fv.Flags&uint16(kpathLbFlagsLB_F_AFFINITY) != 0 {
 			svc.Affinity = time.Duration(fv.AffinityTimeout) * time.Second
+		}
+		if fv.Flags&uint16(kpathLbFlagsLB_F_SRC_RANGES) != 0 {
+			svc.SourceRanges = ranges[fv.Id]
+			svc.SourceNode = fv.Flags&uint16(kpathLbFlagsLB_F_SRC_NODE) != 0
 		}
 		fe := &frontendState{id: fv.Id, refs: map[model.L4Addr]struct{}{}, slotHigh: int(fv.Count)}
 		for slot := range uint32(fv.Count) {
@@ -456,6 +491,7 @@ func (d *Datapath) restoreServices() error {
 	for _, k := range slots {
 		_ = m.KpLbSlot.Delete(k)
 	}
+	d.pruneSourceRanges(ranges, byFEID)
 	for _, mp := range []*ebpf.Map{m.KpLbRevnat, m.KpLbMaglev} {
 		ids, err := keys32(mp)
 		if err != nil {
@@ -556,6 +592,23 @@ func (d *Datapath) serviceInfo(fe model.FrontendKey, v kpathLbFrontend) (Service
 	if v.Flags&uint16(kpathLbFlagsLB_F_AFFINITY) != 0 {
 		si.Affinity = time.Duration(v.AffinityTimeout) * time.Second
 		si.AffinitySeconds = int64(v.AffinityTimeout)
+	}
+	if v.Flags&uint16(kpathLbFlagsLB_F_SRC_RANGES) != 0 {
+		si.SourceNode = v.Flags&uint16(kpathLbFlagsLB_F_SRC_NODE) != 0
+		var (
+			k  kpathLbSrcRangeKey
+			rv uint8
+		)
+		it := d.objs.KpLbSrcRange.Iterate()
+		for it.Next(&k, &rv) {
+			if id, p := srcRangeFromKey(k); id == v.Id {
+				si.SourceRanges = append(si.SourceRanges, p)
+			}
+		}
+		if err := it.Err(); err != nil {
+			return si, fmt.Errorf("frontend %s source ranges: %w", fe, err)
+		}
+		si.SourceRanges = model.CanonicalPrefixes(si.SourceRanges)
 	}
 	for slot := range uint32(v.Count) {
 		var id uint32

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -44,6 +45,19 @@ type sockReport struct {
 // it starts echo servers on loopback addresses and uses service addresses,
 // which only the socket hook can make reachable (there is no route to them).
 func runHelper(mode string) int {
+	if mode == "dial" {
+		// Dial the address in $KPATH_TEST_DIAL; report the error or answer.
+		var rep sockReport
+		c, err := net.DialTimeout("tcp4", os.Getenv("KPATH_TEST_DIAL"), time.Second)
+		if err == nil {
+			b, _ := io.ReadAll(c)
+			c.Close()
+			rep.TCPPeer = string(b)
+		}
+		rep.NoBackendErr = fmt.Sprint(err)
+		_ = json.NewEncoder(os.Stdout).Encode(rep)
+		return 0
+	}
 	if mode == "untranslated" {
 		// Another namespace's hooks: the service address stays as it is.
 		_, err := net.DialTimeout("tcp4", "10.96.0.10:80", time.Second)
@@ -290,11 +304,21 @@ func testCgroup(t *testing.T) (string, *os.File) {
 
 // runInCgroup runs the test binary as a helper in cgroup fd and a new,
 // empty network namespace, and decodes its JSON report into out.
-func runInCgroup(t *testing.T, cg *os.File, mode string, out any) {
+func runInCgroup(t *testing.T, cg *os.File, mode string, out any, env ...string) {
+	t.Helper()
+	runInCgroupNetns(t, cg, true, mode, out, env...)
+}
+
+// runInCgroupNetns is runInCgroup, in the test's own network namespace
+// unless newNetns.
+func runInCgroupNetns(t *testing.T, cg *os.File, newNetns bool, mode string, out any, env ...string) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), helperEnv+"="+mode)
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd()), Cloneflags: unix.CLONE_NEWNET}
+	cmd.Env = append(append(os.Environ(), helperEnv+"="+mode), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	if newNetns {
+		cmd.SysProcAttr.Cloneflags = unix.CLONE_NEWNET
+	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {

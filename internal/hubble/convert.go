@@ -25,14 +25,15 @@ const (
 
 // dropReasons maps kpath's drop reasons to Hubble's.
 var dropReasons = map[string]flowpb.DropReason{
-	"policy denied":           flowpb.DropReason_POLICY_DENIED,
-	"no service backend":      flowpb.DropReason_SERVICE_BACKEND_NOT_FOUND,
-	"malformed packet":        flowpb.DropReason_INVALID_PACKET_DROPPED,
-	"fragment without state":  flowpb.DropReason_FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND,
-	"conntrack write failed":  flowpb.DropReason_CT_MAP_INSERTION_FAILED,
-	"header rewrite failed":   flowpb.DropReason_ERROR_WRITING_TO_PACKET,
-	"invalid source address":  flowpb.DropReason_INVALID_SOURCE_IP,
-	"unsupported L3 protocol": flowpb.DropReason_UNSUPPORTED_L3_PROTOCOL,
+	"policy denied":                        flowpb.DropReason_POLICY_DENIED,
+	"no service backend":                   flowpb.DropReason_SERVICE_BACKEND_NOT_FOUND,
+	"malformed packet":                     flowpb.DropReason_INVALID_PACKET_DROPPED,
+	"fragment without state":               flowpb.DropReason_FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND,
+	"conntrack write failed":               flowpb.DropReason_CT_MAP_INSERTION_FAILED,
+	"header rewrite failed":                flowpb.DropReason_ERROR_WRITING_TO_PACKET,
+	"invalid source address":               flowpb.DropReason_INVALID_SOURCE_IP,
+	"unsupported L3 protocol":              flowpb.DropReason_UNSUPPORTED_L3_PROTOCOL,
+	"denied by load-balancer source range": flowpb.DropReason_DENIED_BY_LB_SRC_RANGE_CHECK,
 }
 
 func endpoint(e flows.Endpoint) *flowpb.Endpoint {

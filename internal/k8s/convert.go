@@ -6,6 +6,7 @@ package k8s
 
 import (
 	"net/netip"
+	"strings"
 	"time"
 	"unique"
 
@@ -82,6 +83,7 @@ func ServiceSpec(s *corev1.Service) *model.ServiceSpec {
 		}
 		out.LoadBalancerIPs = append(out.LoadBalancerIPs, parseIPv4s([]string{ing.IP})...)
 	}
+	out.SourceRanges = sourceRanges(s.Spec.LoadBalancerSourceRanges)
 	if s.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
 		timeout := int32(corev1.DefaultClientIPServiceAffinitySeconds)
 		if c := s.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
@@ -90,6 +92,26 @@ func ServiceSpec(s *corev1.Service) *model.ServiceSpec {
 		out.AffinityTimeout = time.Duration(timeout) * time.Second
 	}
 	return out
+}
+
+// sourceRanges reads loadBalancerSourceRanges as kube-proxy does: spaces
+// around an entry are tolerated (API validation lets them through), only
+// IPv4 prefixes count, and a zero-length one admits every source, as no
+// ranges do. Entries that do not parse cannot pass validation; they are
+// skipped.
+func sourceRanges(ss []string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range ss {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil || !p.Addr().Is4() {
+			continue
+		}
+		if p.Bits() == 0 {
+			return nil
+		}
+		out = append(out, p)
+	}
+	return model.CanonicalPrefixes(out)
 }
 
 // EndpointSlice converts an IPv4 EndpointSlice; nil for other address

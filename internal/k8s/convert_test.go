@@ -73,6 +73,14 @@ func TestServiceConversion(t *testing.T) {
 	if m.Ports[1].Protocol != 0 {
 		t.Errorf("SCTP port converted to %v", m.Ports[1].Protocol)
 	}
+	s.Spec.LoadBalancerSourceRanges = []string{" 10.0.0.1/8", "fd00::/64", "192.0.2.0/24", "10.0.0.0/8"}
+	if got := fmt.Sprint(ServiceSpec(s).SourceRanges); got != "[10.0.0.0/8 192.0.2.0/24]" {
+		t.Errorf("source ranges %s, want [10.0.0.0/8 192.0.2.0/24] (trimmed, masked, IPv4, once each)", got)
+	}
+	s.Spec.LoadBalancerSourceRanges = append(s.Spec.LoadBalancerSourceRanges, "0.0.0.0/0")
+	if got := ServiceSpec(s).SourceRanges; got != nil {
+		t.Errorf("source ranges %v with 0.0.0.0/0 among them, want none (any source)", got)
+	}
 	s.Spec.ClusterIPs = []string{"None"}
 	if !ServiceSpec(s).Headless {
 		t.Error("headless not detected")

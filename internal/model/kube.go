@@ -53,6 +53,9 @@ type ServiceSpec struct {
 	Ports           []ServicePort
 	ExternalIPs     []netip.Addr
 	LoadBalancerIPs []netip.Addr // status.loadBalancer.ingress IPs, VIP mode only
+	// SourceRanges are the IPv4 loadBalancerSourceRanges; none when unset
+	// or when one of them is 0.0.0.0/0 (any source).
+	SourceRanges []netip.Prefix
 	// AffinityTimeout is sessionAffinity ClientIP's timeout; 0 for None.
 	AffinityTimeout time.Duration
 	// InternalLocal and ExternalLocal are the traffic policies set to Local.

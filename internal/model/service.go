@@ -1,7 +1,9 @@
 package model
 
 import (
+	"cmp"
 	"fmt"
+	"net/netip"
 	"slices"
 	"time"
 )
@@ -68,13 +70,24 @@ type Service struct {
 	// Affinity, when non-zero, keeps a client on the backend it last used
 	// for this long after its last new connection (sessionAffinity ClientIP).
 	Affinity time.Duration
+	// SourceRanges, when set, are the only sources new connections are
+	// admitted from (a load-balancer IP's loadBalancerSourceRanges), in
+	// canonical order (sorted, masked, no duplicates).
+	SourceRanges []netip.Prefix
+	// SourceNode: with SourceRanges, the node's own sockets are admitted
+	// (a range holds the node's address).
+	SourceNode bool
 }
+
+// MaxSourceRanges bounds a frontend's SourceRanges.
+const MaxSourceRanges = 1024
 
 // Equal reports whether s and o program the same frontend identically
 // (backends compared in order).
 func (s Service) Equal(o Service) bool {
 	return s.Frontend == o.Frontend && s.External == o.External && s.Selection == o.Selection &&
-		s.Affinity == o.Affinity && slices.Equal(s.Backends, o.Backends)
+		s.Affinity == o.Affinity && slices.Equal(s.Backends, o.Backends) &&
+		slices.Equal(s.SourceRanges, o.SourceRanges) && s.SourceNode == o.SourceNode
 }
 
 // Key identifies s's frontend.
@@ -104,8 +117,37 @@ func (s Service) Validate() error {
 	if s.Affinity < 0 || s.Affinity > MaxAffinityTimeout {
 		return fmt.Errorf("service %s: affinity timeout %s outside 0..%s", s.Frontend, s.Affinity, MaxAffinityTimeout)
 	}
+	if len(s.SourceRanges) > MaxSourceRanges {
+		return fmt.Errorf("service %s: %d source ranges, at most %d", s.Frontend, len(s.SourceRanges), MaxSourceRanges)
+	}
+	for i, p := range s.SourceRanges {
+		if !p.IsValid() || !p.Addr().Is4() || p.Masked() != p {
+			return fmt.Errorf("service %s: source range %s: want a masked IPv4 prefix", s.Frontend, p)
+		}
+		if i > 0 && ComparePrefix(s.SourceRanges[i-1], p) >= 0 {
+			return fmt.Errorf("service %s: source ranges not sorted or repeated at %s", s.Frontend, p)
+		}
+	}
+	if s.SourceNode && len(s.SourceRanges) == 0 {
+		return fmt.Errorf("service %s: the node admitted without source ranges", s.Frontend)
+	}
 	if s.Affinity > 0 && s.Affinity < time.Second {
 		return fmt.Errorf("service %s: affinity timeout %s: the datapath counts whole seconds", s.Frontend, s.Affinity)
 	}
 	return nil
+}
+
+// ComparePrefix orders prefixes by address, then length.
+func ComparePrefix(a, b netip.Prefix) int {
+	return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
+}
+
+// CanonicalPrefixes returns ps masked, sorted and without duplicates.
+func CanonicalPrefixes(ps []netip.Prefix) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, p.Masked())
+	}
+	slices.SortFunc(out, ComparePrefix)
+	return slices.Compact(out)
 }

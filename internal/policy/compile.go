@@ -275,7 +275,7 @@ func (s *Store) compileBlocks(out *SetEntries, ingress bool, blocks []blockRule,
 	}
 	groups := map[string]uint32{}
 	var groupEntries []map[Entry]uint32
-	for _, q := range slices.SortedFunc(maps.Keys(prefixes), comparePrefix) {
+	for _, q := range slices.SortedFunc(maps.Keys(prefixes), model.ComparePrefix) {
 		dst := self
 		if !ingress {
 			dst = prefixes[q] // nil unless q is a pod's own prefix
@@ -325,10 +325,6 @@ func coversPrefix(b model.IPBlock, q netip.Prefix) bool {
 		}
 	}
 	return true
-}
-
-func comparePrefix(a, b netip.Prefix) int {
-	return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
 }
 
 func entriesSignature(m map[Entry]uint32) string {

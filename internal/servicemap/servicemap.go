@@ -3,7 +3,7 @@
 // this node, with kube-proxy's semantics: ClusterIP, NodePort, ExternalIPs
 // and LoadBalancer frontends; endpoint conditions (terminating endpoints
 // only when no ready one remains); internal and external traffic policy
-// Local; topology-aware routing by the EndpointSlice controller's hints;
+// Local; loadBalancerSourceRanges; topology-aware routing by the EndpointSlice controller's hints;
 // session affinity; headless and foreign-proxy services ignored.
 // It imports neither Kubernetes nor eBPF, so it doubles as the reference
 // the agent's tests compare the datapath with.
@@ -123,6 +123,9 @@ func ForService(node Node, spec *model.ServiceSpec, slices []*model.EndpointSlic
 			if kind != KindClusterIP {
 				e.Backends, e.External = clusterEPs, external
 			}
+			if kind == KindLoadBalancer {
+				e.SourceRanges, e.SourceNode = sourceRanges(node, spec)
+			}
 			out = append(out, e)
 		}
 		for _, ip := range spec.ClusterIPs {
@@ -144,6 +147,28 @@ func ForService(node Node, spec *model.ServiceSpec, slices []*model.EndpointSlic
 	}
 	slicesSortEntries(out)
 	return out, problems
+}
+
+// sourceRanges are the sources a load-balancer IP of spec admits, as
+// kube-proxy's firewall chain has them: the loadBalancerSourceRanges and,
+// when one of them holds the node's address, the load-balancer IPs
+// themselves (a VIP-style load balancer's address is often local to the
+// node, so the node's own requests to it come from it) and the node's own
+// sockets.
+func sourceRanges(node Node, spec *model.ServiceSpec) ([]netip.Prefix, bool) {
+	if len(spec.SourceRanges) == 0 {
+		return nil, false
+	}
+	out := slices.Clone(spec.SourceRanges)
+	fromNode := len(node.Addrs) > 0 && slices.ContainsFunc(out, func(p netip.Prefix) bool { return p.Contains(node.Addrs[0]) })
+	if fromNode {
+		for _, ip := range spec.LoadBalancerIPs {
+			if ip.Is4() {
+				out = append(out, netip.PrefixFrom(ip, 32))
+			}
+		}
+	}
+	return model.CanonicalPrefixes(out), fromNode
 }
 
 // endpoint is one endpoint address for one service port.

@@ -1,6 +1,7 @@
 package servicemap
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -259,5 +260,50 @@ func TestLocalEndpoints(t *testing.T) {
 		if got := LocalEndpoints("n1", spec, []*model.EndpointSlice{slice(c.eps...)}); got != c.want {
 			t.Errorf("%s: %d local endpoints, want %d", c.name, got, c.want)
 		}
+	}
+}
+
+// TestSourceRanges: loadBalancerSourceRanges restrict the load-balancer
+// IPs only (not the ClusterIP, NodePort or external IPs), both scopes; a
+// range holding the node's address admits the node and the load-balancer
+// IPs themselves as sources, as kube-proxy's firewall chain does.
+func TestSourceRanges(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		ranges []netip.Prefix
+		want   string
+		node   bool
+	}{
+		{"without the node", []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}, "[203.0.113.0/24]", false},
+		{"with the node", []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("192.168.0.0/24")},
+			"[192.168.0.0/24 198.51.100.1/32 198.51.100.2/32 203.0.113.0/24]", true},
+		{"none", nil, "[]", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := webSpec()
+			spec.Type = model.ServiceTypeLoadBalancer
+			spec.ExternalIPs = ips("203.0.113.50")
+			spec.LoadBalancerIPs = ips("198.51.100.1", "198.51.100.2")
+			spec.SourceRanges = model.CanonicalPrefixes(tc.ranges)
+			entries, _ := ForService(node, spec, []*model.EndpointSlice{slice(readyEP("10.1.2.3", "n1"))}, Options{})
+			for _, e := range entries {
+				got, gotNode := "[]", e.SourceNode
+				if len(e.SourceRanges) > 0 {
+					got = fmt.Sprint(e.SourceRanges)
+				}
+				if e.Kind != KindLoadBalancer {
+					if got != "[]" || gotNode {
+						t.Errorf("%s %s restricted to %s", e.Kind, e.Frontend, got)
+					}
+					continue
+				}
+				if got != tc.want || gotNode != tc.node {
+					t.Errorf("%s: ranges %s (node %v), want %s (node %v)", e.Frontend, got, gotNode, tc.want, tc.node)
+				}
+				if err := e.Service.Validate(); err != nil {
+					t.Errorf("%s: %v", e.Frontend, err)
+				}
+			}
+		})
 	}
 }
