@@ -81,9 +81,12 @@ const (
 	svcEmpty  = "empty"     // no backends
 	svcSticky = "sticky"    // ClientIP affinity over be-1 and be-2
 	// trafficDistribution over be-1 and be-2, one per node and zone (the
-	// lab puts node-1 in zone-a, node-2 in zone-b).
+	// lab puts node-1 in zone-a, node-2 in zone-b, node-3 in zone-c).
 	svcNearNode = "near-node" // PreferSameNode
 	svcNearZone = "near-zone" // PreferClose
+	// LoadBalancer, loadBalancerSourceRanges: node-1's pod CIDR and
+	// address; backend be-1.
+	svcGuard = "guarded"
 	svcKube   = "kubernetes"
 )
 
@@ -109,6 +112,8 @@ func Targets(nodes []string) []Target {
 		Target{Name: svcEmpty + "/" + ClusterIP, Service: svcEmpty, Kind: ClusterIP, Why: "no backends: refused"},
 		Target{Name: svcEmpty + "/" + NodePort + "@" + nodes[0], Service: svcEmpty, Kind: NodePort, Node: nodes[0], Why: "no backends: refused"},
 		Target{Name: svcSticky + "/" + ClusterIP, Service: svcSticky, Kind: ClusterIP, AnyBackend: true, Sticky: true, Why: "sessionAffinity ClientIP"},
+		Target{Name: svcGuard + "/" + LBIP, Service: svcGuard, Kind: LBIP,
+			Why: "loadBalancerSourceRanges: node-1's pods and node-1 only"},
 		Target{Name: svcNearNode + "/" + ClusterIP, Service: svcNearNode, Kind: ClusterIP, Why: "trafficDistribution PreferSameNode: the client's node's backend"},
 		Target{Name: svcNearZone + "/" + ClusterIP, Service: svcNearZone, Kind: ClusterIP, Why: "trafficDistribution PreferClose: the client's zone's backend"},
 		Target{Name: "default/" + svcKube, Service: svcKube, Kind: ClusterIP, TCPOnly: true, Why: "the API server, as in-cluster clients reach it"},
@@ -263,7 +268,7 @@ func backends(r Result) []string {
 // ("" where no difference is expected). docs/connectivity.md lists them.
 func Known(mode string, c Cell) string {
 	switch {
-	case c.Target.Service == svcWeb && c.Target.Kind != ClusterIP:
+	case (c.Target.Service == svcWeb || c.Target.Service == svcGuard) && c.Target.Kind != ClusterIP:
 		return "kube-proxy masquerades every connection to a NodePort, external or load-balancer IP of an " +
 			"externalTrafficPolicy Cluster Service; kpath only when the backend is on another node (its " +
 			"reply must come back through this node), so a local backend sees the real client, as with Cilium"

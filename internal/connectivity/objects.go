@@ -42,6 +42,7 @@ const labelNear = "near"
 var external = map[string][2]string{
 	svcWeb:   {"192.168.201.10", "192.168.201.11"},
 	svcLocal: {"192.168.201.20", "192.168.201.21"},
+	svcGuard: {"", "192.168.201.31"}, // no external IP
 }
 
 // Env is a lab with the matrix's objects in place.
@@ -105,6 +106,9 @@ func Setup(ctx context.Context, st *lab.State, c kubernetes.Interface) (*Env, er
 		svc(svcWith, corev1.ServiceTypeClusterIP, svcWith, nil),
 		svc(svcEmpty, corev1.ServiceTypeNodePort, "nothing", nil),
 		svc(svcSticky, corev1.ServiceTypeClusterIP, svcSticky, func(s *corev1.ServiceSpec) { s.SessionAffinity = corev1.ServiceAffinityClientIP }),
+		svc(svcGuard, corev1.ServiceTypeLoadBalancer, svcWeb, func(s *corev1.ServiceSpec) {
+			s.LoadBalancerSourceRanges = []string{st.Nodes[0].PodCIDR, st.Nodes[0].IP + "/32"}
+		}),
 		svc(svcNearNode, corev1.ServiceTypeClusterIP, labelNear, func(s *corev1.ServiceSpec) {
 			s.TrafficDistribution = ptr(corev1.ServiceTrafficDistributionPreferSameNode)
 		}),
@@ -132,6 +136,9 @@ func Setup(ctx context.Context, st *lab.State, c kubernetes.Interface) (*Env, er
 	}
 	for svc, ips := range external {
 		for i, ip := range ips {
+			if ip == "" {
+				continue
+			}
 			via := st.Nodes[0].IP
 			if svc == svcLocal && i == 1 {
 				via = st.Nodes[1].IP
@@ -149,7 +156,7 @@ func Setup(ctx context.Context, st *lab.State, c kubernetes.Interface) (*Env, er
 
 // Ready waits until the service dataplane of both nodes has programmed
 // every Service: from the pod on each node, each ClusterIP with a backend
-// it may use, and from node-1's pod the NodePort of each node, answer TCP
+// it may use (for the trafficDistribution Services, its own node's), and from node-1's pod the NodePort of each node, answer TCP
 // (a dataplane may lag the API server by seconds, kube-proxy's first sync
 // more).
 func (e *Env) Ready(ctx context.Context, kpath string, timeout time.Duration) error {
@@ -166,7 +173,11 @@ func (e *Env) Ready(ctx context.Context, kpath string, timeout time.Duration) er
 			c := Cell{Client: client, Socket: Sockets[0], Target: tg}
 			for {
 				r := e.probe(ctx, c, kpath)
-				if r.Outcome == Answered {
+				// A trafficDistribution Service is ready when the
+				// dataplane follows its hints (it may lag the API server
+				// by a sync): the client's own node's backend answers.
+				near := tg.Service == svcNearNode || tg.Service == svcNearZone
+				if r.Outcome == Answered && (!near || slices.Equal(backends(r), []string{fmt.Sprintf("be-%d", i+1)})) {
 					break
 				}
 				if time.Now().After(deadline) {
