@@ -17,6 +17,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
@@ -253,6 +254,42 @@ func TestAgentEndToEnd(t *testing.T) {
 				t.Errorf("metrics lack %s", m)
 			}
 		}
+	})
+
+	t.Run("host port", func(t *testing.T) {
+		// A pod's hostPort is served on the node's addresses (and
+		// 127.0.0.1) as a Service whose only backend is the pod.
+		// (This API server runs no service account controller.)
+		if _, err := c.CoreV1().ServiceAccounts(testNS).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}},
+			metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+		pod, err := c.CoreV1().Pods(testNS).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "hostport", Namespace: testNS},
+			Spec: corev1.PodSpec{NodeName: agentNode, Containers: []corev1.Container{{Name: "c", Image: "none",
+				Ports: []corev1.ContainerPort{{ContainerPort: httpPort, HostPort: 54323}}}}}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pod.Status.PodIP, pod.Status.PodIPs = l.be1, []corev1.PodIP{{IP: l.be1}}
+		if _, err := c.CoreV1().Pods(testNS).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		fe := fmt.Sprintf("%s:54323", agentNodeIP)
+		waitFor(t, 10*time.Second, "the host port in the datapath", func() bool {
+			bs, _ := frontendBackends(a.Datapath(), fe+"/TCP")
+			lo, _ := frontendBackends(a.Datapath(), "127.0.0.1:54323/TCP")
+			return len(bs) == 1 && len(lo) == 1
+		})
+		if counts := l.client.do(t, "http "+fe+" 10").Counts; counts[l.be1] != 10 {
+			t.Errorf("through the host port: %v, want every request answered by the pod", counts)
+		}
+		if err := c.CoreV1().Pods(testNS).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "the host port gone with its pod", func() bool {
+			_, ok := frontendBackends(a.Datapath(), fe+"/TCP")
+			return !ok
+		})
 	})
 
 	t.Run("agent restart keeps connections and services", func(t *testing.T) {

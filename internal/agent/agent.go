@@ -178,6 +178,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		go a.kubeProxyRules(ctx, ev)
 	}
 	wo := k8s.WatchOptions{ProxyName: a.cfg.ProxyName, NodesOnly: !a.cfg.KubeProxyReplacement, Metrics: k8s.NewEventMetrics(a.reg)}
+	if a.cfg.KubeProxyReplacement {
+		wo.HostPortNode = a.cfg.NodeName
+	}
 	if a.store != nil {
 		wo.Policy = a.store
 	}

@@ -2,11 +2,13 @@ package k8s
 
 import (
 	"maps"
+	"reflect"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/kpath/kpath/internal/model"
+	"github.com/kpath/kpath/internal/servicemap"
 )
 
 // Cache holds the model form of the Services, EndpointSlices and Nodes the
@@ -19,6 +21,8 @@ type Cache struct {
 	services map[model.ServiceKey]*model.ServiceSpec
 	slices   map[model.ServiceKey]map[string]*model.EndpointSlice
 	nodes    map[string]*model.Node
+	// hostPorts are the Services serving each local pod's host ports.
+	hostPorts map[model.PodKey][]model.ServiceKey
 	// healthChecked are the services with a health check node port
 	// (externalTrafficPolicy Local): few, and looked at every second.
 	healthChecked map[model.ServiceKey]bool
@@ -35,6 +39,7 @@ func NewCache() *Cache {
 		services:      map[model.ServiceKey]*model.ServiceSpec{},
 		slices:        map[model.ServiceKey]map[string]*model.EndpointSlice{},
 		nodes:         map[string]*model.Node{},
+		hostPorts:     map[model.PodKey][]model.ServiceKey{},
 		dirty:         map[model.ServiceKey]time.Time{},
 		healthChecked: map[model.ServiceKey]bool{},
 		notify:        make(chan struct{}, 1),
@@ -77,6 +82,38 @@ func (c *Cache) SetService(k model.ServiceKey, spec *model.ServiceSpec) {
 		delete(c.healthChecked, k)
 	}
 	c.markLocked(k)
+}
+
+// SetPodHostPorts stores the Services of a pod's host ports
+// (servicemap.HostPorts), replacing the pod's earlier ones; none deletes
+// them.
+func (c *Cache) SetPodHostPorts(pod model.PodKey, svcs []servicemap.HostPortService) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := c.hostPorts[pod]
+	keys := make([]model.ServiceKey, 0, len(svcs))
+	for _, s := range svcs {
+		k := s.Spec.Key
+		keys = append(keys, k)
+		if prev := c.services[k]; prev != nil && c.slices[k] != nil && reflect.DeepEqual(prev, s.Spec) && reflect.DeepEqual(c.slices[k][s.Slice.Name], s.Slice) {
+			continue // a pod's status changes often; its host ports seldom
+		}
+		c.services[k] = s.Spec
+		c.slices[k] = map[string]*model.EndpointSlice{s.Slice.Name: s.Slice}
+		c.markLocked(k)
+	}
+	for _, k := range old {
+		if !slices.Contains(keys, k) {
+			delete(c.services, k)
+			delete(c.slices, k)
+			c.markLocked(k)
+		}
+	}
+	if len(keys) == 0 {
+		delete(c.hostPorts, pod)
+	} else {
+		c.hostPorts[pod] = keys
+	}
 }
 
 // HealthCheckedServices lists the services with a health check node port.

@@ -1,10 +1,15 @@
 package k8s
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/kpath/kpath/internal/model"
+	"github.com/kpath/kpath/internal/servicemap"
 )
 
 func TestHealthCheckedServicesFollowsTrafficPolicy(t *testing.T) {
@@ -49,5 +54,41 @@ func TestNodeChangesThatRecomputeServices(t *testing.T) {
 		if _, all := c.TakeDirty(); all.IsZero() == tc.all {
 			t.Errorf("%s: every service recomputed = %v, want %v", tc.name, !all.IsZero(), tc.all)
 		}
+	}
+}
+
+// TestPodHostPorts: a pod's host ports come and go as Services of the
+// cache; an unchanged pod marks nothing.
+func TestPodHostPorts(t *testing.T) {
+	c := NewCache()
+	pk := model.PodKey{Namespace: "ns", Name: "web"}
+	pod := Pod(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"},
+		Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Ports: []corev1.ContainerPort{
+			{ContainerPort: 8080, HostPort: 54323, HostIP: "0.0.0.0"},
+			{ContainerPort: 53, HostPort: 53, Protocol: corev1.ProtocolUDP, HostIP: "192.168.0.1"},
+			{ContainerPort: 9, HostPort: 9, Protocol: corev1.ProtocolSCTP},
+			{ContainerPort: 80},
+		}}}},
+		Status: corev1.PodStatus{PodIP: "10.244.0.7"}})
+	if got := fmt.Sprint(pod.HostPorts); got != "[{TCP invalid IP 54323 8080} {UDP 192.168.0.1 53 53}]" {
+		t.Fatalf("host ports %s", got)
+	}
+	c.SetPodHostPorts(pk, servicemap.HostPorts(pod))
+	dirty, _ := c.TakeDirty()
+	if len(dirty) != 2 || len(c.ServiceKeys()) != 2 {
+		t.Fatalf("dirty %v, services %v: want the two host ports", dirty, c.ServiceKeys())
+	}
+	c.SetPodHostPorts(pk, servicemap.HostPorts(pod))
+	if dirty, _ := c.TakeDirty(); len(dirty) != 0 {
+		t.Errorf("the same host ports again marked %v", dirty)
+	}
+	pod.HostPorts = pod.HostPorts[:1]
+	c.SetPodHostPorts(pk, servicemap.HostPorts(pod))
+	if dirty, _ := c.TakeDirty(); len(dirty) != 1 || len(c.ServiceKeys()) != 1 {
+		t.Errorf("one host port gone: dirty %v, services %v", dirty, c.ServiceKeys())
+	}
+	c.SetPodHostPorts(pk, nil)
+	if len(c.ServiceKeys()) != 0 || len(c.hostPorts) != 0 {
+		t.Errorf("pod gone: services %v left", c.ServiceKeys())
 	}
 }

@@ -66,6 +66,9 @@ func Pod(p *corev1.Pod) *model.Pod {
 	}
 	addPorts := func(c *corev1.Container) {
 		for _, cp := range c.Ports {
+			if hp, ok := hostPort(cp); ok && !p.Spec.HostNetwork {
+				out.HostPorts = append(out.HostPorts, hp)
+			}
 			proto, ok := policyProtocol(&cp.Protocol)
 			if cp.Name == "" || !ok || cp.ContainerPort <= 0 || cp.ContainerPort > 65535 {
 				continue
@@ -87,7 +90,33 @@ func Pod(p *corev1.Pod) *model.Pod {
 		return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Port, b.Port))
 	})
 	out.NamedPorts = slices.Compact(out.NamedPorts)
+	slices.SortFunc(out.HostPorts, func(a, b model.HostPort) int {
+		return cmp.Or(cmp.Compare(a.Protocol, b.Protocol), a.HostIP.Compare(b.HostIP), cmp.Compare(a.Port, b.Port))
+	})
+	out.HostPorts = slices.Compact(out.HostPorts)
 	return out
+}
+
+// hostPort reads a container port's host port mapping: TCP or UDP (kpath
+// translates no SCTP), an IPv4 host IP or none (0.0.0.0 is none).
+func hostPort(cp corev1.ContainerPort) (model.HostPort, bool) {
+	if cp.HostPort <= 0 || cp.HostPort > 65535 || cp.ContainerPort <= 0 || cp.ContainerPort > 65535 {
+		return model.HostPort{}, false
+	}
+	hp := model.HostPort{Protocol: protocol(cp.Protocol), Port: uint16(cp.HostPort), ContainerPort: uint16(cp.ContainerPort)}
+	if hp.Protocol == 0 {
+		return hp, false
+	}
+	if cp.HostIP != "" {
+		ip, err := netip.ParseAddr(cp.HostIP)
+		if err != nil || !ip.Is4() {
+			return hp, false
+		}
+		if !ip.IsUnspecified() {
+			hp.HostIP = ip
+		}
+	}
+	return hp, true
 }
 
 // Namespace converts a Namespace.

@@ -10,11 +10,13 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/kpath/kpath/internal/model"
+	"github.com/kpath/kpath/internal/servicemap"
 )
 
 // WatchOptions tune the watches.
@@ -32,6 +34,10 @@ type WatchOptions struct {
 	Policy PolicySink
 	// Metrics, when set, count the events and their handlers' CPU.
 	Metrics *EventMetrics
+	// HostPortNode, when set, serves the host ports of this node's pods
+	// as Services in the cache (servicemap.HostPorts), from the Pod watch
+	// of Policy or, without it, from a watch of this node's Pods alone.
+	HostPortNode string
 }
 
 // Watcher runs the reflectors that fill a Cache (and a PolicySink). Each
@@ -58,8 +64,26 @@ func NewWatcher(client kubernetes.Interface, c *Cache, opts WatchOptions) (*Watc
 	}, func(_, name string) {
 		c.SetNode(name, nil)
 	})
-	if opts.Policy != nil {
-		w.watchPolicy(opts.Policy)
+	hostPorts := func(p *model.Pod) {
+		if opts.HostPortNode != "" && p.NodeName == opts.HostPortNode {
+			c.SetPodHostPorts(p.Key, servicemap.HostPorts(p))
+		}
+	}
+	noHostPorts := func(k model.PodKey) {
+		if opts.HostPortNode != "" {
+			c.SetPodHostPorts(k, nil)
+		}
+	}
+	switch {
+	case opts.Policy != nil:
+		w.watchPolicy(opts.Policy, hostPorts, noHostPorts)
+	case opts.HostPortNode != "":
+		pods := client.CoreV1().Pods(metav1.NamespaceAll)
+		node := fields.OneTermEqualSelector("spec.nodeName", opts.HostPortNode).String()
+		w.watch("pod", listWatch(pods.List, pods.Watch, func(o *metav1.ListOptions) { o.FieldSelector = node }), &corev1.Pod{},
+			func(obj any) any { return Pod(obj.(*corev1.Pod)) },
+			func(_ objectKey, m any) { hostPorts(m.(*model.Pod)) },
+			func(ns, name string) { noHostPorts(model.PodKey{Namespace: ns, Name: name}) })
 	}
 	return w, nil
 }
@@ -73,8 +97,9 @@ func (w *Watcher) watch(kind string, lw *cache.ListWatch, example runtime.Object
 }
 
 // watchPolicy adds the Pod, Namespace and NetworkPolicy watches that feed
-// sink.
-func (w *Watcher) watchPolicy(sink PolicySink) {
+// sink; every pod also goes to hostPorts, and every deleted one to
+// noHostPorts.
+func (w *Watcher) watchPolicy(sink PolicySink, hostPorts func(*model.Pod), noHostPorts func(model.PodKey)) {
 	pods := w.client.CoreV1().Pods(metav1.NamespaceAll)
 	w.watch("pod", listWatch(pods.List, pods.Watch, nil), &corev1.Pod{}, func(obj any) any {
 		m := Pod(obj.(*corev1.Pod))
@@ -85,8 +110,10 @@ func (w *Watcher) watchPolicy(sink PolicySink) {
 	}, func(_ objectKey, m any) {
 		p := m.(*model.Pod)
 		sink.SetPod(p.Key, p)
+		hostPorts(p)
 	}, func(ns, name string) {
 		sink.SetPod(model.PodKey{Namespace: ns, Name: name}, nil)
+		noHostPorts(model.PodKey{Namespace: ns, Name: name})
 	})
 
 	namespaces := w.client.CoreV1().Namespaces()

@@ -50,6 +50,20 @@ type Pod struct {
 	HostNetwork bool
 	// Terminal: phase Succeeded or Failed; such a pod holds no address.
 	Terminal bool
+	// HostPorts are its containers' hostPort mappings (nil for nearly
+	// every pod).
+	HostPorts []HostPort
+}
+
+// HostPort is a container port published on the node's addresses
+// (containers[].ports[].hostPort), sorted by protocol, host IP and port.
+type HostPort struct {
+	Protocol Protocol
+	// HostIP limits it to one node address; invalid: every address of
+	// the node and 127.0.0.1, as the CNI portmap plugin has it.
+	HostIP        netip.Addr
+	Port          uint16
+	ContainerPort uint16
 }
 
 // Namespace is what kpath keeps of a Namespace.
