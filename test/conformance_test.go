@@ -15,9 +15,11 @@ import (
 
 // conformanceSubset is what make test runs of the upstream suite (kpath
 // lab conformance runs the whole selection): SIG Network's Conformance
-// tests of Services, and NetworkPolicy tests over TCP and UDP.
+// tests of Services and of host ports, and NetworkPolicy tests over TCP
+// and UDP.
 var conformanceSubset = []string{
 	`\[sig-network\] Services .*\[Conformance\]`,
+	`\[sig-network\] HostPort .*\[Conformance\]`,
 	`\[sig-network\] Netpol .*(should support a 'default-deny-ingress' policy|should enforce policy based on Ports|should allow egress access to server in CIDR block|should deny egress from all pods in a namespace|should enforce updated policy)`,
 }
 
@@ -59,9 +61,10 @@ func TestConformanceSubset(t *testing.T) {
 		log, _ := os.ReadFile(filepath.Join(out, "e2e.log"))
 		t.Errorf("%d upstream tests failed; the suite's log ends:\n%s", s.Failed, tailLines(string(log), 80))
 	}
-	// 17 Conformance tests of Services, 5 NetworkPolicy tests over TCP and
-	// 2 over UDP (and 2 over SCTP where the kernel has SCTP).
-	want := 24
+	// 17 Conformance tests of Services, 1 of host ports, 5 NetworkPolicy
+	// tests over TCP and 2 over UDP (and 2 over SCTP where the kernel has
+	// SCTP).
+	want := 25
 	if len(conformance.MachineSkips()) == 0 {
 		want += 2
 	}

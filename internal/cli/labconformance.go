@@ -32,7 +32,7 @@ lab of real nodes (a kubelet and containerd each) named conformance, with the cl
 module's source) and imported into every node: no test reaches for a registry.
 
 The selection: SIG Network's [Conformance] tests, its Services tests, the NetworkPolicy
-suite (Netpol) and the Networking granular checks, without [Serial], [Disruptive],
+suite (Netpol), the Networking granular checks and the Traffic Distribution tests, without [Serial], [Disruptive],
 [Flaky] tests and features kpath does not claim (kpath lab conformance --help-skips lists
 each with why). --focus and --skip replace them.
 
@@ -97,7 +97,7 @@ image k8s-bins e2e-bins coredns-bins (and helm-bins with --install helm).`,
 	cmd.Flags().StringArrayVar(&focus, "focus", nil, "run the tests matching this regular expression (repeatable; default: the selection above)")
 	cmd.Flags().StringVar(&o.Skip, "skip", "", "leave out the tests matching this regular expression (default: the selection's skips)")
 	cmd.Flags().StringVar(&o.Out, "out", "conformance-results", "where junit.xml, summary.json and e2e.log go")
-	cmd.Flags().IntVar(&o.Nodes, "nodes", 3, "real nodes in the lab (the selection needs 3: one test of externalTrafficPolicy changes skips itself with fewer; tests across nodes need 2)")
+	cmd.Flags().IntVar(&o.Nodes, "nodes", 3, "real nodes in the lab (the selection needs 3: one test of externalTrafficPolicy changes and the trafficDistribution tests skip themselves with fewer; three of those need 6, 2 in each of 3 zones)")
 	cmd.Flags().IntVar(&o.Procs, "procs", 4, "ginkgo processes running tests at once")
 	cmd.Flags().StringVar(&o.Busybox, "busybox", "/bin/busybox", "a static busybox for the images' small tools (Debian's busybox-static)")
 	cmd.Flags().StringVar(&images, "images", "", "the project's images (default: make image's bin/images)")

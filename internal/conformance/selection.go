@@ -11,12 +11,15 @@ import (
 
 // Focus selects the tests that run (ginkgo --focus; a test runs when one
 // matches): SIG Network's Conformance tests, its Services, the
-// NetworkPolicy suite (Netpol) and the Networking granular checks.
+// NetworkPolicy suite (Netpol), the Networking granular checks and the
+// trafficDistribution tests (which need 3 zones, the lab's nodes' from 3
+// nodes up, and half of them 2 nodes in each: 6 nodes).
 var Focus = []string{
 	`\[sig-network\] .*\[Conformance\]`,
 	`\[sig-network\] Services `,
 	`\[sig-network\] Netpol `,
 	`\[sig-network\] Networking Granular Checks`,
+	`\[sig-network\] Traffic Distribution `,
 }
 
 // Skipped are the selected tests left out, each with why (ginkgo --skip).
