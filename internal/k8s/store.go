@@ -174,8 +174,10 @@ func listWatch[L runtime.Object](list func(context.Context, metav1.ListOptions) 
 }
 
 // runReflector lists and watches lw's objects (of example's type) into s
-// until ctx ends.
+// until ctx ends. Lists (where the API server does not stream them) are
+// read in pages, each converted before the next is read (pagedList).
 func runReflector(ctx context.Context, client kubernetes.Interface, lw *cache.ListWatch, example runtime.Object, s *modelStore) {
+	lw.ListWithContextFunc = pagedList(lw.ListWithContextFunc, s.Transformer())
 	r := cache.NewReflectorWithOptions(cache.ToListWatcherWithWatchListSemantics(lw, client), example, s,
 		cache.ReflectorOptions{Name: "kpath " + s.kind})
 	r.RunWithContext(ctx)
