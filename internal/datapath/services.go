@@ -20,9 +20,12 @@ type frontendState struct {
 	id         uint32
 	svc        model.Service // backends in canonical order = slot order
 	backendIDs []uint32      // slot i -> backend ID
-	// refs are the backends this frontend keeps alive: those of svc, plus
-	// any written by an update that failed half way and may sit in a slot.
-	refs map[model.L4Addr]struct{}
+	// The frontend holds a reference on each backend of svc and of extra:
+	// extra (sorted, each once) are those an update that failed half way
+	// took or was taking out of svc, which may still sit in a slot. Empty
+	// but after a failure: the backends are held once, in svc, which the
+	// reconciler holds too.
+	extra []model.L4Addr
 	// slotHigh is one past the highest slot that may exist in kp_lb_slot.
 	slotHigh int
 	// dirty: the maps may differ from svc (a failed update); rewrite all.
@@ -31,13 +34,12 @@ type frontendState struct {
 
 type backendState struct {
 	id   uint32
-	refs int
+	refs uint32 // frontends holding it
 }
 
 type serviceState struct {
 	frontends map[model.FrontendKey]*frontendState
-	backends  map[model.L4Addr]*backendState
-	byID      map[uint32]model.L4Addr
+	backends  map[model.L4Addr]backendState
 	feIDs     *lb.IDAllocator
 	beIDs     *lb.IDAllocator
 }
@@ -45,8 +47,7 @@ type serviceState struct {
 func newServiceState(sizes MapSizes) *serviceState {
 	return &serviceState{
 		frontends: make(map[model.FrontendKey]*frontendState),
-		backends:  make(map[model.L4Addr]*backendState),
-		byID:      make(map[uint32]model.L4Addr),
+		backends:  make(map[model.L4Addr]backendState),
 		feIDs:     lb.NewIDAllocator(sizes.Frontends),
 		beIDs:     lb.NewIDAllocator(sizes.Backends),
 	}
@@ -69,6 +70,38 @@ func boolInt(b bool) int {
 }
 
 func sameService(a, b model.Service) bool { return a.Equal(b) }
+
+// sortedHas reports whether sorted s holds b.
+func sortedHas(s []model.L4Addr, b model.L4Addr) bool {
+	_, found := slices.BinarySearchFunc(s, b, compareL4)
+	return found
+}
+
+// holds reports whether the frontend holds a reference on b, counting the
+// first n of its extra backends.
+func (fe *frontendState) holds(b model.L4Addr, n int) bool {
+	return sortedHas(fe.svc.Backends, b) || sortedHas(fe.extra[:n], b)
+}
+
+// held calls f once for each backend the frontend holds.
+func (fe *frontendState) held(f func(model.L4Addr)) {
+	for i, b := range fe.svc.Backends {
+		if i == 0 || fe.svc.Backends[i-1] != b {
+			f(b)
+		}
+	}
+	for _, b := range fe.extra {
+		if !sortedHas(fe.svc.Backends, b) {
+			f(b)
+		}
+	}
+}
+
+// sortExtra keeps extra sorted, each backend once.
+func (fe *frontendState) sortExtra() {
+	slices.SortFunc(fe.extra, compareL4)
+	fe.extra = slices.Compact(fe.extra)
+}
 
 func (fe *frontendState) value() kpathLbFrontend {
 	v := kpathLbFrontend{Id: fe.id, Count: uint16(len(fe.backendIDs))}
@@ -93,12 +126,18 @@ func (fe *frontendState) value() kpathLbFrontend {
 // backends and slots are in place before the frontend's count grows, and
 // the count shrinks before slots and backends go away. Applying the same
 // service again writes nothing.
+//
+// Backends already in canonical order (servicemap's) are kept, not copied,
+// so they are held once at 100k backends: the caller must not write to
+// svc.Backends afterwards.
 func (d *Datapath) UpsertService(svc model.Service) error {
 	if err := svc.Validate(); err != nil {
 		return fmt.Errorf("invalid service: %w", err)
 	}
-	svc.Backends = slices.Clone(svc.Backends)
-	slices.SortFunc(svc.Backends, compareL4)
+	if !slices.IsSortedFunc(svc.Backends, compareL4) {
+		svc.Backends = slices.Clone(svc.Backends)
+		slices.SortFunc(svc.Backends, compareL4)
+	}
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -112,7 +151,7 @@ func (d *Datapath) UpsertService(svc model.Service) error {
 		if err != nil {
 			return fmt.Errorf("service %s: no free frontend ID (%w); raise the frontends map size", svc.Key(), err)
 		}
-		fe = &frontendState{id: id, refs: map[model.L4Addr]struct{}{}, dirty: true}
+		fe = &frontendState{id: id, dirty: true}
 		st.frontends[svc.Key()] = fe
 	}
 	if err := d.writeService(fe, svc); err != nil {
@@ -126,11 +165,15 @@ func (d *Datapath) writeService(fe *frontendState, svc model.Service) error {
 	st := d.svc
 	m := &d.objs
 
-	// Backends first: every ID a slot will name must resolve.
+	// Backends first: every ID a slot will name must resolve. One the
+	// frontend does not hold yet is held from now on, as an extra until
+	// the frontend names it.
 	ids := make([]uint32, len(svc.Backends))
+	prior := len(fe.extra)
+	defer fe.sortExtra()
 	for i, b := range svc.Backends {
-		bs := st.backends[b]
-		if bs == nil {
+		bs, ok := st.backends[b]
+		if !ok {
 			id, err := st.beIDs.Allocate()
 			if err != nil {
 				return fmt.Errorf("no free backend ID (%w); raise the backends map size", err)
@@ -139,14 +182,13 @@ func (d *Datapath) writeService(fe *frontendState, svc model.Service) error {
 				st.beIDs.Release(id)
 				return mapWriteError("kp_lb_backend", "backends", err)
 			}
-			bs = &backendState{id: id}
-			st.backends[b] = bs
-			st.byID[id] = b
+			bs = backendState{id: id}
 		}
-		if _, held := fe.refs[b]; !held {
-			fe.refs[b] = struct{}{}
+		if (i == 0 || svc.Backends[i-1] != b) && !fe.holds(b, prior) {
 			bs.refs++
+			fe.extra = append(fe.extra, b)
 		}
+		st.backends[b] = bs
 		ids[i] = bs.id
 	}
 
@@ -182,6 +224,13 @@ func (d *Datapath) writeService(fe *frontendState, svc model.Service) error {
 	if err := d.writeSourceRangesBefore(fe.id, oldSvc.SourceRanges, svc.SourceRanges); err != nil {
 		return err
 	}
+	// The old backends stay held (as extras) until the count is down.
+	for _, b := range oldSvc.Backends {
+		if !sortedHas(svc.Backends, b) {
+			fe.extra = append(fe.extra, b)
+		}
+	}
+	fe.sortExtra()
 	fe.svc, fe.backendIDs = svc, ids
 	if err := m.KpLbFrontend.Put(frontendKey(svc.Key()), fe.value()); err != nil {
 		return mapWriteError("kp_lb_frontend", "frontends", err)
@@ -204,18 +253,14 @@ func (d *Datapath) writeService(fe *frontendState, svc model.Service) error {
 		}
 	}
 
-	keep := make(map[model.L4Addr]struct{}, len(svc.Backends))
-	for _, b := range svc.Backends {
-		keep[b] = struct{}{}
-	}
 	var gone []uint32
-	for b := range fe.refs {
-		if _, ok := keep[b]; !ok {
+	for _, b := range fe.extra {
+		if !sortedHas(svc.Backends, b) {
 			gone = append(gone, st.backends[b].id)
-			delete(fe.refs, b)
 			d.releaseBackend(b)
 		}
 	}
+	fe.extra = nil
 	if len(gone) > 0 && svc.Affinity > 0 {
 		d.forgetAffinity(fe.id, gone)
 	}
@@ -226,14 +271,13 @@ func (d *Datapath) writeService(fe *frontendState, svc model.Service) error {
 func (d *Datapath) releaseBackend(b model.L4Addr) {
 	st := d.svc
 	bs := st.backends[b]
-	bs.refs--
-	if bs.refs > 0 {
+	if bs.refs--; bs.refs > 0 {
+		st.backends[b] = bs
 		return
 	}
 	// A failed delete leaves an entry no slot names; Open's restore prunes it.
 	_ = d.objs.KpLbBackend.Delete(bs.id)
 	delete(st.backends, b)
-	delete(st.byID, bs.id)
 	st.beIDs.Release(bs.id)
 }
 
@@ -332,9 +376,7 @@ func (d *Datapath) DeleteService(frontend model.FrontendKey) error {
 	if err := d.deleteSourceRangesAfter(fe.id, fe.svc.SourceRanges, nil); err != nil {
 		return fmt.Errorf("delete frontend %s: %w", frontend, err)
 	}
-	for b := range fe.refs {
-		d.releaseBackend(b)
-	}
+	fe.held(d.releaseBackend)
 	delete(st.frontends, frontend)
 	st.feIDs.Release(fe.id)
 	return nil
@@ -403,8 +445,9 @@ func (d *Datapath) restoreServices() error {
 	m := &d.objs
 
 	var (
-		bid uint32
-		bv  kpathLbBackend
+		bid  uint32
+		bv   kpathLbBackend
+		byID = map[uint32]model.L4Addr{}
 	)
 	it := m.KpLbBackend.Iterate()
 	for it.Next(&bid, &bv) {
@@ -412,8 +455,13 @@ func (d *Datapath) restoreServices() error {
 		if err := st.beIDs.Reserve(bid); err != nil {
 			return fmt.Errorf("backend %s: %w", b, err)
 		}
-		st.backends[b] = &backendState{id: bid}
-		st.byID[bid] = b
+		if old, dup := st.backends[b]; dup {
+			// The same backend under two IDs (a failed delete, then a new
+			// one): slots naming the stale ID are rewritten, it is pruned.
+			byID[old.id] = b
+		}
+		st.backends[b] = backendState{id: bid}
+		byID[bid] = b
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("iterate backends: %w", err)
@@ -442,26 +490,33 @@ func (d *Datapath) restoreServices() error {
 			svc.SourceRanges = ranges[fv.Id]
 			svc.SourceNode = fv.Flags&uint16(kpathLbFlagsLB_F_SRC_NODE) != 0
 		}
-		fe := &frontendState{id: fv.Id, refs: map[model.L4Addr]struct{}{}, slotHigh: int(fv.Count)}
+		fe := &frontendState{id: fv.Id, slotHigh: int(fv.Count)}
 		for slot := range uint32(fv.Count) {
 			var id uint32
 			if err := m.KpLbSlot.Lookup(kpathLbSlotKey{Id: fv.Id, Slot: slot}, &id); err != nil {
 				fe.dirty = true
 				continue
 			}
-			b, ok := st.byID[id]
-			if !ok {
+			b, ok := byID[id]
+			if !ok || st.backends[b].id != id {
 				fe.dirty = true
 				continue
 			}
 			fe.backendIDs = append(fe.backendIDs, id)
 			svc.Backends = append(svc.Backends, b)
-			if _, held := fe.refs[b]; !held {
-				fe.refs[b] = struct{}{}
-				st.backends[b].refs++
-			}
+		}
+		if !slices.IsSortedFunc(svc.Backends, compareL4) {
+			// Slots an update left half written: the frontend is rewritten
+			// whole; its backends are held in canonical order meanwhile.
+			fe.dirty = true
+			slices.SortFunc(svc.Backends, compareL4)
 		}
 		fe.svc = svc
+		fe.held(func(b model.L4Addr) {
+			bs := st.backends[b]
+			bs.refs++
+			st.backends[b] = bs
+		})
 		if err := st.feIDs.Reserve(fv.Id); err != nil {
 			return fmt.Errorf("frontend %s: %w", key, err)
 		}
@@ -507,11 +562,16 @@ func (d *Datapath) restoreServices() error {
 			_ = mp.Delete(id)
 		}
 	}
+	for id, b := range byID {
+		if st.backends[b].id != id {
+			_ = m.KpLbBackend.Delete(id)
+			st.beIDs.Release(id)
+		}
+	}
 	for b, bs := range st.backends {
 		if bs.refs == 0 {
 			_ = m.KpLbBackend.Delete(bs.id)
 			delete(st.backends, b)
-			delete(st.byID, bs.id)
 			st.beIDs.Release(bs.id)
 		}
 	}

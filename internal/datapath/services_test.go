@@ -170,6 +170,62 @@ func TestRestorePrunesOrphans(t *testing.T) {
 	}
 }
 
+// Maps an update left half written (slots out of canonical order, a
+// backend under a second, stale ID) are restored into a state whose
+// references add up: applying the service again makes the maps exact, and
+// deleting it leaves no backend behind.
+func TestRestoreHalfWrittenUpdate(t *testing.T) {
+	cfg := testConfig(t)
+	d1 := openTest(t, cfg)
+	svc := svcOf("10.96.0.1:80", "10.244.0.1:80", "10.244.0.2:80")
+	mustUpsert(t, d1, svc)
+	mustUpsert(t, d1, svcOf("10.96.0.2:80", "10.244.0.2:80")) // shares .2
+	fe := d1.svc.frontends[svc.Key()]
+	two := d1.svc.backends[l4("10.244.0.2:80")].id
+	const stale = 900 // .1 again, as a failed delete and a new write leave it
+	if err := d1.objs.KpLbBackend.Put(uint32(stale), backendValue(l4("10.244.0.1:80"))); err != nil {
+		t.Fatal(err)
+	}
+	for slot, id := range []uint32{two, stale} {
+		if err := d1.objs.KpLbSlot.Put(kpathLbSlotKey{Id: fe.id, Slot: uint32(slot)}, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d1.Close()
+	d2, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	if fe := d2.svc.frontends[svc.Key()]; fe == nil || !fe.dirty {
+		t.Fatalf("half-written frontend restored as clean: %+v", fe)
+	}
+	mustUpsert(t, d2, svc)
+	svcs, err := d2.Services()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(svcs) != 2 || len(svcs[0].Backends) != 2 || svcs[0].Backends[0].Backend != l4("10.244.0.1:80") ||
+		svcs[0].Backends[1].Backend != l4("10.244.0.2:80") {
+		t.Fatalf("after applying again: %+v", svcs)
+	}
+	if n := backendEntries(t, d2); n != 2 {
+		t.Errorf("backends = %d, want 2 (the stale ID pruned)", n)
+	}
+	if err := d2.DeleteService(svc.Key()); err != nil {
+		t.Fatal(err)
+	}
+	if n := backendEntries(t, d2); n != 1 {
+		t.Errorf("after the delete: backends = %d, want 1 (the shared one)", n)
+	}
+	if err := d2.DeleteService(svcOf("10.96.0.2:80").Key()); err != nil {
+		t.Fatal(err)
+	}
+	if n, s := backendEntries(t, d2), slotEntries(t, d2); n != 0 || s != 0 || len(d2.svc.backends) != 0 {
+		t.Errorf("after deleting both: %d backends, %d slots, %d held", n, s, len(d2.svc.backends))
+	}
+}
+
 func TestServiceErrors(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Sizes.Backends = 16

@@ -139,8 +139,19 @@ func EndpointSlice(s *discoveryv1.EndpointSlice) *model.EndpointSlice {
 		}
 		out.Ports = append(out.Ports, model.EndpointPort{Name: name, Protocol: protocol(pr), Port: uint16(*p.Port)})
 	}
+	out.Endpoints = make([]model.Endpoint, 0, len(s.Endpoints))
 	for _, e := range s.Endpoints {
+		// kube-proxy takes an endpoint's first address and no other.
+		var ip netip.Addr
+		if len(e.Addresses) > 0 {
+			ip, _ = netip.ParseAddr(e.Addresses[0])
+		}
+		if !ip.Is4() {
+			out.Invalid++
+			continue
+		}
 		ep := model.Endpoint{
+			Addr: ip,
 			// kube-proxy: a missing ready condition means ready; a missing
 			// serving condition means whatever ready says.
 			Ready:       e.Conditions.Ready == nil || *e.Conditions.Ready,
@@ -151,28 +162,22 @@ func EndpointSlice(s *discoveryv1.EndpointSlice) *model.EndpointSlice {
 			ep.Serving = *e.Conditions.Serving
 		}
 		if e.NodeName != nil {
-			ep.NodeName = *e.NodeName
+			// A node's name is in every endpoint on it: one copy.
+			ep.NodeName = unique.Make(*e.NodeName).Value()
 		}
 		if h := e.Hints; h != nil {
-			// Every endpoint of a zone carries the same few names: one copy.
+			hints := &model.EndpointHints{}
 			for _, z := range h.ForZones {
-				ep.ForZones = append(ep.ForZones, unique.Make(z.Name).Value())
+				hints.ForZones = append(hints.ForZones, unique.Make(z.Name).Value())
 			}
 			for _, n := range h.ForNodes {
-				ep.ForNodes = append(ep.ForNodes, unique.Make(n.Name).Value())
+				hints.ForNodes = append(hints.ForNodes, unique.Make(n.Name).Value())
+			}
+			if hints.ForZones != nil || hints.ForNodes != nil {
+				ep.Hints = hints
 			}
 		}
-		for _, a := range e.Addresses {
-			ip, err := netip.ParseAddr(a)
-			if err != nil || !ip.Is4() {
-				out.Invalid++
-				continue
-			}
-			ep.Addrs = append(ep.Addrs, ip)
-		}
-		if len(ep.Addrs) > 0 {
-			out.Endpoints = append(out.Endpoints, ep)
-		}
+		out.Endpoints = append(out.Endpoints, ep)
 	}
 	return out
 }

@@ -2,6 +2,7 @@ package k8s
 
 import (
 	"fmt"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -23,8 +24,12 @@ func TestEndpointSliceConversion(t *testing.T) {
 			{Addresses: []string{"10.244.0.1"}, Hints: &discoveryv1.EndpointHints{ // no conditions: ready
 				ForZones: []discoveryv1.ForZone{{Name: "zone-a"}}, ForNodes: []discoveryv1.ForNode{{Name: "n1"}, {Name: "n2"}}}},
 			{Addresses: []string{"10.244.0.2"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(false), Terminating: ptr(true)}}, // serving follows ready
-			{Addresses: []string{"not-an-ip", "fd00::1", "10.244.0.3"}, NodeName: ptr("n1"),
+			{Addresses: []string{"10.244.0.3", "10.244.0.9"}, NodeName: ptr("n1"),
 				Conditions: discoveryv1.EndpointConditions{Ready: ptr(false), Serving: ptr(true), Terminating: ptr(true)}},
+			// kube-proxy takes the first address or nothing.
+			{Addresses: []string{"not-an-ip", "10.244.0.4"}},
+			{Addresses: []string{"fd00::1", "10.244.0.5"}},
+			{},
 		},
 	}
 	m := EndpointSlice(s)
@@ -34,15 +39,16 @@ func TestEndpointSliceConversion(t *testing.T) {
 	if len(m.Ports) != 1 || m.Ports[0] != (model.EndpointPort{Name: "http", Protocol: model.TCP, Port: 8080}) {
 		t.Errorf("ports %+v", m.Ports)
 	}
-	if m.Invalid != 2 {
-		t.Errorf("invalid = %d, want 2 (a bad string and an IPv6 address)", m.Invalid)
+	if m.Invalid != 3 {
+		t.Errorf("invalid = %d, want 3 (first a bad string, an IPv6 address, none)", m.Invalid)
 	}
 	e := m.Endpoints
-	if len(e) != 3 || !e[0].Ready || !e[0].Serving || e[1].Serving || !e[2].Serving || !e[2].Terminating || e[2].NodeName != "n1" || len(e[2].Addrs) != 1 {
+	if len(e) != 3 || !e[0].Ready || !e[0].Serving || e[1].Serving || !e[2].Serving || !e[2].Terminating || e[2].NodeName != "n1" ||
+		e[2].Addr != netip.MustParseAddr("10.244.0.3") {
 		t.Errorf("endpoints %+v", e)
 	}
-	if fmt.Sprint(e[0].ForZones, e[0].ForNodes, e[1].ForZones == nil) != "[zone-a] [n1 n2] true" {
-		t.Errorf("hints %v %v, %v", e[0].ForZones, e[0].ForNodes, e[1].ForZones)
+	if fmt.Sprint(e[0].Zones(), e[0].Nodes(), e[1].Hints == nil) != "[zone-a] [n1 n2] true" {
+		t.Errorf("hints %v %v, %v", e[0].Zones(), e[0].Nodes(), e[1].Hints)
 	}
 	s.AddressType = discoveryv1.AddressTypeIPv6
 	if EndpointSlice(s) != nil {

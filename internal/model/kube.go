@@ -76,15 +76,39 @@ type EndpointPort struct {
 // kube-proxy reads them (a missing ready condition counts as ready; a
 // missing serving condition counts as ready's value).
 type Endpoint struct {
-	Addrs       []netip.Addr
+	// Addr is the endpoint's address: the first of its addresses, the one
+	// kube-proxy uses (the API calls them fungible, "clients may choose to
+	// only use the first element").
+	Addr        netip.Addr
 	Ready       bool
 	Serving     bool
 	Terminating bool
 	NodeName    string
-	// ForZones and ForNodes are the endpoint's topology hints (the zones
-	// and nodes the EndpointSlice controller wants it used from), nil
-	// when it has none.
+	// Hints are the endpoint's topology hints; nil when it has none (a
+	// pointer: at 100k endpoints most have none).
+	Hints *EndpointHints
+}
+
+// EndpointHints are an endpoint's topology hints: the zones and nodes the
+// EndpointSlice controller wants it used from.
+type EndpointHints struct {
 	ForZones, ForNodes []string
+}
+
+// Zones are the zones the endpoint is meant for (none without hints).
+func (e *Endpoint) Zones() []string {
+	if e.Hints == nil {
+		return nil
+	}
+	return e.Hints.ForZones
+}
+
+// Nodes are the nodes the endpoint is meant for (none without hints).
+func (e *Endpoint) Nodes() []string {
+	if e.Hints == nil {
+		return nil
+	}
+	return e.Hints.ForNodes
 }
 
 // EndpointSlice is what kpath keeps of an IPv4 EndpointSlice.
@@ -93,8 +117,8 @@ type EndpointSlice struct {
 	Service         ServiceKey // from the kubernetes.io/service-name label
 	Ports           []EndpointPort
 	Endpoints       []Endpoint
-	// Invalid counts endpoint addresses dropped in conversion (unparseable
-	// or not IPv4), so they can be reported.
+	// Invalid counts endpoints dropped in conversion (their first address
+	// unparseable or not IPv4), so they can be reported.
 	Invalid int
 }
 

@@ -57,7 +57,7 @@ func TestIncrementalSyncEqualsMerge(t *testing.T) {
 			sl := &model.EndpointSlice{Namespace: "ns", Name: k.Name + "-1", Service: k,
 				Ports: []model.EndpointPort{{Name: "http", Protocol: model.TCP, Port: 8080}, {Name: "dns", Protocol: model.UDP, Port: 53}}}
 			for range rng.IntN(4) {
-				sl.Endpoints = append(sl.Endpoints, model.Endpoint{Addrs: []netip.Addr{addr("10.244.0.%d", 8)},
+				sl.Endpoints = append(sl.Endpoints, model.Endpoint{Addr: addr("10.244.0.%d", 8),
 					Ready: rng.IntN(5) > 0, Serving: true, NodeName: []string{"n1", "n2"}[rng.IntN(2)]})
 			}
 			if len(sl.Endpoints) == 0 && rng.IntN(2) == 0 {

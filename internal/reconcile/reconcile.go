@@ -56,7 +56,9 @@ type Reconciler struct {
 	// others clash.
 	claims  map[model.L4Addr][]model.ServiceKey
 	applied map[model.FrontendKey]model.Service
-	owners  map[model.FrontendKey]servicemap.Entry // desired frontends
+	// owners are the desired frontends, each with the service owning it
+	// (its entry is in perService).
+	owners map[model.FrontendKey]model.ServiceKey
 	// unsettled are addresses whose last apply failed: revisited on every
 	// sync until they succeed, whatever their services' retry state.
 	unsettled map[model.L4Addr]bool
@@ -81,7 +83,7 @@ func New(c *k8s.Cache, dp Datapath, opts Options) *Reconciler {
 		claims:     map[model.L4Addr][]model.ServiceKey{},
 		unsettled:  map[model.L4Addr]bool{},
 		applied:    map[model.FrontendKey]model.Service{},
-		owners:     map[model.FrontendKey]servicemap.Entry{},
+		owners:     map[model.FrontendKey]model.ServiceKey{},
 		attempts:   map[model.ServiceKey]int{},
 		retryAt:    map[model.ServiceKey]time.Time{},
 		problems:   map[string]bool{},
@@ -224,7 +226,7 @@ func (r *Reconciler) Sync(full bool) error {
 			if !ok {
 				if _, had := r.applied[fe]; had {
 					if err := r.dp.DeleteService(fe); err != nil {
-						failed[r.owners[fe].Owner] = err
+						failed[r.owners[fe]] = err
 						r.unsettled[a] = true
 						r.opts.Log.Error("delete frontend", "frontend", fe, "error", err)
 						continue
@@ -234,7 +236,7 @@ func (r *Reconciler) Sync(full bool) error {
 				delete(r.owners, fe)
 				continue
 			}
-			r.owners[fe] = owner
+			r.owners[fe] = owner.Owner
 			if _, bad := failed[owner.Owner]; bad {
 				r.unsettled[a] = true
 				continue
@@ -325,7 +327,7 @@ func (r *Reconciler) entryAt(k model.ServiceKey, a model.L4Addr) (servicemap.Ent
 }
 
 // prune deletes frontends in the datapath that no service owns.
-func (r *Reconciler) prune(desired map[model.FrontendKey]servicemap.Entry) {
+func (r *Reconciler) prune(desired map[model.FrontendKey]model.ServiceKey) {
 	have, err := r.dp.Frontends()
 	if err != nil {
 		r.opts.Log.Error("list datapath frontends for pruning", "error", err)
@@ -395,8 +397,11 @@ func (r *Reconciler) Entries() []servicemap.Entry {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make([]servicemap.Entry, 0, len(r.owners))
-	for k, e := range r.owners {
-		if !k.External { // the external-scope twin is the same entry
+	for k, owner := range r.owners {
+		if k.External { // the external-scope twin is the same entry
+			continue
+		}
+		if e, ok := r.entryAt(owner, k.L4Addr); ok {
 			out = append(out, e)
 		}
 	}

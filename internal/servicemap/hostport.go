@@ -51,7 +51,7 @@ func HostPorts(pod *model.Pod) []HostPortService {
 			Ports: []model.EndpointPort{{Name: port.Name, Protocol: hp.Protocol, Port: hp.ContainerPort}},
 			// A host port forwards whether the pod is ready or not, as
 			// portmap's DNAT does.
-			Endpoints: []model.Endpoint{{Addrs: pod.IPs[:1], Ready: true, Serving: true, NodeName: pod.NodeName}},
+			Endpoints: []model.Endpoint{{Addr: pod.IPs[0], Ready: true, Serving: true, NodeName: pod.NodeName}},
 		}})
 	}
 	return out

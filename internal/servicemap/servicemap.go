@@ -92,7 +92,7 @@ func ForService(node Node, spec *model.ServiceSpec, slices []*model.EndpointSlic
 	for _, s := range slices {
 		if s.Invalid > 0 {
 			problems = append(problems, Problem{spec.Key, ReasonInvalidEndpoint,
-				fmt.Sprintf("EndpointSlice %s/%s: %d endpoint addresses are not valid IPv4 addresses", s.Namespace, s.Name, s.Invalid)})
+				fmt.Sprintf("EndpointSlice %s/%s: %d endpoints have no valid IPv4 address first", s.Namespace, s.Name, s.Invalid)})
 		}
 	}
 	for _, sp := range spec.Ports {
@@ -176,7 +176,7 @@ type endpoint struct {
 	addr                        model.L4Addr
 	ready, serving, terminating bool
 	node                        string
-	forZones, forNodes          []string
+	forZones, forNodes          []string // the hints (shared with the model)
 }
 
 // endpointsFor resolves a service port against the slices: the slice port
@@ -195,13 +195,11 @@ func endpointsFor(sp model.ServicePort, slices []*model.EndpointSlice) []endpoin
 			continue
 		}
 		for _, e := range s.Endpoints {
-			for _, a := range e.Addrs {
-				out = append(out, endpoint{
-					addr:  model.L4Addr{Addr: a, Port: port, Proto: sp.Protocol},
-					ready: e.Ready, serving: e.Serving, terminating: e.Terminating, node: e.NodeName,
-					forZones: e.ForZones, forNodes: e.ForNodes,
-				})
-			}
+			out = append(out, endpoint{
+				addr:  model.L4Addr{Addr: e.Addr, Port: port, Proto: sp.Protocol},
+				ready: e.Ready, serving: e.Serving, terminating: e.Terminating, node: e.NodeName,
+				forZones: e.Zones(), forNodes: e.Nodes(),
+			})
 		}
 	}
 	return out
@@ -237,7 +235,13 @@ func usable(eps []endpoint, in func(endpoint) bool) []model.L4Addr {
 		out = terminating
 	}
 	slices.SortFunc(out, compareL4)
-	return slices.CompactFunc(out, func(a, b model.L4Addr) bool { return a == b })
+	out = slices.CompactFunc(out, func(a, b model.L4Addr) bool { return a == b })
+	if cap(out)-len(out) > len(out)/8 {
+		// Held as long as the service is unchanged (by the reconciler and
+		// the datapath alike): not with append's room to grow.
+		out = slices.Clone(out)
+	}
+	return out
 }
 
 func compareL4(a, b model.L4Addr) int { return a.Compare(b) }

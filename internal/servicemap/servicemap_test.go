@@ -25,7 +25,7 @@ func ips(s ...string) []netip.Addr {
 }
 
 func ep(addr, node string, ready, serving, terminating bool) model.Endpoint {
-	return model.Endpoint{Addrs: ips(addr), NodeName: node, Ready: ready, Serving: serving, Terminating: terminating}
+	return model.Endpoint{Addr: netip.MustParseAddr(addr), NodeName: node, Ready: ready, Serving: serving, Terminating: terminating}
 }
 
 func readyEP(addr, node string) model.Endpoint { return ep(addr, node, true, true, false) }

@@ -1,6 +1,7 @@
 package servicemap
 
 import (
+	"net/netip"
 	"slices"
 	"testing"
 
@@ -10,7 +11,7 @@ import (
 // hinted is a ready endpoint on node with the given hints.
 func hinted(addr, node string, zones, nodes []string) model.Endpoint {
 	e := readyEP(addr, node)
-	e.ForZones, e.ForNodes = zones, nodes
+	e.Hints = &model.EndpointHints{ForZones: zones, ForNodes: nodes}
 	return e
 }
 
@@ -65,8 +66,8 @@ func TestTopology(t *testing.T) {
 			want: []string{"10.1.2.3", "10.1.2.4"}},
 		{name: "no ready endpoint: the serving terminating ones, whatever their hints", node: zoneA,
 			eps: []model.Endpoint{
-				{Addrs: ips("10.1.2.3"), NodeName: "n1", Serving: true, Terminating: true, ForZones: zs("zone-b")},
-				{Addrs: ips("10.1.2.4"), NodeName: "n2", Serving: true, Terminating: true, ForZones: zs("zone-a")}},
+				{Addr: netip.MustParseAddr("10.1.2.3"), NodeName: "n1", Serving: true, Terminating: true, Hints: &model.EndpointHints{ForZones: zs("zone-b")}},
+				{Addr: netip.MustParseAddr("10.1.2.4"), NodeName: "n2", Serving: true, Terminating: true, Hints: &model.EndpointHints{ForZones: zs("zone-a")}}},
 			want: []string{"10.1.2.3", "10.1.2.4"}},
 		{name: "externalTrafficPolicy Local: this node's, whatever the hints", node: zoneA,
 			spec: func(s *model.ServiceSpec) { s.Type, s.ExternalLocal = model.ServiceTypeNodePort, true },
