@@ -72,6 +72,12 @@ func (a *Agent) serveAPI(path string) (*http.Server, error) {
 		s, err := a.dp.Services()
 		writeResult(w, s, err)
 	})
+	mux.HandleFunc("GET /v1/bpf/ipcache", func(w http.ResponseWriter, _ *http.Request) {
+		// Address -> identity, as the datapath holds them (cilium bpf
+		// ipcache list's kin).
+		m, err := a.dp.IPCache()
+		writeResult(w, m, err)
+	})
 	mux.HandleFunc("GET /v1/bpf/ct", func(w http.ResponseWriter, _ *http.Request) {
 		s, err := a.dp.Conntrack()
 		writeResult(w, s, err)

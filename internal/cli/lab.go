@@ -347,7 +347,8 @@ the leftovers of a named lab whose directory is gone.`,
 		}
 		return labObserve(cmd.Context(), st, f, &obs, &flowPrinter{w: cmd.OutOrStdout(), format: obs.output})
 	}
-	cmd.AddCommand(up, supervise, down, status, kubectl, helmCmd, execCmd, observe, newCheckConnectivityCommand(), newConformanceCommand())
+	cmd.AddCommand(up, supervise, down, status, kubectl, helmCmd, execCmd, observe, newCheckConnectivityCommand(), newConformanceCommand(),
+		newChaosCommand(), newChaosProbeCommand())
 	return cmd
 }
 

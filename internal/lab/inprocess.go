@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/kpath/kpath/internal/testenv"
 )
 
 // Running is a lab supervised by this process (a test's, a benchmark's),
@@ -13,7 +15,9 @@ import (
 type Running struct {
 	State  *State
 	Client kubernetes.Interface
-	stop   func() error
+	// ControlPlane is the lab's etcd and API server, to stop and start.
+	ControlPlane *testenv.Env
+	stop         func() error
 }
 
 // Start supervises a lab in the background (o.Dir, o.Name as for
@@ -26,8 +30,16 @@ func Start(ctx context.Context, o Options, timeout time.Duration) (*Running, err
 	_ = Down(o.Dir, o.Name, func(string, ...any) {})
 	lctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- Supervise(lctx, o) }()
 	r := &Running{}
+	envs := make(chan *testenv.Env, 1)
+	given := o.ControlPlane
+	o.ControlPlane = func(e *testenv.Env) {
+		envs <- e
+		if given != nil {
+			given(e)
+		}
+	}
+	go func() { done <- Supervise(lctx, o) }()
 	stopped := false
 	r.stop = func() error {
 		if stopped {
@@ -49,6 +61,7 @@ func Start(ctx context.Context, o Options, timeout time.Duration) (*Running, err
 		}
 		if err == nil && st.Ready {
 			r.State = st
+			r.ControlPlane = <-envs
 			break
 		}
 		if time.Now().After(deadline) {

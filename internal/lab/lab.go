@@ -157,7 +157,11 @@ type Options struct {
 	// cluster's DNS (the kube-dns Service at ClusterDNSIP, which the
 	// kubelets write into pods' resolv.conf); "" for none.
 	ClusterDNS string
-	Log        func(format string, args ...any)
+	// ControlPlane, when set, is given the lab's control plane once it
+	// runs: a caller supervising the lab in process (Start) can stop and
+	// start its etcd and API server (kpath lab chaos).
+	ControlPlane func(*testenv.Env)
+	Log          func(format string, args ...any)
 }
 
 // LoadState reads a lab's state.
@@ -259,6 +263,9 @@ func Supervise(ctx context.Context, o Options) (err error) {
 	}
 	defer env.Stop()
 	st.Kubeconfig, st.APIServer = env.Kubeconfig, env.APIServerURL
+	if o.ControlPlane != nil {
+		o.ControlPlane(env)
+	}
 
 	cgRoot, err := datapath.CgroupV2Root()
 	if err != nil {

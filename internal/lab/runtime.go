@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -38,7 +39,10 @@ import (
 // wired by the real CNI plugin through libcni (as container runtimes call
 // it), a workload process, and the pod's IP and readiness reported to the
 // API server. Deleting a pod stops its workload, calls CNI DEL and removes
-// the namespace.
+// the namespace. As a kubelet's pod workers do, each pod has a worker of
+// its own, so a pod's start and stop never run at once while one pod's
+// slow API call holds up no other, and a teardown whose CNI DEL failed (the
+// agent restarting) is retried until it succeeds.
 //
 // Workloads by image: an image whose name contains "echo", "agnhost" or
 // "netpol" runs the echo server (`kpath workload echo`), HTTP and UDP, on
@@ -67,6 +71,14 @@ type Runtime struct {
 
 	mu   sync.Mutex
 	pods map[types.UID]*podState
+	// teardown are stopped pods whose CNI DEL failed, retried.
+	teardown map[types.UID]*podState
+}
+
+// podEvent is a pod to start or (gone from the API) to stop.
+type podEvent struct {
+	pod     *corev1.Pod
+	deleted bool
 }
 
 type podState struct {
@@ -89,15 +101,18 @@ func (r *Runtime) Run(ctx context.Context) error {
 	if r.pods == nil {
 		r.pods = map[types.UID]*podState{}
 	}
+	if r.teardown == nil {
+		r.teardown = map[types.UID]*podState{}
+	}
 	r.mu.Unlock()
 	f := informers.NewSharedInformerFactoryWithOptions(r.Client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", r.Node).String()
 	}))
 	inf := f.Core().V1().Pods().Informer()
-	work := make(chan *corev1.Pod, 1024)
+	work := make(chan podEvent, 1024)
 	enqueue := func(obj any) {
 		if p, ok := obj.(*corev1.Pod); ok {
-			work <- p
+			work <- podEvent{pod: p}
 		}
 	}
 	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -108,21 +123,74 @@ func (r *Runtime) Run(ctx context.Context) error {
 				obj = t.Obj
 			}
 			if p, ok := obj.(*corev1.Pod); ok {
-				r.stop(p.UID)
+				work <- podEvent{pod: p, deleted: true}
 			}
 		},
 	}); err != nil {
 		return err
 	}
 	f.Start(ctx.Done())
+	retry := time.NewTicker(2 * time.Second)
+	defer retry.Stop()
+	workers := map[types.UID]chan podEvent{}
+	done := make(chan types.UID, 64)
 	// Stopping the runtime leaves pods running (the lab stays up until
 	// its supervisor exits; workloads die with it, Pdeathsig).
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case p := <-work:
-			r.handle(ctx, p)
+		case ev := <-work:
+			q := workers[ev.pod.UID]
+			if q == nil {
+				q = make(chan podEvent, 64)
+				workers[ev.pod.UID] = q
+				go r.podWorker(ctx, ev.pod.UID, q, done)
+			}
+			select {
+			case q <- ev:
+			case <-ctx.Done():
+				return nil
+			}
+		case uid := <-done:
+			// The worker stopped its pod and took no event after it
+			// (a pod's UID is never used again).
+			delete(workers, uid)
+		case <-retry.C:
+			r.retryTeardowns()
+		}
+	}
+}
+
+// podWorker runs one pod's events in order until the pod is stopped.
+func (r *Runtime) podWorker(ctx context.Context, uid types.UID, q <-chan podEvent, done chan<- types.UID) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-q:
+			if ev.deleted || ev.pod.DeletionTimestamp != nil {
+				if ev.deleted {
+					r.stop(uid)
+				} else {
+					r.handle(ctx, ev.pod) // stops it and lets the API server remove it
+				}
+				// Drain what came meanwhile: the pod is gone for good.
+				for {
+					select {
+					case <-q:
+						continue
+					default:
+					}
+					break
+				}
+				select {
+				case done <- uid:
+				case <-ctx.Done():
+				}
+				return
+			}
+			r.handle(ctx, ev.pod)
 		}
 	}
 }
@@ -255,7 +323,8 @@ func (r *Runtime) runtimeConf(p *corev1.Pod, ns string) *libcni.RuntimeConf {
 	}
 }
 
-// stop kills a pod's workload, calls CNI DEL and removes its namespace.
+// stop kills a pod's workload, calls CNI DEL and removes its namespace;
+// a failed DEL is retried (retryTeardowns).
 func (r *Runtime) stop(uid types.UID) {
 	r.mu.Lock()
 	st := r.pods[uid]
@@ -267,15 +336,38 @@ func (r *Runtime) stop(uid types.UID) {
 	if st.proc != nil && st.proc.Process != nil {
 		_ = syscall.Kill(-st.proc.Process.Pid, syscall.SIGKILL)
 	}
+	r.tearDown(uid, st)
+}
+
+// tearDown calls CNI DEL for a stopped pod and removes its namespace, or
+// keeps it for a retry when the DEL fails.
+func (r *Runtime) tearDown(uid types.UID, st *podState) {
 	rt := &libcni.RuntimeConf{ContainerID: string(uid), NetNS: "/run/netns/" + st.netns, IfName: "eth0"}
 	if err := nsutil.Do(r.NodeNetns, func() error { return r.CNI.DelNetworkList(context.Background(), r.NetConf, rt) }); err != nil {
-		r.Log.Error("CNI DEL", "uid", uid, "error", err)
+		r.Log.Error("CNI DEL; retrying", "uid", uid, "error", err)
+		r.mu.Lock()
+		r.teardown[uid] = st
+		r.mu.Unlock()
+		return
 	}
+	r.mu.Lock()
+	delete(r.teardown, uid)
+	r.mu.Unlock()
 	_ = exec.Command("ip", "netns", "del", st.netns).Run()
 	if r.LabDir != "" {
 		_ = os.RemoveAll(filepath.Dir(PodServiceAccountDir(r.LabDir, r.Node, uid)))
 	}
 	r.Log.Info("pod stopped", "uid", uid, "ip", st.ip)
+}
+
+// retryTeardowns calls CNI DEL again for the pods whose DEL failed.
+func (r *Runtime) retryTeardowns() {
+	r.mu.Lock()
+	pending := maps.Clone(r.teardown)
+	r.mu.Unlock()
+	for uid, st := range pending {
+		r.tearDown(uid, st)
+	}
 }
 
 // EchoContainer is an echo server container that runs the same on both

@@ -79,13 +79,14 @@ type Env struct {
 	// APIServerURL is https://127.0.0.1:PORT.
 	APIServerURL string
 
-	opts  Options
-	mu    sync.Mutex
-	procs []*proc
-	etcd  *proc
-	api   *proc
-	ports struct{ etcd, peer, api int }
-	token string
+	opts    Options
+	etcdBin string
+	mu      sync.Mutex
+	procs   []*proc
+	etcd    *proc
+	api     *proc
+	ports   struct{ etcd, peer, api int }
+	token   string
 	// nodeTokens are the nodes' credentials, by node name.
 	nodeTokens map[string]string
 }
@@ -122,7 +123,7 @@ func Start(ctx context.Context, opts Options) (*Env, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd not found: install Debian's etcd-server package")
 	}
-	e := &Env{opts: opts}
+	e := &Env{opts: opts, etcdBin: etcdBin}
 	ok := false
 	defer func() {
 		if !ok {
@@ -138,20 +139,8 @@ func Start(ctx context.Context, opts Options) (*Env, error) {
 		e.ports.api = opts.APIPort
 	}
 
-	opts.Log("starting etcd on 127.0.0.1:%d", e.ports.etcd)
-	peer := fmt.Sprintf("http://127.0.0.1:%d", e.ports.peer)
-	client := fmt.Sprintf("http://127.0.0.1:%d", e.ports.etcd)
-	e.etcd, err = e.start("etcd", etcdBin,
-		"--name=kpath", "--data-dir="+filepath.Join(opts.Dir, "etcd"),
-		"--listen-client-urls="+client, "--advertise-client-urls="+client,
-		"--listen-peer-urls="+peer, "--initial-advertise-peer-urls="+peer,
-		"--initial-cluster=kpath="+peer, "--unsafe-no-fsync", "--quota-backend-bytes=8589934592",
-		"--log-level=warn")
-	if err != nil {
+	if err := e.startEtcd(ctx); err != nil {
 		return nil, err
-	}
-	if err := e.waitHTTP(ctx, client+"/health", nil, 30*time.Second, e.etcd); err != nil {
-		return nil, fmt.Errorf("etcd did not become healthy: %w (log: %s)", err, e.etcd.log)
 	}
 
 	if err := e.startAPIServer(ctx); err != nil {
@@ -170,6 +159,41 @@ func Start(ctx context.Context, opts Options) (*Env, error) {
 	ok = true
 	return e, nil
 }
+
+func (e *Env) startEtcd(ctx context.Context) error {
+	e.opts.Log("starting etcd on 127.0.0.1:%d", e.ports.etcd)
+	peer := fmt.Sprintf("http://127.0.0.1:%d", e.ports.peer)
+	client := fmt.Sprintf("http://127.0.0.1:%d", e.ports.etcd)
+	p, err := e.start("etcd", e.etcdBin,
+		"--name=kpath", "--data-dir="+filepath.Join(e.opts.Dir, "etcd"),
+		"--listen-client-urls="+client, "--advertise-client-urls="+client,
+		"--listen-peer-urls="+peer, "--initial-advertise-peer-urls="+peer,
+		"--initial-cluster=kpath="+peer, "--unsafe-no-fsync", "--quota-backend-bytes=8589934592",
+		"--log-level=warn")
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	e.etcd = p
+	e.mu.Unlock()
+	if err := e.waitHTTP(ctx, client+"/health", nil, 30*time.Second, p); err != nil {
+		return fmt.Errorf("etcd did not become healthy: %w (log: %s)", err, p.log)
+	}
+	return nil
+}
+
+// StopEtcd stops etcd only (the API server's store: to test an outage
+// behind a running API server); RestartEtcd starts it again on the same
+// address and data.
+func (e *Env) StopEtcd() {
+	e.mu.Lock()
+	p := e.etcd
+	e.mu.Unlock()
+	stopProc(p)
+}
+
+// RestartEtcd starts etcd again after StopEtcd.
+func (e *Env) RestartEtcd(ctx context.Context) error { return e.startEtcd(ctx) }
 
 func (e *Env) startAPIServer(ctx context.Context) error {
 	dir := e.opts.Dir
