@@ -143,7 +143,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 			return nil, fmt.Errorf("read pinned policy state: %w", err)
 		}
 	}
-	a.cni = &endpoints{a: a}
+	a.cni = &endpoints{a: a, leakedReleased: prometheus.NewCounter(prometheus.CounterOpts{Name: "kpath_ipam_leaked_released_total",
+		Help: "Addresses released because their pod's interface was gone and no CNI DEL came."})}
+	a.reg.MustRegister(a.cni.leakedReleased)
 	if cfg.Flows {
 		a.flows = &flowSource{a: a, ring: flows.NewRing(cfg.FlowRingSize), m: newFlowMetrics(a.reg)}
 	}
@@ -262,6 +264,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	go a.rec.Run(ctx, a.cfg.ResyncPeriod.Duration)
 	go a.conntrackGC(ctx)
+	go a.cni.leakSweeps(ctx, leakSweepInterval)
 	go a.nodeNetwork(ctx)
 	hc := &healthChecks{bind: a.cfg.HealthCheckBind, node: a.cfg.NodeName, log: a.log, servers: map[uint16]*hcServer{}}
 	defer hc.closeAll()

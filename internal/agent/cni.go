@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"sync"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 
 	"github.com/kpath/kpath/internal/cniapi"
@@ -27,6 +28,8 @@ type endpoints struct {
 	a  *Agent
 	mu sync.Mutex // serialises IPAM opening
 	al ipam.Allocator
+	// leakedReleased counts sweepLeaked's releases.
+	leakedReleased prometheus.Counter
 }
 
 // allocator opens IPAM once the pod CIDR is known (configured, or from this
