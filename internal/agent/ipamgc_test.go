@@ -8,8 +8,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/kpath/kpath/internal/ipam"
-	ktestutil "github.com/kpath/kpath/internal/testutil"
 	"github.com/kpath/kpath/internal/testenv"
+	ktestutil "github.com/kpath/kpath/internal/testutil"
 )
 
 // An address whose pod's interface is gone (its CNI DEL lost) is released
