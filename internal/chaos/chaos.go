@@ -60,7 +60,8 @@ type Options struct {
 	// recovery (default 10 s).
 	Settle time.Duration
 	// CleanUp is how long the nodes get to tear the churned pods down once
-	// they are deleted before what is left counts (default 60 s).
+	// they are deleted before what is left counts (default 2 minutes: the
+	// agents release an address whose DEL never came within a minute).
 	CleanUp time.Duration
 	// LogDir, when set, gets the nodes' logs (agents, runtimes) at the end.
 	LogDir string
@@ -128,7 +129,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		o.Settle = 10 * time.Second
 	}
 	if o.CleanUp == 0 {
-		o.CleanUp = time.Minute
+		o.CleanUp = 2 * time.Minute
 	}
 	if o.Log == nil {
 		o.Log = func(string, ...any) {}
