@@ -61,7 +61,7 @@ func TestModelStoreFollowsListsAndWatches(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if mo, ok := conv.(*modelObject); !ok || mo.Name != "e" || mo.Namespace != "ns" || mo.model != "10.0.0.5" {
+	if mo, ok := conv.(*modelObject); !ok || mo.key != (objectKey{"ns", "e"}) || mo.model != "10.0.0.5" {
 		t.Fatalf("transformed to %#v", conv)
 	}
 	if again, _ := tr(conv); again != conv {
