@@ -19,7 +19,9 @@ import (
 type Cache struct {
 	mu       sync.Mutex
 	services map[model.ServiceKey]*model.ServiceSpec
-	slices   map[model.ServiceKey]map[string]*model.EndpointSlice
+	// slices are each service's EndpointSlices (a few: a slice, not a map
+	// apiece, at 10k services).
+	slices map[model.ServiceKey][]*model.EndpointSlice
 	nodes    map[string]*model.Node
 	// hostPorts are the Services serving each local pod's host ports.
 	hostPorts map[model.PodKey][]model.ServiceKey
@@ -37,7 +39,7 @@ type Cache struct {
 func NewCache() *Cache {
 	return &Cache{
 		services:      map[model.ServiceKey]*model.ServiceSpec{},
-		slices:        map[model.ServiceKey]map[string]*model.EndpointSlice{},
+		slices:        map[model.ServiceKey][]*model.EndpointSlice{},
 		nodes:         map[string]*model.Node{},
 		hostPorts:     map[model.PodKey][]model.ServiceKey{},
 		dirty:         map[model.ServiceKey]time.Time{},
@@ -95,11 +97,11 @@ func (c *Cache) SetPodHostPorts(pod model.PodKey, svcs []servicemap.HostPortServ
 	for _, s := range svcs {
 		k := s.Spec.Key
 		keys = append(keys, k)
-		if prev := c.services[k]; prev != nil && c.slices[k] != nil && reflect.DeepEqual(prev, s.Spec) && reflect.DeepEqual(c.slices[k][s.Slice.Name], s.Slice) {
+		if prev := c.services[k]; prev != nil && len(c.slices[k]) == 1 && reflect.DeepEqual(prev, s.Spec) && reflect.DeepEqual(c.slices[k][0], s.Slice) {
 			continue // a pod's status changes often; its host ports seldom
 		}
 		c.services[k] = s.Spec
-		c.slices[k] = map[string]*model.EndpointSlice{s.Slice.Name: s.Slice}
+		c.slices[k] = []*model.EndpointSlice{s.Slice}
 		c.markLocked(k)
 	}
 	for _, k := range old {
@@ -127,18 +129,20 @@ func (c *Cache) HealthCheckedServices() []model.ServiceKey {
 func (c *Cache) SetEndpointSlice(k model.ServiceKey, name string, s *model.EndpointSlice) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	m := c.slices[k]
-	if s == nil {
-		delete(m, name)
-		if len(m) == 0 {
-			delete(c.slices, k)
-		}
+	list := c.slices[k]
+	i := slices.IndexFunc(list, func(s *model.EndpointSlice) bool { return s.Name == name })
+	switch {
+	case s == nil && i >= 0:
+		list = slices.Delete(list, i, i+1)
+	case s != nil && i >= 0:
+		list[i] = s
+	case s != nil:
+		list = append(list, s)
+	}
+	if len(list) == 0 {
+		delete(c.slices, k)
 	} else {
-		if m == nil {
-			m = map[string]*model.EndpointSlice{}
-			c.slices[k] = m
-		}
-		m[name] = s
+		c.slices[k] = list
 	}
 	c.markLocked(k)
 }
@@ -195,11 +199,8 @@ func (c *Cache) Pending() int {
 func (c *Cache) Service(k model.ServiceKey) (*model.ServiceSpec, []*model.EndpointSlice) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var out []*model.EndpointSlice
-	for _, s := range c.slices[k] {
-		out = append(out, s)
-	}
-	return c.services[k], out
+	// A copy: the cache changes its own as slices come and go.
+	return c.services[k], slices.Clone(c.slices[k])
 }
 
 // ServiceKeys lists every known service.
