@@ -15,7 +15,8 @@ import (
 // (requests through a ClusterIP and a NodePort, held connections, a
 // target policy denies probed over TCP and UDP, pods churned) while every
 // fault runs once, shorter: two agent kills, the API server and etcd
-// restarted, the API server unreachable for 10 s. No established
+// restarted, the API server unreachable for 10 s, each node's runtime
+// crashed. No established
 // connection may be cut, no denied probe answered, and nothing may be left
 // on the nodes for the pods deleted.
 func TestChaos(t *testing.T) {

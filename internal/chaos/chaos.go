@@ -23,7 +23,7 @@ import (
 )
 
 // Faults are the faults a run can inject, in the order they run.
-var Faults = []string{FaultAgentKill, FaultAPIServerRestart, FaultEtcdRestart, FaultAPIServerUnreachable}
+var Faults = []string{FaultAgentKill, FaultAPIServerRestart, FaultEtcdRestart, FaultAPIServerUnreachable, FaultRuntimeKill}
 
 // The faults.
 const (
@@ -38,6 +38,10 @@ const (
 	// FaultAPIServerUnreachable drops every node's traffic to the API
 	// server (a blackhole route in each node) for Unreachable.
 	FaultAPIServerUnreachable = "apiserver-unreachable"
+	// FaultRuntimeKill crashes each node's runtime (the kubelet of the
+	// lab's nodes) in turn; the lab starts it again, and it must tear down
+	// the pods deleted meanwhile.
+	FaultRuntimeKill = "runtime-kill"
 )
 
 // Options configure a run.
@@ -278,6 +282,16 @@ func inject(ctx context.Context, fault string, o Options, r *lab.Running, dp dat
 		if err := cp.RestartEtcd(ctx); err != nil {
 			return "", err
 		}
+	case FaultRuntimeKill:
+		for _, n := range r.State.Nodes {
+			rt := r.Runtimes[n.Name]
+			if rt == nil {
+				return "", fmt.Errorf("%s: no lab runtime to crash (real nodes: not yet)", n.Name)
+			}
+			rt.Crash()
+			time.Sleep(5 * time.Second)
+		}
+		return fmt.Sprintf("%d runtimes crashed, 5 s apart; the lab restarts each after 1 s", len(r.State.Nodes)), nil
 	case FaultAPIServerUnreachable:
 		u, err := url.Parse(r.State.APIServer)
 		if err != nil {

@@ -38,6 +38,8 @@ the faults run one after the other, each followed by --settle of load:
   apiserver-restart      stop kube-apiserver and start it again
   etcd-restart           stop etcd behind the running API server and start it again
   apiserver-unreachable  every node's traffic to the API server dropped for --unreachable
+  runtime-kill           crash each node's runtime (the lab's kubelet) in turn, 5 s apart;
+                         the lab starts it again, and it must tear down what was deleted
 
 Then the churned pods are deleted and what the nodes still hold for pods that are gone is
 counted: addresses allocated, policy endpoints, identities, ipcache entries,

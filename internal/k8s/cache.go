@@ -22,7 +22,7 @@ type Cache struct {
 	// slices are each service's EndpointSlices (a few: a slice, not a map
 	// apiece, at 10k services).
 	slices map[model.ServiceKey][]*model.EndpointSlice
-	nodes    map[string]*model.Node
+	nodes  map[string]*model.Node
 	// hostPorts are the Services serving each local pod's host ports.
 	hostPorts map[model.PodKey][]model.ServiceKey
 	// healthChecked are the services with a health check node port

@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
@@ -17,7 +18,10 @@ type Running struct {
 	Client kubernetes.Interface
 	// ControlPlane is the lab's etcd and API server, to stop and start.
 	ControlPlane *testenv.Env
-	stop         func() error
+	// Runtimes are the nodes' runtimes by node name (the lab's own
+	// runtime; none on real nodes), to crash.
+	Runtimes map[string]*Runtime
+	stop     func() error
 }
 
 // Start supervises a lab in the background (o.Dir, o.Name as for
@@ -37,6 +41,17 @@ func Start(ctx context.Context, o Options, timeout time.Duration) (*Running, err
 		envs <- e
 		if given != nil {
 			given(e)
+		}
+	}
+	var rmu sync.Mutex
+	runtimes := map[string]*Runtime{}
+	givenRT := o.NodeRuntime
+	o.NodeRuntime = func(rt *Runtime) {
+		rmu.Lock()
+		runtimes[rt.Node] = rt
+		rmu.Unlock()
+		if givenRT != nil {
+			givenRT(rt)
 		}
 	}
 	go func() { done <- Supervise(lctx, o) }()
@@ -62,6 +77,9 @@ func Start(ctx context.Context, o Options, timeout time.Duration) (*Running, err
 		if err == nil && st.Ready {
 			r.State = st
 			r.ControlPlane = <-envs
+			rmu.Lock()
+			r.Runtimes = runtimes
+			rmu.Unlock()
 			break
 		}
 		if time.Now().After(deadline) {

@@ -161,7 +161,10 @@ type Options struct {
 	// runs: a caller supervising the lab in process (Start) can stop and
 	// start its etcd and API server (kpath lab chaos).
 	ControlPlane func(*testenv.Env)
-	Log          func(format string, args ...any)
+	// NodeRuntime, when set, is given each node's runtime (the lab's own,
+	// not real nodes'), to crash it (kpath lab chaos).
+	NodeRuntime func(*Runtime)
+	Log         func(format string, args ...any)
 }
 
 // LoadState reads a lab's state.
@@ -413,6 +416,9 @@ func Supervise(ctx context.Context, o Options) (err error) {
 			CNI:      libcni.NewCNIConfigWithCacheDir([]string{wiring.BinDir}, filepath.Join(o.Dir, n.Name, "cni-cache"), nil),
 			KpathBin: filepath.Join(o.BinDir, "kpath"), LabDir: o.Dir, ServiceAccountCA: env.ServingCert,
 			Log: slog.New(slog.NewTextHandler(logWriter(o.Log), nil))}
+		if o.NodeRuntime != nil {
+			o.NodeRuntime(rt)
+		}
 		go keepRuntime(ctx, rt, o.Log)
 	}
 	return serve(ctx, o, st, procs)

@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -71,6 +72,8 @@ type Runtime struct {
 
 	mu   sync.Mutex
 	pods map[types.UID]*podState
+	// crash ends the current Run as a crash would (Crash).
+	crash context.CancelFunc
 	// teardown are stopped pods whose CNI DEL failed, retried.
 	teardown map[types.UID]*podState
 }
@@ -94,10 +97,28 @@ func PodNetns(prefix, node string, uid types.UID) string {
 	return prefix + node + "-" + hex.EncodeToString(h[:4])
 }
 
-// Run handles the node's pods until ctx ends.
-func (r *Runtime) Run(ctx context.Context) error {
-	// A runtime run again keeps the pods it started: they run on.
+// ErrCrashed is what Run returns after Crash.
+var ErrCrashed = errors.New("the node runtime crashed (Crash)")
+
+// Crash ends the current Run at once, as a crashed kubelet: pods keep
+// running, events go unseen until it is run again.
+func (r *Runtime) Crash() {
 	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.crash != nil {
+		r.crash()
+	}
+}
+
+// Run handles the node's pods until ctx ends (nil) or Crash (ErrCrashed).
+// Run again, it takes up the pods it started (they ran on) and stops those
+// the API no longer has, as a kubelet that restarts cleans up the
+// sandboxes of pods deleted while it was down.
+func (r *Runtime) Run(parent context.Context) error {
+	ctx, crash := context.WithCancel(parent)
+	defer crash()
+	r.mu.Lock()
+	r.crash = crash
 	if r.pods == nil {
 		r.pods = map[types.UID]*podState{}
 	}
@@ -130,6 +151,34 @@ func (r *Runtime) Run(ctx context.Context) error {
 		return err
 	}
 	f.Start(ctx.Done())
+	go func() {
+		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+			return
+		}
+		listed := map[types.UID]bool{}
+		for _, obj := range inf.GetStore().List() {
+			if p, ok := obj.(*corev1.Pod); ok {
+				listed[p.UID] = true
+			}
+		}
+		r.mu.Lock()
+		var gone []types.UID
+		for uid := range r.pods {
+			if !listed[uid] {
+				gone = append(gone, uid)
+			}
+		}
+		r.mu.Unlock()
+		for _, uid := range gone {
+			p := &corev1.Pod{}
+			p.UID = uid
+			select {
+			case work <- podEvent{pod: p, deleted: true}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	retry := time.NewTicker(2 * time.Second)
 	defer retry.Stop()
 	workers := map[types.UID]chan podEvent{}
@@ -139,6 +188,9 @@ func (r *Runtime) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			if parent.Err() == nil {
+				return ErrCrashed
+			}
 			return nil
 		case ev := <-work:
 			q := workers[ev.pod.UID]
@@ -150,6 +202,9 @@ func (r *Runtime) Run(ctx context.Context) error {
 			select {
 			case q <- ev:
 			case <-ctx.Done():
+				if parent.Err() == nil {
+					return ErrCrashed
+				}
 				return nil
 			}
 		case uid := <-done:
