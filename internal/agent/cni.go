@@ -30,6 +30,25 @@ type endpoints struct {
 	al ipam.Allocator
 	// leakedReleased counts sweepLeaked's releases.
 	leakedReleased prometheus.Counter
+	// ops serialises putting a pod's address under policy and binding it
+	// (attach) with releasing it, so a DEL that overtakes its ADD (the
+	// runtime gave up on the ADD) leaves no endpoint for an address that
+	// is no longer the pod's.
+	ops sync.Mutex
+}
+
+// allocatedTo reports whether IPAM holds addr for the container.
+func (e *endpoints) allocatedTo(o ipam.Owner, addr netip.Addr) bool {
+	al, err := e.allocator()
+	if err != nil {
+		return false
+	}
+	for _, a := range al.Allocations() {
+		if a.Owner == o {
+			return a.Addr == addr
+		}
+	}
+	return false
 }
 
 // allocator opens IPAM once the pod CIDR is known (configured, or from this
@@ -118,17 +137,27 @@ func (e *endpoints) register(mux *http.ServeMux) {
 		if !decode(w, r, &req) {
 			return
 		}
-		// Policy first: the pod's programs enforce from their first packet.
-		if req.Addr.IsValid() && req.PodNamespace != "" && req.PodName != "" {
-			if err := e.a.registerEndpoint(r.Context(), req.Addr, model.PodKey{Namespace: req.PodNamespace, Name: req.PodName}); err != nil {
-				apiError(w, http.StatusInternalServerError, err)
-				return
-			}
-		}
 		if !req.Addr.IsValid() {
 			// Bound to no address, the pod could send nothing.
 			apiError(w, http.StatusBadRequest, fmt.Errorf("attach %s: the request has no pod address (kpath-cni older than kpath-agent?)", req.HostIf))
 			return
+		}
+		pod := model.PodKey{Namespace: req.PodNamespace, Name: req.PodName}
+		if pod.Namespace != "" && pod.Name != "" {
+			e.a.waitForPod(r.Context(), pod)
+		}
+		e.ops.Lock()
+		defer e.ops.Unlock()
+		if !e.allocatedTo(ipam.Owner{ContainerID: req.ContainerID, IfName: req.IfName}, req.Addr) {
+			apiError(w, http.StatusConflict, fmt.Errorf("attach %s: %s is no longer allocated to container %s (released by a DEL meanwhile)", req.HostIf, req.Addr, req.ContainerID))
+			return
+		}
+		// Policy first: the pod's programs enforce from their first packet.
+		if pod.Namespace != "" && pod.Name != "" {
+			if err := e.a.registerEndpoint(req.Addr, pod); err != nil {
+				apiError(w, http.StatusInternalServerError, err)
+				return
+			}
 		}
 		if err := e.a.dp.AttachPod(req.HostIf, req.Addr); err != nil {
 			apiError(w, http.StatusInternalServerError, err)
@@ -208,6 +237,8 @@ func (e *endpoints) register(mux *http.ServeMux) {
 // release detaches the owner's programs (its veth may be gone already)
 // and frees its address.
 func (e *endpoints) release(al ipam.Allocator, o ipam.Owner) (ipam.Allocation, bool, error) {
+	e.ops.Lock()
+	defer e.ops.Unlock()
 	for _, a := range al.Allocations() {
 		if a.Owner == o {
 			e.a.unregisterEndpoint(a.Addr)

@@ -54,16 +54,24 @@ func (a *Agent) restoreEndpoints(e *endpoints) {
 	a.psync.Restore(eps)
 }
 
-// registerEndpoint puts a new pod under policy before CNI ADD returns. The
-// informer usually has the pod already (it is bound before the runtime
-// starts it); if not, the pod is isolated with nothing allowed until it is.
-func (a *Agent) registerEndpoint(ctx context.Context, ip netip.Addr, k model.PodKey) error {
+// waitForPod waits (up to 3 s) until the pod is in the store: the watch
+// usually has it already (it is bound before the runtime starts it).
+func (a *Agent) waitForPod(ctx context.Context, k model.PodKey) {
 	if a.psync == nil {
-		return nil
+		return
 	}
 	deadline := time.Now().Add(3 * time.Second)
 	for a.store.Pod(k) == nil && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// registerEndpoint puts a new pod under policy before CNI ADD returns; a
+// pod not in the store yet (waitForPod) is isolated with nothing allowed
+// until it is.
+func (a *Agent) registerEndpoint(ip netip.Addr, k model.PodKey) error {
+	if a.psync == nil {
+		return nil
 	}
 	if err := a.psync.Register(ip, k); err != nil {
 		return fmt.Errorf("put pod %s under policy: %w", k, err)
@@ -356,5 +364,6 @@ func (a *Agent) PutUnderPolicy(ctx context.Context, ip netip.Addr, pod model.Pod
 	if a.psync == nil {
 		return fmt.Errorf("network policy enforcement is off")
 	}
-	return a.registerEndpoint(ctx, ip, pod)
+	a.waitForPod(ctx, pod)
+	return a.registerEndpoint(ip, pod)
 }
