@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -15,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/kpath/kpath/internal/cniapi"
 	"github.com/kpath/kpath/internal/datapath"
 	"github.com/kpath/kpath/internal/ipam"
 	"github.com/kpath/kpath/internal/lab"
@@ -51,19 +50,9 @@ func (l *Leftovers) add(n *int, format string, args ...any) {
 
 // agentGet reads one of the node agent's local API documents.
 func agentGet(socket, path string, v any) error {
-	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
-		}, DisableKeepAlives: true}}
-	resp, err := c.Get("http://kpath-agent" + path)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %s", path, resp.Status)
-	}
-	return json.NewDecoder(resp.Body).Decode(v)
+	c := cniapi.NewClient(socket)
+	c.Timeout = 10 * time.Second
+	return c.Do("GET", path, nil, v)
 }
 
 // countLeftovers compares what each node's agent and IPAM hold with the
