@@ -43,12 +43,17 @@ func (e *endpoints) allocatedTo(o ipam.Owner, addr netip.Addr) bool {
 	if err != nil {
 		return false
 	}
+	return addr.IsValid() && addrOf(al, o) == addr
+}
+
+// addrOf is the address IPAM holds for the owner (invalid: none).
+func addrOf(al ipam.Allocator, o ipam.Owner) netip.Addr {
 	for _, a := range al.Allocations() {
 		if a.Owner == o {
-			return a.Addr == addr
+			return a.Addr
 		}
 	}
-	return false
+	return netip.Addr{}
 }
 
 // allocator opens IPAM once the pod CIDR is known (configured, or from this
@@ -193,12 +198,7 @@ func (e *endpoints) register(mux *http.ServeMux) {
 			apiError(w, http.StatusServiceUnavailable, err)
 			return
 		}
-		var resp cniapi.CheckResponse
-		for _, a := range al.Allocations() {
-			if a.ContainerID == req.ContainerID && a.IfName == req.IfName {
-				resp.Addr = a.Addr
-			}
-		}
+		resp := cniapi.CheckResponse{Addr: addrOf(al, ipam.Owner{ContainerID: req.ContainerID, IfName: req.IfName})}
 		if req.HostIf != "" {
 			resp.Attached, _ = e.a.dp.PodAttached(req.HostIf)
 			resp.Bound = e.bound(req.HostIf, resp.Addr)
