@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -18,7 +19,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -165,13 +165,15 @@ func (a *Agent) Ready() bool { return a.ready.Load() }
 // Run watches the API server and serves until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.dp.Close()
+	endStartup := startupGC(os.Getenv)
+	defer endStartup()
 	restCfg, err := restConfig(a.cfg.Kubeconfig)
 	if err != nil {
 		return err
 	}
-	client, err := kubernetes.NewForConfig(restCfg)
+	client, err := k8s.NewClient(restCfg)
 	if err != nil {
-		return fmt.Errorf("kubernetes client: %w", err)
+		return err
 	}
 	ev, stopEvents := newPodEvents(client, a.cfg.NodeName)
 	defer stopEvents()
@@ -252,6 +254,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		go a.policyLoop(ctx)
 	}
+	endStartup()
 	a.ready.Store(true)
 	a.readyAt.Store(time.Now().UnixNano())
 	a.log.Info("ready", "startup", time.Since(a.started).Round(time.Millisecond), "status", a.rec.Status())

@@ -2,11 +2,11 @@ package agent
 
 import (
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/kpath/kpath/internal/k8s"
 	"github.com/kpath/kpath/internal/model"
 )
 
@@ -17,7 +17,7 @@ type podEvents struct {
 	rec record.EventRecorder
 }
 
-func newPodEvents(client kubernetes.Interface, node string) (*podEvents, func()) {
+func newPodEvents(client k8s.Client, node string) (*podEvents, func()) {
 	b := record.NewBroadcaster()
 	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
 	return &podEvents{rec: b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "kpath-agent", Host: node})}, b.Shutdown

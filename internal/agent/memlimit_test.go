@@ -75,3 +75,30 @@ func TestMemoryLimitFromCgroup(t *testing.T) {
 		t.Errorf("with GOMEMLIMIT=100MiB given: %d", got)
 	}
 }
+
+// TestStartupGC: the collector runs at startupGCPercent until the agent is
+// ready, then at what it ran at before; a GOGC given is left alone.
+func TestStartupGC(t *testing.T) {
+	before := debug.SetGCPercent(100)
+	defer debug.SetGCPercent(before)
+	noEnv := func(string) string { return "" }
+
+	end := startupGC(noEnv)
+	if got := debug.SetGCPercent(startupGCPercent); got != startupGCPercent {
+		t.Errorf("GOGC during the start %d, want %d", got, startupGCPercent)
+	}
+	end()
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Errorf("GOGC once ready %d, want 100", got)
+	}
+	debug.SetGCPercent(70)
+	end() // called again by the deferred end: no effect
+	if got := debug.SetGCPercent(100); got != 70 {
+		t.Errorf("a second end set GOGC to %d", got)
+	}
+
+	startupGC(func(k string) string { return map[string]string{"GOGC": "300"}[k] })
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Errorf("GOGC given, but the start set %d", got)
+	}
+}

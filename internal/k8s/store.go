@@ -9,7 +9,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -32,7 +31,12 @@ type modelStore struct {
 	apply   func(k objectKey, model any)
 	del     func(ns, name string)
 
-	keys   map[objectKey]struct{} // the reflector calls from one goroutine
+	// keys holds every stored object's key with the number of the list
+	// that last listed it (or 0), so a relist finds what it did not list
+	// without a second set of 100k keys. The reflector calls from one
+	// goroutine.
+	keys   map[objectKey]uint32
+	lists  uint32 // lists stored so far
 	synced atomic.Bool
 }
 
@@ -65,7 +69,7 @@ var (
 )
 
 func newModelStore(kind string, m *EventMetrics, convert func(obj any) any, apply func(k objectKey, model any), del func(ns, name string)) *modelStore {
-	return &modelStore{kind: kind, metrics: m, convert: convert, apply: apply, del: del, keys: map[objectKey]struct{}{}}
+	return &modelStore{kind: kind, metrics: m, convert: convert, apply: apply, del: del, keys: map[objectKey]uint32{}}
 }
 
 // Transformer converts objects of a streamed list as they arrive.
@@ -98,12 +102,17 @@ func keyOf(obj any) (objectKey, error) {
 
 // Add is an object created (or listed).
 func (s *modelStore) Add(obj any) error {
+	return s.upsert(obj, 0)
+}
+
+// upsert stores obj, marked as listed by list number list (0: an event).
+func (s *modelStore) upsert(obj any, list uint32) error {
 	k, err := keyOf(obj)
 	if err != nil {
 		return fmt.Errorf("%s store: %w", s.kind, err)
 	}
 	s.metrics.observe(s.kind, "upsert", func() {
-		s.keys[k] = struct{}{}
+		s.keys[k] = list
 		if mo, ok := obj.(*modelObject); ok {
 			s.apply(k, mo.model)
 		} else {
@@ -136,20 +145,15 @@ func (s *modelStore) remove(k objectKey) {
 // Replace is a (re)list: every listed object is upserted and every object
 // not listed deleted.
 func (s *modelStore) Replace(list []any, _ string) error {
-	listed := make(map[objectKey]struct{}, len(list))
+	s.lists++
 	for _, obj := range list {
-		k, err := keyOf(obj)
-		if err != nil {
-			return fmt.Errorf("%s store: %w", s.kind, err)
-		}
-		listed[k] = struct{}{}
-		if err := s.Add(obj); err != nil {
+		if err := s.upsert(obj, s.lists); err != nil {
 			return err
 		}
 	}
 	var gone []objectKey
-	for k := range s.keys {
-		if _, ok := listed[k]; !ok {
+	for k, n := range s.keys {
+		if n != s.lists {
 			gone = append(gone, k)
 		}
 	}
@@ -187,7 +191,7 @@ func listWatch[L runtime.Object](list func(context.Context, metav1.ListOptions) 
 // runReflector lists and watches lw's objects (of example's type) into s
 // until ctx ends. Lists (where the API server does not stream them) are
 // read in pages, each converted before the next is read (pagedList).
-func runReflector(ctx context.Context, client kubernetes.Interface, lw *cache.ListWatch, example runtime.Object, s *modelStore) {
+func runReflector(ctx context.Context, client Client, lw *cache.ListWatch, example runtime.Object, s *modelStore) {
 	lw.ListWithContextFunc = pagedList(lw.ListWithContextFunc, s.Transformer())
 	r := cache.NewReflectorWithOptions(cache.ToListWatcherWithWatchListSemantics(lw, client), example, s,
 		cache.ReflectorOptions{Name: "kpath " + s.kind})

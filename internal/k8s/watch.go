@@ -12,7 +12,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/kpath/kpath/internal/model"
@@ -44,7 +43,7 @@ type WatchOptions struct {
 // kind is listed and watched by a client-go Reflector into a modelStore,
 // which converts objects as they arrive and keeps none of them.
 type Watcher struct {
-	client  kubernetes.Interface
+	client  Client
 	metrics *EventMetrics
 	runs    []func(context.Context)
 	synced  []cache.InformerSynced
@@ -53,7 +52,7 @@ type Watcher struct {
 // NewWatcher sets up the watches of Services, EndpointSlices and Nodes
 // that feed c, and, with opts.Policy set, of Pods, Namespaces and
 // NetworkPolicies that feed it. Call Start, then WaitForSync.
-func NewWatcher(client kubernetes.Interface, c *Cache, opts WatchOptions) (*Watcher, error) {
+func NewWatcher(client Client, c *Cache, opts WatchOptions) (*Watcher, error) {
 	w := &Watcher{client: client, metrics: opts.Metrics}
 	if !opts.NodesOnly {
 		w.watchServices(c, opts)

@@ -250,7 +250,14 @@ func (s *Syncer) Sync(full bool) error {
 	changes := s.store.TakeChanges()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// Only failures are kept: a full sync of 100k addresses would
+	// otherwise gather 100k nil errors.
 	var errs []error
+	fail := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if !s.synced {
 		full = true
 	}
@@ -259,15 +266,15 @@ func (s *Syncer) Sync(full bool) error {
 		desired := s.store.IPCacheEntries(s.node)
 		for ip := range s.ipcache {
 			if _, ok := desired[ip]; !ok {
-				errs = append(errs, s.setIPCache(ip, policy.IdentityWorld))
+				fail(s.setIPCache(ip, policy.IdentityWorld))
 			}
 		}
 		for ip, id := range desired {
-			errs = append(errs, s.setIPCache(ip, id))
+			fail(s.setIPCache(ip, id))
 		}
 	} else {
 		for ip := range changes.IPs {
-			errs = append(errs, s.setIPCache(ip, s.store.IdentityOf(ip, s.node)))
+			fail(s.setIPCache(ip, s.store.IdentityOf(ip, s.node)))
 		}
 	}
 	// A set depends on which policies select what (recompiled on any such
@@ -289,7 +296,7 @@ func (s *Syncer) Sync(full bool) error {
 	// its namespace (the only ones that can select it).
 	for ip, ep := range s.endpoints {
 		if _, ok := changes.PolicyNamespaces[ep.pod.Namespace]; all || ok || changedPod(changes, ep.pod) {
-			errs = append(errs, s.syncEndpointLocked(ip))
+			fail(s.syncEndpointLocked(ip))
 		}
 	}
 	if full && s.restored {
@@ -304,7 +311,7 @@ func (s *Syncer) Sync(full bool) error {
 			}
 		}
 	}
-	errs = append(errs, s.pruneLocked())
+	fail(s.pruneLocked())
 	if _, err := s.bumpLocked(); err != nil {
 		errs = append(errs, err)
 	}
