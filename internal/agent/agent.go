@@ -46,7 +46,8 @@ type Agent struct {
 	store   *policy.Store
 	psync   *policysync.Syncer
 	events  atomic.Pointer[podEvents] // set once the API client exists
-	flows   *flowSource               // nil with flows off
+	ctFlush *ctFlusher
+	flows   *flowSource // nil with flows off
 	cni     *endpoints
 	ready   atomic.Bool
 	started time.Time
@@ -135,8 +136,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		ms := cfg.MapSizes
 		a.psync, err = policysync.New(a.store, dp, policysync.Options{
 			Node: cfg.NodeName, Log: log, Metrics: policysync.NewMetrics(a.reg),
-			OnError:  func(pod model.PodKey, err error) { a.events.Load().policyNotApplied(pod, err) },
-			Capacity: policysync.Capacity{Entries: int(ms.PolicyEntries), CIDRs: int(ms.PolicyCIDRs), Endpoints: int(ms.Endpoints), IPCache: int(ms.IPCache)},
+			OnError:     func(pod model.PodKey, err error) { a.events.Load().policyNotApplied(pod, err) },
+			AddressGone: func(ip netip.Addr) { a.ctFlush.add(ip) },
+			Capacity:    policysync.Capacity{Entries: int(ms.PolicyEntries), CIDRs: int(ms.PolicyCIDRs), Endpoints: int(ms.Endpoints), IPCache: int(ms.IPCache)},
 		})
 		if err != nil {
 			dp.Close()
@@ -146,6 +148,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	a.cni = &endpoints{a: a, leakedReleased: prometheus.NewCounter(prometheus.CounterOpts{Name: "kpath_ipam_leaked_released_total",
 		Help: "Addresses released because their pod's interface was gone and no CNI DEL came."})}
 	a.reg.MustRegister(a.cni.leakedReleased)
+	a.ctFlush = newCTFlusher(dp.ConntrackFlush, log, a.reg)
 	if cfg.Flows {
 		a.flows = &flowSource{a: a, ring: flows.NewRing(cfg.FlowRingSize), m: newFlowMetrics(a.reg)}
 	}
@@ -267,6 +270,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	go a.rec.Run(ctx, a.cfg.ResyncPeriod.Duration)
 	go a.conntrackGC(ctx)
+	go a.ctFlush.run(ctx, ctFlushDelay)
 	go a.cni.leakSweeps(ctx, leakSweepInterval)
 	go a.nodeNetwork(ctx)
 	hc := &healthChecks{bind: a.cfg.HealthCheckBind, node: a.cfg.NodeName, log: a.log, servers: map[uint16]*hcServer{}}

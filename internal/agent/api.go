@@ -82,6 +82,11 @@ func (a *Agent) serveAPI(path string) (*http.Server, error) {
 		s, err := a.dp.Conntrack()
 		writeResult(w, s, err)
 	})
+	mux.HandleFunc("GET /v1/bpf/usage", func(w http.ResponseWriter, _ *http.Request) {
+		// Each sized map's entries and capacity (cilium's map pressure).
+		u, err := a.dp.MapUsages()
+		writeResult(w, u, err)
+	})
 	a.cni.register(mux)
 	a.registerPolicyAPI(mux)
 	a.registerFlowAPI(mux)

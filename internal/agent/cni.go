@@ -252,7 +252,11 @@ func (e *endpoints) release(al ipam.Allocator, o ipam.Owner) (ipam.Allocation, b
 			}
 		}
 	}
-	return al.Release(o)
+	a, found, err := al.Release(o)
+	if found && err == nil {
+		e.a.ctFlush.add(a.Addr)
+	}
+	return a, found, err
 }
 
 // restorePods brings the pods this node already runs (IPAM's allocations)

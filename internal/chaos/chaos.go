@@ -23,7 +23,7 @@ import (
 )
 
 // Faults are the faults a run can inject, in the order they run.
-var Faults = []string{FaultAgentKill, FaultAPIServerRestart, FaultEtcdRestart, FaultAPIServerUnreachable, FaultRuntimeKill}
+var Faults = []string{FaultAgentKill, FaultAPIServerRestart, FaultEtcdRestart, FaultAPIServerUnreachable, FaultRuntimeKill, FaultCTFlood, FaultPolicyFill}
 
 // The faults.
 const (
@@ -42,6 +42,15 @@ const (
 	// lab's nodes) in turn; the lab starts it again, and it must tear down
 	// the pods deleted meanwhile.
 	FaultRuntimeKill = "runtime-kill"
+	// FaultCTFlood runs a pod that floods the echo pods with new flows
+	// (UDP datagrams to every port, TCP connection attempts) for FloodFor,
+	// more than the connection table holds, then deletes it: the other
+	// pods' connections must neither be cut nor refused.
+	FaultCTFlood = "ct-flood"
+	// FaultPolicyFill gives a pod policies until its node's policy map
+	// (sized fillMapSize for the run) cannot hold them: the pod keeps its
+	// last good policy, nothing else changes; then they are deleted.
+	FaultPolicyFill = "policy-fill"
 )
 
 // Options configure a run.
@@ -55,6 +64,14 @@ type Options struct {
 	AgentKills int
 	// Unreachable is how long the API server is unreachable (default 60 s).
 	Unreachable time.Duration
+	// FloodFor is how long the ct-flood fault floods (default 30 s).
+	FloodFor time.Duration
+	// FloodCTSize is the nodes' connection table size in a run with the
+	// ct-flood fault (default 131,072): what this 2-vCPU lab's flood
+	// overflows several times over in 30 s (it sends some 16,000 new
+	// flows a second; the default table holds 512k). What happens when
+	// it is full does not depend on its size.
+	FloodCTSize uint32
 	// Churn is pods created (and each deleted 2 s later) a second
 	// (default 20; 0 for none).
 	Churn int
@@ -87,13 +104,15 @@ type Phase struct {
 
 // Report is a run's result.
 type Report struct {
-	Started   time.Time   `json:"started"`
-	Services  string      `json:"services"`
-	Nodes     int         `json:"nodes"`
-	Phases    []Phase     `json:"phases"`
-	Total     Phase       `json:"total"`
-	Churn     ChurnCounts `json:"churn"`
-	Leftovers Leftovers   `json:"leftovers"`
+	Started   time.Time    `json:"started"`
+	Services  string       `json:"services"`
+	Nodes     int          `json:"nodes"`
+	Phases    []Phase      `json:"phases"`
+	Total     Phase        `json:"total"`
+	Churn     ChurnCounts  `json:"churn"`
+	Leftovers Leftovers    `json:"leftovers"`
+	Flood     *FloodResult `json:"flood,omitempty"`
+	Fill      *FillResult  `json:"policy_fill,omitempty"`
 }
 
 // Failures lists the targets the run missed: a held connection cut, a
@@ -110,6 +129,9 @@ func (r *Report) Failures() []string {
 	if t.Allowed.DeniedTCP > 0 && t.Allowed.DeniedTCPOpen == 0 {
 		out = append(out, "the allowed client never reached the target: the denied probes prove nothing")
 	}
+	if r.Fill != nil && r.Fill.ClosedAnswered > 0 {
+		out = append(out, fmt.Sprintf("a port no policy opens answered %d of %d probes while the policy map was full", r.Fill.ClosedAnswered, r.Fill.ClosedProbes))
+	}
 	if n := r.Leftovers.Total(); n > 0 {
 		out = append(out, fmt.Sprintf("%d entries left for deleted pods", n))
 	}
@@ -125,6 +147,18 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	if o.Unreachable == 0 {
 		o.Unreachable = 60 * time.Second
+	}
+	if o.FloodFor == 0 {
+		o.FloodFor = 30 * time.Second
+	}
+	if o.FloodCTSize == 0 {
+		o.FloodCTSize = 131072
+	}
+	if slices.Contains(o.Faults, FaultCTFlood) {
+		o.Lab.AgentArgs = append(o.Lab.AgentArgs, fmt.Sprintf("--map-size-conntrack=%d", o.FloodCTSize))
+	}
+	if slices.Contains(o.Faults, FaultPolicyFill) {
+		o.Lab.AgentArgs = append(o.Lab.AgentArgs, fmt.Sprintf("--map-size-policy-entries=%d", fillMapSize))
 	}
 	if o.Held == 0 {
 		o.Held = 4
@@ -201,7 +235,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	for _, f := range o.Faults {
 		o.Log("fault: %s", f)
-		if err := phase(f, func() (string, error) { return inject(ctx, f, o, r, dp) }); err != nil {
+		if err := phase(f, func() (string, error) { return inject(ctx, f, o, r, dp, rep) }); err != nil {
 			return rep, err
 		}
 	}
@@ -255,7 +289,7 @@ func keepLogs(dir string, dp dataplane.Dataplane, nodes []lab.NodeInfo) {
 }
 
 // inject runs one fault and waits until the nodes' agents are ready again.
-func inject(ctx context.Context, fault string, o Options, r *lab.Running, dp dataplane.Dataplane) (string, error) {
+func inject(ctx context.Context, fault string, o Options, r *lab.Running, dp dataplane.Dataplane, rep *Report) (string, error) {
 	cp := r.ControlPlane
 	start := time.Now()
 	switch fault {
@@ -292,6 +326,28 @@ func inject(ctx context.Context, fault string, o Options, r *lab.Running, dp dat
 			time.Sleep(5 * time.Second)
 		}
 		return fmt.Sprintf("%d runtimes crashed, 5 s apart; the lab restarts each after 1 s", len(r.State.Nodes)), nil
+	case FaultCTFlood:
+		res, err := ctFlood(ctx, o.Kpath, r, o.FloodFor)
+		if res == nil {
+			return "", err
+		}
+		rep.Flood = res
+		if err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("%d UDP flows and %d TCP attempts in %.0f s from one pod; connection tables of %d entries at %s when it ended; the pod deleted",
+			res.UDPSent, res.TCPAttempts, res.Seconds, res.CTMax, res.ctSummary()), nil
+	case FaultPolicyFill:
+		res, err := policyFill(ctx, r)
+		if res == nil {
+			return "", err
+		}
+		rep.Fill = res
+		if err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("policy %d of 500 ports refused at %d of %d entries; port 8080 refused %d of %d probes meanwhile; policies deleted, %d entries left",
+			res.Policies, res.Entries, res.Capacity, res.ClosedProbes-res.ClosedAnswered, res.ClosedProbes, res.EntriesAfter), nil
 	case FaultAPIServerUnreachable:
 		u, err := url.Parse(r.State.APIServer)
 		if err != nil {
@@ -398,28 +454,20 @@ func startProbes(ctx context.Context, kpath string, st *lab.State, w *workload) 
 			ps.stop()
 			return nil, err
 		}
-		netns, err := st.PodNetns(pr.node.Name, p.UID)
-		if err != nil {
-			ps.stop()
-			return nil, err
-		}
 		cfg, _ := json.Marshal(pr.cfg)
-		cmd := exec.Command(kpath, "lab", "chaos-probe", "--netns", netns, "--config", string(cfg))
-		cg, err := os.Open(pr.node.Cgroup)
+		cmd, closeCg, err := podCommand(kpath, st, pr.node, p, "--config", string(cfg))
 		if err != nil {
 			ps.stop()
 			return nil, err
 		}
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, UseCgroupFD: true, CgroupFD: int(cg.Fd())}
 		out, err := cmd.StdoutPipe()
 		if err != nil {
-			cg.Close()
+			closeCg()
 			ps.stop()
 			return nil, err
 		}
-		cmd.Stderr = os.Stderr
 		err = cmd.Start()
-		cg.Close()
+		closeCg()
 		if err != nil {
 			ps.stop()
 			return nil, fmt.Errorf("probe in %s: %w", pr.pod, err)

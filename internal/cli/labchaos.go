@@ -40,6 +40,13 @@ the faults run one after the other, each followed by --settle of load:
   apiserver-unreachable  every node's traffic to the API server dropped for --unreachable
   runtime-kill           crash each node's runtime (the lab's kubelet) in turn, 5 s apart;
                          the lab starts it again, and it must tear down what was deleted
+  ct-flood               a new pod floods the echo pods with new flows (up to 40,000 a
+                         second, UDP to every port and TCP attempts) for --flood-for, more
+                         than the connection table (131,072 entries in this run) holds;
+                         then it is deleted
+  policy-fill            a new pod gets policies of 500 ports each until its node's policy
+                         map (16,384 entries in this run) refuses them; a port none opens
+                         is probed meanwhile; then they are deleted
 
 Then the churned pods are deleted and what the nodes still hold for pods that are gone is
 counted: addresses allocated, policy endpoints, identities, ipcache entries,
@@ -95,6 +102,7 @@ Exits 1 when a target is missed.`,
 	cmd.Flags().StringVar(&faults, "faults", strings.Join(chaos.Faults, ","), "the faults, in order")
 	cmd.Flags().IntVar(&o.AgentKills, "agent-kills", 3, "agent kills in the agent-kill fault")
 	cmd.Flags().DurationVar(&o.Unreachable, "unreachable", time.Minute, "how long the API server is unreachable")
+	cmd.Flags().DurationVar(&o.FloodFor, "flood-for", 30*time.Second, "how long the ct-flood fault floods")
 	cmd.Flags().IntVar(&o.Churn, "churn", 20, "pods created a second (each deleted 2 s later)")
 	cmd.Flags().IntVar(&o.Held, "held", 4, "long-lived connections per client")
 	cmd.Flags().DurationVar(&o.Settle, "settle", 10*time.Second, "load before the first fault and after each recovery")
@@ -105,23 +113,31 @@ Exits 1 when a target is missed.`,
 // newChaosProbeCommand is the load's client, run by kpath lab chaos in a
 // pod's network namespace.
 func newChaosProbeCommand() *cobra.Command {
-	var netns, config string
+	var netns, config, flood string
 	cmd := &cobra.Command{
 		Use:    "chaos-probe",
 		Short:  "kpath lab chaos's client: runs its load from a pod until SIGTERM, printing its counts as JSON lines",
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
+			defer stop()
+			if flood != "" {
+				var fc chaos.FloodConfig
+				if err := json.Unmarshal([]byte(flood), &fc); err != nil {
+					return fmt.Errorf("--flood: %w", err)
+				}
+				return chaos.Flood(ctx, netns, fc, cmd.OutOrStdout())
+			}
 			var cfg chaos.ProbeConfig
 			if err := json.Unmarshal([]byte(config), &cfg); err != nil {
 				return fmt.Errorf("--config: %w", err)
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
-			defer stop()
 			return chaos.Probe(ctx, netns, cfg, cmd.OutOrStdout(), 250*time.Millisecond)
 		},
 	}
 	cmd.Flags().StringVar(&netns, "netns", "", "network namespace to send from (a pod's)")
 	cmd.Flags().StringVar(&config, "config", "{}", "the probe's configuration (chaos.ProbeConfig as JSON)")
+	cmd.Flags().StringVar(&flood, "flood", "", "flood instead, until SIGTERM (chaos.FloodConfig as JSON), then print what was sent")
 	return cmd
 }

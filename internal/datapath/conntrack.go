@@ -169,16 +169,52 @@ func (d *Datapath) conntrackGC(onDelete func(*kpathCtKey, *kpathCtEntry, time.Du
 	}
 	// Signed difference, as the datapath's ct_expired: the clock is 32-bit
 	// seconds and may wrap.
-	expired := func(v *kpathCtEntry) bool { return int32(v.Expires-now) < 0 }
-	var dead []kpathCtKey
+	expired := func(_ *kpathCtKey, v *kpathCtEntry) bool { return int32(v.Expires-now) < 0 }
+	return d.ctSweep(expired, func(k *kpathCtKey, v *kpathCtEntry) {
+		if onDelete != nil {
+			onDelete(k, v, time.Duration(int64(now)-int64(v.Created))*time.Second)
+		}
+	})
+}
+
+// ConntrackFlush deletes the entries of every connection to or from one
+// of addrs, or translated to one of them as its backend: the addresses of
+// pods that are gone. An entry left behind would hand a later pod at the
+// same address the dead one's connections: their policy verdicts, their
+// backends, replies that match them. Returns how many it deleted.
+func (d *Datapath) ConntrackFlush(addrs map[netip.Addr]struct{}) (int, error) {
+	if len(addrs) == 0 {
+		return 0, nil
+	}
+	in := make(map[uint32]struct{}, len(addrs))
+	for a := range addrs {
+		if a.Is4() {
+			in[addrToBPF(a)] = struct{}{}
+		}
+	}
+	of := func(k *kpathCtKey, v *kpathCtEntry) bool {
+		_, src := in[k.Saddr]
+		_, dst := in[k.Daddr]
+		_, backend := in[v.BackendAddr]
+		return src || dst || backend && k.Flags&uint8(kpathCtKeyFlagsCT_KEY_SERVICE) != 0
+	}
+	deleted, _, err := d.ctSweep(of, nil)
+	return deleted, err
+}
+
+// ctSweep deletes the entries dead says are dead and counts the rest.
+// dead is asked again of each entry just before it is deleted (see
+// ConntrackGC).
+func (d *Datapath) ctSweep(dead func(*kpathCtKey, *kpathCtEntry) bool, onDelete func(*kpathCtKey, *kpathCtEntry)) (deleted, remaining int, err error) {
+	var doomed []kpathCtKey
 	const batch = 4096
 	keys, vals := make([]kpathCtKey, batch), make([]kpathCtEntry, batch)
 	var cursor ebpf.MapBatchCursor
 	for {
 		n, err := d.objs.KpCt.BatchLookup(&cursor, keys, vals, nil)
 		for i := range n {
-			if expired(&vals[i]) {
-				dead = append(dead, keys[i])
+			if dead(&keys[i], &vals[i]) {
+				doomed = append(doomed, keys[i])
 			} else {
 				remaining++
 			}
@@ -187,15 +223,15 @@ func (d *Datapath) conntrackGC(onDelete func(*kpathCtKey, *kpathCtEntry, time.Du
 			break
 		}
 		if errors.Is(err, ebpf.ErrNotSupported) {
-			dead, remaining = dead[:0], 0
+			doomed, remaining = doomed[:0], 0
 			var (
 				k kpathCtKey
 				v kpathCtEntry
 			)
 			it := d.objs.KpCt.Iterate()
 			for it.Next(&k, &v) {
-				if expired(&v) {
-					dead = append(dead, k)
+				if dead(&k, &v) {
+					doomed = append(doomed, k)
 				} else {
 					remaining++
 				}
@@ -213,21 +249,21 @@ func (d *Datapath) conntrackGC(onDelete func(*kpathCtKey, *kpathCtEntry, time.Du
 		testHookCTScanned()
 	}
 	var v kpathCtEntry
-	for _, k := range dead {
+	for _, k := range doomed {
 		if err := d.objs.KpCt.Lookup(&k, &v); err != nil {
 			if errors.Is(err, ebpf.ErrKeyNotExist) {
 				continue // evicted meanwhile
 			}
 			return deleted, remaining, fmt.Errorf("read conntrack entry: %w", err)
 		}
-		if !expired(&v) {
+		if !dead(&k, &v) {
 			remaining++ // reopened since the scan
 			continue
 		}
 		if err := d.objs.KpCt.Delete(&k); err == nil {
 			deleted++
 			if onDelete != nil {
-				onDelete(&k, &v, time.Duration(int64(now)-int64(v.Created))*time.Second)
+				onDelete(&k, &v)
 			}
 		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return deleted, remaining, fmt.Errorf("delete conntrack entry: %w", err)

@@ -568,3 +568,50 @@ func TestConntrackGCAtScale(t *testing.T) {
 		t.Fatalf("deleted %d, remaining %d; want %d each", deleted, remaining, n/2)
 	}
 }
+
+// The entries of a gone pod's connections are flushed, whichever end it
+// was (client, server, a service's backend); other pods' stay.
+func TestConntrackFlush(t *testing.T) {
+	d := openTest(t, testConfig(t))
+	mustUpsert(t, d, svcOf("10.96.0.10:80", "10.244.1.5:8080"))
+	// Two clients through the Service to backend 10.244.1.5.
+	for i, src := range []string{"10.244.0.2:40000", "10.244.0.3:40000"} {
+		syn := testPkt{src: ap(src), dst: ap("10.96.0.10:80"), proto: 6, tcpFlags: tcpSYN}
+		if v, _ := fromPod(t, d, syn.bytes()); v != tcActOK {
+			t.Fatalf("client %d's SYN: verdict %d", i, v)
+		}
+	}
+	count := func() map[netip.Addr]int {
+		es, err := d.Conntrack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := map[netip.Addr]int{}
+		for _, e := range es {
+			n[e.Src.Addr()]++
+		}
+		return n
+	}
+	before := count()
+	if before[netip.MustParseAddr("10.244.0.2")] == 0 || before[netip.MustParseAddr("10.244.0.3")] == 0 {
+		t.Fatalf("no entries to flush: %v", before)
+	}
+	deleted, err := d.ConntrackFlush(map[netip.Addr]struct{}{netip.MustParseAddr("10.244.0.2"): {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := count()
+	if after[netip.MustParseAddr("10.244.0.2")] != 0 || deleted != before[netip.MustParseAddr("10.244.0.2")] {
+		t.Fatalf("flush of the client deleted %d, left %v", deleted, after)
+	}
+	if after[netip.MustParseAddr("10.244.0.3")] != before[netip.MustParseAddr("10.244.0.3")] {
+		t.Fatalf("flush of one client touched another's entries: %v -> %v", before, after)
+	}
+	// The backend goes: every entry translated to it goes with it.
+	if _, err := d.ConntrackFlush(map[netip.Addr]struct{}{netip.MustParseAddr("10.244.1.5"): {}}); err != nil {
+		t.Fatal(err)
+	}
+	if left := count(); len(left) != 0 {
+		t.Fatalf("entries of connections to the gone backend left: %v", left)
+	}
+}

@@ -91,6 +91,7 @@ type Syncer struct {
 	log   *slog.Logger
 	m     *Metrics
 	onErr func(model.PodKey, error)
+	gone  func(netip.Addr)
 
 	mu        sync.Mutex
 	endpoints map[netip.Addr]*endpoint
@@ -120,13 +121,17 @@ type Options struct {
 	// agent records a Kubernetes Event on the pod). Called with the
 	// syncer's lock held: it must not call back into the syncer.
 	OnError func(pod model.PodKey, err error)
+	// AddressGone is told when an address leaves the ipcache (its pod is
+	// gone, on this node or another): the agent flushes its connection
+	// entries. Called with the syncer's lock held.
+	AddressGone func(netip.Addr)
 }
 
 // New reads what the datapath holds (pinned maps survive the agent) and
 // returns a syncer that changes nothing until Sync.
 func New(store *policy.Store, dp Datapath, o Options) (*Syncer, error) {
 	s := &Syncer{
-		store: store, dp: dp, node: o.Node, cap: o.Capacity, log: o.Log, m: o.Metrics, onErr: o.OnError,
+		store: store, dp: dp, node: o.Node, cap: o.Capacity, log: o.Log, m: o.Metrics, onErr: o.OnError, gone: o.AddressGone,
 		endpoints: map[netip.Addr]*endpoint{}, sets: map[string]*set{}, byID: map[uint32]*set{},
 		orphans: map[uint32]struct{}{}, adopt: map[uint32]*policy.SetEntries{}, nextID: 1,
 	}
@@ -135,6 +140,9 @@ func New(store *policy.Store, dp Datapath, o Options) (*Syncer, error) {
 	}
 	if s.onErr == nil {
 		s.onErr = func(model.PodKey, error) {}
+	}
+	if s.gone == nil {
+		s.gone = func(netip.Addr) {}
 	}
 	var err error
 	if s.ipcache, err = dp.IPCache(); err != nil {
@@ -363,6 +371,7 @@ func (s *Syncer) setIPCache(ip netip.Addr, id policy.Identity) error {
 			return err
 		}
 		delete(s.ipcache, ip)
+		s.gone(ip)
 		s.dirty()
 		return nil
 	}
