@@ -81,12 +81,12 @@ func (d *Datapath) restoreServices() error {
 		if err := st.beIDs.Reserve(bid); err != nil {
 			return fmt.Errorf("backend %s: %w", b, err)
 		}
-		if old, dup := st.backends[b]; dup {
+		if old, dup := st.backends[backendKeyOf(b)]; dup {
 			// The same backend under two IDs (a failed delete, then a new
 			// one): slots naming the stale ID are rewritten, it is pruned.
 			byID[old.id] = b
 		}
-		st.backends[b] = backendState{id: bid}
+		st.backends[backendKeyOf(b)] = backendState{id: bid}
 		byID[bid] = b
 	}
 	if err := it.Err(); err != nil {
@@ -124,7 +124,7 @@ func (d *Datapath) restoreServices() error {
 				continue
 			}
 			b, ok := byID[id]
-			if !ok || st.backends[b].id != id {
+			if !ok || st.backends[backendKeyOf(b)].id != id {
 				fe.dirty = true
 				continue
 			}
@@ -139,9 +139,9 @@ func (d *Datapath) restoreServices() error {
 		}
 		fe.svc = svc
 		fe.held(func(b model.L4Addr) {
-			bs := st.backends[b]
+			bs := st.backends[backendKeyOf(b)]
 			bs.refs++
-			st.backends[b] = bs
+			st.backends[backendKeyOf(b)] = bs
 		})
 		if err := st.feIDs.Reserve(fv.Id); err != nil {
 			return fmt.Errorf("frontend %s: %w", key, err)
@@ -189,15 +189,15 @@ func (d *Datapath) restoreServices() error {
 		}
 	}
 	for id, b := range byID {
-		if st.backends[b].id != id {
+		if st.backends[backendKeyOf(b)].id != id {
 			_ = m.KpLbBackend.Delete(id)
 			st.beIDs.Release(id)
 		}
 	}
-	for b, bs := range st.backends {
+	for k, bs := range st.backends {
 		if bs.refs == 0 {
 			_ = m.KpLbBackend.Delete(bs.id)
-			delete(st.backends, b)
+			delete(st.backends, k)
 			st.beIDs.Release(bs.id)
 		}
 	}

@@ -181,7 +181,7 @@ func TestRestoreHalfWrittenUpdate(t *testing.T) {
 	mustUpsert(t, d1, svc)
 	mustUpsert(t, d1, svcOf("10.96.0.2:80", "10.244.0.2:80")) // shares .2
 	fe := d1.svc.frontends[svc.Key()]
-	two := d1.svc.backends[l4("10.244.0.2:80")].id
+	two := d1.svc.backends[backendKeyOf(l4("10.244.0.2:80"))].id
 	const stale = 900 // .1 again, as a failed delete and a new write leave it
 	if err := d1.objs.KpLbBackend.Put(uint32(stale), backendValue(l4("10.244.0.1:80"))); err != nil {
 		t.Fatal(err)

@@ -22,6 +22,10 @@ import (
 
 // Datapath is what the reconciler writes to.
 type Datapath interface {
+	// UpsertService writes a frontend. One equal to what the datapath
+	// holds for it (and wrote whole) is not written again: the reconciler
+	// keeps no copy of what it applied, and upserts every frontend of a
+	// full sync.
 	UpsertService(model.Service) error
 	DeleteService(model.FrontendKey) error
 	// Frontends lists the frontends the datapath holds.
@@ -55,7 +59,9 @@ type Reconciler struct {
 	// for it, sorted: the first one owns it (servicemap.Merge's rule), the
 	// others clash.
 	claims  map[model.L4Addr][]model.ServiceKey
-	applied map[model.FrontendKey]model.Service
+	// applied are the frontends written, each with its backend count
+	// (what they hold, the datapath has).
+	applied map[model.FrontendKey]int
 	// owners are the desired frontends, each with the service owning it
 	// (its entry is in perService).
 	owners map[model.FrontendKey]model.ServiceKey
@@ -82,7 +88,7 @@ func New(c *k8s.Cache, dp Datapath, opts Options) *Reconciler {
 		perService: map[model.ServiceKey][]servicemap.Entry{},
 		claims:     map[model.L4Addr][]model.ServiceKey{},
 		unsettled:  map[model.L4Addr]bool{},
-		applied:    map[model.FrontendKey]model.Service{},
+		applied:    map[model.FrontendKey]int{},
 		owners:     map[model.FrontendKey]model.ServiceKey{},
 		attempts:   map[model.ServiceKey]int{},
 		retryAt:    map[model.ServiceKey]time.Time{},
@@ -241,16 +247,13 @@ func (r *Reconciler) Sync(full bool) error {
 				r.unsettled[a] = true
 				continue
 			}
-			if old, ok := r.applied[fe]; ok && sameService(old, svc) {
-				continue
-			}
 			if err := r.dp.UpsertService(svc); err != nil {
 				failed[owner.Owner] = err
 				r.unsettled[a] = true
 				r.opts.Log.Error("apply service", "service", owner.Owner, "frontend", fe, "error", err)
 				continue
 			}
-			r.applied[fe] = svc
+			r.applied[fe] = len(svc.Backends)
 		}
 	}
 	if r.opts.Off {
@@ -286,8 +289,8 @@ func (r *Reconciler) Sync(full bool) error {
 	r.syncs++
 	if r.opts.Metrics != nil {
 		backends := 0
-		for _, s := range r.applied {
-			backends += len(s.Backends)
+		for _, n := range r.applied {
+			backends += n
 		}
 		r.opts.Metrics.observeSync(time.Since(start), len(failed), r.cache.Pending(), len(r.applied), backends)
 	}
@@ -369,8 +372,6 @@ func backoff(attempt int) time.Duration {
 	d := 100 * time.Millisecond << min(attempt-1, 9)
 	return min(d, 30*time.Second)
 }
-
-func sameService(a, b model.Service) bool { return a.Equal(b) }
 
 // Status summarises the reconciler for the agent's API.
 type Status struct {

@@ -24,6 +24,9 @@ func (f *fakeDP) UpsertService(s model.Service) error {
 		f.failFor[s.Frontend]--
 		return errors.New("map full")
 	}
+	if old, ok := f.svcs[s.Key()]; ok && old.Equal(s) {
+		return nil // as the datapath: an unchanged frontend is not written
+	}
 	f.upserts++
 	f.svcs[s.Key()] = s
 	return nil
