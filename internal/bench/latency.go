@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -314,6 +315,17 @@ func (m *modeLab) measure(ctx context.Context, o LatencyOptions, scenario string
 // rows turns a scenario's rounds into its rows (medians), and reports them.
 func (acc *scenarioAcc) rows(ctx context.Context, m *modeLab, scenario string) []LatencyRow {
 	use := m.usage()
+	if m.logDir != "" && strings.HasPrefix(m.mode, "kpath") {
+		// Where the agent's memory goes at this point (go tool pprof);
+		// the lab is frozen between rounds.
+		_ = os.MkdirAll(m.logDir, 0o755)
+		m.freeze(false)
+		err := saveHeapProfile(m.node.AgentSocket, filepath.Join(m.logDir, fmt.Sprintf("heap-%s-%s-%d.pb.gz", m.mode, scenario, m.created)))
+		m.freeze(true)
+		if err != nil {
+			m.say("%v", err)
+		}
+	}
 	dropped, dropDetail := dropsSince(acc.drops0, m.dp.Drops(ctx, m.node))
 	var rate float64
 	if acc.churnTime > 0 {

@@ -100,6 +100,11 @@ type Phase struct {
 	Allowed Counts `json:"allowed"`
 	// Recovery says how the fault ended (agent ready after, API back).
 	Recovery string `json:"recovery,omitempty"`
+	// ReadyMin is the fewest of the echo Service's endpoints the API had
+	// ready (of 2) during the phase, and NoneReady how long it had none:
+	// requests then fail whatever the dataplane does.
+	ReadyMin  int     `json:"echo_ready_min"`
+	NoneReady float64 `json:"echo_none_ready_seconds"`
 }
 
 // Report is a run's result.
@@ -203,6 +208,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		return nil, err
 	}
 	defer probes.stop()
+	rctx, stopReady := context.WithCancel(ctx)
+	defer stopReady()
+	ready := watchReadiness(rctx, r.Client)
 	ch := &churn{c: r.Client, nodes: r.State.Nodes}
 	cctx, stopChurn := context.WithCancel(ctx)
 	churned := make(chan struct{})
@@ -211,6 +219,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 
 	phase := func(name string, f func() (string, error)) error {
 		start, before := time.Now(), probes.counts()
+		ready.take()
 		recovery, err := f()
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
@@ -218,6 +227,8 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		time.Sleep(o.Settle)
 		after := probes.counts()
 		p := Phase{Name: name, Seconds: time.Since(start).Seconds(), Recovery: recovery}
+		minReady, none := ready.take()
+		p.ReadyMin, p.NoneReady = minReady, none.Seconds()
 		for i, pr := range w.probers {
 			d := after[i].Sub(before[i])
 			if pr.denied {
@@ -270,8 +281,12 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		rep.Total.Seconds += p.Seconds
 		rep.Total.Denied = rep.Total.Denied.Add(p.Denied)
 		rep.Total.Allowed = rep.Total.Allowed.Add(p.Allowed)
+		rep.Total.NoneReady += p.NoneReady
+		if rep.Total.Name == "" || p.ReadyMin < rep.Total.ReadyMin {
+			rep.Total.ReadyMin = p.ReadyMin
+		}
+		rep.Total.Name = "total"
 	}
-	rep.Total.Name = "total"
 	return rep, nil
 }
 
@@ -317,10 +332,13 @@ func inject(ctx context.Context, fault string, o Options, r *lab.Running, dp dat
 			return "", err
 		}
 	case FaultRuntimeKill:
+		if r.State.Runtime == lab.RuntimeContainerd {
+			return killRealRuntimes(ctx, r.State)
+		}
 		for _, n := range r.State.Nodes {
 			rt := r.Runtimes[n.Name]
 			if rt == nil {
-				return "", fmt.Errorf("%s: no lab runtime to crash (real nodes: not yet)", n.Name)
+				return "", fmt.Errorf("%s: no runtime to crash", n.Name)
 			}
 			rt.Crash()
 			time.Sleep(5 * time.Second)

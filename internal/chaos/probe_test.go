@@ -134,3 +134,24 @@ func TestCountsArithmeticAndFailures(t *testing.T) {
 		t.Errorf("a clean run fails: %v", f)
 	}
 }
+
+// The readiness record: the fewest ready endpoints and the time with none,
+// per phase.
+func TestReadinessTake(t *testing.T) {
+	r := &readiness{min: -1}
+	if minReady, _ := r.take(); minReady != -1 {
+		t.Fatalf("before any observation: fewest %d, want -1 (unknown)", minReady)
+	}
+	t0 := time.Now()
+	r.observe(2, t0)
+	r.observe(0, t0.Add(time.Second))
+	r.observe(0, t0.Add(2*time.Second))
+	r.observe(1, t0.Add(3*time.Second))
+	if minReady, none := r.take(); minReady != 0 || none != 2*time.Second {
+		t.Fatalf("first phase: fewest %d, none for %s; want 0 and 2s", minReady, none)
+	}
+	r.observe(2, t0.Add(4*time.Second))
+	if minReady, none := r.take(); minReady != 1 || none != 0 {
+		t.Fatalf("second phase: fewest %d, none for %s; want 1 (where it began) and 0", minReady, none)
+	}
+}

@@ -11,12 +11,14 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/kpath/kpath/internal/image"
 	"github.com/kpath/kpath/internal/lab"
 )
 
@@ -43,10 +45,16 @@ type workload struct {
 	probers []prober
 }
 
-func pod(name, node, image string, labels map[string]string) *corev1.Pod {
+// pod is a pod of the load: an echo server on 8080 (image "kpath/echo")
+// or an idle process to run probes beside (any other), in images real
+// nodes have (make image's) and the lab's runtime recognises.
+func pod(name, node, img string, labels map[string]string) *corev1.Pod {
+	c := corev1.Container{Name: "app", Image: "kpath/client:" + image.Tag, ImagePullPolicy: corev1.PullNever}
+	if img == "kpath/echo" {
+		c = lab.EchoContainer("app", []corev1.ContainerPort{{ContainerPort: 8080}})
+	}
 	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: loadNS, Name: name, Labels: labels},
-		Spec: corev1.PodSpec{NodeName: node, TerminationGracePeriodSeconds: new(int64),
-			Containers: []corev1.Container{{Name: "app", Image: image, Ports: []corev1.ContainerPort{{ContainerPort: 8080}}}}}}
+		Spec: corev1.PodSpec{NodeName: node, TerminationGracePeriodSeconds: new(int64), Containers: []corev1.Container{c}}}
 }
 
 // setUp creates the load's objects and waits until every client reaches
@@ -211,4 +219,71 @@ func deleteAll(ctx context.Context, c kubernetes.Interface, within time.Duration
 		}
 		time.Sleep(time.Second)
 	}
+}
+
+// readiness follows, from the API, how many of the echo Service's
+// endpoints are ready: requests fail, whatever the dataplane does, while
+// the control plane has taken every backend away (a node it could not
+// hear from has its pods marked not ready).
+type readiness struct {
+	mu      sync.Mutex
+	min     int           // fewest ready since the last take (-1: none seen)
+	none    time.Duration // time with none ready since the last take
+	last    time.Time
+	lastNum int
+}
+
+func watchReadiness(ctx context.Context, c kubernetes.Interface) *readiness {
+	r := &readiness{min: -1}
+	go func() {
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			list, err := c.DiscoveryV1().EndpointSlices(loadNS).List(lctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=echo"})
+			cancel()
+			if err != nil {
+				continue // the API server is down: no news
+			}
+			n := 0
+			for _, s := range list.Items {
+				for _, e := range s.Endpoints {
+					if e.Conditions.Ready == nil || *e.Conditions.Ready {
+						n++
+					}
+				}
+			}
+			r.observe(n, time.Now())
+		}
+	}()
+	return r
+}
+
+func (r *readiness) observe(n int, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.last.IsZero() && r.lastNum == 0 {
+		r.none += now.Sub(r.last)
+	}
+	r.last, r.lastNum = now, n
+	if r.min < 0 || n < r.min {
+		r.min = n
+	}
+}
+
+// take returns what was seen since the last take and starts again.
+func (r *readiness) take() (minReady int, none time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	minReady, none = r.min, r.none
+	r.min, r.none = r.lastNum, 0
+	if r.last.IsZero() {
+		r.min = -1 // nothing seen yet
+	}
+	return minReady, none
 }

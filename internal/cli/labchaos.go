@@ -21,6 +21,7 @@ func newChaosCommand() *cobra.Command {
 		o      chaos.Options
 		faults string
 		out    string
+		images string
 	)
 	cmd := &cobra.Command{
 		Use:   "chaos",
@@ -39,7 +40,9 @@ the faults run one after the other, each followed by --settle of load:
   etcd-restart           stop etcd behind the running API server and start it again
   apiserver-unreachable  every node's traffic to the API server dropped for --unreachable
   runtime-kill           crash each node's runtime (the lab's kubelet) in turn, 5 s apart;
-                         the lab starts it again, and it must tear down what was deleted
+                         the lab starts it again, and it must tear down what was deleted;
+                         with --runtime containerd, SIGKILL each node's containerd, then
+                         its kubelet, 5 s apart (the lab restarts them)
   ct-flood               a new pod floods the echo pods with new flows (up to 40,000 a
                          second, UDP to every port and TCP attempts) for --flood-for, more
                          than the connection table (131,072 entries in this run) holds;
@@ -71,6 +74,9 @@ Exits 1 when a target is missed.`,
 			defer os.RemoveAll(dir)
 			o.Lab.Name, o.Lab.Dir, o.Lab.Nodes, o.Lab.Routing = "chaos", filepath.Join(dir, "lab"), 2, "native"
 			o.Lab.BinDir, o.Lab.K8sBin = binDir, k8sBin
+			if o.Lab.ImageDir, _, err = realNodeFiles(o.Lab.Runtime, "", images); err != nil {
+				return err
+			}
 			o.Log = func(f string, a ...any) { fmt.Fprintf(cmd.ErrOrStderr(), time.Now().Format("15:04:05 ")+f+"\n", a...) }
 			if err := os.MkdirAll(out, 0o755); err != nil {
 				return err
@@ -99,6 +105,8 @@ Exits 1 when a target is missed.`,
 		},
 	}
 	cmd.Flags().StringVar(&o.Lab.Services, "services", "kpath", fmt.Sprintf("the lab's service dataplane (%s)", strings.Join(lab.ServiceModes, ", ")))
+	cmd.Flags().StringVar(&o.Lab.Runtime, "runtime", lab.RuntimeLab, fmt.Sprintf("the nodes' runtime: %s (the lab's own) or %s (a real kubelet and containerd per node; make image first)", lab.RuntimeLab, lab.RuntimeContainerd))
+	cmd.Flags().StringVar(&images, "images", "", "with --runtime containerd: the images to import into every node (default: make image's bin/images)")
 	cmd.Flags().StringVar(&faults, "faults", strings.Join(chaos.Faults, ","), "the faults, in order")
 	cmd.Flags().IntVar(&o.AgentKills, "agent-kills", 3, "agent kills in the agent-kill fault")
 	cmd.Flags().DurationVar(&o.Unreachable, "unreachable", time.Minute, "how long the API server is unreachable")

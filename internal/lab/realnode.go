@@ -537,3 +537,17 @@ func copyFile(src, dst string, mode os.FileMode) error {
 	}
 	return os.Rename(tmp, dst)
 }
+
+// RuntimeProcesses are real node n's runtime processes, containerd and
+// its kubelet, each found by its command line (the lab restarts either
+// when it exits); none on the lab's own runtime.
+func (s *State) RuntimeProcesses(n NodeInfo) []dataplane.Process {
+	if s.Runtime != RuntimeContainerd {
+		return nil
+	}
+	dir := filepath.Join(s.Dir, n.Name, "real")
+	return []dataplane.Process{
+		{Binary: "containerd", Args: []string{"--config", filepath.Join(dir, "containerd.toml")}},
+		{Binary: "kubelet", Args: []string{"--hostname-override=" + n.Name}},
+	}
+}
