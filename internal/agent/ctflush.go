@@ -18,7 +18,7 @@ import (
 // waiting for their walk.
 const ctFlushDelay = time.Second
 
-// ctFlusher deletes the connection entries of released pod addresses
+// ctFlusher deletes the connection entries of gone pods' addresses
 // (Cilium scrubs a deleted endpoint's the same way): a new pod at the same
 // address would otherwise inherit the dead one's connections, and a
 // flooding pod's half million entries would stay until they expire.
@@ -34,7 +34,7 @@ type ctFlusher struct {
 func newCTFlusher(flush func(map[netip.Addr]struct{}) (int, error), log *slog.Logger, reg prometheus.Registerer) *ctFlusher {
 	f := &ctFlusher{pending: map[netip.Addr]struct{}{}, wake: make(chan struct{}, 1), flush: flush, log: log,
 		flushed: prometheus.NewCounter(prometheus.CounterOpts{Name: "kpath_conntrack_flushed_total",
-			Help: "Connection entries deleted because their pod's address was released."})}
+			Help: "Connection entries deleted because their pod is gone (its address released on this node, or gone from the ipcache)."})}
 	reg.MustRegister(f.flushed)
 	return f
 }
