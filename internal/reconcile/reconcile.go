@@ -58,7 +58,7 @@ type Reconciler struct {
 	// claims lists, per frontend address, the services whose entries ask
 	// for it, sorted: the first one owns it (servicemap.Merge's rule), the
 	// others clash.
-	claims  map[model.L4Addr][]model.ServiceKey
+	claims map[model.L4Addr][]model.ServiceKey
 	// applied are the frontends written, each with its backend count
 	// (what they hold, the datapath has).
 	applied map[model.FrontendKey]int
