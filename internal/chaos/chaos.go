@@ -277,16 +277,16 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		return rep, err
 	}
 	rep.Churn = ch.snapshot()
-	for _, p := range rep.Phases {
+	for i, p := range rep.Phases {
 		rep.Total.Seconds += p.Seconds
 		rep.Total.Denied = rep.Total.Denied.Add(p.Denied)
 		rep.Total.Allowed = rep.Total.Allowed.Add(p.Allowed)
 		rep.Total.NoneReady += p.NoneReady
-		if rep.Total.Name == "" || p.ReadyMin < rep.Total.ReadyMin {
+		if i == 0 || p.ReadyMin < rep.Total.ReadyMin {
 			rep.Total.ReadyMin = p.ReadyMin
 		}
-		rep.Total.Name = "total"
 	}
+	rep.Total.Name = "total"
 	return rep, nil
 }
 

@@ -80,22 +80,13 @@ func Flood(ctx context.Context, netns string, cfg FloodConfig, out io.Writer) er
 		wg sync.WaitGroup
 	)
 	// Paced in 10 ms ticks: a burst per socket per tick.
-	const tick = 10 * time.Millisecond
-	udpPerTick := max(1, int(float64(cfg.Rate)*(1-floodTCP)/float64(cfg.Sockets)/float64(time.Second/tick)))
+	const pace = 10 * time.Millisecond
+	udpPerTick := max(1, int(float64(cfg.Rate)*(1-floodTCP)/float64(cfg.Sockets)/float64(time.Second/pace)))
 	payload := []byte("flood")
 	for i, s := range socks {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			port, ti := uint16(1024+i*1999), i%len(targets)
-			t := time.NewTicker(tick)
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-				}
+		port, ti := uint16(1024+i*1999), i%len(targets)
+		wg.Go(func() {
+			tick(ctx, pace, func() {
 				for range udpPerTick {
 					port = nextFloodPort(port)
 					if port == 1024 {
@@ -107,34 +98,26 @@ func Flood(ctx context.Context, netns string, cfg FloodConfig, out io.Writer) er
 						atomic.AddInt64(&c.UDPSent, 1)
 					}
 				}
-			}
-		}()
+			})
+		})
 	}
 	// TCP: attempts to closed ports, a few at a time.
 	dial := nsutil.Dialer(netns)
 	tcpEvery := time.Duration(float64(time.Second) / (float64(cfg.Rate) * floodTCP) * 4)
 	for w := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			port := uint16(2048 + w*7919)
-			t := time.NewTicker(tcpEvery)
-			defer t.Stop()
-			for i := 0; ; i++ {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-				}
+		port, i := uint16(2048+w*7919), 0
+		wg.Go(func() {
+			tick(ctx, tcpEvery, func() {
 				port = nextFloodPort(port)
 				dctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 				if conn, err := dial(dctx, "tcp", netip.AddrPortFrom(targets[i%len(targets)], port).String()); err == nil {
 					conn.Close()
 				}
 				cancel()
+				i++
 				atomic.AddInt64(&c.TCPAttempts, 1)
-			}
-		}()
+			})
+		})
 	}
 	wg.Wait()
 	return json.NewEncoder(out).Encode(FloodCounts{atomic.LoadInt64(&c.UDPSent), atomic.LoadInt64(&c.UDPFailed), atomic.LoadInt64(&c.TCPAttempts)})

@@ -88,22 +88,7 @@ func Probe(ctx context.Context, netns string, cfg ProbeConfig, out io.Writer, re
 	dial := nsutil.Dialer(netns)
 	var c counters
 	var wg sync.WaitGroup
-	every := func(d time.Duration, f func()) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			t := time.NewTicker(d)
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-					f()
-				}
-			}
-		}()
-	}
+	every := func(d time.Duration, f func()) { wg.Go(func() { tick(ctx, d, f) }) }
 	fresh := &http.Client{Timeout: time.Second, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
 	get := func(addr string) bool {
 		resp, err := fresh.Get("http://" + addr + "/")
@@ -168,6 +153,20 @@ func Probe(ctx context.Context, netns string, cfg ProbeConfig, out io.Writer, re
 			if err := enc.Encode(c.snapshot()); err != nil {
 				return err
 			}
+		}
+	}
+}
+
+// tick runs f every d until ctx ends.
+func tick(ctx context.Context, d time.Duration, f func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f()
 		}
 	}
 }

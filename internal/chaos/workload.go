@@ -235,32 +235,23 @@ type readiness struct {
 
 func watchReadiness(ctx context.Context, c kubernetes.Interface) *readiness {
 	r := &readiness{min: -1}
-	go func() {
-		t := time.NewTicker(200 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			list, err := c.DiscoveryV1().EndpointSlices(loadNS).List(lctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=echo"})
-			cancel()
-			if err != nil {
-				continue // the API server is down: no news
-			}
-			n := 0
-			for _, s := range list.Items {
-				for _, e := range s.Endpoints {
-					if e.Conditions.Ready == nil || *e.Conditions.Ready {
-						n++
-					}
+	go tick(ctx, 200*time.Millisecond, func() {
+		lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		list, err := c.DiscoveryV1().EndpointSlices(loadNS).List(lctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=echo"})
+		cancel()
+		if err != nil {
+			return // the API server is down: no news
+		}
+		n := 0
+		for _, s := range list.Items {
+			for _, e := range s.Endpoints {
+				if e.Conditions.Ready == nil || *e.Conditions.Ready {
+					n++
 				}
 			}
-			r.observe(n, time.Now())
 		}
-	}()
+		r.observe(n, time.Now())
+	})
 	return r
 }
 

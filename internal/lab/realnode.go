@@ -81,8 +81,11 @@ type realNode struct {
 	cgroup string // its cgroup root, relative to each hierarchy's root
 }
 
+// realNodeDir is where a real node keeps its files in the lab's directory.
+func realNodeDir(labDir, node string) string { return filepath.Join(labDir, node, "real") }
+
 func newRealNode(labDir string, nm names, n NodeInfo) realNode {
-	dir := filepath.Join(labDir, n.Name, "real")
+	dir := realNodeDir(labDir, n.Name)
 	return realNode{n: n, dir: dir, mountNS: filepath.Join(dir, "ns", "mnt"), utsNS: filepath.Join(dir, "ns", "uts"), cgroup: "/" + nm.cgroup + "/" + n.Name}
 }
 
@@ -545,7 +548,7 @@ func (s *State) RuntimeProcesses(n NodeInfo) []dataplane.Process {
 	if s.Runtime != RuntimeContainerd {
 		return nil
 	}
-	dir := filepath.Join(s.Dir, n.Name, "real")
+	dir := realNodeDir(s.Dir, n.Name)
 	return []dataplane.Process{
 		{Binary: "containerd", Args: []string{"--config", filepath.Join(dir, "containerd.toml")}},
 		{Binary: "kubelet", Args: []string{"--hostname-override=" + n.Name}},
